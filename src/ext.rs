@@ -1,0 +1,78 @@
+//! Small hand-written helpers on the generated types, shared by every service.
+
+use crate::common::v1::{EventMetadata, Money, TimeWindow};
+
+/// Milliseconds since the Unix epoch as a protobuf Timestamp.
+pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A protobuf Timestamp as milliseconds since the Unix epoch (sub-millisecond parts dropped).
+pub fn timestamp_to_ms(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos) / 1_000_000)
+}
+
+impl TimeWindow {
+    /// A window `[start_ms, end_ms)`.
+    pub fn from_ms(start_ms: i64, end_ms: i64) -> Self {
+        Self {
+            start_time: Some(timestamp_from_ms(start_ms)),
+            end_time: Some(timestamp_from_ms(end_ms)),
+        }
+    }
+
+    /// `(start_ms, end_ms)` if both ends are set.
+    pub fn to_ms(&self) -> Option<(i64, i64)> {
+        Some((timestamp_to_ms(self.start_time.as_ref()?), timestamp_to_ms(self.end_time.as_ref()?)))
+    }
+}
+
+impl Money {
+    /// `amount_minor` units of `currency`.
+    pub fn new(amount_minor: i64, currency: &str) -> Self {
+        Self {
+            amount_minor,
+            currency: currency.to_owned(),
+        }
+    }
+}
+
+impl EventMetadata {
+    /// Metadata of a new event about `aggregate_id` at `version`; `correlation_id` ties a saga
+    /// together, `causation_id` names what caused this event (a request or another event).
+    pub fn new(
+        event_id: &str,
+        aggregate_id: &str,
+        aggregate_version: i64,
+        correlation_id: &str,
+        causation_id: &str,
+        actor_id: &str,
+        at_ms: i64,
+    ) -> Self {
+        Self {
+            event_id: event_id.to_owned(),
+            occurred_time: Some(timestamp_from_ms(at_ms)),
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate_version,
+            correlation_id: correlation_id.to_owned(),
+            causation_id: causation_id.to_owned(),
+            actor_id: actor_id.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_roundtrip_including_before_the_epoch() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(timestamp_to_ms(&timestamp_from_ms(ms)), ms);
+        }
+        assert!(timestamp_from_ms(-1).nanos >= 0);
+    }
+}
