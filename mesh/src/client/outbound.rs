@@ -1,0 +1,127 @@
+//! Decorates every outgoing call: the current trace context (`traceparent`), this service's
+//! own bearer token for internal RPCs, and client metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::BoxError;
+use crate::auth::{Minter, Role};
+use crate::telemetry::metrics::{ErrorLabels, MethodLabels, code_name, metrics, response_code};
+
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// A cached service token, re-minted when half its lifetime has passed.
+struct Identity {
+    minter: Minter,
+    subject: String,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+impl Identity {
+    fn token(&self) -> Option<String> {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((token, at)) = cached.as_ref()
+            && at.elapsed() < TOKEN_TTL / 2
+        {
+            return Some(token.clone());
+        }
+        let token = self.minter.mint(&self.subject, Role::Service, TOKEN_TTL).ok()?;
+        *cached = Some((token.clone(), Instant::now()));
+        Some(token)
+    }
+}
+
+/// Adds trace context, identity and metrics to outgoing calls.
+#[derive(Clone)]
+pub struct OutboundLayer {
+    identity: Option<Arc<Identity>>,
+}
+
+impl OutboundLayer {
+    /// With `identity` = (minter, subject), calls carry a `service` token for `subject`.
+    pub fn new(identity: Option<(Minter, String)>) -> Self {
+        Self {
+            identity: identity.map(|(minter, subject)| {
+                Arc::new(Identity {
+                    minter,
+                    subject,
+                    cached: Mutex::new(None),
+                })
+            }),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for OutboundLayer {
+    type Service = OutboundService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        OutboundService {
+            inner,
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+/// The service made by [`OutboundLayer`].
+#[derive(Clone)]
+pub struct OutboundService<S> {
+    inner: S,
+    identity: Option<Arc<Identity>>,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for OutboundService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let span = tracing::info_span!("grpc.client", otel.name = %method, otel.kind = "client", rpc.system = "grpc", rpc.method = %method);
+        {
+            let _entered = span.enter();
+            crate::telemetry::propagation::inject_current(req.headers_mut());
+        }
+        if let Some(token) = self.identity.as_ref().and_then(|i| i.token())
+            && let Ok(v) = format!("Bearer {token}").parse()
+        {
+            req.headers_mut().insert(http::header::AUTHORIZATION, v);
+        }
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let res = fut.await.map_err(Into::into);
+                let m = metrics();
+                let labels = MethodLabels { method };
+                m.client_requests.get_or_create(&labels).inc();
+                let code = match &res {
+                    Ok(r) => response_code(r.headers()),
+                    Err(_) => tonic::Code::Unavailable,
+                };
+                if code != tonic::Code::Ok {
+                    m.client_errors
+                        .get_or_create(&ErrorLabels {
+                            method: labels.method,
+                            code: code_name(code).into(),
+                        })
+                        .inc();
+                }
+                res
+            }
+            .instrument(span),
+        )
+    }
+}

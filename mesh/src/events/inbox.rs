@@ -1,0 +1,318 @@
+//! The inbox: a durable JetStream consumer that applies each event exactly once.
+//!
+//! For every delivery: the event id is recorded in `mesh_inbox` in the same transaction as the
+//! handler's effect; the message is acked only after the commit. A failed handler is retried with
+//! exponential backoff; after `max_deliver` failures (or at once for a permanent error) the
+//! message is copied to `sharemesh.dlq.<consumer>` with the reason, logged, and only then acked.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use sea_orm::{EntityTrait, Set};
+use tracing::Instrument;
+
+use crate::config::{ConfigError, ENV_INBOX_BACKOFF, ENV_INBOX_MAX_DELIVER, Env, EnvExt};
+use crate::server::Shutdown;
+use crate::storage::{Db, WriteTxn};
+use crate::telemetry::metrics::{EventLabels, metrics};
+
+/// The `mesh_inbox` table.
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    /// An event a consumer has applied.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "mesh_inbox")]
+    pub struct Model {
+        /// Consumer (service) name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub consumer: String,
+        /// Event id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        /// Subject it arrived on.
+        pub subject: String,
+        /// When it was applied (ms since the epoch).
+        pub handled_at_ms: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Retry policy of a consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxPolicy {
+    /// Deliveries before an event is dead-lettered.
+    pub max_deliver: u32,
+    /// First redelivery delay; doubles per attempt, at most 30 s.
+    pub backoff: Duration,
+}
+
+impl InboxPolicy {
+    /// Reads [`ENV_INBOX_MAX_DELIVER`] and [`ENV_INBOX_BACKOFF`].
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let max_deliver: u32 = env.parse_or(ENV_INBOX_MAX_DELIVER, 5)?;
+        if max_deliver == 0 {
+            return Err(ConfigError::invalid(ENV_INBOX_MAX_DELIVER, "0", "must be at least 1"));
+        }
+        Ok(Self {
+            max_deliver,
+            backoff: env.duration_or(ENV_INBOX_BACKOFF, Duration::from_millis(200))?,
+        })
+    }
+}
+
+/// An event as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
+    /// Event id (`ce-id`).
+    pub event_id: String,
+    /// Protobuf full name (`ce-type`, also the subject).
+    pub event_type: String,
+    /// Protobuf-encoded payload.
+    pub payload: bytes::Bytes,
+    /// How many times it has been delivered, this time included.
+    pub delivered: i64,
+}
+
+impl IncomingEvent {
+    /// Decodes the payload as `M`; a payload that does not decode is a permanent failure.
+    pub fn decode<M: prost::Message + Default>(&self) -> Result<M, HandleError> {
+        M::decode(self.payload.clone()).map_err(|e| HandleError::Permanent(format!("{} does not decode: {e}", self.event_type)))
+    }
+}
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Worth retrying (database busy, upstream down).
+    #[error("{0}")]
+    Transient(String),
+    /// Will never succeed (undecodable payload, impossible state): dead-lettered at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sea_orm::DbErr> for HandleError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        HandleError::Transient(format!("database: {e}"))
+    }
+}
+
+/// A boxed future borrowing the transaction.
+pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandleError>> + Send + 'a>>;
+
+/// Applies events of one stream. Events it has no use for return `Ok(())`.
+pub trait EventHandler: Send + Sync + 'static {
+    /// Applies `event` inside `tx` (which also records the event id); may enqueue outbox events.
+    fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a>;
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied and committed.
+    Applied,
+    /// Already applied before; nothing changed.
+    Duplicate,
+}
+
+/// A durable consumer of one context's stream.
+pub struct Inbox {
+    db: Db,
+    js: jetstream::Context,
+    consumer: String,
+    source_context: String,
+    handler: Arc<dyn EventHandler>,
+    policy: InboxPolicy,
+}
+
+impl Inbox {
+    /// `consumer` (the consuming service) reading the stream of `source_context`.
+    pub fn new(
+        db: Db,
+        js: jetstream::Context,
+        consumer: &str,
+        source_context: &str,
+        handler: Arc<dyn EventHandler>,
+        policy: InboxPolicy,
+    ) -> Self {
+        Self {
+            db,
+            js,
+            consumer: consumer.to_owned(),
+            source_context: source_context.to_owned(),
+            handler,
+            policy,
+        }
+    }
+
+    fn durable_name(&self) -> String {
+        format!("{}-from-{}", self.consumer, self.source_context)
+    }
+
+    /// Consumes until `shutdown`, re-creating the subscription after broker errors.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut attempt = 0u32;
+        while !shutdown.is_triggered() {
+            match self.consume(&shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, consumer = %self.durable_name(), "event consumer interrupted; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(super::backoff(Duration::from_millis(200), attempt, Duration::from_secs(5))) => {}
+                        _ = shutdown.wait() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn consume(&self, shutdown: &Shutdown) -> Result<(), async_nats::Error> {
+        let stream = super::ensure_stream(&self.js, &self.source_context).await?;
+        super::ensure_dlq_stream(&self.js).await?;
+        let name = self.durable_name();
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 256,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut messages = consumer.messages().await?;
+        tracing::info!(consumer = %name, stream = %super::stream_name(&self.source_context), "consuming events");
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = shutdown.wait() => return Ok(()),
+            };
+            match next {
+                None => return Err("message stream ended".into()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(msg)) => self.process(msg).await,
+            }
+        }
+    }
+
+    async fn process(&self, msg: jetstream::Message) {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        let header = |k: &str| msg.headers.as_ref().and_then(|h| h.get(k)).map(|v| v.as_str().to_owned());
+        let event_id = header(super::CE_ID)
+            .or_else(|| header("Nats-Msg-Id"))
+            .unwrap_or_else(|| format!("{}:{}", msg.subject, msg.info().map(|i| i.stream_sequence).unwrap_or(0)));
+        let event = IncomingEvent {
+            event_id,
+            event_type: header(super::CE_TYPE).unwrap_or_else(|| msg.subject.to_string()),
+            payload: msg.payload.clone(),
+            delivered,
+        };
+        let span = tracing::info_span!(
+            "event.consume",
+            otel.name = %format!("consume {}", event.event_type),
+            otel.kind = "consumer",
+            consumer = %self.consumer,
+            event_id = %event.event_id,
+            delivered,
+        );
+        if let Some(h) = &msg.headers {
+            crate::telemetry::propagation::set_parent_from_nats(&span, h);
+        }
+        self.settle(&msg, &event).instrument(span).await;
+    }
+
+    async fn settle(&self, msg: &jetstream::Message, event: &IncomingEvent) {
+        let labels = EventLabels {
+            name: self.consumer.clone(),
+        };
+        match self.apply(event).await {
+            Ok(outcome) => {
+                if outcome == Outcome::Applied {
+                    metrics().inbox_handled.get_or_create(&labels).inc();
+                }
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "ack failed; the event will be redelivered and skipped as a duplicate");
+                }
+            }
+            Err(err) => {
+                metrics().inbox_failed.get_or_create(&labels).inc();
+                let permanent = matches!(err, HandleError::Permanent(_));
+                if permanent || event.delivered >= i64::from(self.policy.max_deliver) {
+                    match self.dead_letter(msg, event, &err).await {
+                        Ok(()) => {
+                            metrics().inbox_dead_lettered.get_or_create(&labels).inc();
+                            tracing::error!(error = %err, event_type = %event.event_type, "event dead-lettered to {}.{}", super::DLQ_PREFIX, self.consumer);
+                            let _ = msg.ack().await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "dead-letter publish failed; keeping the event for redelivery");
+                            let _ = msg.ack_with(AckKind::Nak(Some(self.policy.backoff))).await;
+                        }
+                    }
+                } else {
+                    let delay = super::backoff(self.policy.backoff, event.delivered.max(1) as u32, Duration::from_secs(30));
+                    tracing::warn!(error = %err, ?delay, "event handler failed; retrying");
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+            }
+        }
+    }
+
+    /// Records the event id and applies the handler in one transaction.
+    pub async fn apply(&self, event: &IncomingEvent) -> Result<Outcome, HandleError> {
+        apply_once(&self.db, &self.consumer, self.handler.as_ref(), event).await
+    }
+
+    async fn dead_letter(&self, msg: &jetstream::Message, event: &IncomingEvent, err: &HandleError) -> Result<(), async_nats::Error> {
+        let mut headers = msg.headers.clone().unwrap_or_default();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}:{}", self.consumer, event.event_id).as_str(),
+        );
+        headers.insert("sharemesh-dlq-reason", err.to_string().replace(['\r', '\n'], " ").as_str());
+        headers.insert("sharemesh-dlq-subject", msg.subject.as_str());
+        headers.insert("sharemesh-dlq-deliveries", event.delivered.to_string().as_str());
+        let subject = format!("{}.{}", super::DLQ_PREFIX, self.consumer);
+        self.js.publish_with_headers(subject, headers, msg.payload.clone()).await?.await?;
+        Ok(())
+    }
+}
+
+/// Applies `event` through `handler` unless `consumer` has applied it before.
+pub async fn apply_once(db: &Db, consumer: &str, handler: &dyn EventHandler, event: &IncomingEvent) -> Result<Outcome, HandleError> {
+    let tx = db.begin_write().await?;
+    let seen = entity::Entity::find_by_id((consumer.to_owned(), event.event_id.clone()))
+        .one(&*tx)
+        .await?;
+    if seen.is_some() {
+        return Ok(Outcome::Duplicate);
+    }
+    let row = entity::ActiveModel {
+        consumer: Set(consumer.to_owned()),
+        event_id: Set(event.event_id.clone()),
+        subject: Set(event.event_type.clone()),
+        handled_at_ms: Set(super::now_ms()),
+    };
+    if let Err(e) = entity::Entity::insert(row).exec_without_returning(&*tx).await {
+        if crate::storage::is_unique_violation(&e) {
+            return Ok(Outcome::Duplicate);
+        }
+        return Err(e.into());
+    }
+    handler.handle(&tx, event).await?;
+    tx.commit().await?;
+    Ok(Outcome::Applied)
+}

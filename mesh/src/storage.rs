@@ -1,0 +1,251 @@
+//! Storage through sea-orm: SQLite (default, a file under the data dir) or PostgreSQL, chosen by
+//! `DATABASE_URL`; migrations written as SQL per backend and run at start.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+
+/// A database handle shared by a service's handlers, relay and consumers.
+#[derive(Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+    /// SQLite has one writer at a time: writers queue here instead of failing with SQLITE_BUSY.
+    write_lock: Option<Arc<Mutex<()>>>,
+    /// Woken after a commit that wrote outbox rows.
+    outbox_wakeup: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("backend", &self.backend()).finish()
+    }
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://...`), creating a SQLite
+    /// file's directory if needed.
+    pub async fn connect(url: &str) -> Result<Self, DbErr> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        let sqlite = url.starts_with("sqlite:");
+        if sqlite {
+            if let Some(dir) = sqlite_dir(url) {
+                std::fs::create_dir_all(&dir).map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            opts.max_connections(8).min_connections(1);
+            opts.map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        } else {
+            opts.max_connections(16).min_connections(1);
+        }
+        let conn = sea_orm::Database::connect(opts).await?;
+        Ok(Self {
+            conn,
+            write_lock: sqlite.then(|| Arc::new(Mutex::new(()))),
+            outbox_wakeup: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The connection pool, for reads.
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// SQLite or PostgreSQL.
+    pub fn backend(&self) -> DatabaseBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// Starts a write transaction. Dropping it without [`WriteTxn::commit`] rolls back.
+    pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let txn = self.conn.begin().await?;
+        Ok(WriteTxn {
+            txn: Some(txn),
+            guard,
+            wrote_outbox: AtomicBool::new(false),
+            wakeup: self.outbox_wakeup.clone(),
+        })
+    }
+
+    /// Runs the migrations `M` (each service's own plus the mesh's outbox and inbox tables).
+    pub async fn migrate<M: sea_orm_migration::MigratorTrait>(&self) -> Result<(), DbErr> {
+        M::up(&self.conn, None).await
+    }
+
+    /// Resolves when a commit wrote outbox rows (used by the relay).
+    pub(crate) fn outbox_wakeup(&self) -> Arc<Notify> {
+        self.outbox_wakeup.clone()
+    }
+}
+
+fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.to_path_buf())
+}
+
+/// A write transaction: state changes and their outbox events commit together.
+pub struct WriteTxn {
+    /// `None` only after commit or during drop.
+    txn: Option<DatabaseTransaction>,
+    guard: Option<OwnedMutexGuard<()>>,
+    wrote_outbox: AtomicBool,
+    wakeup: Arc<Notify>,
+}
+
+impl WriteTxn {
+    /// Commits, then wakes the outbox relay if events were written.
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        let txn = self
+            .txn
+            .take()
+            .ok_or_else(|| DbErr::Custom("transaction already finished".into()))?;
+        // On error sea-orm rolls back; the writer lock is released when `self` drops, after.
+        txn.commit().await?;
+        if self.wrote_outbox.load(Ordering::Relaxed) {
+            self.wakeup.notify_one();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn mark_outbox_written(&self) {
+        self.wrote_outbox.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for WriteTxn {
+    /// An uncommitted transaction rolls back. The writer lock is held until the rollback has
+    /// really run, so the next SQLite writer never meets a half-finished transaction.
+    fn drop(&mut self) {
+        let (Some(txn), guard) = (self.txn.take(), self.guard.take()) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(e) = txn.rollback().await {
+                        tracing::warn!(error = %e, "rollback failed");
+                    }
+                    drop(guard);
+                });
+            }
+            Err(_) => drop(txn),
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTxn {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        // Only `commit` and `drop` take the transaction, and both consume or end `self`.
+        self.txn.as_ref().expect("transaction is open while WriteTxn is alive")
+    }
+}
+
+/// A migration written as SQL, once per backend (statements separated by `;`).
+#[derive(Debug, Clone, Copy)]
+pub struct SqlMigration {
+    /// Unique, ordered name (`m0001_listings`).
+    pub name: &'static str,
+    /// SQL for SQLite.
+    pub sqlite: &'static str,
+    /// SQL for PostgreSQL.
+    pub postgres: &'static str,
+}
+
+impl MigrationName for SqlMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for SqlMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
+        let sql = match backend {
+            DatabaseBackend::Postgres => self.postgres,
+            _ => self.sqlite,
+        };
+        let conn = manager.get_connection();
+        if matches!(backend, DatabaseBackend::Postgres) {
+            // One round trip; PostgreSQL runs a multi-statement simple query atomically.
+            conn.execute_unprepared(sql).await?;
+        } else {
+            for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+                conn.execute_unprepared(stmt).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Boxes SQL migrations for a `MigratorTrait::migrations` list.
+pub fn boxed(migrations: &'static [SqlMigration]) -> Vec<Box<dyn MigrationTrait>> {
+    migrations.iter().map(|m| Box::new(*m) as Box<dyn MigrationTrait>).collect()
+}
+
+/// True when `err` is a violation of the constraint or trigger named `name`.
+pub fn violates(err: &DbErr, name: &str) -> bool {
+    err.to_string().contains(name)
+}
+
+/// True when `err` is a unique-key violation.
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_dir_is_the_parent_of_the_file() {
+        assert_eq!(sqlite_dir("sqlite://./data/catalog.db?mode=rwc"), Some("./data".into()));
+        assert_eq!(sqlite_dir("sqlite::memory:"), None);
+        assert_eq!(sqlite_dir("sqlite://catalog.db"), None);
+    }
+
+    #[tokio::test]
+    async fn writes_commit_and_roll_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
+            .await
+            .expect("connect");
+        db.conn().execute_unprepared("CREATE TABLE t (v INTEGER)").await.expect("create");
+        let tx = db.begin_write().await.expect("begin");
+        tx.execute_unprepared("INSERT INTO t VALUES (1)").await.expect("insert");
+        tx.commit().await.expect("commit");
+        {
+            let tx = db.begin_write().await.expect("begin");
+            tx.execute_unprepared("INSERT INTO t VALUES (2)").await.expect("insert");
+            // dropped: rolled back
+        }
+        let rows = db
+            .conn()
+            .query_all_raw(sea_orm::Statement::from_string(db.backend(), "SELECT v FROM t"))
+            .await
+            .expect("select");
+        assert_eq!(rows.len(), 1);
+    }
+}
