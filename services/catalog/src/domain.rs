@@ -1,0 +1,228 @@
+//! The catalog's domain: what a valid listing and a valid window are, how a window is priced,
+//! and the errors the catalog can answer (mapped to gRPC once, in [`CatalogError`]'s `From`).
+
+use sharemesh_contracts::catalog::v1::{CarDetails, CarType, TalentDetails, listing};
+use sharemesh_contracts::common::v1::{ListingKind, Money};
+
+/// Longest title accepted.
+pub const MAX_TITLE: usize = 200;
+/// Longest description accepted.
+pub const MAX_DESCRIPTION: usize = 5000;
+/// Longest window one hold may cover (90 days).
+pub const MAX_WINDOW_MS: i64 = 90 * 24 * 3600 * 1000;
+
+/// Everything the catalog answers besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// A request field is missing or wrong.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as named in the proto (`price.amount_minor`).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No such listing or hold.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The state does not allow it (deleted listing, window taken, hold released).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sea_orm::DbErr),
+}
+
+impl CatalogError {
+    /// A field violation.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<CatalogError> for tonic::Status {
+    fn from(e: CatalogError) -> Self {
+        use tonic_types::{ErrorDetails, StatusExt};
+        match e {
+            CatalogError::Invalid { field, reason } => tonic::Status::with_error_details(
+                tonic::Code::InvalidArgument,
+                format!("{field}: {reason}"),
+                ErrorDetails::with_bad_request_violation(field, reason),
+            ),
+            CatalogError::NotFound(m) => tonic::Status::not_found(m),
+            CatalogError::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            CatalogError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            CatalogError::Storage(e) => {
+                tracing::error!(error = %e, "catalog storage error");
+                tonic::Status::internal("internal storage error")
+            }
+        }
+    }
+}
+
+/// Checks a title.
+pub fn validate_title(title: &str) -> Result<(), CatalogError> {
+    if title.trim().is_empty() {
+        return Err(CatalogError::invalid("title", "must not be empty"));
+    }
+    if title.chars().count() > MAX_TITLE {
+        return Err(CatalogError::invalid("title", format!("must be at most {MAX_TITLE} characters")));
+    }
+    Ok(())
+}
+
+/// Checks a description.
+pub fn validate_description(description: &str) -> Result<(), CatalogError> {
+    if description.chars().count() > MAX_DESCRIPTION {
+        return Err(CatalogError::invalid(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a price: present, positive, a three-letter upper-case currency code.
+pub fn validate_price(price: Option<&Money>) -> Result<&Money, CatalogError> {
+    let price = price.ok_or_else(|| CatalogError::invalid("price", "is required"))?;
+    if price.amount_minor <= 0 {
+        return Err(CatalogError::invalid("price.amount_minor", "must be greater than zero"));
+    }
+    if price.currency.len() != 3 || !price.currency.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(CatalogError::invalid(
+            "price.currency",
+            "must be an ISO 4217 code such as KRW or USD",
+        ));
+    }
+    Ok(price)
+}
+
+/// Checks listing details and returns the kind they imply.
+pub fn validate_details(details: Option<&listing::Details>) -> Result<ListingKind, CatalogError> {
+    match details {
+        None => Err(CatalogError::invalid("details", "set exactly one of car or talent")),
+        Some(listing::Details::Car(car)) => validate_car(car).map(|_| ListingKind::Car),
+        Some(listing::Details::Talent(talent)) => validate_talent(talent).map(|_| ListingKind::Talent),
+    }
+}
+
+fn validate_car(car: &CarDetails) -> Result<(), CatalogError> {
+    if car.model.trim().is_empty() {
+        return Err(CatalogError::invalid("car.model", "must not be empty"));
+    }
+    if CarType::try_from(car.car_type).map_or(true, |t| t == CarType::Unspecified) {
+        return Err(CatalogError::invalid(
+            "car.car_type",
+            "must be one of COMPACT, SEDAN, SUV, VAN, TRUCK, EV",
+        ));
+    }
+    if !(1..=60).contains(&car.seats) {
+        return Err(CatalogError::invalid("car.seats", "must be between 1 and 60"));
+    }
+    Ok(())
+}
+
+fn validate_talent(talent: &TalentDetails) -> Result<(), CatalogError> {
+    if talent.category.trim().is_empty() {
+        return Err(CatalogError::invalid("talent.category", "must not be empty"));
+    }
+    if !(5..=24 * 60).contains(&talent.session_minutes) {
+        return Err(CatalogError::invalid("talent.session_minutes", "must be between 5 and 1440"));
+    }
+    Ok(())
+}
+
+/// Checks a window `[start, end)` given in ms; `field` names it in errors.
+pub fn validate_window(window: Option<(i64, i64)>, field: &'static str) -> Result<(i64, i64), CatalogError> {
+    let (start, end) = window.ok_or_else(|| CatalogError::invalid(field, "start_time and end_time are required"))?;
+    if end <= start {
+        return Err(CatalogError::invalid(field, "end_time must be after start_time"));
+    }
+    if end - start > MAX_WINDOW_MS {
+        return Err(CatalogError::invalid(field, "must not be longer than 90 days"));
+    }
+    Ok((start, end))
+}
+
+/// The price of a window: one unit is an hour for a car and a session for a talent; a started
+/// unit counts in full.
+pub fn window_amount(kind: ListingKind, unit_price: i64, session_minutes: i32, start_ms: i64, end_ms: i64) -> i64 {
+    let unit_ms = match kind {
+        ListingKind::Talent => i64::from(session_minutes.max(1)) * 60_000,
+        _ => 3_600_000,
+    };
+    let units = (end_ms - start_ms + unit_ms - 1) / unit_ms;
+    units.max(1).saturating_mul(unit_price)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(matches!(validate_title("  "), Err(CatalogError::Invalid { field: "title", .. })));
+        let negative = Money {
+            amount_minor: -5,
+            currency: "KRW".into(),
+        };
+        assert!(matches!(
+            validate_price(Some(&negative)),
+            Err(CatalogError::Invalid {
+                field: "price.amount_minor",
+                ..
+            })
+        ));
+        let bad_ccy = Money {
+            amount_minor: 5,
+            currency: "won".into(),
+        };
+        assert!(matches!(
+            validate_price(Some(&bad_ccy)),
+            Err(CatalogError::Invalid {
+                field: "price.currency",
+                ..
+            })
+        ));
+        assert!(matches!(
+            validate_window(Some((10, 5)), "window"),
+            Err(CatalogError::Invalid { field: "window", .. })
+        ));
+        assert!(matches!(validate_window(None, "window"), Err(CatalogError::Invalid { .. })));
+        let car = listing::Details::Car(CarDetails {
+            model: "Avante".into(),
+            car_type: CarType::Sedan as i32,
+            seats: 0,
+        });
+        assert!(matches!(
+            validate_details(Some(&car)),
+            Err(CatalogError::Invalid { field: "car.seats", .. })
+        ));
+        let talent = listing::Details::Talent(TalentDetails {
+            category: "accounting".into(),
+            session_minutes: 60,
+        });
+        assert_eq!(validate_details(Some(&talent)).expect("valid"), ListingKind::Talent);
+    }
+
+    #[test]
+    fn invalid_argument_status_carries_the_field() {
+        let status = tonic::Status::from(CatalogError::invalid("title", "must not be empty"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "title: must not be empty");
+    }
+
+    #[test]
+    fn windows_are_priced_per_started_unit() {
+        let hour = 3_600_000;
+        assert_eq!(window_amount(ListingKind::Car, 10_000, 0, 0, hour), 10_000);
+        assert_eq!(window_amount(ListingKind::Car, 10_000, 0, 0, hour + 1), 20_000);
+        assert_eq!(window_amount(ListingKind::Talent, 50_000, 90, 0, 3 * hour), 100_000);
+    }
+}

@@ -1,0 +1,154 @@
+//! The catalog's events: what it publishes (through the outbox, in the command's transaction)
+//! and what it consumes (a cancelled reservation releases its booking).
+
+use prost::Name;
+use sharemesh_contracts::catalog::v1::{Hold, Listing, ListingBooked, ListingDeleted, ListingRegistered, ListingReleased, ListingUpdated};
+use sharemesh_contracts::common::v1::EventMetadata;
+use sharemesh_contracts::reservation::v1::ReservationCancelled;
+use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
+use sharemesh_mesh::events::outbox::{OutgoingEvent, enqueue};
+use sharemesh_mesh::storage::WriteTxn;
+
+use crate::Catalog;
+
+/// `ce-source` of catalog events.
+pub const SOURCE: &str = "sharemesh/catalog";
+
+/// Who and what caused an event.
+#[derive(Debug, Clone, Default)]
+pub struct Cause {
+    /// The saga or flow this belongs to (a reservation id, or the listing id).
+    pub correlation_id: String,
+    /// The request or event that caused it.
+    pub causation_id: String,
+    /// The caller's subject.
+    pub actor_id: String,
+}
+
+fn metadata(aggregate_id: &str, version: i64, cause: &Cause, now_ms: i64) -> (String, EventMetadata) {
+    let event_id = uuid::Uuid::now_v7().to_string();
+    let correlation = if cause.correlation_id.is_empty() {
+        aggregate_id
+    } else {
+        &cause.correlation_id
+    };
+    let meta = EventMetadata::new(
+        &event_id,
+        aggregate_id,
+        version,
+        correlation,
+        &cause.causation_id,
+        &cause.actor_id,
+        now_ms,
+    );
+    (event_id, meta)
+}
+
+async fn emit<M: prost::Message + Name>(
+    tx: &WriteTxn,
+    message: &M,
+    event_id: &str,
+    aggregate_id: &str,
+    now_ms: i64,
+) -> Result<(), sea_orm::DbErr> {
+    enqueue(tx, SOURCE, OutgoingEvent::from_message(message, event_id, aggregate_id, now_ms)).await
+}
+
+/// Which listing event to emit.
+#[derive(Debug, Clone, Copy)]
+pub enum ListingChange {
+    /// ListingRegistered.
+    Registered,
+    /// ListingUpdated.
+    Updated,
+    /// ListingDeleted.
+    Deleted,
+}
+
+/// Emits the event of a listing change.
+pub async fn listing_changed(
+    tx: &WriteTxn,
+    change: ListingChange,
+    listing: Listing,
+    cause: &Cause,
+    now_ms: i64,
+) -> Result<(), sea_orm::DbErr> {
+    let id = listing.listing_id.clone();
+    let (event_id, meta) = metadata(&id, listing.version, cause, now_ms);
+    let metadata = Some(meta);
+    let listing = Some(listing);
+    match change {
+        ListingChange::Registered => emit(tx, &ListingRegistered { metadata, listing }, &event_id, &id, now_ms).await,
+        ListingChange::Updated => emit(tx, &ListingUpdated { metadata, listing }, &event_id, &id, now_ms).await,
+        ListingChange::Deleted => emit(tx, &ListingDeleted { metadata, listing }, &event_id, &id, now_ms).await,
+    }
+}
+
+/// Emits ListingBooked.
+pub async fn booked(tx: &WriteTxn, booking: Hold, cause: &Cause, now_ms: i64) -> Result<(), sea_orm::DbErr> {
+    let id = booking.listing_id.clone();
+    let (event_id, metadata) = metadata(&id, 0, cause, now_ms);
+    emit(
+        tx,
+        &ListingBooked {
+            metadata: Some(metadata),
+            booking: Some(booking),
+        },
+        &event_id,
+        &id,
+        now_ms,
+    )
+    .await
+}
+
+/// Emits ListingReleased.
+pub async fn released(tx: &WriteTxn, booking: Hold, reason: &str, cause: &Cause, now_ms: i64) -> Result<(), sea_orm::DbErr> {
+    let id = booking.listing_id.clone();
+    let (event_id, metadata) = metadata(&id, 0, cause, now_ms);
+    emit(
+        tx,
+        &ListingReleased {
+            metadata: Some(metadata),
+            booking: Some(booking),
+            reason: reason.to_owned(),
+        },
+        &event_id,
+        &id,
+        now_ms,
+    )
+    .await
+}
+
+/// Consumes the reservation stream: `ReservationCancelled` releases the reservation's booking.
+pub struct ReservationEvents {
+    /// The catalog the events act on.
+    pub catalog: Catalog,
+}
+
+impl EventHandler for ReservationEvents {
+    fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
+        Box::pin(async move {
+            if event.event_type != ReservationCancelled::full_name() {
+                return Ok(());
+            }
+            let cancelled: ReservationCancelled = event.decode()?;
+            let reservation = cancelled
+                .reservation
+                .ok_or_else(|| HandleError::Permanent("ReservationCancelled without a reservation".into()))?;
+            let cause = Cause {
+                correlation_id: reservation.reservation_id.clone(),
+                causation_id: event.event_id.clone(),
+                actor_id: String::new(),
+            };
+            self.catalog
+                .release_in(tx, &reservation.reservation_id, "reservation cancelled", &cause)
+                .await
+                .map(|_| ())
+                .or_else(|e| match e {
+                    crate::domain::CatalogError::NotFound(_) => Ok(()),
+                    crate::domain::CatalogError::Storage(e) => Err(HandleError::from(e)),
+                    other => Err(HandleError::Permanent(other.to_string())),
+                })
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! The `listings` table and its queries.
+
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
+use sharemesh_contracts::catalog::v1::{CarDetails, Listing as ListingProto, ListingStatus, TalentDetails, listing};
+use sharemesh_contracts::common::v1::{ListingKind, Money};
+use sharemesh_contracts::ext::timestamp_from_ms;
+
+use super::holds;
+
+/// A row of `listings`.
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    /// A listing: a car or a talent a host offers.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "listings")]
+    pub struct Model {
+        /// Listing id (UUID).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub listing_id: String,
+        /// The host who owns it.
+        pub host_id: String,
+        /// `CAR` or `TALENT`.
+        pub kind: String,
+        /// Display title.
+        pub title: String,
+        /// Free text.
+        pub description: String,
+        /// Price of one unit in minor units.
+        pub price_minor: i64,
+        /// ISO 4217 code.
+        pub currency: String,
+        /// Car model (cars).
+        pub car_model: Option<String>,
+        /// `CarType` number (cars).
+        pub car_type: Option<i32>,
+        /// Seats (cars).
+        pub seats: Option<i32>,
+        /// Talent category (talents).
+        pub category: Option<String>,
+        /// Session length in minutes (talents).
+        pub session_minutes: Option<i32>,
+        /// `ACTIVE` or `DELETED`.
+        pub status: String,
+        /// Incremented on every change.
+        pub version: i64,
+        /// Created (ms since the epoch).
+        pub created_at_ms: i64,
+        /// Last changed (ms since the epoch).
+        pub updated_at_ms: i64,
+    }
+
+    /// No navigable relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub use entity::Model as ListingRow;
+
+/// `ACTIVE`.
+pub const ACTIVE: &str = "ACTIVE";
+/// `DELETED`.
+pub const DELETED: &str = "DELETED";
+
+impl ListingRow {
+    /// The kind as the proto enum.
+    pub fn kind(&self) -> ListingKind {
+        match self.kind.as_str() {
+            "CAR" => ListingKind::Car,
+            "TALENT" => ListingKind::Talent,
+            _ => ListingKind::Unspecified,
+        }
+    }
+
+    /// Sets the details columns from proto details (the other kind's columns are cleared).
+    pub fn set_details(&mut self, details: &listing::Details) {
+        match details {
+            listing::Details::Car(car) => {
+                self.kind = "CAR".into();
+                self.car_model = Some(car.model.clone());
+                self.car_type = Some(car.car_type);
+                self.seats = Some(car.seats);
+                self.category = None;
+                self.session_minutes = None;
+            }
+            listing::Details::Talent(t) => {
+                self.kind = "TALENT".into();
+                self.category = Some(t.category.clone());
+                self.session_minutes = Some(t.session_minutes);
+                self.car_model = None;
+                self.car_type = None;
+                self.seats = None;
+            }
+        }
+    }
+
+    /// The row as the API's `Listing`.
+    pub fn to_proto(&self) -> ListingProto {
+        let details = match self.kind() {
+            ListingKind::Car => Some(listing::Details::Car(CarDetails {
+                model: self.car_model.clone().unwrap_or_default(),
+                car_type: self.car_type.unwrap_or_default(),
+                seats: self.seats.unwrap_or_default(),
+            })),
+            ListingKind::Talent => Some(listing::Details::Talent(TalentDetails {
+                category: self.category.clone().unwrap_or_default(),
+                session_minutes: self.session_minutes.unwrap_or_default(),
+            })),
+            ListingKind::Unspecified => None,
+        };
+        ListingProto {
+            listing_id: self.listing_id.clone(),
+            host_id: self.host_id.clone(),
+            kind: self.kind() as i32,
+            title: self.title.clone(),
+            description: self.description.clone(),
+            price: Some(Money::new(self.price_minor, &self.currency)),
+            details,
+            status: if self.status == DELETED {
+                ListingStatus::Deleted
+            } else {
+                ListingStatus::Active
+            } as i32,
+            version: self.version,
+            create_time: Some(timestamp_from_ms(self.created_at_ms)),
+            update_time: Some(timestamp_from_ms(self.updated_at_ms)),
+        }
+    }
+}
+
+/// Inserts a new listing.
+pub async fn insert(db: &impl ConnectionTrait, row: ListingRow) -> Result<(), sea_orm::DbErr> {
+    entity::Entity::insert(row.into_active_model())
+        .exec_without_returning(db)
+        .await
+        .map(|_| ())
+}
+
+/// Writes every column of `row` (which must exist).
+pub async fn save(db: &impl ConnectionTrait, row: ListingRow) -> Result<(), sea_orm::DbErr> {
+    // Mark every column changed so the whole row is written.
+    row.into_active_model().reset_all().update(db).await.map(|_| ())
+}
+
+/// One listing by id.
+pub async fn find(db: &impl ConnectionTrait, listing_id: &str) -> Result<Option<ListingRow>, sea_orm::DbErr> {
+    entity::Entity::find_by_id(listing_id.to_owned()).one(db).await
+}
+
+/// Filters of [`list`].
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    /// Only this kind.
+    pub kind: Option<&'static str>,
+    /// Only this talent category.
+    pub category: Option<String>,
+    /// Only this host's.
+    pub host_id: Option<String>,
+    /// Only listings free during `[start, end)`.
+    pub available_during: Option<(i64, i64)>,
+    /// Include deleted listings.
+    pub include_deleted: bool,
+}
+
+/// Listings newest first, `limit` rows from `offset`.
+pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, limit: u64) -> Result<Vec<ListingRow>, sea_orm::DbErr> {
+    use entity::Column as C;
+    let mut q = entity::Entity::find();
+    if !filter.include_deleted {
+        q = q.filter(C::Status.eq(ACTIVE));
+    }
+    if let Some(kind) = filter.kind {
+        q = q.filter(C::Kind.eq(kind));
+    }
+    if let Some(category) = &filter.category {
+        q = q.filter(C::Category.eq(category.clone()));
+    }
+    if let Some(host) = &filter.host_id {
+        q = q.filter(C::HostId.eq(host.clone()));
+    }
+    if let Some((start, end)) = filter.available_during {
+        let busy = Query::select()
+            .expr(Expr::val(1))
+            .from(holds::entity::Entity)
+            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::ListingId)).equals((entity::Entity, C::ListingId)))
+            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::Status)).is_in([holds::HELD, holds::BOOKED]))
+            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::StartMs)).lt(end))
+            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::EndMs)).gt(start))
+            .to_owned();
+        q = q.filter(Expr::exists(busy).not());
+    }
+    q.order_by_desc(C::CreatedAtMs)
+        .order_by_asc(C::ListingId)
+        .offset(offset)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// Marks a listing changed: bumps the version and the update time.
+pub fn touch(row: &mut ListingRow, now_ms: i64) {
+    row.version += 1;
+    row.updated_at_ms = now_ms;
+}
