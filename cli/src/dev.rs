@@ -1,0 +1,145 @@
+//! `sharemesh dev`: every service on its own port in one process, talking over real gRPC and
+//! NATS, with SQLite files and (unless `NATS_URL` is set) a nats-server under the data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use sharemesh_mesh::config::{
+    ENV_DATA_DIR, ENV_DATABASE_URL, ENV_GRPC_ADDR, ENV_METRICS_ADDR, ENV_NATS_URL, Env, EnvExt, Layered, MapEnv, ProcessEnv,
+};
+use sharemesh_mesh::server::Shutdown;
+
+use crate::serve::{self, Context};
+
+/// Arguments of `sharemesh dev`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevArgs {
+    /// First port: catalog listens on PORT+1 (PORT itself is kept for the edge).
+    #[arg(long, env = "SHAREMESH_DEV_PORT", default_value_t = 50050)]
+    port: u16,
+    /// Port of the local nats-server started when NATS_URL is unset.
+    #[arg(long, env = "SHAREMESH_DEV_NATS_PORT", default_value_t = 14222)]
+    nats_port: u16,
+    /// Port of `/metrics` for the whole process.
+    #[arg(long, env = "SHAREMESH_DEV_METRICS_PORT", default_value_t = 9090)]
+    metrics_port: u16,
+}
+
+fn port_of(context: Context, base: u16) -> u16 {
+    base + 1 + Context::ALL.iter().position(|c| *c == context).unwrap_or(0) as u16
+}
+
+/// `sharemesh dev`.
+pub(crate) async fn run(args: DevArgs) -> Result<(), String> {
+    sharemesh_mesh::telemetry::init("sharemesh-dev", &ProcessEnv);
+    let data_dir = PathBuf::from(ProcessEnv.string_or(ENV_DATA_DIR, "./data"));
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+
+    let mut nats_child = None;
+    let nats_url = match ProcessEnv.get(ENV_NATS_URL).filter(|u| !u.is_empty()) {
+        Some(url) => url,
+        None => {
+            nats_child = Some(start_nats(&data_dir, args.nats_port).await?);
+            format!("nats://127.0.0.1:{}", args.nats_port)
+        }
+    };
+
+    let shutdown = Shutdown::on_signals();
+    let mut services = tokio::task::JoinSet::new();
+    let mut lines = Vec::new();
+    for (i, context) in Context::ALL.into_iter().enumerate() {
+        let port = port_of(context, args.port);
+        let db = format!("sqlite://{}/{}.db?mode=rwc", data_dir.display(), context.name());
+        let metrics = if i == 0 {
+            format!("127.0.0.1:{}", args.metrics_port)
+        } else {
+            "off".into()
+        };
+        let overrides = MapEnv::default()
+            .with(ENV_GRPC_ADDR, format!("127.0.0.1:{port}"))
+            .with(ENV_DATABASE_URL, db)
+            .with(ENV_METRICS_ADDR, metrics)
+            .with(ENV_NATS_URL, nats_url.clone())
+            .with(
+                &upstream_var(Context::Catalog),
+                format!("http://127.0.0.1:{}", port_of(Context::Catalog, args.port)),
+            );
+        let env = Layered {
+            overrides,
+            base: ProcessEnv,
+        };
+        let s = shutdown.clone();
+        services.spawn(async move { (context, serve::run_with(context, &env, s).await) });
+        lines.push(format!("{:<12} 127.0.0.1:{port}", context.name()));
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        println!("sharemesh dev: services (gRPC, plaintext)");
+        for line in &lines {
+            println!("  {line}");
+        }
+        println!("  {:<12} {nats_url}", "nats");
+        println!("  {:<12} http://127.0.0.1:{}/metrics", "metrics", args.metrics_port);
+        println!("  {:<12} {}", "data", data_dir.display());
+    }
+
+    let mut failure = None;
+    while let Some(done) = services.join_next().await {
+        match done {
+            Ok((context, Err(e))) => {
+                tracing::error!(service = context.name(), error = %e, "service stopped");
+                failure.get_or_insert(e);
+                shutdown.trigger();
+            }
+            Ok((_, Ok(()))) => shutdown.trigger(),
+            Err(e) => {
+                failure.get_or_insert(format!("service task failed: {e}"));
+                shutdown.trigger();
+            }
+        }
+    }
+    if let Some(mut child) = nats_child {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// `SHAREMESH_<CONTEXT>_ADDR`: where a service finds another.
+pub(crate) fn upstream_var(context: Context) -> String {
+    format!("SHAREMESH_{}_ADDR", context.name().to_ascii_uppercase())
+}
+
+async fn start_nats(data_dir: &Path, port: u16) -> Result<tokio::process::Child, String> {
+    let bin = which("nats-server").ok_or("nats-server not found on PATH: run `make deps`, or set NATS_URL to a running server")?;
+    let store = data_dir.join("nats");
+    let log = std::fs::File::create(data_dir.join("nats.log")).map_err(|e| format!("cannot write nats.log: {e}"))?;
+    let child = tokio::process::Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start nats-server: {e}"))?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!(
+        "nats-server did not listen on port {port} (is the port taken? see {}/nats.log)",
+        data_dir.display()
+    ))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}

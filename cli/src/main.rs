@@ -1,0 +1,62 @@
+//! `sharemesh`: the one binary of the mesh.
+//!
+//! - `sharemesh serve <context>` runs one service, configured by environment variables;
+//! - `sharemesh dev` runs every service on its own port, with SQLite files and a nats-server
+//!   under `./data`, and prints the ports;
+//! - `sharemesh token --sub alice --role host` mints a bearer token.
+#![forbid(unsafe_code)]
+
+mod dev;
+mod serve;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The sharemesh reservation marketplace.
+#[derive(Parser)]
+#[command(name = "sharemesh", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one service (catalog).
+    Serve {
+        /// The bounded context to serve.
+        context: serve::Context,
+    },
+    /// Run every service locally, each on its own port, with a local nats-server.
+    Dev(dev::DevArgs),
+    /// Mint a bearer token (HS256, signed with SHAREMESH_JWT_SECRET).
+    Token(token::TokenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sharemesh: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { context } => serve::run(context).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Token(args) => token::run(args),
+        }
+    });
+    sharemesh_mesh::telemetry::shutdown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sharemesh: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
