@@ -1,0 +1,261 @@
+//! Black-box test support: start the real `sharemesh` binary (one process per service), a
+//! throwaway nats-server, fresh databases; mint tokens; open gRPC channels.
+//!
+//! The binary is `$SHAREMESH_BIN` or `target/debug/sharemesh` (`make test` builds it first).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sharemesh_mesh::auth::{AuthConfig, Minter, Role};
+pub use sharemesh_mesh::testing::{NatsServer, free_port};
+use tonic::transport::Channel;
+
+/// The secret every test process shares.
+pub const SECRET: &str = "e2e-test-secret-0123456789";
+
+/// The `sharemesh` binary under test.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("SHAREMESH_BIN") {
+        return p.into();
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sharemesh");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bin sharemesh` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A bearer token for `sub` with `role`.
+pub fn token(sub: &str, role: Role) -> String {
+    let config = AuthConfig {
+        secret: SECRET.into(),
+        issuer: "sharemesh".into(),
+    };
+    Minter::new(&config).mint(sub, role, Duration::from_secs(3600)).unwrap()
+}
+
+/// `request` with `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+/// A running `sharemesh serve <context>` process.
+pub struct Service {
+    pub context: &'static str,
+    pub port: u16,
+    env: Vec<(String, String)>,
+    pub log: PathBuf,
+    child: Option<tokio::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    /// Starts `context` with a fresh SQLite file (unless `env` sets DATABASE_URL) against `nats`,
+    /// and waits until its health reports SERVING.
+    pub async fn start(context: &'static str, nats: &NatsServer, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut all: Vec<(String, String)> = vec![
+            ("SHAREMESH_GRPC_ADDR".into(), format!("127.0.0.1:{port}")),
+            ("SHAREMESH_METRICS_ADDR".into(), "off".into()),
+            (
+                "DATABASE_URL".into(),
+                format!("sqlite://{}/{context}.db?mode=rwc", dir.path().display()),
+            ),
+            ("NATS_URL".into(), nats.url()),
+            ("SHAREMESH_JWT_SECRET".into(), SECRET.into()),
+            ("SHAREMESH_LOG".into(), "info,sqlx=warn,async_nats=warn".into()),
+            ("SHAREMESH_OUTBOX_POLL".into(), "100ms".into()),
+        ];
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push(((*k).into(), (*v).into()));
+        }
+        let log = dir.path().join(format!("{context}.log"));
+        let mut svc = Self {
+            context,
+            port,
+            env: all,
+            log,
+            child: None,
+            _dir: dir,
+        };
+        svc.spawn().await;
+        svc
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = tokio::process::Command::new(binary())
+            .args(["serve", self.context])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_serving(Duration::from_secs(30)).await;
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh channel to the service.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.uri()).unwrap().connect().await.unwrap()
+    }
+
+    /// The service's log so far (for assertion messages).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Health status of the whole server, or None when unreachable.
+    pub async fn health(&self) -> Option<i32> {
+        let channel = Channel::from_shared(self.uri())
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .ok()?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let res = client
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .ok()?;
+        Some(res.into_inner().status)
+    }
+
+    async fn wait_serving(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.health().await == Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("{} exited with {status} before serving:\n{}", self.context, self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not become SERVING:\n{}",
+                self.context,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no cleanup at all.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit; returns its exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let pid = child.id()?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("exit after SIGTERM")
+            .unwrap();
+        status.code()
+    }
+
+    /// Starts the process again with the same settings (same port, same database).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+}
+
+/// A fresh PostgreSQL database for one test, dropped at the end; `None` when
+/// `SHAREMESH_TEST_POSTGRES` (an admin URL such as postgres://postgres:postgres@127.0.0.1:5432/postgres)
+/// is unset. Under `make test` it is always set.
+pub struct PgDatabase {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Option<Self> {
+        let admin = std::env::var("SHAREMESH_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
+        let name = format!("sharemesh_test_{}", uuid::Uuid::new_v4().simple());
+        let conn = sea_orm::Database::connect(&admin)
+            .await
+            .expect("connect to SHAREMESH_TEST_POSTGRES");
+        use sea_orm::ConnectionTrait;
+        conn.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            admin,
+            name,
+        })
+    }
+
+    pub async fn drop_now(self) {
+        use sea_orm::ConnectionTrait;
+        if let Ok(conn) = sea_orm::Database::connect(&self.admin).await {
+            let _ = conn
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .await;
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message currently in `stream`, as (subject, headers, payload).
+pub async fn stream_messages(nats: &NatsServer, stream: &str) -> Vec<(String, async_nats::HeaderMap, bytes::Bytes)> {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let last = s.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push((m.subject.to_string(), m.headers, m.payload));
+        }
+    }
+    out
+}
