@@ -1,0 +1,36 @@
+# sharemesh — every command a newcomer needs. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/debug/sharemesh
+# nextest when installed (it is on our machines), plain cargo test otherwise.
+TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo "$(CARGO) nextest run --profile ci"; else echo "$(CARGO) test"; fi)
+
+.PHONY: help deps build run test test-unit lint fmt clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## install what a fresh machine lacks (nats-server)
+	@scripts/deps.sh
+
+build: ## build the sharemesh binary
+	$(CARGO) build --bin sharemesh
+
+run: deps build ## run the whole mesh locally: SQLite files and a nats-server under ./data
+	$(BIN) dev
+
+test: deps build ## run every test (unit, mesh integration, end-to-end with real processes)
+	@pg_url=$$(scripts/ensure-postgres.sh) || { echo "make test: no PostgreSQL: the PostgreSQL tests will say SKIPPED" >&2; pg_url=""; \
+	  if [ "$${CI:-}" = "true" ]; then exit 1; fi; }; \
+	SHAREMESH_TEST_POSTGRES="$$pg_url" $(TEST_RUNNER) --workspace --all-features
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+clean: ## remove build output and local data
+	$(CARGO) clean
+	rm -rf data
