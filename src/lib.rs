@@ -14,7 +14,6 @@
 //! ```
 #![forbid(unsafe_code)]
 
-
 pub mod ext;
 
 /// Every `.proto` of the product and its imports, as an encoded `FileDescriptorSet`, with

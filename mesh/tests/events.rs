@@ -1,0 +1,474 @@
+//! The outbox relay and the inbox consumer against a real nats-server (feature `testing`).
+//!
+//! Each test has its own nats-server on a free loopback port and its own SQLite file.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::pull};
+use sea_orm::{ConnectionTrait, Statement};
+use sea_orm_migration::MigrationTrait;
+use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, Inbox, InboxPolicy, IncomingEvent};
+use sharemesh_mesh::events::outbox::{self, OutgoingEvent, Relay};
+use sharemesh_mesh::events::{self, DLQ_PREFIX, DLQ_STREAM};
+use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::storage::{Db, WriteTxn};
+use sharemesh_mesh::testing::NatsServer;
+use tokio::time::timeout;
+
+const CONTEXT: &str = "test";
+const SOURCE: &str = "sharemesh/test";
+const STREAM: &str = "SHAREMESH_TEST";
+const EVENT_TYPE: &str = "sharemesh.test.v1.ThingHappened";
+const CONSUMER: &str = "tester";
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Migrator;
+
+impl sea_orm_migration::MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        sharemesh_mesh::storage::boxed(events::MIGRATIONS)
+    }
+}
+
+/// A migrated SQLite database in its own temp dir (kept alive by the returned guard).
+async fn fresh_db() -> (Db, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/events.db?mode=rwc", dir.path().display());
+    let db = Db::connect(&url).await.expect("connect sqlite");
+    db.migrate::<Migrator>().await.expect("migrate");
+    db.conn()
+        .execute_unprepared("CREATE TABLE effects (event_id TEXT NOT NULL, delivered INTEGER NOT NULL)")
+        .await
+        .expect("create effects table");
+    (db, dir)
+}
+
+async fn jetstream_for(nats: &NatsServer) -> jetstream::Context {
+    let client = timeout(WAIT, events::connect(&nats.url(), "mesh-events-test"))
+        .await
+        .expect("connect in time")
+        .expect("connect nats");
+    jetstream::new(client)
+}
+
+/// The first column of the one row `sql` returns.
+async fn scalar(db: &Db, sql: &str) -> i64 {
+    let row = db
+        .conn()
+        .query_one_raw(Statement::from_string(db.backend(), sql.to_owned()))
+        .await
+        .expect("query")
+        .expect("one row");
+    row.try_get_by_index::<i64>(0).expect("count column")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The number of messages in `stream`, `None` while it does not exist.
+async fn stream_messages(js: &jetstream::Context, stream: &str) -> Option<u64> {
+    let mut s = js.get_stream(stream).await.ok()?;
+    Some(s.info().await.ok()?.state.messages)
+}
+
+async fn stored(js: &jetstream::Context, stream: &str, seq: u64) -> jetstream::message::StreamMessage {
+    let s = js.get_stream(stream).await.expect("stream");
+    s.get_raw_message(seq).await.expect("stored message")
+}
+
+fn header(h: &HeaderMap, key: &str) -> String {
+    h.get(key)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| panic!("missing header {key} in {h:?}"))
+}
+
+fn thing(n: u8) -> OutgoingEvent {
+    OutgoingEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: EVENT_TYPE.into(),
+        aggregate_id: format!("thing-{n}"),
+        payload: vec![n, n, n],
+        // Distinct, millisecond-precise times.
+        occurred_at_ms: events::now_ms() - 1000 + i64::from(n),
+    }
+}
+
+async fn enqueue_all(db: &Db, list: &[OutgoingEvent]) {
+    let tx = db.begin_write().await.expect("begin");
+    for e in list {
+        outbox::enqueue(&tx, SOURCE, e.clone()).await.expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+}
+
+async fn stop(shutdown: &Shutdown, task: tokio::task::JoinHandle<()>) {
+    shutdown.trigger();
+    timeout(Duration::from_secs(10), task)
+        .await
+        .expect("task stops within 10s")
+        .expect("task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_committed_events_in_order_with_cloudevents_headers() {
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    let (db, _dir) = fresh_db().await;
+    let sent: Vec<_> = (1..=3).map(thing).collect();
+    enqueue_all(&db, &sent).await;
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM mesh_outbox WHERE published_at_ms IS NULL").await,
+        3
+    );
+
+    let shutdown = Shutdown::new();
+    // A poll far longer than the test: the start-up pass publishes what is already committed,
+    // later commits are published only because they wake the relay.
+    let relay = tokio::spawn(Relay::new(db.clone(), js.clone(), CONTEXT, Duration::from_secs(600)).run(shutdown.clone()));
+
+    eventually("3 messages in the stream", WAIT, || async {
+        stream_messages(&js, STREAM).await.filter(|n| *n >= 3)
+    })
+    .await;
+    eventually("rows marked published", WAIT, || async {
+        (scalar(&db, "SELECT COUNT(*) FROM mesh_outbox WHERE published_at_ms IS NULL").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(stream_messages(&js, STREAM).await, Some(3));
+
+    for (i, e) in sent.iter().enumerate() {
+        let msg = stored(&js, STREAM, i as u64 + 1).await;
+        assert_eq!(msg.subject.as_str(), EVENT_TYPE);
+        assert_eq!(msg.payload.as_ref(), e.payload.as_slice(), "message {} out of order", i + 1);
+        assert_eq!(header(&msg.headers, "Nats-Msg-Id"), e.event_id);
+        assert_eq!(header(&msg.headers, events::CE_ID), e.event_id);
+        assert_eq!(header(&msg.headers, events::CE_TYPE), EVENT_TYPE);
+        assert_eq!(header(&msg.headers, events::CE_SOURCE), SOURCE);
+        assert_eq!(header(&msg.headers, events::CE_SPECVERSION), "1.0");
+        assert_eq!(header(&msg.headers, events::AGGREGATE_ID), e.aggregate_id);
+        let time = header(&msg.headers, events::CE_TIME);
+        let parsed = chrono::DateTime::parse_from_rfc3339(&time).unwrap_or_else(|err| panic!("ce-time {time:?} is not RFC 3339: {err}"));
+        assert_eq!(parsed.timestamp_millis(), e.occurred_at_ms, "ce-time {time}");
+    }
+
+    // A commit after start-up wakes the relay without waiting for the poll.
+    let late = thing(4);
+    enqueue_all(&db, std::slice::from_ref(&late)).await;
+    eventually("the late event (woken by its commit)", Duration::from_secs(5), || async {
+        stream_messages(&js, STREAM).await.filter(|n| *n >= 4)
+    })
+    .await;
+    assert_eq!(header(&stored(&js, STREAM, 4).await.headers, events::CE_ID), late.event_id);
+
+    stop(&shutdown, relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republishing_after_a_lost_mark_is_deduplicated_by_the_broker() {
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    events::ensure_stream(&js, CONTEXT).await.expect("stream");
+    let (db, _dir) = fresh_db().await;
+    let relay = Relay::new(db.clone(), js.clone(), CONTEXT, Duration::from_secs(60));
+
+    enqueue_all(&db, &(1..=3).map(thing).collect::<Vec<_>>()).await;
+    assert_eq!(timeout(WAIT, relay.publish_pending()).await.expect("in time").expect("publish"), 3);
+    assert_eq!(stream_messages(&js, STREAM).await, Some(3));
+
+    // As if the process died between the broker's ack and the UPDATE.
+    db.conn()
+        .execute_unprepared("UPDATE mesh_outbox SET published_at_ms = NULL")
+        .await
+        .expect("reset");
+    assert_eq!(
+        timeout(WAIT, relay.publish_pending()).await.expect("in time").expect("republish"),
+        3
+    );
+    assert_eq!(stream_messages(&js, STREAM).await, Some(3), "the broker kept duplicates");
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM mesh_outbox WHERE published_at_ms IS NULL").await,
+        0
+    );
+    assert_eq!(
+        timeout(WAIT, relay.publish_pending())
+            .await
+            .expect("in time")
+            .expect("nothing pending"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_catches_up_once_nats_comes_back() {
+    let mut nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    nats.stop();
+
+    let (db, _dir) = fresh_db().await;
+    let event = thing(7);
+    enqueue_all(&db, std::slice::from_ref(&event)).await;
+    let shutdown = Shutdown::new();
+    let relay = tokio::spawn(Relay::new(db.clone(), js, CONTEXT, Duration::from_millis(100)).run(shutdown.clone()));
+
+    // The relay keeps trying while the broker is down; nothing is marked published.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!relay.is_finished(), "relay gave up while NATS was down");
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM mesh_outbox WHERE published_at_ms IS NULL").await,
+        1
+    );
+
+    nats.start();
+    let observer = jetstream_for(&nats).await;
+    eventually("the event after NATS restarted", Duration::from_secs(30), || async {
+        stream_messages(&observer, STREAM).await.filter(|n| *n >= 1)
+    })
+    .await;
+    assert_eq!(header(&stored(&observer, STREAM, 1).await.headers, events::CE_ID), event.event_id);
+    eventually("the row marked published", WAIT, || async {
+        (scalar(&db, "SELECT COUNT(*) FROM mesh_outbox WHERE published_at_ms IS NULL").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(stream_messages(&observer, STREAM).await, Some(1));
+    stop(&shutdown, relay).await;
+}
+
+/// How a [`Recorder`] behaves.
+#[derive(Clone, Copy)]
+enum Mode {
+    Succeed,
+    AlwaysTransient,
+    Permanent,
+    FailTimesThenSucceed(u32),
+}
+
+/// A handler that writes an `effects` row in the inbox transaction and counts its calls.
+struct Recorder {
+    mode: Mode,
+    calls: AtomicU32,
+}
+
+impl Recorder {
+    fn new(mode: Mode) -> Arc<Self> {
+        Arc::new(Self {
+            mode,
+            calls: AtomicU32::new(0),
+        })
+    }
+    fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl EventHandler for Recorder {
+    fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
+        Box::pin(async move {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            // The effect is written first, so a failure below proves the rollback.
+            tx.execute_raw(Statement::from_sql_and_values(
+                tx.get_database_backend(),
+                "INSERT INTO effects (event_id, delivered) VALUES (?, ?)",
+                [event.event_id.clone().into(), event.delivered.into()],
+            ))
+            .await?;
+            match self.mode {
+                Mode::Succeed => Ok(()),
+                Mode::AlwaysTransient => Err(HandleError::Transient(format!("upstream down (call {call})"))),
+                Mode::Permanent => Err(HandleError::Permanent("impossible state".into())),
+                Mode::FailTimesThenSucceed(n) if call <= n => Err(HandleError::Transient(format!("not yet (call {call})"))),
+                Mode::FailTimesThenSucceed(_) => Ok(()),
+            }
+        })
+    }
+}
+
+/// Publishes an event straight to the stream with its own `Nats-Msg-Id`.
+async fn publish_raw(js: &jetstream::Context, event_id: &str, msg_id: &str) {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", msg_id);
+    h.insert(events::CE_ID, event_id);
+    h.insert(events::CE_TYPE, EVENT_TYPE);
+    h.insert(events::CE_SOURCE, SOURCE);
+    let ack = js
+        .publish_with_headers(EVENT_TYPE, h, bytes::Bytes::from_static(b"\x01"))
+        .await
+        .expect("publish");
+    let ack = timeout(WAIT, ack).await.expect("ack in time").expect("ack");
+    assert!(!ack.duplicate, "broker treated {msg_id} as a duplicate");
+}
+
+fn policy(max_deliver: u32) -> InboxPolicy {
+    InboxPolicy {
+        max_deliver,
+        backoff: Duration::from_millis(50),
+    }
+}
+
+/// Waits until the consumer has acknowledged every message of a stream holding `total`.
+async fn all_acked(js: &jetstream::Context, total: u64) {
+    let durable = format!("{CONSUMER}-from-{CONTEXT}");
+    eventually("every message acked", WAIT, || async {
+        let stream = js.get_stream(STREAM).await.ok()?;
+        let mut consumer = stream.get_consumer::<pull::Config>(&durable).await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_ack_pending == 0 && info.num_pending == 0 && info.ack_floor.stream_sequence >= total).then_some(())
+    })
+    .await;
+}
+
+/// Messages of the dead-letter stream (0 while it does not exist).
+async fn dlq_messages(js: &jetstream::Context) -> u64 {
+    stream_messages(js, DLQ_STREAM).await.unwrap_or(0)
+}
+
+async fn start_inbox(
+    db: &Db,
+    js: &jetstream::Context,
+    handler: Arc<Recorder>,
+    policy: InboxPolicy,
+) -> (Shutdown, tokio::task::JoinHandle<()>) {
+    let shutdown = Shutdown::new();
+    let inbox = Inbox::new(db.clone(), js.clone(), CONSUMER, CONTEXT, handler, policy);
+    (shutdown.clone(), tokio::spawn(inbox.run(shutdown)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_applies_a_redelivered_event_once_and_acks_both_copies() {
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    events::ensure_stream(&js, CONTEXT).await.expect("stream");
+    let (db, _dir) = fresh_db().await;
+    let event_id = uuid::Uuid::now_v7().to_string();
+    publish_raw(&js, &event_id, "copy-1").await;
+    publish_raw(&js, &event_id, "copy-2").await;
+    assert_eq!(stream_messages(&js, STREAM).await, Some(2));
+
+    let handler = Recorder::new(Mode::Succeed);
+    let (shutdown, task) = start_inbox(&db, &js, handler.clone(), policy(5)).await;
+    all_acked(&js, 2).await;
+
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM effects").await, 1);
+    assert_eq!(
+        scalar(
+            &db,
+            &format!("SELECT COUNT(*) FROM mesh_inbox WHERE consumer = '{CONSUMER}' AND event_id = '{event_id}'")
+        )
+        .await,
+        1
+    );
+    assert_eq!(handler.calls(), 1, "the duplicate reached the handler");
+    assert_eq!(dlq_messages(&js).await, 0);
+    stop(&shutdown, task).await;
+}
+
+/// Waits for the one dead-lettered message and checks its headers.
+async fn dead_lettered(js: &jetstream::Context, event_id: &str, reason: &str, deliveries: u32) {
+    eventually("a dead-lettered message", WAIT, || async {
+        (dlq_messages(js).await >= 1).then_some(())
+    })
+    .await;
+    let msg = stored(js, DLQ_STREAM, 1).await;
+    assert_eq!(msg.subject.as_str(), format!("{DLQ_PREFIX}.{CONSUMER}"));
+    let got = header(&msg.headers, "sharemesh-dlq-reason");
+    assert!(got.contains(reason), "dlq reason {got:?} lacks {reason:?}");
+    assert_eq!(header(&msg.headers, "sharemesh-dlq-subject"), EVENT_TYPE);
+    assert_eq!(header(&msg.headers, "sharemesh-dlq-deliveries"), deliveries.to_string());
+    assert_eq!(header(&msg.headers, events::CE_ID), event_id);
+    assert_eq!(msg.payload.as_ref(), b"\x01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_retry_with_backoff_then_dead_letter() {
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    events::ensure_stream(&js, CONTEXT).await.expect("stream");
+    let (db, _dir) = fresh_db().await;
+    let event_id = uuid::Uuid::now_v7().to_string();
+    publish_raw(&js, &event_id, &event_id).await;
+
+    let handler = Recorder::new(Mode::AlwaysTransient);
+    let started = Instant::now();
+    let (shutdown, task) = start_inbox(&db, &js, handler.clone(), policy(3)).await;
+    dead_lettered(&js, &event_id, "upstream down (call 3)", 3).await;
+    // Two backoffs passed: at least 50 ms + 100 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "retried without backoff: {:?}",
+        started.elapsed()
+    );
+    all_acked(&js, 1).await;
+    // Nothing more arrives once the event is dead-lettered and acked.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handler.calls(), 3);
+    assert_eq!(dlq_messages(&js).await, 1);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM mesh_inbox").await,
+        0,
+        "a failed event was recorded as handled"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM effects").await,
+        0,
+        "a failed handler's effect was committed"
+    );
+    stop(&shutdown, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_dead_letters_at_once() {
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    events::ensure_stream(&js, CONTEXT).await.expect("stream");
+    let (db, _dir) = fresh_db().await;
+    let event_id = uuid::Uuid::now_v7().to_string();
+    publish_raw(&js, &event_id, &event_id).await;
+
+    let handler = Recorder::new(Mode::Permanent);
+    let (shutdown, task) = start_inbox(&db, &js, handler.clone(), policy(5)).await;
+    dead_lettered(&js, &event_id, "impossible state", 1).await;
+    all_acked(&js, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handler.calls(), 1);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_inbox").await, 0);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM effects").await, 0);
+    stop(&shutdown, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_recovers_applies_the_event_once() {
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    events::ensure_stream(&js, CONTEXT).await.expect("stream");
+    let (db, _dir) = fresh_db().await;
+    let event_id = uuid::Uuid::now_v7().to_string();
+    publish_raw(&js, &event_id, &event_id).await;
+
+    let handler = Recorder::new(Mode::FailTimesThenSucceed(2));
+    let (shutdown, task) = start_inbox(&db, &js, handler.clone(), policy(5)).await;
+    all_acked(&js, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handler.calls(), 3);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM effects").await, 1);
+    // The effect committed is the one of the third delivery.
+    assert_eq!(scalar(&db, "SELECT delivered FROM effects").await, 3);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_inbox").await, 1);
+    assert_eq!(dlq_messages(&js).await, 0, "a recovered event was dead-lettered");
+    stop(&shutdown, task).await;
+}
