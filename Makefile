@@ -1,7 +1,7 @@
 # sharemesh — every command a newcomer needs. `make help` lists them.
 SHELL := /bin/bash
 CARGO ?= cargo
-BIN := target/debug/sharemesh
+BIN := $(or $(CARGO_TARGET_DIR),target)/debug/sharemesh
 # nextest when installed (it is on our machines), plain cargo test otherwise.
 TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo "$(CARGO) nextest run --profile ci"; else echo "$(CARGO) test"; fi)
 
@@ -22,7 +22,7 @@ run: deps build ## run the whole mesh locally: SQLite files and a nats-server un
 test: deps build ## run every test (unit, mesh integration, end-to-end with real processes)
 	@pg_url=$$(scripts/ensure-postgres.sh) || { echo "make test: no PostgreSQL: the PostgreSQL tests will say SKIPPED" >&2; pg_url=""; \
 	  if [ "$${CI:-}" = "true" ]; then exit 1; fi; }; \
-	SHAREMESH_TEST_POSTGRES="$$pg_url" $(TEST_RUNNER) --workspace --all-features
+	SHAREMESH_TEST_POSTGRES="$$pg_url" SHAREMESH_BIN="$(abspath $(BIN))" $(TEST_RUNNER) --workspace --all-features
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
