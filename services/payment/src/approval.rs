@@ -1,0 +1,137 @@
+//! ApprovePayment (internal): charge a card for a reservation, at most once.
+//!
+//! Idempotent per reservation: the first attempt stores a row (APPROVED or DECLINED) and its
+//! event in one transaction; every later attempt for the same reservation returns that row
+//! unchanged, whatever it asks for. In particular a retry with a different amount or card gets
+//! the first result, not a second charge: the reservation id is the idempotency key, and
+//! amounts are fixed by catalog when the window is held, so a different amount is a caller bug
+//! that must never turn into a double charge. A reservation voided before its approval arrived
+//! (see [`crate::refund`]) answers with its CANCELLED row, so a late approval never charges.
+
+use sharemesh_contracts::common::v1::Money;
+use sharemesh_contracts::payment::v1::{CardSummary, Payment, PaymentCard};
+use sharemesh_mesh::auth::{Caller, Role};
+use sharemesh_mesh::events::now_ms;
+use sharemesh_mesh::storage::is_unique_violation;
+
+use crate::Payments;
+use crate::domain::{self, PaymentError};
+use crate::events::{self, Cause};
+use crate::storage::payments::{self as repo, APPROVED, DECLINED, PaymentRow};
+
+/// What a first approval needs, validated: the card reduced to what may be kept.
+#[derive(Debug, Clone)]
+struct Charge {
+    customer_id: String,
+    amount: Money,
+    card: CardSummary,
+}
+
+fn require_internal(caller: &Caller) -> Result<(), PaymentError> {
+    match caller.role {
+        Role::Service | Role::Admin => Ok(()),
+        other => Err(PaymentError::PermissionDenied(format!(
+            "only services may approve payments (caller is a {other})"
+        ))),
+    }
+}
+
+fn check_charge(customer_id: &str, amount: Option<&Money>, card: Option<&PaymentCard>, now_ms: i64) -> Result<Charge, PaymentError> {
+    domain::validate_id("customer_id", customer_id)?;
+    let amount = domain::validate_amount(amount)?.clone();
+    let card = domain::validate_card(card, now_ms)?;
+    Ok(Charge {
+        customer_id: customer_id.to_owned(),
+        amount,
+        card,
+    })
+}
+
+impl Payments {
+    /// Charges `card` for a reservation (callers with the `service` or `admin` role only).
+    ///
+    /// Returns the payment: APPROVED, or DECLINED with its reason (a decline is not an error).
+    /// A retry returns the first attempt's payment unchanged and never charges twice; the
+    /// customer, amount and card of a retry are not checked against the first attempt.
+    pub async fn approve(
+        &self,
+        caller: &Caller,
+        reservation_id: &str,
+        customer_id: &str,
+        amount: Option<&Money>,
+        card: Option<&PaymentCard>,
+    ) -> Result<Payment, PaymentError> {
+        require_internal(caller)?;
+        domain::validate_id("reservation_id", reservation_id)?;
+        let now = now_ms();
+        // Checked before taking the writer, reported only for a first attempt: a retry gets the
+        // first result even if, say, the card expired in between.
+        let charge = check_charge(customer_id, amount, card, now);
+        let tx = self.db.begin_write().await?;
+        if let Some(existing) = repo::find_by_reservation(&*tx, reservation_id).await? {
+            tracing::info!(
+                payment_id = %existing.payment_id,
+                reservation_id,
+                status = %existing.status,
+                "approval retried; returning the first result"
+            );
+            return Ok(existing.to_proto());
+        }
+        let charge = charge?;
+        let decline_reason = domain::decline_reason(&charge.card, charge.amount.amount_minor, self.limit_minor);
+        let row = PaymentRow {
+            payment_id: uuid::Uuid::now_v7().to_string(),
+            reservation_id: reservation_id.to_owned(),
+            customer_id: charge.customer_id,
+            amount_minor: charge.amount.amount_minor,
+            currency: charge.amount.currency,
+            status: if decline_reason.is_some() { DECLINED } else { APPROVED }.into(),
+            decline_reason: decline_reason.unwrap_or_default(),
+            card_brand: charge.card.brand,
+            card_last4: charge.card.last4,
+            version: 1,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let payment = row.to_proto();
+        let (brand, last4, status) = (row.card_brand.clone(), row.card_last4.clone(), row.status.clone());
+        match repo::insert(&*tx, row).await {
+            Ok(()) => {}
+            // A concurrent first attempt won (PostgreSQL; SQLite writers queue): answer with its row.
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                return self.existing(reservation_id).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let cause = Cause {
+            correlation_id: reservation_id.to_owned(),
+            causation_id: reservation_id.to_owned(),
+            actor_id: caller.id.clone(),
+        };
+        events::decided(&tx, payment.clone(), &cause, now).await?;
+        match tx.commit().await {
+            Ok(()) => {}
+            Err(e) if is_unique_violation(&e) => return self.existing(reservation_id).await,
+            Err(e) => return Err(e.into()),
+        }
+        // Only ids, brand and last four digits: never the card number.
+        tracing::info!(
+            payment_id = %payment.payment_id,
+            reservation_id,
+            card_brand = %brand,
+            card_last4 = %last4,
+            %status,
+            decline_reason = %payment.decline_reason,
+            "payment decided"
+        );
+        Ok(payment)
+    }
+
+    async fn existing(&self, reservation_id: &str) -> Result<Payment, PaymentError> {
+        repo::find_by_reservation(self.db.conn(), reservation_id)
+            .await?
+            .map(|r| r.to_proto())
+            .ok_or_else(|| PaymentError::FailedPrecondition(format!("the payment of reservation {reservation_id} is being written; retry")))
+    }
+}
