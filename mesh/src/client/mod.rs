@@ -31,7 +31,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A channel to one upstream with the whole resilience stack; hand it to a generated client
 /// (`CatalogServiceClient::new(channel)`).
-pub type ResilientChannel = BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, BoxError>;
+pub type ResilientChannel = BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, ClientError>;
+
+/// The error of a [`ResilientChannel`]: a concrete type (not `Box<dyn Error>`) so generated
+/// clients stay usable inside `Send` futures; tonic finds the `Status` through [`std::error::Error::source`].
+#[derive(Debug)]
+pub struct ClientError(pub BoxError);
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
 
 /// Settings of the stack.
 #[derive(Debug, Clone, Copy)]
@@ -129,7 +146,7 @@ pub fn connect(upstream: Upstream, policy: ClientPolicy) -> Result<(ResilientCha
         ))
         .layer(outbound::OutboundLayer::new(upstream.identity.clone()))
         .service(channel);
-    Ok((BoxCloneSyncService::new(stack), breaker))
+    Ok((BoxCloneSyncService::new(tower::ServiceExt::map_err(stack, ClientError)), breaker))
 }
 
 /// A `tonic::Status` as a stack error.
