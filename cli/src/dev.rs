@@ -15,7 +15,7 @@ use crate::serve::{self, Context};
 /// Arguments of `sharemesh dev`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevArgs {
-    /// First port: catalog listens on PORT+1 (PORT itself is kept for the edge).
+    /// First port: catalog listens on PORT+1, reservation on PORT+2, payment on PORT+3 (PORT itself is kept for the edge).
     #[arg(long, env = "SHAREMESH_DEV_PORT", default_value_t = 50050)]
     port: u16,
     /// Port of the local nats-server started when NATS_URL is unset.
@@ -64,6 +64,10 @@ pub(crate) async fn run(args: DevArgs) -> Result<(), String> {
             .with(
                 &upstream_var(Context::Catalog),
                 format!("http://127.0.0.1:{}", port_of(Context::Catalog, args.port)),
+            )
+            .with(
+                &upstream_var(Context::Payment),
+                format!("http://127.0.0.1:{}", port_of(Context::Payment, args.port)),
             );
         let env = Layered {
             overrides,

@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one service (catalog).
+    /// Run one service (catalog, reservation or payment).
     Serve {
         /// The bounded context to serve.
         context: serve::Context,

@@ -8,31 +8,50 @@ use sharemesh_mesh::server::Shutdown;
 pub(crate) enum Context {
     /// Listings and their availability.
     Catalog,
+    /// Payments: approvals and refunds.
+    Payment,
+    /// Reservations: the booking saga.
+    Reservation,
 }
 
 impl Context {
     /// Every context, in start order.
-    pub(crate) const ALL: [Context; 1] = [Context::Catalog];
+    pub(crate) const ALL: [Context; 3] = [Context::Catalog, Context::Reservation, Context::Payment];
 
     /// The context's name (`catalog`).
     pub(crate) fn name(self) -> &'static str {
         match self {
             Context::Catalog => "catalog",
+            Context::Reservation => "reservation",
+            Context::Payment => "payment",
         }
     }
 }
 
 /// Runs `context` with its configuration read from `env`, until `shutdown`.
 pub(crate) async fn run_with(context: Context, env: &impl sharemesh_mesh::config::Env, shutdown: Shutdown) -> Result<(), String> {
-    match context {
+    let auth = sharemesh_mesh::auth::AuthConfig::from_env(env).map_err(|e| e.to_string())?;
+    if auth.is_dev_secret() {
+        tracing::warn!(
+            service = context.name(),
+            "SHAREMESH_JWT_SECRET is not set: using the development secret"
+        );
+    }
+    let result = match context {
         Context::Catalog => {
             let config = sharemesh_catalog::CatalogConfig::from_env(env).map_err(|e| e.to_string())?;
-            if config.mesh.auth.is_dev_secret() {
-                tracing::warn!("SHAREMESH_JWT_SECRET is not set: using the development secret");
-            }
-            sharemesh_catalog::run(config, shutdown).await.map_err(|e| format!("catalog: {e}"))
+            sharemesh_catalog::run(config, shutdown).await
         }
-    }
+        Context::Payment => {
+            let config = sharemesh_payment::PaymentConfig::from_env(env).map_err(|e| e.to_string())?;
+            sharemesh_payment::run(config, shutdown).await
+        }
+        Context::Reservation => {
+            let config = sharemesh_reservation::ReservationConfig::from_env(env).map_err(|e| e.to_string())?;
+            sharemesh_reservation::run(config, shutdown).await
+        }
+    };
+    result.map_err(|e| format!("{}: {e}", context.name()))
 }
 
 /// `sharemesh serve <context>`.

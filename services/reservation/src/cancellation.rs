@@ -1,0 +1,63 @@
+//! Cancellation, choreographed over events: CancelReservation -> CANCEL_REQUESTED
+//! (`ReservationCancelRequested`) -> payment refunds (`PaymentCancelled`) -> CANCELLED
+//! (`ReservationCancelled`) -> catalog releases the booking (`ListingReleased`).
+
+use sharemesh_contracts::reservation::v1::Reservation;
+use sharemesh_mesh::auth::Caller;
+use sharemesh_mesh::storage::WriteTxn;
+
+use crate::Reservations;
+use crate::domain::{self, ReservationError};
+use crate::events::Kind;
+use crate::storage::reservations as repo;
+
+impl Reservations {
+    /// PAID or CONFIRMED -> CANCEL_REQUESTED, by the customer, the listing's host or an admin.
+    /// Asking again answers the reservation as it stands.
+    pub async fn cancel(&self, caller: &Caller, reservation_id: &str, reason: &str) -> Result<Reservation, ReservationError> {
+        let mut row = self.load(reservation_id).await?;
+        if !(caller.is_admin() || caller.id == row.customer_id || caller.id == row.host_id) {
+            return Err(ReservationError::PermissionDenied(
+                "only the customer or the listing's host may cancel this reservation".into(),
+            ));
+        }
+        match row.status.as_str() {
+            domain::CANCEL_REQUESTED | domain::CANCELLED => return Ok(row.to_proto()),
+            domain::PAID | domain::CONFIRMED => {}
+            other => {
+                return Err(ReservationError::FailedPrecondition(format!(
+                    "reservation is {other}; only PAID or CONFIRMED reservations can be cancelled"
+                )));
+            }
+        }
+        if reason.chars().count() > 500 {
+            return Err(ReservationError::invalid("reason", "must be at most 500 characters"));
+        }
+        row.status = domain::CANCEL_REQUESTED.into();
+        row.status_reason = if reason.trim().is_empty() {
+            format!("cancelled by {}", caller.id)
+        } else {
+            reason.trim().to_owned()
+        };
+        self.commit(&mut row, Some(Kind::CancelRequested), &caller.id).await?;
+        Ok(row.to_proto())
+    }
+
+    /// Payment refunded the reservation (event `event_id`): a requested cancellation completes;
+    /// a rejected reservation only records the refund.
+    pub(crate) async fn payment_refunded(&self, tx: &WriteTxn, reservation_id: &str, event_id: &str) -> Result<(), ReservationError> {
+        let Some(mut row) = repo::find(&**tx, reservation_id).await? else {
+            return Err(ReservationError::NotFound(format!("reservation {reservation_id} not found")));
+        };
+        if row.payment_status == "CANCELLED" && row.status != domain::CANCEL_REQUESTED {
+            return Ok(());
+        }
+        row.payment_status = "CANCELLED".into();
+        if row.status == domain::CANCEL_REQUESTED {
+            row.status = domain::CANCELLED.into();
+            self.apply_in(tx, &mut row, Some(Kind::Cancelled), Some(event_id), "").await
+        } else {
+            self.apply_in(tx, &mut row, None, None, "").await
+        }
+    }
+}

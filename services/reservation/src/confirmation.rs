@@ -1,0 +1,32 @@
+//! ConfirmReservation: the listing's host (the seeds' "manager") confirms a PAID reservation.
+
+use sharemesh_contracts::reservation::v1::Reservation;
+use sharemesh_mesh::auth::Caller;
+
+use crate::Reservations;
+use crate::domain::{self, ReservationError};
+use crate::events::Kind;
+
+impl Reservations {
+    /// PAID -> CONFIRMED, by the listing's host or an admin; CONFIRMED again is a no-op.
+    pub async fn confirm(&self, caller: &Caller, reservation_id: &str) -> Result<Reservation, ReservationError> {
+        let mut row = self.load(reservation_id).await?;
+        if !(caller.is_admin() || caller.id == row.host_id) {
+            return Err(ReservationError::PermissionDenied(
+                "only the listing's host may confirm this reservation".into(),
+            ));
+        }
+        match row.status.as_str() {
+            domain::CONFIRMED => return Ok(row.to_proto()),
+            domain::PAID => {}
+            other => {
+                return Err(ReservationError::FailedPrecondition(format!(
+                    "reservation is {other}; only PAID reservations can be confirmed"
+                )));
+            }
+        }
+        row.status = domain::CONFIRMED.into();
+        self.commit(&mut row, Some(Kind::Confirmed), &caller.id).await?;
+        Ok(row.to_proto())
+    }
+}

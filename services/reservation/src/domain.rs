@@ -1,0 +1,235 @@
+//! The reservation's domain: its states, which transitions are allowed, request validation, and
+//! the errors it answers (mapped to gRPC once, in [`ReservationError`]'s `From`).
+
+use std::time::Duration;
+
+use sharemesh_contracts::reservation::v1::ReservationStatus;
+
+/// Waiting for the saga: hold, payment, booking.
+pub const PENDING: &str = "PENDING";
+/// Paid; waits for the host unless the listing's kind auto-confirms.
+pub const PAID: &str = "PAID";
+/// Confirmed by the host (or at once).
+pub const CONFIRMED: &str = "CONFIRMED";
+/// Refused: window taken, payment declined or unavailable; nothing held or charged.
+pub const REJECTED: &str = "REJECTED";
+/// The customer or host asked to cancel; the refund is under way.
+pub const CANCEL_REQUESTED: &str = "CANCEL_REQUESTED";
+/// Refunded and released.
+pub const CANCELLED: &str = "CANCELLED";
+
+/// The status as the proto enum.
+pub fn status_of(s: &str) -> ReservationStatus {
+    match s {
+        PENDING => ReservationStatus::Pending,
+        PAID => ReservationStatus::Paid,
+        CONFIRMED => ReservationStatus::Confirmed,
+        REJECTED => ReservationStatus::Rejected,
+        CANCEL_REQUESTED => ReservationStatus::CancelRequested,
+        CANCELLED => ReservationStatus::Cancelled,
+        _ => ReservationStatus::Unspecified,
+    }
+}
+
+/// The stored name of a proto status (`None` for UNSPECIFIED).
+pub fn status_name(s: ReservationStatus) -> Option<&'static str> {
+    Some(match s {
+        ReservationStatus::Pending => PENDING,
+        ReservationStatus::Paid => PAID,
+        ReservationStatus::Confirmed => CONFIRMED,
+        ReservationStatus::Rejected => REJECTED,
+        ReservationStatus::CancelRequested => CANCEL_REQUESTED,
+        ReservationStatus::Cancelled => CANCELLED,
+        ReservationStatus::Unspecified => return None,
+    })
+}
+
+/// Where a PENDING reservation's saga stands; what recovery resumes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Holding the window in catalog.
+    Hold,
+    /// Charging through payment.
+    Pay,
+    /// Turning the hold into a booking.
+    Confirm,
+    /// Nothing left to do.
+    Done,
+}
+
+impl Step {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Hold => "HOLD",
+            Step::Pay => "PAY",
+            Step::Confirm => "CONFIRM",
+            Step::Done => "DONE",
+        }
+    }
+
+    /// Parses a stored name (unknown means done: never resume what we do not understand).
+    pub fn parse(s: &str) -> Step {
+        match s {
+            "HOLD" => Step::Hold,
+            "PAY" => Step::Pay,
+            "CONFIRM" => Step::Confirm,
+            _ => Step::Done,
+        }
+    }
+}
+
+/// Everything the reservation service answers besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ReservationError {
+    /// A request field is missing or wrong.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as named in the proto.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No such reservation (or listing).
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The state does not allow it: window taken, payment declined, wrong status.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A concurrent change won; retry.
+    #[error("{0}")]
+    Aborted(String),
+    /// An upstream (catalog, payment) cannot be reached; nothing was left held or charged.
+    #[error("{upstream} is unavailable; retry in {}s", retry_after.as_secs().max(1))]
+    Unavailable {
+        /// Which upstream.
+        upstream: &'static str,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// An upstream's answer about the request itself (unknown listing, window taken, bad card),
+    /// passed on with its code and message.
+    #[error("{}", .0.message())]
+    Refused(tonic::Status),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sea_orm::DbErr),
+}
+
+impl ReservationError {
+    /// A field violation.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ReservationError> for tonic::Status {
+    fn from(e: ReservationError) -> Self {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let message = e.to_string();
+        match e {
+            ReservationError::Invalid { field, reason } => tonic::Status::with_error_details(
+                tonic::Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, reason),
+            ),
+            ReservationError::NotFound(m) => tonic::Status::not_found(m),
+            ReservationError::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            ReservationError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            ReservationError::Aborted(m) => tonic::Status::aborted(m),
+            ReservationError::Unavailable { retry_after, .. } => {
+                let secs = retry_after.as_secs().max(1);
+                let mut status = tonic::Status::with_error_details(
+                    tonic::Code::Unavailable,
+                    message,
+                    ErrorDetails::with_retry_info(Some(Duration::from_secs(secs))),
+                );
+                if let Ok(v) = secs.to_string().parse() {
+                    status.metadata_mut().insert("retry-after", v);
+                }
+                status
+            }
+            ReservationError::Refused(status) => tonic::Status::new(status.code(), status.message().to_owned()),
+            ReservationError::Storage(e) => {
+                tracing::error!(error = %e, "reservation storage error");
+                tonic::Status::internal("internal storage error")
+            }
+        }
+    }
+}
+
+/// Checks an id field.
+pub fn validate_id(field: &'static str, id: &str) -> Result<(), ReservationError> {
+    if id.is_empty() {
+        return Err(ReservationError::invalid(field, "is required"));
+    }
+    if id.len() > 64 {
+        return Err(ReservationError::invalid(field, "must be at most 64 characters"));
+    }
+    Ok(())
+}
+
+/// Checks a client idempotency key.
+pub fn validate_request_id(id: &str) -> Result<(), ReservationError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ReservationError::invalid("request_id", "must be 1 to 128 characters"));
+    }
+    if !id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ReservationError::invalid("request_id", "must be printable ASCII without spaces"));
+    }
+    Ok(())
+}
+
+/// Checks a window: both ends set, end after start.
+pub fn validate_window(window: Option<(i64, i64)>) -> Result<(i64, i64), ReservationError> {
+    let (start, end) = window.ok_or_else(|| ReservationError::invalid("window", "start_time and end_time are required"))?;
+    if end <= start {
+        return Err(ReservationError::invalid("window", "end_time must be after start_time"));
+    }
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_roundtrip() {
+        for s in [PENDING, PAID, CONFIRMED, REJECTED, CANCEL_REQUESTED, CANCELLED] {
+            assert_eq!(status_name(status_of(s)), Some(s));
+        }
+        assert_eq!(Step::parse(Step::Pay.as_str()), Step::Pay);
+        assert_eq!(Step::parse("garbage"), Step::Done);
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        assert!(matches!(
+            validate_window(Some((5, 5))),
+            Err(ReservationError::Invalid { field: "window", .. })
+        ));
+        assert!(matches!(
+            validate_request_id(""),
+            Err(ReservationError::Invalid { field: "request_id", .. })
+        ));
+        assert!(matches!(validate_request_id("has space"), Err(ReservationError::Invalid { .. })));
+        assert!(validate_request_id("req-1").is_ok());
+    }
+
+    #[test]
+    fn unavailable_carries_a_retry_hint() {
+        let status = tonic::Status::from(ReservationError::Unavailable {
+            upstream: "payment",
+            retry_after: Duration::from_secs(4),
+        });
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "payment is unavailable; retry in 4s");
+        assert_eq!(status.metadata().get("retry-after").and_then(|v| v.to_str().ok()), Some("4"));
+    }
+}

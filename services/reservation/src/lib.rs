@@ -1,0 +1,198 @@
+//! The reservation bounded context: the booking saga.
+//!
+//! Read in this order: [`domain`] (states, errors) -> [`storage`] (the table) -> [`saga`]
+//! (PlaceReservation: hold -> pay -> book, with compensation) -> [`recovery`] (finishing sagas a
+//! crash interrupted) -> [`confirmation`], [`cancellation`], [`queries`] -> [`grpc`] ->
+//! [`events`] (published and consumed) -> [`upstream`] (clients of catalog and payment).
+#![forbid(unsafe_code)]
+
+pub mod cancellation;
+pub mod confirmation;
+pub mod domain;
+pub mod events;
+pub mod grpc;
+pub mod queries;
+pub mod recovery;
+pub mod saga;
+pub mod storage;
+pub mod upstream;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sharemesh_contracts::reservation::v1::reservation_service_server::ReservationServiceServer;
+use sharemesh_mesh::auth::Verifier;
+use sharemesh_mesh::config::{ConfigError, Env, EnvExt, MeshConfig};
+use sharemesh_mesh::events::now_ms;
+use sharemesh_mesh::runtime::{RunError, Runtime};
+use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::storage::{Db, WriteTxn};
+
+use crate::domain::ReservationError;
+use crate::storage::reservations::{self as repo, ReservationRow};
+
+/// Address of the catalog service (`http://127.0.0.1:50051`).
+pub const ENV_CATALOG_ADDR: &str = "SHAREMESH_CATALOG_ADDR";
+/// Address of the payment service (`http://127.0.0.1:50053`).
+pub const ENV_PAYMENT_ADDR: &str = "SHAREMESH_PAYMENT_ADDR";
+/// Listing kinds confirmed at once when paid: `CAR`, `TALENT`, both comma-separated, or `none` (`CAR`).
+pub const ENV_AUTO_CONFIRM: &str = "SHAREMESH_AUTO_CONFIRM_KINDS";
+/// A PENDING reservation untouched this long is an interrupted saga; recovery finishes it (`30s`).
+pub const ENV_SAGA_STALE: &str = "SHAREMESH_SAGA_STALE";
+
+/// The reservation service's settings.
+#[derive(Debug, Clone)]
+pub struct ReservationConfig {
+    /// Shared settings.
+    pub mesh: MeshConfig,
+    /// catalog's URI.
+    pub catalog_addr: String,
+    /// payment's URI.
+    pub payment_addr: String,
+    /// Kinds (`CAR`, `TALENT`) confirmed at once when paid.
+    pub auto_confirm: Vec<String>,
+    /// Age after which a PENDING saga is resumed by recovery.
+    pub saga_stale: Duration,
+}
+
+impl ReservationConfig {
+    /// Reads the settings.
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let auto = env.string_or(ENV_AUTO_CONFIRM, "CAR");
+        let mut auto_confirm = Vec::new();
+        if !auto.eq_ignore_ascii_case("none") {
+            for kind in auto.split(',').map(|k| k.trim().to_ascii_uppercase()).filter(|k| !k.is_empty()) {
+                if kind != "CAR" && kind != "TALENT" {
+                    return Err(ConfigError::invalid(ENV_AUTO_CONFIRM, &auto, "use CAR, TALENT, CAR,TALENT or none"));
+                }
+                auto_confirm.push(kind);
+            }
+        }
+        let saga_stale = env.duration_or(ENV_SAGA_STALE, Duration::from_secs(30))?;
+        if saga_stale < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                ENV_SAGA_STALE,
+                &format!("{saga_stale:?}"),
+                "must be at least 100ms",
+            ));
+        }
+        Ok(Self {
+            mesh: MeshConfig::from_env("reservation", env)?,
+            catalog_addr: env.string_or(ENV_CATALOG_ADDR, "http://127.0.0.1:50051"),
+            payment_addr: env.string_or(ENV_PAYMENT_ADDR, "http://127.0.0.1:50053"),
+            auto_confirm,
+            saga_stale,
+        })
+    }
+}
+
+/// Reservation ids whose saga runs in this process (recovery leaves them alone).
+#[derive(Clone, Default)]
+pub(crate) struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+/// Removes its id from [`InFlight`] when dropped.
+pub(crate) struct InFlightGuard(InFlight, String);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `id` in flight unless it already is.
+    pub(crate) fn try_enter(&self, id: &str) -> Option<InFlightGuard> {
+        self.lock()
+            .insert(id.to_owned())
+            .then(|| InFlightGuard(self.clone(), id.to_owned()))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
+/// The reservation service's state.
+#[derive(Clone)]
+pub struct Reservations {
+    db: Db,
+    upstreams: upstream::Upstreams,
+    auto_confirm: Arc<[String]>,
+    in_flight: InFlight,
+}
+
+impl Reservations {
+    /// Reservations on `db`, calling `upstreams`.
+    pub fn new(db: Db, upstreams: upstream::Upstreams, auto_confirm: Vec<String>) -> Self {
+        Self {
+            db,
+            upstreams,
+            auto_confirm: auto_confirm.into(),
+            in_flight: InFlight::default(),
+        }
+    }
+
+    /// Applies a change to `row` inside `tx`: bumps the version, publishes `event` (caused by
+    /// `causation`, else by the reservation's previous event), and writes the row if nobody
+    /// changed it meanwhile (ABORTED otherwise).
+    pub(crate) async fn apply_in(
+        &self,
+        tx: &WriteTxn,
+        row: &mut ReservationRow,
+        event: Option<events::Kind>,
+        causation: Option<&str>,
+        actor: &str,
+    ) -> Result<(), ReservationError> {
+        let expected = row.version;
+        let now = now_ms();
+        row.version += 1;
+        row.updated_at_ms = now;
+        if let Some(kind) = event {
+            let cause = causation.map_or_else(|| row.last_event_id.clone(), str::to_owned);
+            row.last_event_id = events::emit(tx, kind, row.to_proto(), &cause, actor, now).await?;
+        }
+        if !repo::save_if_version(&**tx, row.clone(), expected).await? {
+            return Err(ReservationError::Aborted(format!(
+                "reservation {} changed concurrently; retry",
+                row.reservation_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Reservations::apply_in`] in a transaction of its own.
+    pub(crate) async fn commit(&self, row: &mut ReservationRow, event: Option<events::Kind>, actor: &str) -> Result<(), ReservationError> {
+        let tx = self.db.begin_write().await?;
+        self.apply_in(&tx, row, event, None, actor).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Runs the reservation service until `shutdown`.
+pub async fn run(config: ReservationConfig, shutdown: Shutdown) -> Result<(), RunError> {
+    let verifier = Verifier::new(&config.mesh.auth);
+    let upstreams = upstream::Upstreams::new(&config.catalog_addr, &config.payment_addr, config.mesh.client, &config.mesh.auth)
+        .map_err(|e| RunError::Config(format!("{ENV_CATALOG_ADDR} / {ENV_PAYMENT_ADDR}: {e}")))?;
+    let stale = config.saga_stale;
+    let mut rt = Runtime::start::<storage::Migrator>(config.mesh, shutdown.clone()).await?;
+    let reservations = Reservations::new(rt.db.clone(), upstreams, config.auto_confirm);
+    rt.consume(
+        "payment",
+        Arc::new(events::PaymentEvents {
+            reservations: reservations.clone(),
+        }),
+    );
+    let every = (stale / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    rt.spawn(reservations.clone().run_recovery(every, stale, shutdown));
+    let server = rt
+        .bind()
+        .await?
+        .add_service(ReservationServiceServer::with_interceptor(
+            grpc::ReservationGrpc::new(reservations),
+            verifier,
+        ))
+        .reflect(sharemesh_contracts::FILE_DESCRIPTOR_SET);
+    rt.serve(server).await
+}

@@ -1,0 +1,285 @@
+//! PlaceReservation: the orchestrated booking saga.
+//!
+//! PENDING -> catalog `HoldListing` -> payment `ApprovePayment` -> catalog `ConfirmHold` ->
+//! PAID (or CONFIRMED at once for auto-confirmed kinds). Every step is persisted before the next
+//! starts, so [`crate::recovery`] can finish or compensate a saga a crash interrupted. A refusal
+//! releases the hold and ends REJECTED with the reason; a payment the saga gave up on is voided
+//! or refunded by payment when it sees `ReservationRejected`.
+
+use sharemesh_contracts::catalog::v1::{ConfirmHoldRequest, HoldListingRequest, ReleaseHoldRequest};
+use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
+use sharemesh_contracts::payment::v1::{ApprovePaymentRequest, ListPaymentsRequest, Payment, PaymentCard, PaymentStatus};
+use sharemesh_contracts::reservation::v1::Reservation;
+use sharemesh_mesh::auth::{Caller, Role};
+use sharemesh_mesh::events::now_ms;
+use sharemesh_mesh::storage::is_unique_violation;
+
+use crate::Reservations;
+use crate::domain::{self, ReservationError, Step};
+use crate::events::{self, Kind};
+use crate::storage::reservations::{self as repo, ReservationRow};
+use crate::upstream::is_outage;
+
+/// A PlaceReservation request, decoded.
+#[derive(Clone)]
+pub struct PlaceRequest {
+    /// The listing.
+    pub listing_id: String,
+    /// `[start, end)` in ms.
+    pub window: Option<(i64, i64)>,
+    /// The card; used in flight only, never stored.
+    pub card: Option<PaymentCard>,
+    /// The client's idempotency key.
+    pub request_id: String,
+}
+
+impl std::fmt::Debug for PlaceRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaceRequest")
+            .field("listing_id", &self.listing_id)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reservations {
+    /// Places a reservation and runs its saga to the end. The same `request_id` from the same
+    /// customer returns the first reservation and runs no second saga.
+    pub async fn place(&self, caller: &Caller, req: PlaceRequest) -> Result<Reservation, ReservationError> {
+        caller
+            .require(&[Role::Customer, Role::Host, Role::Admin])
+            .map_err(|s| ReservationError::PermissionDenied(s.message().to_owned()))?;
+        domain::validate_id("listing_id", &req.listing_id)?;
+        let (start_ms, end_ms) = domain::validate_window(req.window)?;
+        domain::validate_request_id(&req.request_id)?;
+        let card = req.card.ok_or_else(|| ReservationError::invalid("card", "is required"))?;
+        if let Some(existing) = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await? {
+            return Ok(existing.to_proto());
+        }
+        let now = now_ms();
+        let mut row = ReservationRow {
+            reservation_id: uuid::Uuid::now_v7().to_string(),
+            request_id: req.request_id.clone(),
+            customer_id: caller.id.clone(),
+            listing_id: req.listing_id,
+            listing_kind: String::new(),
+            listing_title: String::new(),
+            host_id: String::new(),
+            start_ms,
+            end_ms,
+            amount_minor: 0,
+            currency: String::new(),
+            status: domain::PENDING.into(),
+            status_reason: String::new(),
+            payment_id: String::new(),
+            payment_status: String::new(),
+            card_brand: String::new(),
+            card_last4: String::new(),
+            saga_step: Step::Hold.as_str().into(),
+            last_event_id: String::new(),
+            version: 1,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let _in_flight = self.in_flight.try_enter(&row.reservation_id);
+        let tx = self.db.begin_write().await?;
+        row.last_event_id = events::emit(&tx, Kind::Placed, row.to_proto(), &req.request_id, &caller.id, now).await?;
+        match repo::insert(&*tx, row.clone()).await {
+            Ok(()) => tx.commit().await?,
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                let existing = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await?;
+                return existing
+                    .map(|r| r.to_proto())
+                    .ok_or_else(|| ReservationError::Aborted("concurrent duplicate request; retry".into()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(reservation_id = %row.reservation_id, listing_id = %row.listing_id, "reservation placed");
+        self.drive(row, Some(&card)).await
+    }
+
+    /// Runs the saga of `row` from its current step to the end. Without a card (recovery), a
+    /// saga that had not been charged yet is compensated instead of charged.
+    pub(crate) async fn drive(&self, mut row: ReservationRow, card: Option<&PaymentCard>) -> Result<Reservation, ReservationError> {
+        loop {
+            match (row.step(), card) {
+                (Step::Hold, Some(_)) => self.hold_step(&mut row).await?,
+                (Step::Hold, None) => {
+                    self.release(&row, "saga interrupted").await;
+                    return Err(self.reject(&mut row, "interrupted before payment; nothing was charged").await);
+                }
+                (Step::Pay, Some(card)) => self.pay_step(&mut row, card).await?,
+                (Step::Pay, None) => self.recover_payment(&mut row).await?,
+                (Step::Confirm, _) => self.confirm_step(&mut row).await?,
+                (Step::Done, _) => return Ok(row.to_proto()),
+            }
+        }
+    }
+
+    async fn hold_step(&self, row: &mut ReservationRow) -> Result<(), ReservationError> {
+        let req = HoldListingRequest {
+            listing_id: row.listing_id.clone(),
+            reservation_id: row.reservation_id.clone(),
+            window: Some(TimeWindow::from_ms(row.start_ms, row.end_ms)),
+        };
+        match self.upstreams.catalog.clone().hold_listing(req).await {
+            Ok(res) => {
+                let res = res.into_inner();
+                let listing = res.listing.unwrap_or_default();
+                let amount = res.amount.unwrap_or_default();
+                row.listing_kind = match ListingKind::try_from(listing.kind) {
+                    Ok(ListingKind::Car) => "CAR".into(),
+                    Ok(ListingKind::Talent) => "TALENT".into(),
+                    _ => String::new(),
+                };
+                row.listing_title = listing.title;
+                row.host_id = listing.host_id;
+                row.amount_minor = amount.amount_minor;
+                row.currency = amount.currency;
+                row.saga_step = Step::Pay.as_str().into();
+                self.commit(row, None, "").await
+            }
+            Err(status) if is_outage(&status) => {
+                self.release(row, "catalog unavailable").await;
+                let err = self.upstreams.unavailable("catalog", &status);
+                self.reject(row, "catalog unavailable").await;
+                Err(err)
+            }
+            Err(status) => {
+                let reason = status.message().to_owned();
+                self.reject(row, &reason).await;
+                Err(ReservationError::Refused(status))
+            }
+        }
+    }
+
+    async fn pay_step(&self, row: &mut ReservationRow, card: &PaymentCard) -> Result<(), ReservationError> {
+        let req = ApprovePaymentRequest {
+            reservation_id: row.reservation_id.clone(),
+            customer_id: row.customer_id.clone(),
+            amount: Some(Money::new(row.amount_minor, &row.currency)),
+            card: Some(card.clone()),
+        };
+        match self.upstreams.payment.clone().approve_payment(req).await {
+            Ok(res) => {
+                let payment = res.into_inner().payment.unwrap_or_default();
+                self.settle_payment(row, payment).await
+            }
+            Err(status) if is_outage(&status) => {
+                self.release(row, "payment unavailable").await;
+                let err = self.upstreams.unavailable("payment", &status);
+                self.reject(row, "payment unavailable; nothing was charged").await;
+                Err(err)
+            }
+            Err(status) => {
+                self.release(row, "payment refused").await;
+                let reason = status.message().to_owned();
+                self.reject(row, &reason).await;
+                Err(ReservationError::Refused(status))
+            }
+        }
+    }
+
+    /// Records the payment's outcome: approved -> on to the booking; anything else -> rejected.
+    async fn settle_payment(&self, row: &mut ReservationRow, payment: Payment) -> Result<(), ReservationError> {
+        let status = PaymentStatus::try_from(payment.status).unwrap_or(PaymentStatus::Unspecified);
+        row.payment_id = payment.payment_id;
+        row.payment_status = status.as_str_name().trim_start_matches("PAYMENT_STATUS_").to_owned();
+        if let Some(card) = payment.card {
+            row.card_brand = card.brand;
+            row.card_last4 = card.last4;
+        }
+        if status == PaymentStatus::Approved {
+            row.saga_step = Step::Confirm.as_str().into();
+            return self.commit(row, None, "").await;
+        }
+        self.release(row, "payment declined").await;
+        let reason = match status {
+            PaymentStatus::Declined => format!("payment declined: {}", payment.decline_reason),
+            _ => format!("payment was voided: {}", payment.decline_reason),
+        };
+        Err(self.reject(row, &reason).await)
+    }
+
+    /// After a crash in the payment step: ask payment what happened instead of charging again.
+    async fn recover_payment(&self, row: &mut ReservationRow) -> Result<(), ReservationError> {
+        let req = ListPaymentsRequest {
+            reservation_id: row.reservation_id.clone(),
+            page_size: 1,
+            ..Default::default()
+        };
+        match self.upstreams.payment.clone().list_payments(req).await {
+            Ok(res) => match res.into_inner().payments.into_iter().next() {
+                Some(payment) => self.settle_payment(row, payment).await,
+                None => {
+                    self.release(row, "saga interrupted").await;
+                    Err(self.reject(row, "interrupted before payment; nothing was charged").await)
+                }
+            },
+            Err(status) => Err(self.upstreams.unavailable("payment", &status)),
+        }
+    }
+
+    async fn confirm_step(&self, row: &mut ReservationRow) -> Result<(), ReservationError> {
+        let req = ConfirmHoldRequest {
+            reservation_id: row.reservation_id.clone(),
+        };
+        match self.upstreams.catalog.clone().confirm_hold(req).await {
+            Ok(_) => {
+                let tx = self.db.begin_write().await?;
+                row.status = domain::PAID.into();
+                row.saga_step = Step::Done.as_str().into();
+                self.apply_in(&tx, row, Some(Kind::Paid), None, "").await?;
+                if self.auto_confirm.contains(&row.listing_kind) {
+                    row.status = domain::CONFIRMED.into();
+                    self.apply_in(&tx, row, Some(Kind::Confirmed), None, "").await?;
+                }
+                tx.commit().await?;
+                tracing::info!(reservation_id = %row.reservation_id, status = %row.status, "reservation paid");
+                Ok(())
+            }
+            Err(status) if is_outage(&status) => {
+                self.release(row, "catalog unavailable").await;
+                let err = self.upstreams.unavailable("catalog", &status);
+                self.reject(row, "catalog unavailable while booking; the payment is refunded").await;
+                Err(err)
+            }
+            Err(status) => {
+                let reason = format!(
+                    "the hold lapsed before it was booked ({}); the payment is refunded",
+                    status.message()
+                );
+                Err(self.reject(row, &reason).await)
+            }
+        }
+    }
+
+    /// Ends the saga REJECTED with `reason`; returns the refusal to answer with.
+    pub(crate) async fn reject(&self, row: &mut ReservationRow, reason: &str) -> ReservationError {
+        row.status = domain::REJECTED.into();
+        row.status_reason = reason.to_owned();
+        row.saga_step = Step::Done.as_str().into();
+        if let Err(e) = self.commit(row, Some(Kind::Rejected), "").await {
+            tracing::error!(reservation_id = %row.reservation_id, error = %e, "could not record the rejection; recovery will retry");
+            return e;
+        }
+        tracing::info!(reservation_id = %row.reservation_id, %reason, "reservation rejected");
+        ReservationError::FailedPrecondition(reason.to_owned())
+    }
+
+    /// Gives the hold back; failures are logged (an unconfirmed hold lapses by itself).
+    async fn release(&self, row: &ReservationRow, reason: &str) {
+        let req = ReleaseHoldRequest {
+            reservation_id: row.reservation_id.clone(),
+            reason: reason.to_owned(),
+        };
+        match self.upstreams.catalog.clone().release_hold(req).await {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => {
+                tracing::warn!(reservation_id = %row.reservation_id, error = %status.message(), "release failed; the hold will lapse")
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The reservation's clients of catalog and payment, each behind the mesh's resilient stack
+//! (deadline, retries of idempotent calls, circuit breaker, load shedding) and carrying the
+//! reservation service's own token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClient;
+use sharemesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
+use sharemesh_mesh::auth::{AuthConfig, Minter};
+use sharemesh_mesh::client::breaker::{Breaker, State};
+use sharemesh_mesh::client::{ClientPolicy, ResilientChannel, Upstream, connect};
+
+use crate::domain::ReservationError;
+
+/// Every catalog and payment call the saga makes may be retried: each is idempotent per reservation.
+const CATALOG_IDEMPOTENT: &[&str] = &[
+    "/sharemesh.catalog.v1.CatalogService/HoldListing",
+    "/sharemesh.catalog.v1.CatalogService/ConfirmHold",
+    "/sharemesh.catalog.v1.CatalogService/ReleaseHold",
+    "/sharemesh.catalog.v1.CatalogService/GetListing",
+];
+const PAYMENT_IDEMPOTENT: &[&str] = &[
+    "/sharemesh.payment.v1.PaymentService/ApprovePayment",
+    "/sharemesh.payment.v1.PaymentService/GetPayment",
+    "/sharemesh.payment.v1.PaymentService/ListPayments",
+];
+
+/// Clients of the services the saga calls.
+#[derive(Clone)]
+pub struct Upstreams {
+    /// catalog: holds and bookings.
+    pub catalog: CatalogServiceClient<ResilientChannel>,
+    /// payment: charges and refunds.
+    pub payment: PaymentServiceClient<ResilientChannel>,
+    catalog_breaker: Arc<Breaker>,
+    payment_breaker: Arc<Breaker>,
+}
+
+impl Upstreams {
+    /// Clients of `catalog_uri` and `payment_uri` (connections are lazy).
+    pub fn new(catalog_uri: &str, payment_uri: &str, policy: ClientPolicy, auth: &AuthConfig) -> Result<Self, tonic::transport::Error> {
+        let identity = Some((Minter::new(auth), "reservation".to_owned()));
+        let (catalog, catalog_breaker) = connect(
+            Upstream {
+                name: "catalog".into(),
+                uri: catalog_uri.into(),
+                idempotent: Arc::from(CATALOG_IDEMPOTENT),
+                identity: identity.clone(),
+            },
+            policy,
+        )?;
+        let (payment, payment_breaker) = connect(
+            Upstream {
+                name: "payment".into(),
+                uri: payment_uri.into(),
+                idempotent: Arc::from(PAYMENT_IDEMPOTENT),
+                identity,
+            },
+            policy,
+        )?;
+        Ok(Self {
+            catalog: CatalogServiceClient::new(catalog),
+            payment: PaymentServiceClient::new(payment),
+            catalog_breaker,
+            payment_breaker,
+        })
+    }
+
+    /// The answer for a failed call to `upstream`: UNAVAILABLE with a retry hint (the time
+    /// left in an open circuit, else one second).
+    pub fn unavailable(&self, upstream: &'static str, status: &tonic::Status) -> ReservationError {
+        let breaker = if upstream == "payment" {
+            &self.payment_breaker
+        } else {
+            &self.catalog_breaker
+        };
+        let from_header = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs);
+        let from_breaker = match breaker.state() {
+            State::Open { until } => Some(until.saturating_duration_since(std::time::Instant::now())),
+            _ => None,
+        };
+        tracing::warn!(upstream, code = ?status.code(), message = %status.message(), "upstream call failed");
+        ReservationError::Unavailable {
+            upstream,
+            retry_after: from_header.or(from_breaker).unwrap_or(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Is this a failure of the upstream itself (as opposed to an answer about the request)?
+pub fn is_outage(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown | Code::ResourceExhausted | Code::Cancelled
+    )
+}
