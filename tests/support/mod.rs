@@ -259,3 +259,60 @@ pub async fn stream_messages(nats: &NatsServer, stream: &str) -> Vec<(String, as
     }
     out
 }
+
+/// NATS plus catalog, payment and reservation, wired together as in production.
+pub struct Mesh {
+    pub nats: NatsServer,
+    pub catalog: Service,
+    pub payment: Service,
+    pub reservation: Service,
+}
+
+impl Mesh {
+    /// Starts the three services; `reservation_env` adds settings for reservation (deadlines,
+    /// breaker, saga staleness).
+    pub async fn start(reservation_env: &[(&str, &str)]) -> Self {
+        let nats = NatsServer::spawn();
+        let catalog = Service::start("catalog", &nats, &[("SHAREMESH_HOLD_TTL", "30s")]).await;
+        let payment = Service::start("payment", &nats, &[]).await;
+        let catalog_uri = catalog.uri();
+        let payment_uri = payment.uri();
+        let mut env: Vec<(&str, &str)> = vec![("SHAREMESH_CATALOG_ADDR", &catalog_uri), ("SHAREMESH_PAYMENT_ADDR", &payment_uri)];
+        env.extend_from_slice(reservation_env);
+        let reservation = Service::start("reservation", &nats, &env).await;
+        Self {
+            nats,
+            catalog,
+            payment,
+            reservation,
+        }
+    }
+}
+
+/// A card that is approved (VISA test number).
+pub fn good_card() -> sharemesh_contracts::payment::v1::PaymentCard {
+    sharemesh_contracts::payment::v1::PaymentCard {
+        number: "4242 4242 4242 4242".into(),
+        exp_month: 12,
+        exp_year: 2099,
+        cvc: "123".into(),
+        holder_name: "Alice Kim".into(),
+    }
+}
+
+/// A card that is always declined (ends in 0002).
+pub fn declined_card() -> sharemesh_contracts::payment::v1::PaymentCard {
+    sharemesh_contracts::payment::v1::PaymentCard {
+        number: "4000000000000002".into(),
+        ..good_card()
+    }
+}
+
+/// Sends a signal (`STOP`, `CONT`, `KILL`, `TERM`) to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
