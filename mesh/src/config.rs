@@ -37,6 +37,9 @@ pub const ENV_SHUTDOWN_GRACE: &str = "SHAREMESH_SHUTDOWN_GRACE";
 pub const ENV_OUTBOX_POLL: &str = "SHAREMESH_OUTBOX_POLL";
 /// Deliveries of one event before the inbox moves it to the dead-letter subject (`5`).
 pub const ENV_INBOX_MAX_DELIVER: &str = "SHAREMESH_INBOX_MAX_DELIVER";
+/// How long a delivered event may stay unacknowledged (a crashed consumer's events come back
+/// after this) (`10s`).
+pub const ENV_INBOX_ACK_WAIT: &str = "SHAREMESH_INBOX_ACK_WAIT";
 /// First redelivery delay of a failed event; doubles per attempt (`200ms`).
 pub const ENV_INBOX_BACKOFF: &str = "SHAREMESH_INBOX_BACKOFF";
 /// Deadline of one service-to-service call, retries included (`2s`).

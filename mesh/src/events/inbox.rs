@@ -15,7 +15,7 @@ use futures::StreamExt;
 use sea_orm::{EntityTrait, Set};
 use tracing::Instrument;
 
-use crate::config::{ConfigError, ENV_INBOX_BACKOFF, ENV_INBOX_MAX_DELIVER, Env, EnvExt};
+use crate::config::{ConfigError, ENV_INBOX_ACK_WAIT, ENV_INBOX_BACKOFF, ENV_INBOX_MAX_DELIVER, Env, EnvExt};
 use crate::server::Shutdown;
 use crate::storage::{Db, WriteTxn};
 use crate::telemetry::metrics::{EventLabels, metrics};
@@ -54,18 +54,29 @@ pub struct InboxPolicy {
     pub max_deliver: u32,
     /// First redelivery delay; doubles per attempt, at most 30 s.
     pub backoff: Duration,
+    /// How long a delivery may stay unacknowledged before the broker sends it again.
+    pub ack_wait: Duration,
 }
 
 impl InboxPolicy {
-    /// Reads [`ENV_INBOX_MAX_DELIVER`] and [`ENV_INBOX_BACKOFF`].
+    /// Reads [`ENV_INBOX_MAX_DELIVER`], [`ENV_INBOX_BACKOFF`] and [`ENV_INBOX_ACK_WAIT`].
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let max_deliver: u32 = env.parse_or(ENV_INBOX_MAX_DELIVER, 5)?;
         if max_deliver == 0 {
             return Err(ConfigError::invalid(ENV_INBOX_MAX_DELIVER, "0", "must be at least 1"));
         }
+        let ack_wait = env.duration_or(ENV_INBOX_ACK_WAIT, Duration::from_secs(10))?;
+        if ack_wait < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                ENV_INBOX_ACK_WAIT,
+                &format!("{ack_wait:?}"),
+                "must be at least 1s",
+            ));
+        }
         Ok(Self {
             max_deliver,
             backoff: env.duration_or(ENV_INBOX_BACKOFF, Duration::from_millis(200))?,
+            ack_wait,
         })
     }
 }
@@ -84,6 +95,21 @@ pub struct IncomingEvent {
 }
 
 impl IncomingEvent {
+    /// The event a JetStream message carries: id from `ce-id` (else `Nats-Msg-Id`), type from
+    /// `ce-type` (else the subject).
+    pub fn from_message(msg: &jetstream::Message) -> Self {
+        let header = |k: &str| msg.headers.as_ref().and_then(|h| h.get(k)).map(|v| v.as_str().to_owned());
+        let event_id = header(super::CE_ID)
+            .or_else(|| header("Nats-Msg-Id"))
+            .unwrap_or_else(|| format!("{}:{}", msg.subject, msg.info().map(|i| i.stream_sequence).unwrap_or(0)));
+        Self {
+            event_id,
+            event_type: header(super::CE_TYPE).unwrap_or_else(|| msg.subject.to_string()),
+            payload: msg.payload.clone(),
+            delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
+        }
+    }
+
     /// Decodes the payload as `M`; a payload that does not decode is a permanent failure.
     pub fn decode<M: prost::Message + Default>(&self) -> Result<M, HandleError> {
         M::decode(self.payload.clone()).map_err(|e| HandleError::Permanent(format!("{} does not decode: {e}", self.event_type)))
@@ -187,7 +213,7 @@ impl Inbox {
                 pull::Config {
                     durable_name: Some(name.clone()),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    ack_wait: self.policy.ack_wait,
                     max_ack_pending: 256,
                     ..Default::default()
                 },
@@ -209,17 +235,8 @@ impl Inbox {
     }
 
     async fn process(&self, msg: jetstream::Message) {
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-        let header = |k: &str| msg.headers.as_ref().and_then(|h| h.get(k)).map(|v| v.as_str().to_owned());
-        let event_id = header(super::CE_ID)
-            .or_else(|| header("Nats-Msg-Id"))
-            .unwrap_or_else(|| format!("{}:{}", msg.subject, msg.info().map(|i| i.stream_sequence).unwrap_or(0)));
-        let event = IncomingEvent {
-            event_id,
-            event_type: header(super::CE_TYPE).unwrap_or_else(|| msg.subject.to_string()),
-            payload: msg.payload.clone(),
-            delivered,
-        };
+        let event = IncomingEvent::from_message(&msg);
+        let delivered = event.delivered;
         let span = tracing::info_span!(
             "event.consume",
             otel.name = %format!("consume {}", event.event_type),

@@ -57,8 +57,10 @@ pub fn init(service_name: &str, env: &impl Env) {
             .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
             .try_init()
     } else {
+        // Colours only on a terminal: log files and collectors get plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
             .try_init()
     };
     if result.is_ok() {
