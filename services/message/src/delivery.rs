@@ -1,0 +1,200 @@
+//! The dispatcher: sends due messages through the configured [`Sender`] until they are
+//! delivered.
+//!
+//! A message is due when it is PENDING or FAILED and its `next_attempt_at_ms` has come. For
+//! each, oldest first, in batches of [`BATCH`]:
+//!
+//! 1. claim it (its own write transaction): move `next_attempt_at_ms` to the end of a lease, but
+//!    only if nobody changed it since it was read; a message claimed by another dispatcher (a
+//!    second replica on the same database) is skipped, so two never send it at once;
+//! 2. send it;
+//! 3. record the outcome (its own write transaction): SENT with the delivery time and
+//!    `MessageSent`, or FAILED with the reason and the next attempt after a backoff
+//!    ([`crate::domain::retry_delay`]). `attempts` counts both.
+//!
+//! Nothing gives up: a message is retried until it is delivered. A crash between sending and
+//! recording leaves the claim, which lapses at the end of the lease; the message is then sent
+//! again (the receiver has its `Idempotency-Key` to drop the repeat).
+//!
+//! The dispatcher wakes when a consumer records messages and otherwise every poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharemesh_mesh::events::now_ms;
+use sharemesh_mesh::server::Shutdown;
+
+use crate::Messages;
+use crate::domain::{self, MessageError};
+use crate::events;
+use crate::sender::Sender;
+use crate::storage::messages::{self as repo, FAILED, MessageRow, SENT};
+
+/// Messages taken per look.
+pub const BATCH: u64 = 100;
+/// Default lease of one attempt (see [`Dispatcher::with_lease`]).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Delivered: SENT.
+    Sent,
+    /// Not delivered: FAILED, retried at `next_attempt_at_ms`.
+    Failed {
+        /// Why.
+        reason: String,
+        /// When it is due again (ms since the epoch).
+        next_attempt_at_ms: i64,
+    },
+    /// Another dispatcher claimed it first; not sent here.
+    Skipped,
+}
+
+/// Sends due messages and records the outcome.
+pub struct Dispatcher {
+    messages: Messages,
+    sender: Arc<dyn Sender>,
+    retry_base: Duration,
+    poll: Duration,
+    lease: Duration,
+}
+
+impl Dispatcher {
+    /// A dispatcher of `messages` through `sender`; a failed delivery is retried after
+    /// `retry_base`, doubling per failure (at most [`domain::MAX_RETRY_DELAY`]); without a wake-up
+    /// it looks for due messages every `poll`.
+    pub fn new(messages: Messages, sender: Arc<dyn Sender>, retry_base: Duration, poll: Duration) -> Self {
+        Self {
+            messages,
+            sender,
+            retry_base,
+            poll,
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    /// How long a claimed message is left to one attempt before it is due again (default
+    /// [`DEFAULT_LEASE`]); must exceed the longest a send can take.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Delivers until `shutdown`; an attempt in flight is finished (bounded by the sender's
+    /// timeout) before it returns. Database errors are logged and retried with backoff.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut errors = 0u32;
+        tracing::info!(poll = ?self.poll, retry_base = ?self.retry_base, "message dispatcher started");
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            let pause = match self.deliver_batch(Some(&shutdown)).await {
+                Ok(n) if n as u64 >= BATCH => {
+                    errors = 0;
+                    // A full batch: more may be due right away.
+                    continue;
+                }
+                Ok(_) => {
+                    errors = 0;
+                    self.poll
+                }
+                Err(e) => {
+                    errors += 1;
+                    let delay = sharemesh_mesh::events::backoff(Duration::from_millis(200), errors, Duration::from_secs(10));
+                    tracing::warn!(error = %e, ?delay, "message delivery interrupted; retrying");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = self.messages.wakeup.notified(), if errors == 0 => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        tracing::info!("message dispatcher stopped");
+    }
+
+    /// Makes one pass over the messages due now (at most [`BATCH`]); returns how many were
+    /// attempted (sent or failed).
+    pub async fn deliver_due(&self) -> Result<usize, MessageError> {
+        self.deliver_batch(None).await
+    }
+
+    async fn deliver_batch(&self, shutdown: Option<&Shutdown>) -> Result<usize, MessageError> {
+        let db = self.messages.db();
+        // Read inside a write transaction: on SQLite this waits for a consumer's transaction
+        // that has just recorded messages (and woken us) to commit.
+        let tx = db.begin_write().await?;
+        let due = repo::due(&*tx, now_ms(), BATCH).await?;
+        tx.commit().await?;
+        let mut attempted = 0;
+        for row in due {
+            if shutdown.is_some_and(Shutdown::is_triggered) {
+                break;
+            }
+            if self.attempt(row).await? != Attempt::Skipped {
+                attempted += 1;
+            }
+        }
+        Ok(attempted)
+    }
+
+    /// Claims, sends and records one message read as `row`.
+    pub async fn attempt(&self, mut row: MessageRow) -> Result<Attempt, MessageError> {
+        let db = self.messages.db();
+        let lease_until = now_ms().saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
+        let tx = db.begin_write().await?;
+        let claimed = repo::claim(&*tx, &row.message_id, row.next_attempt_at_ms, lease_until).await?;
+        tx.commit().await?;
+        if !claimed {
+            return Ok(Attempt::Skipped);
+        }
+        let outcome = self.sender.send(&row.to_proto()).await;
+        let now = now_ms();
+        row.attempts = row.attempts.saturating_add(1);
+        let attempt = match outcome {
+            Ok(()) => {
+                row.delivery_status = SENT.to_owned();
+                row.delivered_at_ms = Some(now);
+                row.next_attempt_at_ms = now;
+                Attempt::Sent
+            }
+            Err(e) => {
+                let delay = domain::retry_delay(self.retry_base, row.attempts);
+                let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                row.delivery_status = FAILED.to_owned();
+                row.failure_reason = domain::failure_reason(e.reason());
+                row.next_attempt_at_ms = next;
+                Attempt::Failed {
+                    reason: row.failure_reason.clone(),
+                    next_attempt_at_ms: next,
+                }
+            }
+        };
+        let tx = db.begin_write().await?;
+        if attempt == Attempt::Sent {
+            events::sent(&tx, row.to_proto(), &row.event_id, now).await?;
+        }
+        let (message_id, recipient_id, attempts) = (row.message_id.clone(), row.recipient_id.clone(), row.attempts);
+        repo::save(&*tx, row).await?;
+        tx.commit().await?;
+        match &attempt {
+            Attempt::Sent => tracing::debug!(%message_id, %recipient_id, attempts, "message sent"),
+            Attempt::Failed {
+                reason,
+                next_attempt_at_ms,
+            } => tracing::warn!(
+                %message_id,
+                %recipient_id,
+                attempts,
+                reason = %reason,
+                retry_in_ms = next_attempt_at_ms - now,
+                "message delivery failed; will retry"
+            ),
+            Attempt::Skipped => {}
+        }
+        Ok(attempt)
+    }
+}

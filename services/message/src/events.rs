@@ -1,0 +1,144 @@
+//! The message service's events: what it consumes (reservation and catalog events, turned into
+//! PENDING messages in the inbox's transaction) and what it publishes (`MessageSent`, through
+//! the outbox, when a delivery succeeds).
+//!
+//! Recording is idempotent twice over: the inbox applies an event id once per consumer, and the
+//! unique key `(event_id, recipient_role)` keeps a replayed event from recording a second message.
+
+use prost::Name;
+use sharemesh_contracts::catalog::v1::ListingRegistered;
+use sharemesh_contracts::common::v1::EventMetadata;
+use sharemesh_contracts::message::v1::{Message, MessageSent};
+use sharemesh_contracts::reservation::v1::{
+    ReservationCancelRequested, ReservationCancelled, ReservationConfirmed, ReservationPaid, ReservationPlaced, ReservationRejected,
+};
+use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
+use sharemesh_mesh::events::now_ms;
+use sharemesh_mesh::events::outbox::{OutgoingEvent, enqueue};
+use sharemesh_mesh::storage::WriteTxn;
+
+use crate::Messages;
+use crate::compose::{self, Draft, ReservationEvent};
+use crate::storage::messages::{self as repo, MessageRow, PENDING};
+
+/// `ce-source` of message events.
+pub const SOURCE: &str = "sharemesh/message";
+
+impl Messages {
+    /// Records `drafts`, made from `event`, as PENDING messages inside `tx` (due at once) and
+    /// wakes the dispatcher. A draft whose `(event, role)` is already recorded is skipped.
+    /// Returns how many were new.
+    pub async fn record_in(&self, tx: &WriteTxn, event: &IncomingEvent, drafts: Vec<Draft>) -> Result<usize, sea_orm::DbErr> {
+        let now = now_ms();
+        let mut recorded = 0;
+        for draft in drafts {
+            let row = MessageRow {
+                message_id: uuid::Uuid::now_v7().to_string(),
+                event_id: event.event_id.clone(),
+                recipient_id: draft.recipient_id,
+                recipient_role: repo::role_name(draft.role).to_owned(),
+                reservation_id: draft.reservation_id,
+                listing_id: draft.listing_id,
+                topic: draft.topic,
+                subject: draft.subject,
+                body: draft.body,
+                delivery_status: PENDING.to_owned(),
+                failure_reason: String::new(),
+                attempts: 0,
+                next_attempt_at_ms: now,
+                created_at_ms: now,
+                delivered_at_ms: None,
+            };
+            let (message_id, recipient_id, role) = (row.message_id.clone(), row.recipient_id.clone(), row.recipient_role.clone());
+            if repo::insert_new(&**tx, row).await? {
+                recorded += 1;
+                tracing::debug!(%message_id, %recipient_id, %role, event_id = %event.event_id, "message recorded");
+            }
+        }
+        if recorded > 0 {
+            // Before the commit: the dispatcher may look too early, in which case its poll (or,
+            // on SQLite, its wait for the writer lock) finds the rows.
+            self.wake_dispatcher();
+        }
+        Ok(recorded)
+    }
+}
+
+/// Consumes the reservation stream: every state change notifies the customer, and the host
+/// where [`compose`] says so.
+pub struct ReservationEvents {
+    /// Where messages are recorded.
+    pub messages: Messages,
+}
+
+impl EventHandler for ReservationEvents {
+    fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
+        Box::pin(async move {
+            let Some(kind) = ReservationEvent::from_type(&event.event_type) else {
+                return Ok(());
+            };
+            let reservation = match kind {
+                ReservationEvent::Placed => event.decode::<ReservationPlaced>()?.reservation,
+                ReservationEvent::Paid => event.decode::<ReservationPaid>()?.reservation,
+                ReservationEvent::Confirmed => event.decode::<ReservationConfirmed>()?.reservation,
+                ReservationEvent::Rejected => event.decode::<ReservationRejected>()?.reservation,
+                ReservationEvent::CancelRequested => event.decode::<ReservationCancelRequested>()?.reservation,
+                ReservationEvent::Cancelled => event.decode::<ReservationCancelled>()?.reservation,
+            }
+            .ok_or_else(|| HandleError::Permanent(format!("{} without a reservation", event.event_type)))?;
+            let drafts = compose::reservation_messages(kind, &reservation);
+            self.messages.record_in(tx, event, drafts).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Consumes the catalog stream: a registered listing notifies its host; other catalog events
+/// notify nobody.
+pub struct CatalogEvents {
+    /// Where messages are recorded.
+    pub messages: Messages,
+}
+
+impl EventHandler for CatalogEvents {
+    fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
+        Box::pin(async move {
+            if event.event_type != ListingRegistered::full_name() {
+                return Ok(());
+            }
+            let listing = event
+                .decode::<ListingRegistered>()?
+                .listing
+                .ok_or_else(|| HandleError::Permanent("ListingRegistered without a listing".into()))?;
+            self.messages.record_in(tx, event, compose::listing_registered(&listing)).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Emits `MessageSent` for `message` (as delivered) inside `tx`. Its aggregate is the message,
+/// at version `attempts + 1` (recorded at 1, each attempt one more); it is correlated with the
+/// reservation (or the listing) and caused by the event the message was made from.
+pub async fn sent(tx: &WriteTxn, message: Message, caused_by_event: &str, now_ms: i64) -> Result<(), sea_orm::DbErr> {
+    let event_id = uuid::Uuid::now_v7().to_string();
+    let id = message.message_id.clone();
+    let correlation = [&message.reservation_id, &message.listing_id, &message.message_id]
+        .into_iter()
+        .find(|id| !id.is_empty())
+        .cloned()
+        .unwrap_or_default();
+    let metadata = EventMetadata::new(
+        &event_id,
+        &id,
+        i64::from(message.attempts) + 1,
+        &correlation,
+        caused_by_event,
+        "",
+        now_ms,
+    );
+    let event = MessageSent {
+        metadata: Some(metadata),
+        message: Some(message),
+    };
+    enqueue(tx, SOURCE, OutgoingEvent::from_message(&event, &event_id, &id, now_ms)).await
+}

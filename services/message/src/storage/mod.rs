@@ -1,0 +1,66 @@
+//! The message service's table: `messages`, one row per (event, recipient role). The unique key
+//! on `(event_id, recipient_role)` is what makes an event that arrives twice (or is replayed)
+//! unable to notify anybody twice; the inbox makes that the exception, the key makes it certain.
+//!
+//! `next_attempt_at_ms` drives delivery: a PENDING or FAILED row whose time has come is due.
+//! Rows are never deleted by the service, so nothing is ever dropped.
+
+pub mod messages;
+
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use sharemesh_mesh::storage::{SqlMigration, boxed};
+
+const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
+    name: "m0001_message_messages",
+    sqlite: "CREATE TABLE messages (
+        message_id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        recipient_id TEXT NOT NULL,
+        recipient_role TEXT NOT NULL CHECK (recipient_role IN ('CUSTOMER', 'HOST')),
+        reservation_id TEXT NOT NULL DEFAULT '',
+        listing_id TEXT NOT NULL DEFAULT '',
+        topic TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        delivery_status TEXT NOT NULL CHECK (delivery_status IN ('PENDING', 'SENT', 'FAILED')),
+        failure_reason TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at_ms BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        delivered_at_ms BIGINT,
+        UNIQUE (event_id, recipient_role)
+    );
+    CREATE INDEX messages_by_recipient ON messages (recipient_id, created_at_ms DESC, message_id DESC);
+    CREATE INDEX messages_due ON messages (delivery_status, next_attempt_at_ms)",
+    postgres: "CREATE TABLE messages (
+        message_id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        recipient_id TEXT NOT NULL,
+        recipient_role TEXT NOT NULL CHECK (recipient_role IN ('CUSTOMER', 'HOST')),
+        reservation_id TEXT NOT NULL DEFAULT '',
+        listing_id TEXT NOT NULL DEFAULT '',
+        topic TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        delivery_status TEXT NOT NULL CHECK (delivery_status IN ('PENDING', 'SENT', 'FAILED')),
+        failure_reason TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at_ms BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        delivered_at_ms BIGINT,
+        UNIQUE (event_id, recipient_role)
+    );
+    CREATE INDEX messages_by_recipient ON messages (recipient_id, created_at_ms DESC, message_id DESC);
+    CREATE INDEX messages_due ON messages (delivery_status, next_attempt_at_ms);",
+}];
+
+/// The message service's migrations: the mesh's outbox and inbox, then its own table.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = boxed(sharemesh_mesh::events::MIGRATIONS);
+        all.extend(boxed(MIGRATIONS));
+        all
+    }
+}
