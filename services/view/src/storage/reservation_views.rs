@@ -1,0 +1,91 @@
+//! `reservation_views`: one row per reservation with its reservation and payment state, each
+//! with the version of the aggregate it came from.
+
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+/// A row of `reservation_views`.
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    /// A reservation as the read model knows it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "reservation_views")]
+    pub struct Model {
+        /// Reservation id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub reservation_id: String,
+        /// Listing.
+        pub listing_id: String,
+        /// Customer.
+        pub customer_id: String,
+        /// The listing's host.
+        pub host_id: String,
+        /// Listing title at reservation time.
+        pub listing_title: String,
+        /// `LISTING_KIND_*`.
+        pub listing_kind: String,
+        /// Window start (ms).
+        pub start_ms: i64,
+        /// Window end (ms).
+        pub end_ms: i64,
+        /// Price (minor units).
+        pub amount_minor: i64,
+        /// ISO 4217.
+        pub currency: String,
+        /// `RESERVATION_STATUS_*`.
+        pub reservation_status: String,
+        /// Why rejected or cancelled.
+        pub status_reason: String,
+        /// Reservation version this row reflects (0 = only payment events seen so far).
+        pub reservation_version: i64,
+        /// `PAYMENT_STATUS_*`.
+        pub payment_status: String,
+        /// Payment version this row reflects (0 = taken from the reservation's snapshot).
+        pub payment_version: i64,
+        /// Latest change time seen (ms), from the events.
+        pub updated_at_ms: i64,
+    }
+
+    /// No navigable relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub use entity::Model as ReservationViewRow;
+
+/// One row.
+pub async fn find(db: &impl ConnectionTrait, reservation_id: &str) -> Result<Option<ReservationViewRow>, sea_orm::DbErr> {
+    entity::Entity::find_by_id(reservation_id.to_owned()).one(db).await
+}
+
+/// Known reservations of `listing_ids`, except rejected ones, by start.
+pub async fn for_listings(db: &impl ConnectionTrait, listing_ids: Vec<String>) -> Result<Vec<ReservationViewRow>, sea_orm::DbErr> {
+    entity::Entity::find()
+        .filter(entity::Column::ListingId.is_in(listing_ids))
+        .filter(entity::Column::ReservationVersion.gt(0))
+        .filter(entity::Column::ReservationStatus.ne("RESERVATION_STATUS_REJECTED"))
+        .order_by_asc(entity::Column::StartMs)
+        .order_by_asc(entity::Column::ReservationId)
+        .all(db)
+        .await
+}
+
+/// A customer's known reservations, most recently changed first.
+pub async fn for_customer(
+    db: &impl ConnectionTrait,
+    customer_id: &str,
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<ReservationViewRow>, sea_orm::DbErr> {
+    entity::Entity::find()
+        .filter(entity::Column::CustomerId.eq(customer_id))
+        .filter(entity::Column::ReservationVersion.gt(0))
+        .order_by_desc(entity::Column::UpdatedAtMs)
+        .order_by_asc(entity::Column::ReservationId)
+        .offset(offset)
+        .limit(limit)
+        .all(db)
+        .await
+}

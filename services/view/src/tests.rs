@@ -1,0 +1,254 @@
+//! Projection properties on a real SQLite database: an event applied twice changes nothing the
+//! second time, and any order of the same events ends in the same rows.
+
+use prost::{Message, Name};
+use sea_orm::{EntityTrait, QueryOrder};
+use sharemesh_contracts::catalog::v1::{CarDetails, Listing, ListingRegistered, ListingStatus, ListingUpdated, listing};
+use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
+use sharemesh_contracts::ext::timestamp_from_ms;
+use sharemesh_contracts::payment::v1::{Payment, PaymentApproved, PaymentCancelled, PaymentStatus};
+use sharemesh_contracts::reservation::v1::{
+    Reservation, ReservationCancelRequested, ReservationCancelled, ReservationConfirmed, ReservationPaid, ReservationPlaced,
+    ReservationStatus,
+};
+use sharemesh_mesh::events::inbox::{IncomingEvent, Outcome, apply_once};
+use sharemesh_mesh::storage::Db;
+
+use crate::events::Projector;
+use crate::storage::{Migrator, listing_views, reservation_views};
+
+async fn fresh_db() -> (Db, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::connect(&format!("sqlite://{}/view.db?mode=rwc", dir.path().display()))
+        .await
+        .expect("connect");
+    db.migrate::<Migrator>().await.expect("migrate");
+    (db, dir)
+}
+
+fn event<M: Message + Name>(id: &str, m: &M) -> IncomingEvent {
+    IncomingEvent {
+        event_id: id.into(),
+        event_type: M::full_name(),
+        payload: m.encode_to_vec().into(),
+        delivered: 1,
+    }
+}
+
+fn listing(version: i64, title: &str) -> Listing {
+    Listing {
+        listing_id: "l-1".into(),
+        host_id: "host-1".into(),
+        kind: ListingKind::Car as i32,
+        title: title.into(),
+        price: Some(Money::new(10_000, "KRW")),
+        details: Some(listing::Details::Car(CarDetails {
+            model: "Avante".into(),
+            car_type: 2,
+            seats: 5,
+        })),
+        status: ListingStatus::Active as i32,
+        version,
+        update_time: Some(timestamp_from_ms(1_000 + version)),
+        ..Default::default()
+    }
+}
+
+fn reservation(id: &str, version: i64, status: ReservationStatus, payment: PaymentStatus) -> Reservation {
+    Reservation {
+        reservation_id: id.into(),
+        listing_id: "l-1".into(),
+        listing_kind: ListingKind::Car as i32,
+        listing_title: "Avante".into(),
+        customer_id: "alice".into(),
+        host_id: "host-1".into(),
+        window: Some(TimeWindow::from_ms(10, 20)),
+        amount: Some(Money::new(20_000, "KRW")),
+        status: status as i32,
+        payment_status: payment as i32,
+        version,
+        update_time: Some(timestamp_from_ms(2_000 + version)),
+        ..Default::default()
+    }
+}
+
+fn payment(reservation_id: &str, version: i64, status: PaymentStatus) -> Payment {
+    Payment {
+        payment_id: format!("p-{reservation_id}"),
+        reservation_id: reservation_id.into(),
+        customer_id: "alice".into(),
+        status: status as i32,
+        version,
+        update_time: Some(timestamp_from_ms(3_000 + version)),
+        ..Default::default()
+    }
+}
+
+/// A booking that is paid, confirmed and cancelled, plus one that stays confirmed.
+fn history() -> Vec<IncomingEvent> {
+    use PaymentStatus as P;
+    use ReservationStatus as R;
+    let meta = None;
+    vec![
+        event(
+            "e1",
+            &ListingRegistered {
+                metadata: meta.clone(),
+                listing: Some(listing(1, "Avante")),
+            },
+        ),
+        event(
+            "e2",
+            &ListingUpdated {
+                metadata: meta.clone(),
+                listing: Some(listing(2, "Avante 2030")),
+            },
+        ),
+        event(
+            "e3",
+            &ReservationPlaced {
+                metadata: meta.clone(),
+                reservation: Some(reservation("r-1", 1, R::Pending, P::Unspecified)),
+            },
+        ),
+        event(
+            "e4",
+            &PaymentApproved {
+                metadata: meta.clone(),
+                payment: Some(payment("r-1", 1, P::Approved)),
+            },
+        ),
+        event(
+            "e5",
+            &ReservationPaid {
+                metadata: meta.clone(),
+                reservation: Some(reservation("r-1", 4, R::Paid, P::Approved)),
+            },
+        ),
+        event(
+            "e6",
+            &ReservationConfirmed {
+                metadata: meta.clone(),
+                reservation: Some(reservation("r-1", 5, R::Confirmed, P::Approved)),
+            },
+        ),
+        event(
+            "e7",
+            &ReservationCancelRequested {
+                metadata: meta.clone(),
+                reservation: Some(reservation("r-1", 6, R::CancelRequested, P::Approved)),
+            },
+        ),
+        event(
+            "e8",
+            &PaymentCancelled {
+                metadata: meta.clone(),
+                payment: Some(payment("r-1", 2, P::Cancelled)),
+                reason: String::new(),
+            },
+        ),
+        event(
+            "e9",
+            &ReservationCancelled {
+                metadata: meta.clone(),
+                reservation: Some(reservation("r-1", 7, R::Cancelled, P::Cancelled)),
+            },
+        ),
+        event(
+            "e10",
+            &ReservationPlaced {
+                metadata: meta.clone(),
+                reservation: Some(reservation("r-2", 1, R::Pending, P::Unspecified)),
+            },
+        ),
+        event(
+            "e11",
+            &PaymentApproved {
+                metadata: meta.clone(),
+                payment: Some(payment("r-2", 1, P::Approved)),
+            },
+        ),
+        event(
+            "e12",
+            &ReservationConfirmed {
+                metadata: meta,
+                reservation: Some(reservation("r-2", 5, R::Confirmed, P::Approved)),
+            },
+        ),
+    ]
+}
+
+async fn rows(db: &Db) -> (Vec<listing_views::ListingViewRow>, Vec<reservation_views::ReservationViewRow>) {
+    let l = listing_views::entity::Entity::find()
+        .order_by_asc(listing_views::entity::Column::ListingId)
+        .all(db.conn())
+        .await
+        .expect("rows");
+    let r = reservation_views::entity::Entity::find()
+        .order_by_asc(reservation_views::entity::Column::ReservationId)
+        .all(db.conn())
+        .await
+        .expect("rows");
+    (l, r)
+}
+
+#[tokio::test]
+async fn projects_the_latest_state() {
+    let (db, _dir) = fresh_db().await;
+    for e in history() {
+        apply_once(&db, "view", &Projector, &e).await.expect("apply");
+    }
+    let (listings, reservations) = rows(&db).await;
+    assert_eq!(listings.len(), 1);
+    assert_eq!((listings[0].title.as_str(), listings[0].version), ("Avante 2030", 2));
+    assert_eq!(reservations.len(), 2);
+    assert_eq!(reservations[0].reservation_status, "RESERVATION_STATUS_CANCELLED");
+    assert_eq!(reservations[0].payment_status, "PAYMENT_STATUS_CANCELLED");
+    assert_eq!(reservations[1].reservation_status, "RESERVATION_STATUS_CONFIRMED");
+    assert_eq!(reservations[1].payment_status, "PAYMENT_STATUS_APPROVED");
+}
+
+#[tokio::test]
+async fn an_event_delivered_twice_changes_nothing() {
+    let (db, _dir) = fresh_db().await;
+    for e in history() {
+        assert_eq!(apply_once(&db, "view", &Projector, &e).await.expect("apply"), Outcome::Applied);
+    }
+    let before = rows(&db).await;
+    for e in history() {
+        assert_eq!(apply_once(&db, "view", &Projector, &e).await.expect("apply"), Outcome::Duplicate);
+        // Even without the inbox the projection is idempotent.
+        Projector.project(db.conn(), &e).await.expect("project");
+    }
+    assert_eq!(rows(&db).await, before);
+}
+
+#[tokio::test]
+async fn any_order_of_the_same_events_ends_in_the_same_rows() {
+    let (db, _dir) = fresh_db().await;
+    for e in history() {
+        apply_once(&db, "view", &Projector, &e).await.expect("apply");
+    }
+    let expected = rows(&db).await;
+    let mut reversed = history();
+    reversed.reverse();
+    let mut orders = vec![reversed];
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..8 {
+        let mut shuffled = history();
+        rng.shuffle(&mut shuffled);
+        orders.push(shuffled);
+    }
+    for order in orders {
+        let (db, _dir) = fresh_db().await;
+        for e in &order {
+            apply_once(&db, "view", &Projector, e).await.expect("apply");
+        }
+        assert_eq!(
+            rows(&db).await,
+            expected,
+            "order {:?}",
+            order.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>()
+        );
+    }
+}
