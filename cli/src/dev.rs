@@ -15,7 +15,7 @@ use crate::serve::{self, Context};
 /// Arguments of `sharemesh dev`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevArgs {
-    /// First port: catalog listens on PORT+1, reservation on PORT+2, payment on PORT+3 (PORT itself is kept for the edge).
+    /// First port: catalog listens on PORT+1, reservation +2, payment +3, message +4, view +5 (PORT itself is kept for the edge).
     #[arg(long, env = "SHAREMESH_DEV_PORT", default_value_t = 50050)]
     port: u16,
     /// Port of the local nats-server started when NATS_URL is unset.

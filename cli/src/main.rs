@@ -3,12 +3,14 @@
 //! - `sharemesh serve <context>` runs one service, configured by environment variables;
 //! - `sharemesh dev` runs every service on its own port, with SQLite files and a nats-server
 //!   under `./data`, and prints the ports;
+//! - `sharemesh view rebuild` replays the event streams into a fresh read-model database;
 //! - `sharemesh token --sub alice --role host` mints a bearer token.
 #![forbid(unsafe_code)]
 
 mod dev;
 mod serve;
 mod token;
+mod view;
 
 use std::process::ExitCode;
 
@@ -24,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one service (catalog, reservation or payment).
+    /// Run one service (catalog, reservation, payment, message or view).
     Serve {
         /// The bounded context to serve.
         context: serve::Context,
@@ -33,6 +35,11 @@ enum Command {
     Dev(dev::DevArgs),
     /// Mint a bearer token (HS256, signed with SHAREMESH_JWT_SECRET).
     Token(token::TokenArgs),
+    /// Operate the view read models.
+    View {
+        #[command(subcommand)]
+        command: view::ViewCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
             Command::Serve { context } => serve::run(context).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::View { command } => view::run(command).await,
         }
     });
     sharemesh_mesh::telemetry::shutdown();

@@ -12,11 +12,21 @@ pub(crate) enum Context {
     Payment,
     /// Reservations: the booking saga.
     Reservation,
+    /// Notifications to customers and hosts.
+    Message,
+    /// Read models: ListingView and MyPage.
+    View,
 }
 
 impl Context {
     /// Every context, in start order.
-    pub(crate) const ALL: [Context; 3] = [Context::Catalog, Context::Reservation, Context::Payment];
+    pub(crate) const ALL: [Context; 5] = [
+        Context::Catalog,
+        Context::Reservation,
+        Context::Payment,
+        Context::Message,
+        Context::View,
+    ];
 
     /// The context's name (`catalog`).
     pub(crate) fn name(self) -> &'static str {
@@ -24,6 +34,8 @@ impl Context {
             Context::Catalog => "catalog",
             Context::Reservation => "reservation",
             Context::Payment => "payment",
+            Context::Message => "message",
+            Context::View => "view",
         }
     }
 }
@@ -49,6 +61,14 @@ pub(crate) async fn run_with(context: Context, env: &impl sharemesh_mesh::config
         Context::Reservation => {
             let config = sharemesh_reservation::ReservationConfig::from_env(env).map_err(|e| e.to_string())?;
             sharemesh_reservation::run(config, shutdown).await
+        }
+        Context::Message => {
+            let config = sharemesh_message::MessageConfig::from_env(env).map_err(|e| e.to_string())?;
+            sharemesh_message::run(config, shutdown).await
+        }
+        Context::View => {
+            let config = sharemesh_view::ViewConfig::from_env(env).map_err(|e| e.to_string())?;
+            sharemesh_view::run(config, shutdown).await
         }
     };
     result.map_err(|e| format!("{}: {e}", context.name()))

@@ -318,6 +318,7 @@ fn policy(max_deliver: u32) -> InboxPolicy {
     InboxPolicy {
         max_deliver,
         backoff: Duration::from_millis(50),
+        ack_wait: Duration::from_secs(5),
     }
 }
 
