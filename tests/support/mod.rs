@@ -185,6 +185,22 @@ impl Service {
         self.spawn().await;
     }
 
+    /// The service's `DATABASE_URL`.
+    pub fn database_url(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "DATABASE_URL")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts the process again after [`Service::kill`] or [`Service::terminate`].
+    pub async fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn().await;
+        }
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
@@ -286,6 +302,11 @@ impl Mesh {
             payment,
             reservation,
         }
+    }
+
+    /// Starts another service (view, message) against this mesh's NATS.
+    pub async fn add(&self, context: &'static str, env: &[(&str, &str)]) -> Service {
+        Service::start(context, &self.nats, env).await
     }
 }
 
