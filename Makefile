@@ -19,7 +19,7 @@ build: ## build the sharemesh binary
 run: deps build ## run the whole mesh locally: SQLite files and a nats-server under ./data
 	$(BIN) dev
 
-test: deps build ## run every test (unit, mesh integration, end-to-end with real processes)
+test: deps build helm-check ## run every test (unit, mesh integration, end-to-end with real processes)
 	@pg_url=$$(scripts/ensure-postgres.sh) || { echo "make test: no PostgreSQL: the PostgreSQL tests will say SKIPPED" >&2; pg_url=""; \
 	  if [ "$${CI:-}" = "true" ]; then exit 1; fi; }; \
 	SHAREMESH_TEST_POSTGRES="$$pg_url" SHAREMESH_BIN="$(abspath $(BIN))" $(TEST_RUNNER) --workspace --all-features
@@ -34,3 +34,14 @@ fmt: ## format the code
 clean: ## remove build output and local data
 	$(CARGO) clean
 	rm -rf data
+
+.PHONY: image helm-check
+IMAGE ?= sharemesh:dev
+
+image: ## build the container image (IMAGE=sharemesh:dev; needs a running Docker engine)
+	@command -v docker >/dev/null 2>&1 || { echo "make image: the docker command is not installed: no Docker engine available to build $(IMAGE)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine available ('docker info' failed): start Docker (or point DOCKER_HOST at one), then run make image again" >&2; exit 1; }
+	docker build -t $(IMAGE) .
+
+helm-check: ## validate the Helm chart offline: every values combination, schema, chart tests
+	@scripts/helm-check.sh

@@ -1,0 +1,55 @@
+{{/*
+Environment of the sharemesh services. Non-secret values only: SHAREMESH_JWT_SECRET and
+PostgreSQL URLs come from the Secret (see _service.tpl).
+*/}}
+
+{{- define "sharemesh.sharedEnv" -}}
+{{- $c := .Values.config -}}
+SHAREMESH_METRICS_ADDR: "0.0.0.0:9090"
+SHAREMESH_DATA_DIR: "/data"
+SHAREMESH_LOG: {{ $c.log | quote }}
+SHAREMESH_LOG_FORMAT: {{ $c.logFormat | quote }}
+{{- with $c.otlpEndpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+{{- end }}
+SHAREMESH_DRAIN_DELAY: {{ $c.drainDelay | quote }}
+SHAREMESH_SHUTDOWN_GRACE: {{ $c.shutdownGrace | quote }}
+SHAREMESH_OUTBOX_POLL: {{ $c.outboxPoll | quote }}
+SHAREMESH_INBOX_MAX_DELIVER: {{ $c.inboxMaxDeliver | quote }}
+SHAREMESH_INBOX_BACKOFF: {{ $c.inboxBackoff | quote }}
+SHAREMESH_CLIENT_TIMEOUT: {{ $c.client.timeout | quote }}
+SHAREMESH_CLIENT_RETRIES: {{ $c.client.retries | quote }}
+SHAREMESH_CLIENT_RETRY_BUDGET: {{ $c.client.retryBudget | quote }}
+SHAREMESH_CLIENT_BREAKER_FAILURES: {{ $c.client.breakerFailures | quote }}
+SHAREMESH_CLIENT_BREAKER_OPEN: {{ $c.client.breakerOpen | quote }}
+SHAREMESH_CLIENT_CONCURRENCY: {{ $c.client.concurrency | quote }}
+SHAREMESH_JWT_ISSUER: {{ .Values.auth.jwtIssuer | quote }}
+NATS_URL: {{ include "sharemesh.natsUrl" . | quote }}
+{{- range $k, $v := $c.extraEnv }}
+{{ $k }}: {{ $v | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* One service's own variables: listen address, upstreams, its settings, SQLite URL. */}}
+{{- define "sharemesh.serviceEnv" -}}
+{{- $root := .root -}}
+{{- $svc := index .root.Values.services .name -}}
+SHAREMESH_GRPC_ADDR: {{ printf "0.0.0.0:%s" (include "sharemesh.servingPort" .) | quote }}
+{{- range $up := include "sharemesh.upstreams" . | splitList " " | compact }}
+SHAREMESH_{{ upper $up }}_ADDR: {{ printf "http://%s:50051" (include "sharemesh.componentName" (dict "root" $root "name" $up)) | quote }}
+{{- end }}
+{{- if eq (include "sharemesh.storage" .) "sqlite" }}
+DATABASE_URL: {{ printf "sqlite:///data/%s.db?mode=rwc" .name | quote }}
+{{- end }}
+{{- if eq .name "catalog" }}
+SHAREMESH_HOLD_TTL: {{ $svc.holdTtl | quote }}
+{{- else if eq .name "reservation" }}
+SHAREMESH_AUTO_CONFIRM_KINDS: {{ $svc.autoConfirmKinds | quote }}
+SHAREMESH_SAGA_STALE: {{ $svc.sagaStale | quote }}
+{{- else if eq .name "payment" }}
+SHAREMESH_PAYMENT_LIMIT: {{ $svc.limitMinor | int64 | toString | quote }}
+{{- end }}
+{{- range $k, $v := $svc.extraEnv }}
+{{ $k }}: {{ $v | toString | quote }}
+{{- end }}
+{{- end -}}
