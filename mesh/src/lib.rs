@@ -19,6 +19,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod grpc_web;
 pub mod page;
 pub mod runtime;
 pub mod server;

@@ -112,6 +112,7 @@ pub struct GrpcServer {
     names: Vec<&'static str>,
     descriptors: Vec<&'static [u8]>,
     shutdown: ShutdownConfig,
+    fallback: Option<axum::Router>,
 }
 
 impl GrpcServer {
@@ -124,6 +125,7 @@ impl GrpcServer {
             names: Vec::new(),
             descriptors: Vec::new(),
             shutdown: ShutdownConfig::default(),
+            fallback: None,
         })
     }
 
@@ -147,6 +149,13 @@ impl GrpcServer {
     /// Registers an encoded `FileDescriptorSet` for server reflection.
     pub fn reflect(mut self, descriptor_set: &'static [u8]) -> Self {
         self.descriptors.push(descriptor_set);
+        self
+    }
+
+    /// Serves every request no added service claims with `router` (the edge's REST routes and
+    /// gRPC pass-through). Health, reflection and gRPC-Web still apply.
+    pub fn fallback(mut self, router: axum::Router) -> Self {
+        self.fallback = Some(router);
         self
     }
 
@@ -189,12 +198,16 @@ impl GrpcServer {
             routes = routes.add_service(r);
         }
 
+        if let Some(fallback) = self.fallback {
+            routes = Routes::from(routes.into_axum_router().fallback_service(fallback));
+        }
+
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(crate::telemetry::metrics::GrpcServerLayer)
-            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(crate::grpc_web::GrpcWebLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
