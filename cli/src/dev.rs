@@ -15,7 +15,7 @@ use crate::serve::{self, Context};
 /// Arguments of `sharemesh dev`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevArgs {
-    /// First port: catalog listens on PORT+1, reservation +2, payment +3, message +4, view +5 (PORT itself is kept for the edge).
+    /// First port: the edge listens on PORT, catalog on PORT+1, reservation +2, payment +3, message +4, view +5.
     #[arg(long, env = "SHAREMESH_DEV_PORT", default_value_t = 50050)]
     port: u16,
     /// Port of the local nats-server started when NATS_URL is unset.
@@ -27,7 +27,7 @@ pub(crate) struct DevArgs {
 }
 
 fn port_of(context: Context, base: u16) -> u16 {
-    base + 1 + Context::ALL.iter().position(|c| *c == context).unwrap_or(0) as u16
+    base + Context::ALL.iter().position(|c| *c == context).unwrap_or(0) as u16
 }
 
 /// `sharemesh dev`.
@@ -56,30 +56,34 @@ pub(crate) async fn run(args: DevArgs) -> Result<(), String> {
         } else {
             "off".into()
         };
-        let overrides = MapEnv::default()
+        let mut overrides = MapEnv::default()
             .with(ENV_GRPC_ADDR, format!("127.0.0.1:{port}"))
             .with(ENV_DATABASE_URL, db)
             .with(ENV_METRICS_ADDR, metrics)
             .with(ENV_NATS_URL, nats_url.clone())
-            .with(
-                &upstream_var(Context::Catalog),
-                format!("http://127.0.0.1:{}", port_of(Context::Catalog, args.port)),
-            )
-            .with(
-                &upstream_var(Context::Payment),
-                format!("http://127.0.0.1:{}", port_of(Context::Payment, args.port)),
+            .with("SHAREMESH_CORS_ORIGINS", "*");
+        for upstream in Context::ALL.into_iter().filter(|c| *c != Context::Edge) {
+            overrides = overrides.with(
+                &upstream_var(upstream),
+                format!("http://127.0.0.1:{}", port_of(upstream, args.port)),
             );
+        }
         let env = Layered {
             overrides,
             base: ProcessEnv,
         };
         let s = shutdown.clone();
         services.spawn(async move { (context, serve::run_with(context, &env, s).await) });
-        lines.push(format!("{:<12} 127.0.0.1:{port}", context.name()));
+        let what = if context == Context::Edge {
+            "  (the public door: gRPC, gRPC-Web, REST/JSON, /openapi.json)"
+        } else {
+            ""
+        };
+        lines.push(format!("{:<12} 127.0.0.1:{port}{what}", context.name()));
     }
     #[allow(clippy::print_stdout)]
     {
-        println!("sharemesh dev: services (gRPC, plaintext)");
+        println!("sharemesh dev: services (plaintext)");
         for line in &lines {
             println!("  {line}");
         }

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one service (catalog, reservation, payment, message or view).
+    /// Run one service (edge, catalog, reservation, payment, message or view).
     Serve {
         /// The bounded context to serve.
         context: serve::Context,

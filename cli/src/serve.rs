@@ -6,6 +6,8 @@ use sharemesh_mesh::server::Shutdown;
 /// The services this binary can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Context {
+    /// The public door: gRPC, gRPC-Web and REST/JSON for every public RPC.
+    Edge,
     /// Listings and their availability.
     Catalog,
     /// Payments: approvals and refunds.
@@ -19,8 +21,9 @@ pub(crate) enum Context {
 }
 
 impl Context {
-    /// Every context, in start order.
-    pub(crate) const ALL: [Context; 5] = [
+    /// Every context, in port order (`dev` gives the edge the first port).
+    pub(crate) const ALL: [Context; 6] = [
+        Context::Edge,
         Context::Catalog,
         Context::Reservation,
         Context::Payment,
@@ -31,6 +34,7 @@ impl Context {
     /// The context's name (`catalog`).
     pub(crate) fn name(self) -> &'static str {
         match self {
+            Context::Edge => "edge",
             Context::Catalog => "catalog",
             Context::Reservation => "reservation",
             Context::Payment => "payment",
@@ -50,6 +54,10 @@ pub(crate) async fn run_with(context: Context, env: &impl sharemesh_mesh::config
         );
     }
     let result = match context {
+        Context::Edge => {
+            let config = sharemesh_edge::EdgeConfig::from_env(env).map_err(|e| e.to_string())?;
+            sharemesh_edge::run(config, shutdown).await
+        }
         Context::Catalog => {
             let config = sharemesh_catalog::CatalogConfig::from_env(env).map_err(|e| e.to_string())?;
             sharemesh_catalog::run(config, shutdown).await

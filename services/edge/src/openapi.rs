@@ -1,0 +1,842 @@
+//! The OpenAPI 3.0.3 document of the REST API (`GET /openapi.json`), generated only from the
+//! descriptors: every route of the [`RouteTable`] becomes one operation, every message reachable
+//! from them one schema that follows the proto3 JSON mapping exactly as prost-reflect
+//! serializes it (lowerCamelCase names, 64-bit integers as strings, enums by name, well-known
+//! types in their JSON forms), and the proto comments become summaries and descriptions.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use prost_reflect::{
+    DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, ServiceDescriptor, Value as ProtoValue,
+};
+use serde_json::{Map, Value as Json, json};
+
+use crate::routes::{BodyMapping, Route, RouteTable};
+
+/// Name of the error schema in `components.schemas`.
+pub const ERROR_SCHEMA: &str = "sharemesh.Error";
+
+/// `google.api.FieldBehavior.OUTPUT_ONLY`.
+const OUTPUT_ONLY: i32 = 3;
+/// How deep query parameters are flattened into nested messages (guards against recursion).
+const MAX_QUERY_DEPTH: usize = 6;
+
+/// The HTTP error responses every operation may answer, with the gRPC codes behind them.
+const ERROR_RESPONSES: &[(&str, &str)] = &[
+    (
+        "400",
+        "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE: the request is malformed (the message names the field) or not allowed in the current state.",
+    ),
+    ("401", "UNAUTHENTICATED: the bearer token is missing, invalid or expired."),
+    ("403", "PERMISSION_DENIED: the caller's role or identity does not allow this."),
+    ("404", "NOT_FOUND: the resource does not exist (or the caller may not see it)."),
+    ("409", "ALREADY_EXISTS or ABORTED: the request conflicts with the current state."),
+    ("429", "RESOURCE_EXHAUSTED: too many requests; retry later."),
+    (
+        "503",
+        "UNAVAILABLE: a service behind the edge cannot answer now; retry later (see Retry-After).",
+    ),
+];
+
+/// The OpenAPI 3.0.3 document of every public route of `table`.
+pub fn document(table: &RouteTable) -> Json {
+    let mut g = Generator::new(table.pool());
+    let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
+    let mut operation_ids: HashSet<String> = HashSet::new();
+    let mut services: BTreeMap<String, ServiceDescriptor> = BTreeMap::new();
+
+    for route in table.routes() {
+        let Some(verb) = openapi_verb(&route.verb) else { continue };
+        let path = route.template.openapi_path();
+        let item = paths.entry(path).or_default();
+        if item.contains_key(verb) {
+            // Two bindings of one path and verb: the first one wins, as in the router.
+            continue;
+        }
+        let service = route.method.parent_service();
+        services.insert(service.name().to_owned(), service.clone());
+        let base_id = format!("{}_{}", route.method.parent_service().name(), route.method.name());
+        let mut operation_id = base_id.clone();
+        let mut n = 2;
+        while !operation_ids.insert(operation_id.clone()) {
+            operation_id = format!("{base_id}_{n}");
+            n += 1;
+        }
+        item.insert(verb.to_owned(), g.operation(route, &operation_id));
+    }
+
+    let tags: Vec<Json> = services
+        .values()
+        .map(|s| {
+            let mut tag = Map::new();
+            tag.insert("name".into(), json!(s.name()));
+            let mut text = g.comments.service(s).unwrap_or_default();
+            append_line(&mut text, &format!("gRPC service `{}`.", s.full_name()));
+            tag.insert("description".into(), json!(text));
+            Json::Object(tag)
+        })
+        .collect();
+
+    let mut schemas = g.finish();
+    schemas.insert(ERROR_SCHEMA.to_owned(), error_schema());
+
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "sharemesh",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The sharemesh REST/JSON API, generated from the protobuf contracts' google.api.http \
+                annotations. Bodies follow the proto3 JSON mapping: lowerCamelCase field names \
+                (proto names are accepted too), 64-bit integers as strings, enums by name, \
+                timestamps as RFC 3339 strings; unknown fields are refused; unset message fields are \
+                omitted from responses. The same operations are served over gRPC and gRPC-Web on the same port. Errors carry the \
+                gRPC status as `{code, status, message, details}`.",
+        },
+        "servers": [{ "url": "/" }],
+        "tags": tags,
+        "security": [{ "bearerAuth": [] }],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "HS256 JWT with claims sub, role (customer, host, admin), iss and exp; \
+                        mint one with `sharemesh token --sub alice --role customer`.",
+                },
+            },
+        },
+    })
+}
+
+fn openapi_verb(verb: &http::Method) -> Option<&'static str> {
+    Some(match *verb {
+        http::Method::GET => "get",
+        http::Method::PUT => "put",
+        http::Method::POST => "post",
+        http::Method::DELETE => "delete",
+        http::Method::PATCH => "patch",
+        http::Method::HEAD => "head",
+        http::Method::OPTIONS => "options",
+        http::Method::TRACE => "trace",
+        _ => return None,
+    })
+}
+
+fn schema_ref(full_name: &str) -> Json {
+    json!({ "$ref": format!("#/components/schemas/{full_name}") })
+}
+
+fn error_schema() -> Json {
+    json!({
+        "type": "object",
+        "description": "An error: the gRPC status of the call, as JSON.",
+        "properties": {
+            "code": { "type": "integer", "format": "int32", "description": "The gRPC status code number (google.rpc.Code), e.g. 5 for NOT_FOUND." },
+            "status": { "type": "string", "description": "The gRPC status code name, e.g. NOT_FOUND." },
+            "message": { "type": "string", "description": "What went wrong, for developers; names the field for invalid arguments." },
+            "details": {
+                "type": "array",
+                "description": "Error details (google.rpc.* messages such as RetryInfo or BadRequest), each with its `@type`.",
+                "items": { "type": "object", "properties": { "@type": { "type": "string" } } },
+            },
+        },
+    })
+}
+
+fn append_line(text: &mut String, line: &str) {
+    if !text.is_empty() {
+        text.push_str("\n\n");
+    }
+    text.push_str(line);
+}
+
+/// The first sentence of a comment, on one line.
+fn summary_of(comment: &str) -> String {
+    let flat = comment.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.find(". ") {
+        Some(i) => flat[..=i].to_owned(),
+        None => flat,
+    }
+}
+
+/// Leading comments of the descriptors, by file and source path.
+struct Comments {
+    by_file: HashMap<String, HashMap<Vec<i32>, String>>,
+}
+
+impl Comments {
+    fn new(pool: &DescriptorPool) -> Self {
+        let mut by_file = HashMap::new();
+        for file in pool.files() {
+            let proto = file.file_descriptor_proto();
+            let mut map = HashMap::new();
+            for location in proto.source_code_info.iter().flat_map(|i| &i.location) {
+                let Some(text) = location.leading_comments.as_deref() else {
+                    continue;
+                };
+                let cleaned = text.lines().map(str::trim).collect::<Vec<_>>().join("\n").trim().to_owned();
+                if !cleaned.is_empty() {
+                    map.insert(location.path.clone(), cleaned);
+                }
+            }
+            by_file.insert(file.name().to_owned(), map);
+        }
+        Self { by_file }
+    }
+
+    fn get(&self, file: &str, path: &[i32]) -> Option<String> {
+        self.by_file.get(file)?.get(path).cloned()
+    }
+
+    fn service(&self, s: &ServiceDescriptor) -> Option<String> {
+        self.get(s.parent_file().name(), s.path())
+    }
+
+    fn method(&self, m: &MethodDescriptor) -> Option<String> {
+        self.get(m.parent_file().name(), m.path())
+    }
+
+    fn message(&self, m: &MessageDescriptor) -> Option<String> {
+        self.get(m.parent_file().name(), m.path())
+    }
+
+    fn field(&self, f: &FieldDescriptor) -> Option<String> {
+        self.get(f.parent_file().name(), f.path())
+    }
+}
+
+struct Generator {
+    comments: Comments,
+    field_behavior: Option<ExtensionDescriptor>,
+    /// Messages that got a component schema (or are queued for one).
+    seen: HashSet<String>,
+    queue: Vec<MessageDescriptor>,
+}
+
+impl Generator {
+    fn new(pool: &DescriptorPool) -> Self {
+        Self {
+            comments: Comments::new(pool),
+            field_behavior: pool.get_extension_by_name("google.api.field_behavior"),
+            seen: HashSet::new(),
+            queue: Vec::new(),
+        }
+    }
+
+    /// Every queued message's schema, following references until none is left.
+    fn finish(&mut self) -> Map<String, Json> {
+        let mut out = Map::new();
+        while let Some(message) = self.queue.pop() {
+            let schema = self.message_schema(&message);
+            out.insert(message.full_name().to_owned(), schema);
+        }
+        out
+    }
+
+    /// A reference to a message's schema, or its inline JSON form for well-known types.
+    fn message_ref(&mut self, message: &MessageDescriptor) -> Json {
+        if let Some(inline) = well_known(message.full_name()) {
+            return inline;
+        }
+        if self.seen.insert(message.full_name().to_owned()) {
+            self.queue.push(message.clone());
+        }
+        schema_ref(message.full_name())
+    }
+
+    fn operation(&mut self, route: &Route, operation_id: &str) -> Json {
+        let method = &route.method;
+        let input = method.input();
+        let comment = self.comments.method(method);
+        let mut op = Map::new();
+        op.insert("operationId".into(), json!(operation_id));
+        op.insert("tags".into(), json!([method.parent_service().name()]));
+        let mut description = comment.clone().unwrap_or_default();
+        let summary = comment.as_deref().map_or_else(|| method.name().to_owned(), summary_of);
+        op.insert("summary".into(), json!(summary));
+        append_line(&mut description, &format!("gRPC: `{}`.", route.grpc_path()));
+        op.insert("description".into(), json!(description));
+
+        // Path parameters, then the query string.
+        let mut parameters = Vec::new();
+        let path_fields: Vec<&str> = route.template.fields();
+        for name in &path_fields {
+            let field = crate::routes::resolve_path(&input, name).and_then(|p| p.last().cloned());
+            let (schema, text) = match &field {
+                Some(f) => (Self::scalar_schema(f), self.comments.field(f)),
+                None => (json!({ "type": "string" }), None),
+            };
+            let mut p = Map::new();
+            p.insert("name".into(), json!(name));
+            p.insert("in".into(), json!("path"));
+            p.insert("required".into(), json!(true));
+            if let Some(text) = text {
+                p.insert("description".into(), json!(text));
+            }
+            p.insert("schema".into(), schema);
+            parameters.push(Json::Object(p));
+        }
+        // The input message is reachable from the route even when the body is only part of it.
+        self.message_ref(&input);
+        if route.body != BodyMapping::All {
+            let mut skip: Vec<String> = path_fields.iter().map(|s| (*s).to_owned()).collect();
+            if let BodyMapping::Field(f) = &route.body {
+                skip.push(f.clone());
+            }
+            let mut stack = vec![input.full_name().to_owned()];
+            self.query_parameters(&input, "", &skip, &mut stack, &mut parameters);
+        }
+        if !parameters.is_empty() {
+            op.insert("parameters".into(), Json::Array(parameters));
+        }
+
+        match &route.body {
+            BodyMapping::None => {}
+            BodyMapping::All => {
+                let schema = self.body_schema(&input, &path_fields);
+                op.insert("requestBody".into(), request_body(schema));
+            }
+            BodyMapping::Field(f) => {
+                let schema = match input.get_field_by_name(f) {
+                    Some(field) => self.field_schema(&field),
+                    None => json!({}),
+                };
+                op.insert("requestBody".into(), request_body(schema));
+            }
+        }
+
+        let output = method.output();
+        let ok_schema = match route.response_body.as_deref().and_then(|f| output.get_field_by_name(f)) {
+            Some(field) => {
+                self.message_ref(&output);
+                self.field_schema(&field)
+            }
+            None => self.message_ref(&output),
+        };
+        let mut responses = Map::new();
+        responses.insert(
+            "200".into(),
+            json!({
+                "description": format!("OK: {}.", route.response_body.as_deref().map_or_else(|| output.name().to_owned(), |f| format!("{}.{f}", output.name()))),
+                "content": { "application/json": { "schema": ok_schema } },
+            }),
+        );
+        for (status, text) in ERROR_RESPONSES {
+            let mut response = error_response(text);
+            if matches!(*status, "429" | "503") {
+                response["headers"] = json!({
+                    "Retry-After": {
+                        "description": "How long to wait before retrying, in seconds.",
+                        "schema": { "type": "string" },
+                    },
+                });
+            }
+            responses.insert((*status).into(), response);
+        }
+        responses.insert(
+            "default".into(),
+            error_response("Any other error (e.g. 500 INTERNAL, 504 DEADLINE_EXCEEDED), as the gRPC status."),
+        );
+        op.insert("responses".into(), Json::Object(responses));
+        Json::Object(op)
+    }
+
+    /// The schema of a `body: "*"` request: the input message without the fields bound in the path.
+    fn body_schema(&mut self, input: &MessageDescriptor, path_fields: &[&str]) -> Json {
+        let top: Vec<FieldDescriptor> = path_fields
+            .iter()
+            .filter(|f| !f.contains('.'))
+            .filter_map(|f| input.get_field_by_name(f).or_else(|| input.get_field_by_json_name(f)))
+            .collect();
+        if top.is_empty() {
+            return self.message_ref(input);
+        }
+        let mut schema = self.message_schema(input);
+        if let Some(props) = schema.get_mut("properties").and_then(Json::as_object_mut) {
+            for f in &top {
+                props.remove(f.json_name());
+            }
+        }
+        let names: Vec<String> = top.iter().map(|f| format!("`{}`", f.name())).collect();
+        let mut text = schema.get("description").and_then(Json::as_str).unwrap_or_default().to_owned();
+        append_line(
+            &mut text,
+            &format!("{} without {} (taken from the path).", input.full_name(), names.join(", ")),
+        );
+        schema["description"] = json!(text);
+        schema
+    }
+
+    /// Query parameters for every scalar, enum and scalar-like well-known field not in `skip`,
+    /// flattened with dotted proto names into nested messages.
+    fn query_parameters(
+        &mut self,
+        message: &MessageDescriptor,
+        prefix: &str,
+        skip: &[String],
+        stack: &mut Vec<String>,
+        out: &mut Vec<Json>,
+    ) {
+        for field in message.fields() {
+            let name = format!("{prefix}{}", field.name());
+            if skip.contains(&name) || field.is_map() {
+                continue;
+            }
+            let text = self.comments.field(&field);
+            let schema = match field.kind() {
+                Kind::Message(m) => match well_known(m.full_name()) {
+                    Some(inline) if is_scalar_schema(&inline) => inline,
+                    Some(_) => continue,
+                    None => {
+                        if field.is_list() || stack.len() >= MAX_QUERY_DEPTH || stack.iter().any(|s| s == m.full_name()) {
+                            continue;
+                        }
+                        stack.push(m.full_name().to_owned());
+                        self.query_parameters(&m, &format!("{name}."), skip, stack, out);
+                        stack.pop();
+                        continue;
+                    }
+                },
+                _ => Self::scalar_schema(&field),
+            };
+            let schema = if field.is_list() {
+                json!({ "type": "array", "items": schema })
+            } else {
+                schema
+            };
+            let mut p = Map::new();
+            p.insert("name".into(), json!(name));
+            p.insert("in".into(), json!("query"));
+            let mut description = text.unwrap_or_default();
+            if field.name() != field.json_name() || !prefix.is_empty() {
+                let camel = format!("{}{}", camel_prefix(prefix), field.json_name());
+                append_line(&mut description, &format!("Also accepted as `{camel}`."));
+            }
+            if !description.is_empty() {
+                p.insert("description".into(), json!(description));
+            }
+            p.insert("schema".into(), schema);
+            out.push(Json::Object(p));
+        }
+    }
+
+    /// A message's component schema.
+    fn message_schema(&mut self, message: &MessageDescriptor) -> Json {
+        let mut props = Map::new();
+        for field in message.fields() {
+            let schema = self.field_schema(&field);
+            props.insert(field.json_name().to_owned(), schema);
+        }
+        let mut description = self.comments.message(message).unwrap_or_default();
+        for oneof in message.oneofs().filter(|o| !o.is_synthetic()) {
+            let members: Vec<String> = oneof.fields().map(|f| format!("`{}`", f.json_name())).collect();
+            append_line(
+                &mut description,
+                &format!("Oneof `{}`: at most one of {} is set.", oneof.name(), members.join(", ")),
+            );
+        }
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!("object"));
+        if !description.is_empty() {
+            schema.insert("description".into(), json!(description));
+        }
+        schema.insert("properties".into(), Json::Object(props));
+        Json::Object(schema)
+    }
+
+    /// A field's property schema: its kind, repeated as an array, a map as an object.
+    fn field_schema(&mut self, field: &FieldDescriptor) -> Json {
+        let mut schema = if field.is_map() {
+            let value = match field.kind() {
+                Kind::Message(entry) => {
+                    let v = entry.map_entry_value_field();
+                    self.kind_schema(&v)
+                }
+                _ => json!({}),
+            };
+            json!({ "type": "object", "additionalProperties": value })
+        } else if field.is_list() {
+            json!({ "type": "array", "items": self.kind_schema(field) })
+        } else {
+            self.kind_schema(field)
+        };
+        let mut description = self.comments.field(field).unwrap_or_default();
+        if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+            append_line(&mut description, &format!("Member of oneof `{}`.", oneof.name()));
+        }
+        let output_only = self.is_output_only(field);
+        if description.is_empty() && !output_only {
+            return schema;
+        }
+        if schema.get("$ref").is_some() {
+            // Siblings of a $ref are ignored in OpenAPI 3.0: wrap it to keep the description.
+            schema = json!({ "allOf": [schema] });
+        }
+        if !description.is_empty() {
+            schema["description"] = json!(description);
+        }
+        if output_only {
+            schema["readOnly"] = json!(true);
+        }
+        schema
+    }
+
+    /// The schema of one value of a field (ignoring repeated / map).
+    fn kind_schema(&mut self, field: &FieldDescriptor) -> Json {
+        match field.kind() {
+            Kind::Message(m) => self.message_ref(&m),
+            _ => Self::scalar_schema(field),
+        }
+    }
+
+    /// The schema of a non-message field's value.
+    fn scalar_schema(field: &FieldDescriptor) -> Json {
+        match field.kind() {
+            Kind::Double => json!({ "type": "number", "format": "double" }),
+            Kind::Float => json!({ "type": "number", "format": "float" }),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
+            Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": 4_294_967_295_u64 }),
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]+$" }),
+            Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]+$" }),
+            Kind::Bool => json!({ "type": "boolean" }),
+            Kind::String => json!({ "type": "string" }),
+            Kind::Bytes => json!({ "type": "string", "format": "byte" }),
+            Kind::Enum(e) => {
+                if e.full_name() == "google.protobuf.NullValue" {
+                    return json!({ "nullable": true, "enum": [null] });
+                }
+                let names: Vec<Json> = e.values().map(|v| json!(v.name())).collect();
+                json!({ "type": "string", "enum": names })
+            }
+            Kind::Message(m) => well_known(m.full_name()).unwrap_or_else(|| json!({ "type": "string" })),
+        }
+    }
+
+    fn is_output_only(&self, field: &FieldDescriptor) -> bool {
+        let Some(ext) = &self.field_behavior else { return false };
+        let options = field.options();
+        if !options.has_extension(ext) {
+            return false;
+        }
+        match options.get_extension(ext).as_ref() {
+            ProtoValue::List(values) => values.iter().any(|v| matches!(v, ProtoValue::EnumNumber(n) if *n == OUTPUT_ONLY)),
+            _ => false,
+        }
+    }
+}
+
+/// `available_during.` -> `availableDuring.`
+fn camel_prefix(prefix: &str) -> String {
+    prefix
+        .split('.')
+        .map(|part| {
+            let mut out = String::new();
+            let mut upper = false;
+            for c in part.chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn request_body(schema: Json) -> Json {
+    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+}
+
+fn error_response(description: &str) -> Json {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": schema_ref(ERROR_SCHEMA) } },
+    })
+}
+
+/// Whether a well-known type's schema is a single value that fits in a query parameter.
+fn is_scalar_schema(schema: &Json) -> bool {
+    matches!(
+        schema.get("type").and_then(Json::as_str),
+        Some("string" | "integer" | "number" | "boolean")
+    )
+}
+
+/// The proto3 JSON form of the well-known types, inline.
+fn well_known(full_name: &str) -> Option<Json> {
+    Some(match full_name {
+        "google.protobuf.Timestamp" => json!({ "type": "string", "format": "date-time" }),
+        "google.protobuf.Duration" => json!({
+            "type": "string",
+            "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$",
+            "description": "A duration in seconds with an `s` suffix, e.g. \"1.5s\".",
+        }),
+        "google.protobuf.FieldMask" => json!({
+            "type": "string",
+            "description": "Comma-separated lowerCamelCase field paths.",
+        }),
+        "google.protobuf.Empty" => json!({ "type": "object" }),
+        "google.protobuf.Struct" => json!({ "type": "object", "additionalProperties": true }),
+        "google.protobuf.Value" => json!({ "description": "Any JSON value." }),
+        "google.protobuf.ListValue" => json!({ "type": "array", "items": {} }),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "properties": { "@type": { "type": "string" } },
+            "additionalProperties": true,
+        }),
+        "google.protobuf.DoubleValue" => json!({ "type": "number", "format": "double" }),
+        "google.protobuf.FloatValue" => json!({ "type": "number", "format": "float" }),
+        "google.protobuf.Int64Value" => json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]+$" }),
+        "google.protobuf.UInt64Value" => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]+$" }),
+        "google.protobuf.Int32Value" => json!({ "type": "integer", "format": "int32" }),
+        "google.protobuf.UInt32Value" => json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": 4_294_967_295_u64 }),
+        "google.protobuf.BoolValue" => json!({ "type": "boolean" }),
+        "google.protobuf.StringValue" => json!({ "type": "string" }),
+        "google.protobuf.BytesValue" => json!({ "type": "string", "format": "byte" }),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    fn doc() -> (RouteTable, Json) {
+        let table = RouteTable::from_descriptor_set(sharemesh_contracts::FILE_DESCRIPTOR_SET).expect("routes");
+        let doc = document(&table);
+        (table, doc)
+    }
+
+    fn operations(doc: &Json) -> Vec<(String, String, Json)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (verb, op) in item.as_object().expect("path item") {
+                out.push((path.clone(), verb.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    fn collect_refs(value: &Json, out: &mut Vec<String>) {
+        match value {
+            Json::Object(map) => {
+                for (k, v) in map {
+                    if k == "$ref" {
+                        out.push(v.as_str().expect("$ref is a string").to_owned());
+                    } else {
+                        collect_refs(v, out);
+                    }
+                }
+            }
+            Json::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn lists_every_public_route_and_no_internal_one() {
+        let (table, doc) = doc();
+        assert_eq!(doc["openapi"], "3.0.3");
+        assert_eq!(doc["info"]["title"], "sharemesh");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(doc["servers"], json!([{ "url": "/" }]));
+        assert_eq!(doc["security"], json!([{ "bearerAuth": [] }]));
+        assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
+
+        let ops = operations(&doc);
+        assert_eq!(ops.len(), table.routes().len());
+        assert_eq!(ops.len(), 16);
+        for route in table.routes() {
+            let path = route.template.openapi_path();
+            let verb = route.verb.as_str().to_ascii_lowercase();
+            let op = &doc["paths"][&path][&verb];
+            let id = format!("{}_{}", route.method.parent_service().name(), route.method.name());
+            assert_eq!(op["operationId"], json!(id), "{verb} {path}");
+            assert_eq!(op["tags"], json!([route.method.parent_service().name()]));
+        }
+        let cancel = &doc["paths"]["/v1/reservations/{reservation_id}:cancel"]["post"];
+        assert_eq!(cancel["operationId"], "ReservationService_CancelReservation");
+
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for internal in ["HoldListing", "ConfirmHold", "ReleaseHold", "ApprovePayment"] {
+            for (_, _, op) in &ops {
+                assert!(!op["operationId"].as_str().expect("id").contains(internal), "{internal}");
+                assert!(
+                    !op["description"].as_str().expect("description").contains(&format!("/{internal}`")),
+                    "{internal}"
+                );
+            }
+            assert!(schemas.keys().all(|k| !k.contains(internal)), "{internal} leaked into the schemas");
+        }
+        assert!(!schemas.contains_key("sharemesh.catalog.v1.Hold"));
+    }
+
+    #[test]
+    fn every_ref_resolves() {
+        let (_, doc) = doc();
+        let mut refs = Vec::new();
+        collect_refs(&doc, &mut refs);
+        assert!(!refs.is_empty());
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for r in refs {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("{r} is not a schema ref"));
+            assert!(schemas.contains_key(name), "{r} does not resolve");
+        }
+    }
+
+    #[test]
+    fn follows_the_proto3_json_mapping() {
+        let (_, doc) = doc();
+        let s = &doc["components"]["schemas"];
+        let listing = &s["sharemesh.catalog.v1.Listing"]["properties"];
+        assert_eq!(listing["version"]["type"], "string");
+        assert_eq!(listing["version"]["format"], "int64");
+        assert_eq!(listing["version"]["readOnly"], true);
+        assert_eq!(listing["createTime"]["format"], "date-time");
+        assert_eq!(
+            listing["price"]["allOf"][0]["$ref"],
+            "#/components/schemas/sharemesh.common.v1.Money"
+        );
+        assert_eq!(
+            listing["kind"]["enum"],
+            json!(["LISTING_KIND_UNSPECIFIED", "LISTING_KIND_CAR", "LISTING_KIND_TALENT"])
+        );
+        assert!(
+            listing.get("listing_id").is_none() && listing.get("listingId").is_some(),
+            "lowerCamelCase names"
+        );
+        assert!(
+            s["sharemesh.catalog.v1.Listing"]["description"]
+                .as_str()
+                .expect("description")
+                .contains("Oneof `details`")
+        );
+        assert_eq!(
+            s["sharemesh.catalog.v1.CarDetails"]["properties"]["seats"],
+            json!({ "type": "integer", "format": "int32", "description": "Number of seats, including the driver's; at least 1." })
+        );
+        assert_eq!(s["sharemesh.view.v1.MyPageEntry"]["properties"]["cancelled"]["type"], "boolean");
+        assert_eq!(
+            s["sharemesh.catalog.v1.ListListingsResponse"]["properties"]["listings"]["type"],
+            "array"
+        );
+        let error = &s[ERROR_SCHEMA]["properties"];
+        for (k, t) in [
+            ("code", "integer"),
+            ("status", "string"),
+            ("message", "string"),
+            ("details", "array"),
+        ] {
+            assert_eq!(error[k]["type"], t, "{k}");
+        }
+        for schema in s.as_object().expect("schemas").values() {
+            assert!(schema.get("required").is_none(), "proto3 has no required fields");
+        }
+    }
+
+    #[test]
+    fn parameters_bodies_and_responses_come_from_the_bindings() {
+        let (_, doc) = doc();
+        let list = &doc["paths"]["/v1/listings"]["get"];
+        assert!(list["summary"].as_str().expect("summary").starts_with("Lists listings"));
+        let params = list["parameters"].as_array().expect("parameters");
+        let by_name = |n: &str| {
+            params
+                .iter()
+                .find(|p| p["name"] == n)
+                .cloned()
+                .unwrap_or_else(|| panic!("no parameter {n}"))
+        };
+        assert_eq!(by_name("available_during.start_time")["schema"]["format"], "date-time");
+        assert_eq!(by_name("available_during.end_time")["in"], "query");
+        assert_eq!(by_name("page_size")["schema"]["type"], "integer");
+        assert_eq!(by_name("include_deleted")["schema"]["type"], "boolean");
+        assert_eq!(by_name("kind")["schema"]["enum"][1], "LISTING_KIND_CAR");
+        assert!(list.get("requestBody").is_none());
+        assert_eq!(
+            list["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/sharemesh.catalog.v1.ListListingsResponse"
+        );
+        for status in ["400", "401", "403", "404", "409", "429", "503", "default"] {
+            assert_eq!(
+                list["responses"][status]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/sharemesh.Error",
+                "{status}"
+            );
+        }
+
+        let get = &doc["paths"]["/v1/listings/{listing_id}"]["get"];
+        let p = &get["parameters"][0];
+        assert_eq!(
+            (p["name"].as_str(), p["in"].as_str(), p["required"].as_bool()),
+            (Some("listing_id"), Some("path"), Some(true))
+        );
+        assert_eq!(get["parameters"].as_array().expect("parameters").len(), 1);
+
+        let register = &doc["paths"]["/v1/listings"]["post"];
+        assert_eq!(register["requestBody"]["required"], true);
+        assert_eq!(
+            register["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/sharemesh.catalog.v1.RegisterListingRequest"
+        );
+        assert!(register.get("parameters").is_none());
+
+        // body "*" with a path variable: the body is the message without the path field.
+        let cancel = &doc["paths"]["/v1/reservations/{reservation_id}:cancel"]["post"];
+        let body = &cancel["requestBody"]["content"]["application/json"]["schema"];
+        assert!(body["properties"].get("reason").is_some());
+        assert!(body["properties"].get("reservationId").is_none());
+        assert_eq!(cancel["parameters"].as_array().expect("parameters").len(), 1);
+        assert!(
+            doc["components"]["schemas"]
+                .get("sharemesh.reservation.v1.CancelReservationRequest")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn validates_against_the_openapi_3_0_specification() {
+        let available = Command::new("python3")
+            .args(["-c", "import openapi_spec_validator"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !available {
+            eprintln!("SKIPPED: python3 with openapi_spec_validator is not available (pip install openapi-spec-validator)");
+            return;
+        }
+        let (_, doc) = doc();
+        let script = "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))\nprint('valid')";
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(doc.to_string().as_bytes())
+            .expect("write the document");
+        let out = child.wait_with_output().expect("python3 finishes");
+        assert!(
+            out.status.success(),
+            "the document is not valid OpenAPI 3.0:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
