@@ -337,3 +337,79 @@ pub fn signal(pid: u32, sig: &str) {
         .unwrap();
     assert!(status.success(), "kill -{sig} {pid} failed");
 }
+
+/// The mesh plus view, message and the edge in front of all of them.
+pub struct FullMesh {
+    pub mesh: Mesh,
+    pub view: Service,
+    pub message: Service,
+    pub edge: Service,
+}
+
+impl FullMesh {
+    /// Starts everything; `edge_env` adds settings for the edge.
+    pub async fn start(edge_env: &[(&str, &str)]) -> Self {
+        let mesh = Mesh::start(&[]).await;
+        let view = mesh.add("view", &[]).await;
+        let message = mesh.add("message", &[]).await;
+        let uris: Vec<(String, String)> = [
+            ("SHAREMESH_CATALOG_ADDR", mesh.catalog.uri()),
+            ("SHAREMESH_RESERVATION_ADDR", mesh.reservation.uri()),
+            ("SHAREMESH_PAYMENT_ADDR", mesh.payment.uri()),
+            ("SHAREMESH_MESSAGE_ADDR", message.uri()),
+            ("SHAREMESH_VIEW_ADDR", view.uri()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut env: Vec<(&str, &str)> = uris.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend_from_slice(edge_env);
+        let edge = mesh.add("edge", &env).await;
+        Self { mesh, view, message, edge }
+    }
+}
+
+/// A REST response: status, headers and the JSON body (Null when empty or not JSON).
+pub struct RestResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub json: serde_json::Value,
+}
+
+/// Sends one HTTP/1.1 request to `base` (`http://127.0.0.1:port`).
+pub async fn rest(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> RestResponse {
+    rest_with(base, method, path, token, body.map(|b| b.as_bytes().to_vec()), &[]).await
+}
+
+/// [`rest`] with a raw body and extra headers.
+pub async fn rest_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> RestResponse {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut req = http::Request::builder().method(method).uri(format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    RestResponse { status, headers, json }
+}
