@@ -5,7 +5,7 @@ BIN := $(or $(CARGO_TARGET_DIR),target)/debug/sharemesh
 # nextest when installed (it is on our machines), plain cargo test otherwise.
 TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo "$(CARGO) nextest run --profile ci"; else echo "$(CARGO) test"; fi)
 
-.PHONY: help deps build run test test-unit lint fmt clean
+.PHONY: help deps build run test test-unit lint fmt clean clients fuzz-edge
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ build: ## build the sharemesh binary
 run: deps build ## run the whole mesh locally: SQLite files and a nats-server under ./data
 	$(BIN) dev
 
-test: deps build helm-check ## run every test (unit, mesh integration, end-to-end with real processes)
+test: deps build clients helm-check ## run every test (unit, mesh integration, end-to-end with real processes)
 	@pg_url=$$(scripts/ensure-postgres.sh) || { echo "make test: no PostgreSQL: the PostgreSQL tests will say SKIPPED" >&2; pg_url=""; \
 	  if [ "$${CI:-}" = "true" ]; then exit 1; fi; }; \
 	SHAREMESH_TEST_POSTGRES="$$pg_url" SHAREMESH_BIN="$(abspath $(BIN))" $(TEST_RUNNER) --workspace --all-features
@@ -30,6 +30,16 @@ lint: ## rustfmt check and clippy with warnings as errors
 
 fmt: ## format the code
 	$(CARGO) fmt --all
+
+clients: ## generate the Python gRPC client into clients/python/gen (pip installs grpcio-tools)
+	PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet grpcio-tools grpcio openapi-spec-validator
+	rm -rf clients/python/gen && mkdir -p clients/python/gen
+	python3 -m grpc_tools.protoc -Iproto --python_out=clients/python/gen --pyi_out=clients/python/gen \
+	  --grpc_python_out=clients/python/gen $$(find proto -name '*.proto' | sort)
+	@echo "clients: generated clients/python/gen; try: python3 clients/python/journey.py 127.0.0.1:50050"
+
+fuzz-edge: build ## fuzz the edge's REST API from its /openapi.json with schemathesis (own mesh on free ports)
+	SHAREMESH_BIN="$(abspath $(BIN))" scripts/fuzz-edge.sh
 
 clean: ## remove build output and local data
 	$(CARGO) clean
