@@ -2,21 +2,20 @@
 //! replay correctly, and show each user only their own data.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClient;
 use sharemesh_contracts::catalog::v1::{CarDetails, CarType, RegisterListingRequest, TalentDetails, register_listing_request};
 use sharemesh_contracts::common::v1::{Money, TimeWindow};
-use sharemesh_contracts::message::v1::message_service_client::MessageServiceClient;
-use sharemesh_contracts::message::v1::{DeliveryStatus, ListMessagesRequest, Message};
+use sharemesh_contracts::message::v1::{DeliveryStatus, Message};
 use sharemesh_contracts::payment::v1::PaymentStatus;
 use sharemesh_contracts::reservation::v1::reservation_service_client::ReservationServiceClient;
 use sharemesh_contracts::reservation::v1::{
-    CancelReservationRequest, ConfirmReservationRequest, ListReservationsRequest, PlaceReservationRequest, Reservation, ReservationStatus,
+    CancelReservationRequest, ConfirmReservationRequest, PlaceReservationRequest, Reservation, ReservationStatus,
 };
+use sharemesh_contracts::view::v1::GetListingViewRequest;
 use sharemesh_contracts::view::v1::view_service_client::ViewServiceClient;
-use sharemesh_contracts::view::v1::{GetListingViewRequest, GetMyPageRequest, ListListingViewsRequest, ListingView, MyPageEntry};
+use sharemesh_e2e::reconcile::{self, messages, my_page};
 use sharemesh_e2e::*;
 use sharemesh_mesh::auth::Role;
 use tonic::transport::Channel;
@@ -79,108 +78,6 @@ async fn place(
         .map(|r| r.into_inner().reservation.unwrap())
 }
 
-async fn my_page(view: &Service, customer: &str) -> Vec<MyPageEntry> {
-    let mut v = ViewServiceClient::new(view.channel().await);
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let req = GetMyPageRequest {
-            page_size: 200,
-            page_token: page_token.clone(),
-        };
-        let res = v
-            .get_my_page(authed(req, &token(customer, Role::Customer)))
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(res.my_page.unwrap().entries);
-        if res.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = res.next_page_token;
-    }
-}
-
-async fn listing_views(view: &Service) -> Vec<ListingView> {
-    let mut v = ViewServiceClient::new(view.channel().await);
-    let req = ListListingViewsRequest {
-        page_size: 200,
-        ..Default::default()
-    };
-    v.list_listing_views(authed(req, &token("admin", Role::Admin)))
-        .await
-        .unwrap()
-        .into_inner()
-        .listing_views
-}
-
-async fn messages(message: &Service, user: &str, role: Role) -> Vec<Message> {
-    let mut m = MessageServiceClient::new(message.channel().await);
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let req = ListMessagesRequest {
-            page_size: 200,
-            page_token: page_token.clone(),
-        };
-        let res = m.list_messages(authed(req, &token(user, role))).await.unwrap().into_inner();
-        out.extend(res.messages);
-        if res.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = res.next_page_token;
-    }
-}
-
-async fn reservations(mesh: &Mesh) -> Vec<Reservation> {
-    let mut r = ReservationServiceClient::new(mesh.reservation.channel().await);
-    let req = ListReservationsRequest {
-        page_size: 200,
-        ..Default::default()
-    };
-    r.list_reservations(authed(req, &token("admin", Role::Admin)))
-        .await
-        .unwrap()
-        .into_inner()
-        .reservations
-}
-
-/// The read models agree with the reservation service, row for row.
-async fn read_models_match(mesh: &Mesh, view: &Service) -> Option<()> {
-    let truth = reservations(mesh).await;
-    let mut by_customer: HashMap<String, Vec<&Reservation>> = HashMap::new();
-    for r in &truth {
-        by_customer.entry(r.customer_id.clone()).or_default().push(r);
-    }
-    for (customer, theirs) in &by_customer {
-        let page = my_page(view, customer).await;
-        if page.len() != theirs.len() {
-            return None;
-        }
-        for r in theirs {
-            let e = page.iter().find(|e| e.reservation_id == r.reservation_id)?;
-            let same = e.reservation_status == r.status
-                && e.payment_status == r.payment_status
-                && e.listing_id == r.listing_id
-                && e.listing_title == r.listing_title
-                && e.window == r.window
-                && e.amount == r.amount;
-            if !same {
-                return None;
-            }
-        }
-    }
-    let views = listing_views(view).await;
-    for r in truth.iter().filter(|r| r.status != ReservationStatus::Rejected as i32) {
-        let v = views.iter().find(|v| v.listing_id == r.listing_id)?;
-        let lr = v.reservations.iter().find(|x| x.reservation_id == r.reservation_id)?;
-        if lr.reservation_status != r.status || lr.payment_status != r.payment_status {
-            return None;
-        }
-    }
-    Some(())
-}
-
 #[tokio::test]
 async fn read_models_and_messages_follow_every_flow() {
     let mesh = Mesh::start(&[]).await;
@@ -208,7 +105,7 @@ async fn read_models_and_messages_follow_every_flow() {
     r.cancel_reservation(authed(cancel, &token("alice", Role::Customer))).await.unwrap();
 
     eventually(Duration::from_secs(20), "read models to match reservation", || {
-        read_models_match(&mesh, &view)
+        reconcile::read_models_match(&mesh.reservation, &view)
     })
     .await;
     let alice = my_page(&view, "alice").await;
@@ -330,7 +227,7 @@ async fn reservations_go_on_while_message_and_view_are_down() {
     view.start_again().await;
     message.start_again().await;
     eventually(Duration::from_secs(60), "read models to catch up, row for row", || {
-        read_models_match(&mesh, &view)
+        reconcile::read_models_match(&mesh.reservation, &view)
     })
     .await;
 
@@ -376,7 +273,7 @@ async fn rebuild_replays_the_streams_into_the_same_rows() {
     .await
     .unwrap();
     eventually(Duration::from_secs(20), "the live view to settle", || {
-        read_models_match(&mesh, &view)
+        reconcile::read_models_match(&mesh.reservation, &view)
     })
     .await;
     eventually(Duration::from_secs(20), "the cancellation in the live view", || async {

@@ -4,6 +4,8 @@
 //! The binary is `$SHAREMESH_BIN` or `target/debug/sharemesh` (`make test` builds it first).
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod reconcile;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,0 +1,199 @@
+//! Cross-service checks used after faults: the reservation service's own state against the read
+//! models, the messages, the bookings (from catalog's events) and the payments.
+
+use std::collections::HashMap;
+
+use prost::Message as _;
+use sharemesh_contracts::catalog::v1::{ListingBooked, ListingReleased};
+use sharemesh_contracts::message::v1::message_service_client::MessageServiceClient;
+use sharemesh_contracts::message::v1::{ListMessagesRequest, Message};
+use sharemesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
+use sharemesh_contracts::payment::v1::{ListPaymentsRequest, Payment};
+use sharemesh_contracts::reservation::v1::reservation_service_client::ReservationServiceClient;
+use sharemesh_contracts::reservation::v1::{ListReservationsRequest, Reservation, ReservationStatus};
+use sharemesh_contracts::view::v1::view_service_client::ViewServiceClient;
+use sharemesh_contracts::view::v1::{GetMyPageRequest, ListListingViewsRequest, ListingView, MyPageEntry};
+use sharemesh_mesh::auth::Role;
+
+use crate::{NatsServer, Service, authed, stream_messages, token};
+
+/// Every reservation, as the reservation service knows them.
+pub async fn reservations(reservation: &Service) -> Vec<Reservation> {
+    let mut r = ReservationServiceClient::new(reservation.channel().await);
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = ListReservationsRequest {
+            page_size: 200,
+            page_token: page_token.clone(),
+            ..Default::default()
+        };
+        let res = r
+            .list_reservations(authed(req, &token("admin", Role::Admin)))
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(res.reservations);
+        if res.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = res.next_page_token;
+    }
+}
+
+/// Every payment.
+pub async fn payments(payment: &Service) -> Vec<Payment> {
+    let mut p = PaymentServiceClient::new(payment.channel().await);
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = ListPaymentsRequest {
+            page_size: 200,
+            page_token: page_token.clone(),
+            ..Default::default()
+        };
+        let res = p
+            .list_payments(authed(req, &token("admin", Role::Admin)))
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(res.payments);
+        if res.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = res.next_page_token;
+    }
+}
+
+/// A customer's page.
+pub async fn my_page(view: &Service, customer: &str) -> Vec<MyPageEntry> {
+    let mut v = ViewServiceClient::new(view.channel().await);
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = GetMyPageRequest {
+            page_size: 200,
+            page_token: page_token.clone(),
+        };
+        let res = v
+            .get_my_page(authed(req, &token(customer, Role::Customer)))
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(res.my_page.unwrap_or_default().entries);
+        if res.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = res.next_page_token;
+    }
+}
+
+/// Every listing view (as an admin sees them).
+pub async fn listing_views(view: &Service) -> Vec<ListingView> {
+    let mut v = ViewServiceClient::new(view.channel().await);
+    let req = ListListingViewsRequest {
+        page_size: 200,
+        ..Default::default()
+    };
+    v.list_listing_views(authed(req, &token("admin", Role::Admin)))
+        .await
+        .unwrap()
+        .into_inner()
+        .listing_views
+}
+
+/// A user's messages.
+pub async fn messages(message: &Service, user: &str, role: Role) -> Vec<Message> {
+    let mut m = MessageServiceClient::new(message.channel().await);
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = ListMessagesRequest {
+            page_size: 200,
+            page_token: page_token.clone(),
+        };
+        let res = m.list_messages(authed(req, &token(user, role))).await.unwrap().into_inner();
+        out.extend(res.messages);
+        if res.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = res.next_page_token;
+    }
+}
+
+/// Active bookings per reservation id, from the catalog's published events.
+pub async fn bookings(nats: &NatsServer) -> HashMap<String, bool> {
+    let mut active = HashMap::new();
+    for (subject, _, payload) in stream_messages(nats, "SHAREMESH_CATALOG").await {
+        if subject.ends_with("ListingBooked") {
+            active.insert(ListingBooked::decode(payload).unwrap().booking.unwrap().reservation_id, true);
+        } else if subject.ends_with("ListingReleased") {
+            active.insert(ListingReleased::decode(payload).unwrap().booking.unwrap().reservation_id, false);
+        }
+    }
+    active
+}
+
+/// The read models agree with the reservation service, row for row (None while they do not).
+pub async fn read_models_match(reservation: &Service, view: &Service) -> Option<()> {
+    let truth = reservations(reservation).await;
+    let mut by_customer: HashMap<String, Vec<&Reservation>> = HashMap::new();
+    for r in &truth {
+        by_customer.entry(r.customer_id.clone()).or_default().push(r);
+    }
+    for (customer, theirs) in &by_customer {
+        let page = my_page(view, customer).await;
+        if page.len() != theirs.len() {
+            return None;
+        }
+        for r in theirs {
+            let e = page.iter().find(|e| e.reservation_id == r.reservation_id)?;
+            let same = e.reservation_status == r.status
+                && e.payment_status == r.payment_status
+                && e.listing_id == r.listing_id
+                && e.listing_title == r.listing_title
+                && e.window == r.window
+                && e.amount == r.amount;
+            if !same {
+                return None;
+            }
+        }
+    }
+    let views = listing_views(view).await;
+    for r in truth
+        .iter()
+        .filter(|r| r.status != ReservationStatus::Rejected as i32 && !r.listing_title.is_empty())
+    {
+        let v = views.iter().find(|v| v.listing_id == r.listing_id)?;
+        let lr = v.reservations.iter().find(|x| x.reservation_id == r.reservation_id)?;
+        if lr.reservation_status != r.status || lr.payment_status != r.payment_status {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// Confirmed reservations, active bookings and approved payments are the same set of
+/// reservation ids, and no reservation is left PENDING.
+pub async fn effects_reconcile(reservation: &Service, payment: &Service, nats: &NatsServer) -> Option<usize> {
+    let all = reservations(reservation).await;
+    if all.iter().any(|r| r.status == ReservationStatus::Pending as i32) {
+        return None;
+    }
+    let mut confirmed: Vec<String> = all
+        .iter()
+        .filter(|r| r.status == ReservationStatus::Confirmed as i32 || r.status == ReservationStatus::Paid as i32)
+        .map(|r| r.reservation_id.clone())
+        .collect();
+    let mut booked: Vec<String> = bookings(nats).await.into_iter().filter(|(_, on)| *on).map(|(id, _)| id).collect();
+    let mut approved: Vec<String> = payments(payment)
+        .await
+        .into_iter()
+        .filter(|p| p.status == sharemesh_contracts::payment::v1::PaymentStatus::Approved as i32)
+        .map(|p| p.reservation_id)
+        .collect();
+    confirmed.sort();
+    booked.sort();
+    approved.sort();
+    (confirmed == booked && confirmed == approved).then_some(confirmed.len())
+}
