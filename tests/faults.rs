@@ -184,3 +184,121 @@ async fn every_service_killed_mid_load_then_restarted_leaves_no_trace() {
     assert!(placed > 10, "only {placed} reservations were answered");
     everything_reconciles(&m).await;
 }
+
+#[tokio::test]
+async fn a_rolling_restart_under_load_fails_no_request() {
+    use sharemesh_contracts::catalog::v1::GetListingRequest;
+    use sharemesh_mesh::client::{ClientPolicy, Upstream, connect};
+    // Each new instance binds the same port before the old one drains (a second replica taking over).
+    let common = [
+        ("SHAREMESH_REUSE_PORT", "true"),
+        ("SHAREMESH_DRAIN_DELAY", "300ms"),
+        ("SHAREMESH_CLIENT_RETRIES", "5"),
+    ];
+    let mut m = FullMesh::start_with(&common, &[]).await;
+    let listings = listings(&m, 4).await;
+
+    // Clients behave like gRPC clients should: retry idempotent calls that never reached a handler.
+    let idempotent: std::sync::Arc<[&'static str]> = std::sync::Arc::from(
+        &[
+            "/sharemesh.reservation.v1.ReservationService/PlaceReservation",
+            "/sharemesh.catalog.v1.CatalogService/GetListing",
+        ][..],
+    );
+    let policy = ClientPolicy {
+        timeout: Duration::from_secs(10),
+        retries: 5,
+        retry_budget: 1.0,
+        breaker_failures: 10_000,
+        ..ClientPolicy::default()
+    };
+    let (channel, _) = connect(
+        Upstream {
+            name: "edge".into(),
+            uri: m.edge.uri(),
+            idempotent,
+            identity: None,
+        },
+        policy,
+    )
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let answered = Arc::new(AtomicU64::new(0));
+    let slot = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..CUSTOMERS {
+        let (channel, listings, stop, failures, answered, slot) = (
+            channel.clone(),
+            listings.clone(),
+            stop.clone(),
+            failures.clone(),
+            answered.clone(),
+            slot.clone(),
+        );
+        workers.spawn(async move {
+            let token = token(&format!("customer-{w}"), Role::Customer);
+            let mut reservations = ReservationServiceClient::new(channel.clone());
+            let mut catalog = CatalogServiceClient::new(channel);
+            while !stop.load(Ordering::Relaxed) {
+                let n = slot.fetch_add(1, Ordering::Relaxed) as i64;
+                let listing = listings[(n as usize) % listings.len()].clone();
+                let start = T0 + (n / listings.len() as i64) * HOUR;
+                let req = PlaceReservationRequest {
+                    listing_id: listing.clone(),
+                    window: Some(TimeWindow::from_ms(start, start + HOUR)),
+                    card: Some(good_card()),
+                    request_id: format!("roll-{w}-{n}"),
+                };
+                match reservations.place_reservation(authed(req, &token)).await {
+                    Ok(r)
+                        if r.get_ref()
+                            .reservation
+                            .as_ref()
+                            .is_some_and(|r| r.status == ReservationStatus::Confirmed as i32) => {}
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("place: not confirmed {:?}", r.into_inner().reservation)),
+                    Err(e) => failures.lock().unwrap().push(format!("place: {:?} {}", e.code(), e.message())),
+                }
+                if let Err(e) = catalog.get_listing(authed(GetListingRequest { listing_id: listing }, &token)).await {
+                    failures.lock().unwrap().push(format!("get: {:?} {}", e.code(), e.message()));
+                }
+                answered.fetch_add(2, Ordering::Relaxed);
+            }
+        });
+    }
+
+    for victim in ["catalog", "payment", "reservation", "view", "message", "edge"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let slot = match victim {
+            "catalog" => &mut m.mesh.catalog,
+            "payment" => &mut m.mesh.payment,
+            "reservation" => &mut m.mesh.reservation,
+            "view" => &mut m.view,
+            "message" => &mut m.message,
+            _ => &mut m.edge,
+        };
+        let twin = slot.twin().await;
+        let mut old = std::mem::replace(slot, twin);
+        assert_eq!(old.terminate().await, Some(0), "{victim} did not drain cleanly:\n{}", old.logs());
+        // Keep the old instance's files (its SQLite database) until the test ends.
+        std::mem::forget(old);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    while workers.join_next().await.is_some() {}
+    let failures = failures.lock().unwrap().clone();
+    let answered = answered.load(Ordering::Relaxed);
+    eprintln!("rolling restart: {answered} requests, {} failed", failures.len());
+    assert!(answered > 50, "only {answered} requests were made");
+    assert!(
+        failures.is_empty(),
+        "{} of {answered} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    everything_reconciles(&m).await;
+}

@@ -13,6 +13,9 @@ use std::time::Duration;
 pub const ENV_DATA_DIR: &str = "SHAREMESH_DATA_DIR";
 /// Address the gRPC server binds (`0.0.0.0:50051`).
 pub const ENV_GRPC_ADDR: &str = "SHAREMESH_GRPC_ADDR";
+/// Let a second process bind the same gRPC port (`SO_REUSEPORT`) for restarts without a gap
+/// (`false`).
+pub const ENV_REUSE_PORT: &str = "SHAREMESH_REUSE_PORT";
 /// Address the Prometheus `/metrics` HTTP server binds (`0.0.0.0:9090`); `off` disables it.
 pub const ENV_METRICS_ADDR: &str = "SHAREMESH_METRICS_ADDR";
 /// Database URL (`sqlite://<data dir>/<context>.db?mode=rwc`); `postgres://...` for PostgreSQL.
@@ -212,6 +215,8 @@ pub struct MeshConfig {
     pub data_dir: PathBuf,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
+    /// Bind the gRPC port with `SO_REUSEPORT`.
+    pub reuse_port: bool,
     /// `/metrics` listen address; `None` when disabled.
     pub metrics_addr: Option<SocketAddr>,
     /// Database URL.
@@ -257,6 +262,7 @@ impl MeshConfig {
             context: context.to_owned(),
             data_dir,
             grpc_addr: env.addr_or(ENV_GRPC_ADDR, "0.0.0.0:50051")?,
+            reuse_port: env.parse_or(ENV_REUSE_PORT, false)?,
             metrics_addr,
             database_url,
             nats_url,

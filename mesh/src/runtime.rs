@@ -115,7 +115,7 @@ impl Runtime {
     /// Binds the configured gRPC address.
     pub async fn bind(&self) -> Result<GrpcServer, RunError> {
         let addr = self.config.grpc_addr;
-        Ok(GrpcServer::bind(addr)
+        Ok(GrpcServer::bind_with(addr, self.config.reuse_port)
             .await
             .map_err(|source| RunError::Bind { addr, source })?
             .shutdown_config(self.config.shutdown))

@@ -118,7 +118,26 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Binds `addr` (port 0 picks a free port; see [`GrpcServer::local_addr`]).
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::bind_with(addr, false).await
+    }
+
+    /// Binds `addr`; with `reuse_port`, another process may bind the same port (`SO_REUSEPORT`),
+    /// so a new instance can start before the old one drains and exits.
+    pub async fn bind_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Self> {
+        let listener = if reuse_port {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            #[cfg(unix)]
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(1024)?
+        } else {
+            TcpListener::bind(addr).await?
+        };
         Ok(Self {
             listener,
             routes: Routes::default(),

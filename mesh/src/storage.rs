@@ -72,7 +72,18 @@ impl Db {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let txn = self.conn.begin().await?;
+        // BEGIN IMMEDIATE on SQLite: take the write lock up front, so a writer in another
+        // process (a second instance during a restart) makes this one wait (busy timeout)
+        // instead of failing with SQLITE_BUSY_SNAPSHOT when it upgrades from reading to writing.
+        let txn = if self.write_lock.is_some() {
+            let options = sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            };
+            self.conn.begin_with_options(options).await?
+        } else {
+            self.conn.begin().await?
+        };
         Ok(WriteTxn {
             txn: Some(txn),
             guard,

@@ -187,6 +187,41 @@ impl Service {
         self.spawn().await;
     }
 
+    /// Starts a second instance with the same settings (same port, same database) and waits
+    /// until it serves; needs `SHAREMESH_REUSE_PORT=true`. Used for restarts without a gap.
+    pub async fn twin(&self) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(format!("{}-twin.log", self.context));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = tokio::process::Command::new(binary())
+            .args(["serve", self.context])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let twin = Service {
+            context: self.context,
+            port: self.port,
+            env: self.env.clone(),
+            log,
+            child: Some(child),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !twin.logs().contains("serving gRPC") && !twin.logs().contains("edge serving") {
+            assert!(
+                Instant::now() < deadline,
+                "twin of {} did not start:\n{}",
+                self.context,
+                twin.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        twin
+    }
+
     /// The service's `DATABASE_URL`.
     pub fn database_url(&self) -> String {
         self.env
@@ -290,12 +325,20 @@ impl Mesh {
     /// Starts the three services; `reservation_env` adds settings for reservation (deadlines,
     /// breaker, saga staleness).
     pub async fn start(reservation_env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], reservation_env).await
+    }
+
+    /// [`Mesh::start`] with `common` settings for every service.
+    pub async fn start_with(common: &[(&str, &str)], reservation_env: &[(&str, &str)]) -> Self {
         let nats = NatsServer::spawn();
-        let catalog = Service::start("catalog", &nats, &[("SHAREMESH_HOLD_TTL", "30s")]).await;
-        let payment = Service::start("payment", &nats, &[]).await;
+        let mut catalog_env = vec![("SHAREMESH_HOLD_TTL", "30s")];
+        catalog_env.extend_from_slice(common);
+        let catalog = Service::start("catalog", &nats, &catalog_env).await;
+        let payment = Service::start("payment", &nats, common).await;
         let catalog_uri = catalog.uri();
         let payment_uri = payment.uri();
         let mut env: Vec<(&str, &str)> = vec![("SHAREMESH_CATALOG_ADDR", &catalog_uri), ("SHAREMESH_PAYMENT_ADDR", &payment_uri)];
+        env.extend_from_slice(common);
         env.extend_from_slice(reservation_env);
         let reservation = Service::start("reservation", &nats, &env).await;
         Self {
@@ -351,9 +394,14 @@ pub struct FullMesh {
 impl FullMesh {
     /// Starts everything; `edge_env` adds settings for the edge.
     pub async fn start(edge_env: &[(&str, &str)]) -> Self {
-        let mesh = Mesh::start(&[]).await;
-        let view = mesh.add("view", &[]).await;
-        let message = mesh.add("message", &[]).await;
+        Self::start_with(&[], edge_env).await
+    }
+
+    /// [`FullMesh::start`] with `common` settings for every process.
+    pub async fn start_with(common: &[(&str, &str)], edge_env: &[(&str, &str)]) -> Self {
+        let mesh = Mesh::start_with(common, &[]).await;
+        let view = mesh.add("view", common).await;
+        let message = mesh.add("message", common).await;
         let uris: Vec<(String, String)> = [
             ("SHAREMESH_CATALOG_ADDR", mesh.catalog.uri()),
             ("SHAREMESH_RESERVATION_ADDR", mesh.reservation.uri()),
@@ -365,6 +413,7 @@ impl FullMesh {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let mut env: Vec<(&str, &str)> = uris.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend_from_slice(common);
         env.extend_from_slice(edge_env);
         let edge = mesh.add("edge", &env).await;
         Self { mesh, view, message, edge }

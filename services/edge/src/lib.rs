@@ -179,7 +179,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), RunError>
     // Reflection needs `'static` bytes; the edge builds them once per process.
     let descriptors: &'static [u8] = Box::leak(public_descriptors(&table).into_boxed_slice());
     let addr = config.mesh.grpc_addr;
-    let server = GrpcServer::bind(addr)
+    let server = GrpcServer::bind_with(addr, config.mesh.reuse_port)
         .await
         .map_err(|source| RunError::Bind { addr, source })?
         .shutdown_config(config.mesh.shutdown)

@@ -143,12 +143,13 @@ impl RouteTable {
         v
     }
 
-    /// Public gRPC paths answered by GET routes (safe to retry).
+    /// Public gRPC paths that are safe to retry: declared `idempotency_level = IDEMPOTENT` or
+    /// `NO_SIDE_EFFECTS` in the contracts, or bound to a GET route.
     pub fn idempotent_methods(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .routes
             .iter()
-            .filter(|r| r.verb == http::Method::GET)
+            .filter(|r| r.verb == http::Method::GET || is_idempotent(&r.method))
             .map(Route::grpc_path)
             .collect();
         v.sort_unstable();
@@ -188,6 +189,15 @@ impl RouteTable {
         }
         out
     }
+}
+
+/// The method's `idempotency_level` option is IDEMPOTENT or NO_SIDE_EFFECTS.
+pub fn is_idempotent(method: &MethodDescriptor) -> bool {
+    // google.protobuf.MethodOptions.IdempotencyLevel: 1 = NO_SIDE_EFFECTS, 2 = IDEMPOTENT.
+    matches!(
+        method.options().get_field_by_name("idempotency_level").as_deref(),
+        Some(Value::EnumNumber(1 | 2))
+    )
 }
 
 fn annotation(method: &MethodDescriptor, reason: &str) -> RouteError {
