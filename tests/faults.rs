@@ -302,3 +302,141 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     );
     everything_reconciles(&m).await;
 }
+
+#[tokio::test]
+async fn overload_is_refused_fast_while_admitted_calls_succeed() {
+    use sharemesh_contracts::catalog::v1::GetListingRequest;
+    let m = FullMesh::start(&[
+        ("SHAREMESH_EDGE_CONCURRENCY", "8"),
+        ("SHAREMESH_EDGE_RATE", "100000"),
+        ("SHAREMESH_EDGE_BURST", "100000"),
+    ])
+    .await;
+    let listings = listings(&m, 1).await;
+    let channel = m.edge.channel().await;
+
+    // Eight reservations occupy every slot while payment is frozen.
+    signal(m.mesh.payment.pid().unwrap(), "STOP");
+    let mut admitted = tokio::task::JoinSet::new();
+    for i in 0..8i64 {
+        let mut client = ReservationServiceClient::new(channel.clone());
+        let req = PlaceReservationRequest {
+            listing_id: listings[0].clone(),
+            window: Some(TimeWindow::from_ms(T0 + i * HOUR, T0 + (i + 1) * HOUR)),
+            card: Some(good_card()),
+            request_id: format!("admitted-{i}"),
+        };
+        let token = token(&format!("customer-{i}"), Role::Customer);
+        admitted.spawn(async move {
+            client
+                .place_reservation(authed(req, &token))
+                .await
+                .map(|r| r.into_inner().reservation.unwrap().status)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 200 more calls at once: each is refused at once, not queued.
+    let mut excess = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let mut client = CatalogServiceClient::new(channel.clone());
+        let req = authed(
+            GetListingRequest {
+                listing_id: listings[0].clone(),
+            },
+            &token("alice", Role::Customer),
+        );
+        excess.spawn(async move {
+            let started = std::time::Instant::now();
+            let res = client.get_listing(req).await;
+            (res.map(|_| ()).map_err(|e| e.code()), started.elapsed())
+        });
+    }
+    let mut refusals = Vec::new();
+    while let Some(r) = excess.join_next().await {
+        let (res, took) = r.unwrap();
+        assert_eq!(res, Err(Code::ResourceExhausted), "an excess call was not refused");
+        refusals.push(took);
+    }
+    refusals.sort();
+    let p99 = refusals[refusals.len() * 99 / 100 - 1];
+    eprintln!(
+        "overload: 200 refusals, p50 {:?}, p99 {:?}, max {:?}",
+        refusals[refusals.len() / 2],
+        p99,
+        refusals[refusals.len() - 1]
+    );
+    assert!(
+        p99 < Duration::from_millis(250),
+        "refusals took {p99:?} at p99 (the upstream deadline is 2s)"
+    );
+
+    // Payment resumes: the admitted calls succeed and the edge is still there.
+    signal(m.mesh.payment.pid().unwrap(), "CONT");
+    while let Some(r) = admitted.join_next().await {
+        assert_eq!(r.unwrap().map_err(|e| e.code()), Ok(ReservationStatus::Confirmed as i32));
+    }
+    assert_eq!(m.edge.health().await, Some(1), "the edge survived");
+}
+
+#[tokio::test]
+async fn payment_down_fails_fast_and_recovers_by_itself() {
+    let mut mesh = Mesh::start(&[
+        ("SHAREMESH_CLIENT_BREAKER_FAILURES", "3"),
+        ("SHAREMESH_CLIENT_BREAKER_OPEN", "1s"),
+        ("SHAREMESH_CLIENT_RETRIES", "0"),
+    ])
+    .await;
+    let mut c = CatalogServiceClient::new(mesh.catalog.channel().await);
+    let req = RegisterListingRequest {
+        title: "Car".into(),
+        description: String::new(),
+        price: Some(Money::new(10_000, "KRW")),
+        details: Some(register_listing_request::Details::Car(CarDetails {
+            model: "Ray".into(),
+            car_type: CarType::Compact as i32,
+            seats: 4,
+        })),
+    };
+    let listing = c
+        .register_listing(authed(req, &token("host-1", Role::Host)))
+        .await
+        .unwrap()
+        .into_inner()
+        .listing
+        .unwrap()
+        .listing_id;
+    let mut r = ReservationServiceClient::new(mesh.reservation.channel().await);
+    let alice = token("alice", Role::Customer);
+    let place = |i: i64| PlaceReservationRequest {
+        listing_id: listing.clone(),
+        window: Some(TimeWindow::from_ms(T0 + i * HOUR, T0 + (i + 1) * HOUR)),
+        card: Some(good_card()),
+        request_id: format!("down-{i}"),
+    };
+
+    mesh.payment.kill().await;
+    for i in 0..6 {
+        let started = std::time::Instant::now();
+        let err = r.place_reservation(authed(place(i), &alice)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+        if i >= 3 {
+            assert!(err.message().starts_with("payment is unavailable"), "{}", err.message());
+        }
+    }
+    mesh.payment.start_again().await;
+    let booked = eventually(Duration::from_secs(10), "a reservation once payment is back", || {
+        let mut r = r.clone();
+        let req = authed(place(100 + fastrand_like()), &alice);
+        async move { r.place_reservation(req).await.ok() }
+    })
+    .await;
+    assert_eq!(booked.into_inner().reservation.unwrap().status, ReservationStatus::Confirmed as i32);
+}
+
+/// A distinct slot per attempt (the test crate has no RNG dependency).
+fn fastrand_like() -> i64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed) as i64
+}
