@@ -2,23 +2,21 @@
 //! driven only over gRPC (and observed on NATS).
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use prost::Message;
 use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClient;
 use sharemesh_contracts::catalog::v1::{
-    CarDetails, CarType, ListListingsRequest, ListingBooked, ListingReleased, RegisterListingRequest, TalentDetails,
-    register_listing_request,
+    CarDetails, CarType, ListListingsRequest, RegisterListingRequest, TalentDetails, register_listing_request,
 };
 use sharemesh_contracts::common::v1::{Money, TimeWindow};
-use sharemesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
-use sharemesh_contracts::payment::v1::{ListPaymentsRequest, Payment, PaymentCancelled, PaymentStatus};
+use sharemesh_contracts::payment::v1::{PaymentCancelled, PaymentStatus};
 use sharemesh_contracts::reservation::v1::reservation_service_client::ReservationServiceClient;
 use sharemesh_contracts::reservation::v1::{
     CancelReservationRequest, ConfirmReservationRequest, GetReservationRequest, ListReservationsRequest, PlaceReservationRequest,
     Reservation, ReservationStatus,
 };
+use sharemesh_e2e::reconcile;
 use sharemesh_e2e::*;
 use sharemesh_mesh::auth::Role;
 use tonic::Code;
@@ -56,14 +54,12 @@ fn talent() -> RegisterListingRequest {
 struct Clients {
     catalog: CatalogServiceClient<Channel>,
     reservation: ReservationServiceClient<Channel>,
-    payment: PaymentServiceClient<Channel>,
 }
 
 async fn clients(mesh: &Mesh) -> Clients {
     Clients {
         catalog: CatalogServiceClient::new(mesh.catalog.channel().await),
         reservation: ReservationServiceClient::new(mesh.reservation.channel().await),
-        payment: PaymentServiceClient::new(mesh.payment.channel().await),
     }
 }
 
@@ -105,57 +101,6 @@ async fn get(c: &mut Clients, id: &str) -> Reservation {
         .unwrap()
 }
 
-async fn all_payments(c: &mut Clients) -> Vec<Payment> {
-    let admin = token("admin", Role::Admin);
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let req = ListPaymentsRequest {
-            page_size: 200,
-            page_token: page_token.clone(),
-            ..Default::default()
-        };
-        let res = c.payment.list_payments(authed(req, &admin)).await.unwrap().into_inner();
-        out.extend(res.payments);
-        if res.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = res.next_page_token;
-    }
-}
-
-async fn all_reservations(c: &mut Clients) -> Vec<Reservation> {
-    let admin = token("admin", Role::Admin);
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let req = ListReservationsRequest {
-            page_size: 200,
-            page_token: page_token.clone(),
-            ..Default::default()
-        };
-        let res = c.reservation.list_reservations(authed(req, &admin)).await.unwrap().into_inner();
-        out.extend(res.reservations);
-        if res.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = res.next_page_token;
-    }
-}
-
-/// Active bookings per reservation id, from the catalog's published events.
-async fn bookings(nats: &NatsServer) -> HashMap<String, bool> {
-    let mut active = HashMap::new();
-    for (subject, _, payload) in stream_messages(nats, "SHAREMESH_CATALOG").await {
-        if subject.ends_with("ListingBooked") {
-            active.insert(ListingBooked::decode(payload).unwrap().booking.unwrap().reservation_id, true);
-        } else if subject.ends_with("ListingReleased") {
-            active.insert(ListingReleased::decode(payload).unwrap().booking.unwrap().reservation_id, false);
-        }
-    }
-    active
-}
-
 fn status(r: &Reservation) -> ReservationStatus {
     ReservationStatus::try_from(r.status).unwrap()
 }
@@ -179,7 +124,11 @@ async fn approve_decline_confirm_and_cancel() {
         .await
         .unwrap();
     assert_eq!(again.reservation_id, booked.reservation_id);
-    assert_eq!(all_payments(&mut c).await.len(), 1, "a repeated request charges nothing more");
+    assert_eq!(
+        reconcile::payments(&mesh.payment).await.len(),
+        1,
+        "a repeated request charges nothing more"
+    );
 
     // Overlapping window: refused with a clear reason, nothing charged.
     let err = place(&mut c, "bob", place_req(&car_id, T0 + HOUR, T0 + 3 * HOUR, "req-2"))
@@ -194,7 +143,7 @@ async fn approve_decline_confirm_and_cancel() {
     let err = place(&mut c, "bob", declined).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().starts_with("payment declined"), "{}", err.message());
-    let rejected = all_reservations(&mut c)
+    let rejected = reconcile::reservations(&mesh.reservation)
         .await
         .into_iter()
         .find(|r| r.request_id == "req-3")
@@ -289,7 +238,7 @@ async fn approve_decline_confirm_and_cancel() {
     assert_eq!(meta.correlation_id, booked.reservation_id, "the reservation id correlates the saga");
     assert!(!meta.causation_id.is_empty());
     eventually(Duration::from_secs(15), "booking released", || async {
-        (bookings(&mesh.nats).await.get(&booked.reservation_id) == Some(&false)).then_some(())
+        (reconcile::bookings(&mesh.nats).await.get(&booked.reservation_id) == Some(&false)).then_some(())
     })
     .await;
     let rebook = place(&mut c, "dave", place_req(&car_id, T0, T0 + 2 * HOUR, "req-6")).await.unwrap();
@@ -329,7 +278,7 @@ async fn five_hundred_customers_one_window_one_winner() {
         }
     }
     assert_eq!((winners.len(), refused), (1, 499));
-    let payments = all_payments(&mut c).await;
+    let payments = reconcile::payments(&mesh.payment).await;
     assert_eq!(payments.len(), 1, "no payment for a refused reservation");
     assert_eq!(payments[0].reservation_id, winners[0].reservation_id);
     assert_eq!(payments[0].status, PaymentStatus::Approved as i32);
@@ -407,10 +356,10 @@ async fn payment_outage_fails_fast_opens_the_circuit_and_recovers() {
     assert_eq!(status(&booked), ReservationStatus::Confirmed);
     // Whatever payment processed late for the abandoned reservations is voided or refunded.
     eventually(Duration::from_secs(15), "no charge kept for a rejected reservation", || {
-        let mut c = c.clone();
+        let payment = &mesh.payment;
         let want = booked.reservation_id.clone();
         async move {
-            let approved: Vec<_> = all_payments(&mut c)
+            let approved: Vec<_> = reconcile::payments(payment)
                 .await
                 .into_iter()
                 .filter(|p| p.status == PaymentStatus::Approved as i32)
@@ -457,9 +406,9 @@ async fn sigkill_mid_saga_every_saga_ends_booked_or_rejected() {
 
     // Recovery finishes or compensates every saga.
     let reservations = eventually(Duration::from_secs(30), "no PENDING reservation left", || {
-        let mut c = c.clone();
+        let reservation = &mesh.reservation;
         async move {
-            let all = all_reservations(&mut c).await;
+            let all = reconcile::reservations(reservation).await;
             all.iter().all(|r| status(r) != ReservationStatus::Pending).then_some(all)
         }
     })
@@ -478,13 +427,12 @@ async fn sigkill_mid_saga_every_saga_ends_booked_or_rejected() {
         .map(|r| r.reservation_id.clone())
         .collect();
     eventually(Duration::from_secs(30), "bookings, payments and reservations reconcile", || {
-        let mut c = c.clone();
         let done = done.clone();
-        let nats = &mesh.nats;
+        let (nats, payment) = (&mesh.nats, &mesh.payment);
         async move {
-            let booked = bookings(nats).await;
+            let booked = reconcile::bookings(nats).await;
             let active: Vec<_> = booked.iter().filter(|(_, on)| **on).map(|(id, _)| id.clone()).collect();
-            let approved: Vec<_> = all_payments(&mut c)
+            let approved: Vec<_> = reconcile::payments(payment)
                 .await
                 .into_iter()
                 .filter(|p| p.status == PaymentStatus::Approved as i32)

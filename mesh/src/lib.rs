@@ -23,6 +23,7 @@ pub mod grpc_web;
 pub mod page;
 pub mod runtime;
 pub mod server;
+pub mod status;
 pub mod storage;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

@@ -48,20 +48,12 @@ impl CatalogError {
 
 impl From<CatalogError> for tonic::Status {
     fn from(e: CatalogError) -> Self {
-        use tonic_types::{ErrorDetails, StatusExt};
         match e {
-            CatalogError::Invalid { field, reason } => tonic::Status::with_error_details(
-                tonic::Code::InvalidArgument,
-                format!("{field}: {reason}"),
-                ErrorDetails::with_bad_request_violation(field, reason),
-            ),
+            CatalogError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
             CatalogError::NotFound(m) => tonic::Status::not_found(m),
             CatalogError::PermissionDenied(m) => tonic::Status::permission_denied(m),
             CatalogError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            CatalogError::Storage(e) => {
-                tracing::error!(error = %e, "catalog storage error");
-                tonic::Status::internal("internal storage error")
-            }
+            CatalogError::Storage(e) => sharemesh_mesh::status::storage_failure("catalog", &e),
         }
     }
 }

@@ -37,17 +37,9 @@ impl MessageError {
 
 impl From<MessageError> for tonic::Status {
     fn from(e: MessageError) -> Self {
-        use tonic_types::{ErrorDetails, StatusExt};
         match e {
-            MessageError::Invalid { field, reason } => tonic::Status::with_error_details(
-                tonic::Code::InvalidArgument,
-                format!("{field}: {reason}"),
-                ErrorDetails::with_bad_request_violation(field, reason),
-            ),
-            MessageError::Storage(e) => {
-                tracing::error!(error = %e, "message storage error");
-                tonic::Status::internal("internal storage error")
-            }
+            MessageError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
+            MessageError::Storage(e) => sharemesh_mesh::status::storage_failure("message", &e),
         }
     }
 }

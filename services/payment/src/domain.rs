@@ -62,20 +62,12 @@ impl PaymentError {
 
 impl From<PaymentError> for tonic::Status {
     fn from(e: PaymentError) -> Self {
-        use tonic_types::{ErrorDetails, StatusExt};
         match e {
-            PaymentError::Invalid { field, reason } => tonic::Status::with_error_details(
-                tonic::Code::InvalidArgument,
-                format!("{field}: {reason}"),
-                ErrorDetails::with_bad_request_violation(field, reason),
-            ),
+            PaymentError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
             PaymentError::NotFound(m) => tonic::Status::not_found(m),
             PaymentError::PermissionDenied(m) => tonic::Status::permission_denied(m),
             PaymentError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            PaymentError::Storage(e) => {
-                tracing::error!(error = %e, "payment storage error");
-                tonic::Status::internal("internal storage error")
-            }
+            PaymentError::Storage(e) => sharemesh_mesh::status::storage_failure("payment", &e),
         }
     }
 }

@@ -134,11 +134,7 @@ impl From<ReservationError> for tonic::Status {
         use tonic_types::{ErrorDetails, StatusExt};
         let message = e.to_string();
         match e {
-            ReservationError::Invalid { field, reason } => tonic::Status::with_error_details(
-                tonic::Code::InvalidArgument,
-                message,
-                ErrorDetails::with_bad_request_violation(field, reason),
-            ),
+            ReservationError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
             ReservationError::NotFound(m) => tonic::Status::not_found(m),
             ReservationError::PermissionDenied(m) => tonic::Status::permission_denied(m),
             ReservationError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
@@ -156,10 +152,7 @@ impl From<ReservationError> for tonic::Status {
                 status
             }
             ReservationError::Refused(status) => tonic::Status::new(status.code(), status.message().to_owned()),
-            ReservationError::Storage(e) => {
-                tracing::error!(error = %e, "reservation storage error");
-                tonic::Status::internal("internal storage error")
-            }
+            ReservationError::Storage(e) => sharemesh_mesh::status::storage_failure("reservation", &e),
         }
     }
 }

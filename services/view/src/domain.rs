@@ -31,18 +31,10 @@ impl ViewError {
 
 impl From<ViewError> for tonic::Status {
     fn from(e: ViewError) -> Self {
-        use tonic_types::{ErrorDetails, StatusExt};
         match e {
-            ViewError::Invalid { field, reason } => tonic::Status::with_error_details(
-                tonic::Code::InvalidArgument,
-                format!("{field}: {reason}"),
-                ErrorDetails::with_bad_request_violation(field, reason),
-            ),
+            ViewError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
             ViewError::NotFound(m) => tonic::Status::not_found(m),
-            ViewError::Storage(e) => {
-                tracing::error!(error = %e, "view storage error");
-                tonic::Status::internal("internal storage error")
-            }
+            ViewError::Storage(e) => sharemesh_mesh::status::storage_failure("view", &e),
         }
     }
 }
