@@ -222,7 +222,9 @@ impl GrpcServer {
         }
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        // TCP_NODELAY on every connection: without it a response's trailers wait for the peer's
+        // delayed ACK (~40 ms per call under Nagle's algorithm).
+        let incoming = tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(crate::telemetry::metrics::GrpcServerLayer)
