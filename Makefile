@@ -55,3 +55,10 @@ image: ## build the container image (IMAGE=sharemesh:dev; needs a running Docker
 
 helm-check: ## validate the Helm chart offline: every values combination, schema, chart tests
 	@scripts/helm-check.sh
+
+.PHONY: bench
+
+bench: deps ## load-test the whole mesh on this machine (release build): a table and target/bench/bench.json
+	$(CARGO) build --release --bin sharemesh -p sharemesh-cli
+	$(CARGO) build --release -p sharemesh-bench --bin sharemesh-bench
+	SHAREMESH_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target)/release/sharemesh)" $(or $(CARGO_TARGET_DIR),target)/release/sharemesh-bench $(BENCH_ARGS)

@@ -1,0 +1,429 @@
+//! `sharemesh-bench` (`make bench`): starts nats-server and every service from the release
+//! `sharemesh` binary on this machine, loads them with its own generator next to a bare tonic
+//! baseline, and prints a table (plus a JSON file) of throughput, latency, event lag, memory and
+//! start-up, each against its target.
+//!
+//! Modules: [`stats`] (histogram) -> [`load`] (workers, connections) -> [`mesh`] (processes) ->
+//! [`scenarios`] (what is measured) -> [`report`] (tables, JSON).
+
+mod load;
+mod mesh;
+mod report;
+mod scenarios;
+mod stats;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sharemesh_mesh::auth::Role;
+
+use crate::load::LoadConfig;
+use crate::report::{Machine, Memory, Report, Row, Startup, Target};
+use crate::scenarios::{BaselineServer, Streams, Tokens, Windows};
+
+/// How long the bench waits for the event consumers to catch up between scenarios.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Load-test the whole sharemesh mesh on this machine against a bare tonic baseline.
+///
+/// Durations take `ms`, `s` or `m` (a bare number is seconds). Defaults finish in under three
+/// minutes; raise --duration / --lag-duration for steadier figures.
+#[derive(Debug, Parser)]
+#[command(name = "sharemesh-bench", version)]
+struct Args {
+    /// Measured window of each read scenario (baseline, GetListing x3) [default: 8s; --quick 2s].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Unrecorded warm-up before each window [default: 2s; --quick 500ms].
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// Workers (calls in flight) of the read scenarios.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the workers share (round robin).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Measured window of PlaceReservation [default: 10s; --quick 3s].
+    #[arg(long, value_parser = parse_duration)]
+    reserve_duration: Option<Duration>,
+    /// Workers of PlaceReservation.
+    #[arg(long, default_value_t = 32)]
+    reserve_concurrency: usize,
+    /// Reservations per second placed while measuring the event lag (each publishes about ten
+    /// events across the streams: 50/s is about the 500 events/s the target is set at).
+    #[arg(long, default_value_t = 50.0)]
+    lag_rate: f64,
+    /// How long reservations are placed for the event lag [default: 10s; --quick 3s].
+    #[arg(long, value_parser = parse_duration)]
+    lag_duration: Option<Duration>,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/bench.json")]
+    json: PathBuf,
+    /// Short windows for a smoke run (about 40 s in all).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// `8`, `8s`, `500ms`, `2m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 8s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The flags with every default resolved.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    duration: Duration,
+    warmup: Duration,
+    concurrency: usize,
+    connections: usize,
+    reserve_duration: Duration,
+    reserve_concurrency: usize,
+    lag_rate: f64,
+    lag_duration: Duration,
+}
+
+impl Settings {
+    fn from_args(a: &Args) -> Result<Self, String> {
+        let pick = |v: Option<Duration>, normal: u64, quick: u64| v.unwrap_or(Duration::from_millis(if a.quick { quick } else { normal }));
+        if a.concurrency == 0 || a.reserve_concurrency == 0 || a.connections == 0 {
+            return Err("--concurrency, --reserve-concurrency and --connections must be at least 1".into());
+        }
+        if a.lag_rate.is_nan() || a.lag_rate <= 0.0 {
+            return Err("--lag-rate must be positive".into());
+        }
+        Ok(Self {
+            duration: pick(a.duration, 8_000, 2_000),
+            warmup: pick(a.warmup, 2_000, 500),
+            concurrency: a.concurrency,
+            connections: a.connections,
+            reserve_duration: pick(a.reserve_duration, 10_000, 3_000),
+            reserve_concurrency: a.reserve_concurrency,
+            lag_rate: a.lag_rate,
+            lag_duration: pick(a.lag_duration, 10_000, 3_000),
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "duration_s": self.duration.as_secs_f64(),
+            "warmup_s": self.warmup.as_secs_f64(),
+            "concurrency": self.concurrency,
+            "connections": self.connections,
+            "reserve_duration_s": self.reserve_duration.as_secs_f64(),
+            "reserve_concurrency": self.reserve_concurrency,
+            "lag_rate": self.lag_rate,
+            "lag_duration_s": self.lag_duration.as_secs_f64(),
+            "storage": "sqlite",
+        })
+    }
+
+    fn reads(&self) -> LoadConfig {
+        LoadConfig {
+            concurrency: self.concurrency,
+            warmup: self.warmup,
+            duration: self.duration,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn progress(what: &str, cfg: &LoadConfig) {
+    eprintln!(
+        "bench: {what}: {} workers, {:.1}s warm-up + {:.1}s ...",
+        cfg.concurrency,
+        cfg.warmup.as_secs_f64(),
+        cfg.duration.as_secs_f64()
+    );
+}
+
+fn row(name: &str, cfg: &LoadConfig, summary: stats::Summary, baseline_rps: f64, target: Option<Target>, cpu: Vec<(String, f64)>) -> Row {
+    Row {
+        name: name.to_owned(),
+        cpu_percent: cpu,
+        backlog_drained_s: None,
+        concurrency: cfg.concurrency,
+        x_baseline: if baseline_rps > 0.0 { summary.rps / baseline_rps } else { 0.0 },
+        summary,
+        target,
+    }
+}
+
+async fn run(settings: Settings, json: PathBuf) -> Result<Report, String> {
+    let started = Instant::now();
+    let machine = Machine::detect();
+    let bin = mesh::binary()?;
+    eprintln!("bench: {}", Report::machine_line(&machine));
+    eprintln!("bench: starting nats-server and 6 services from {}", bin.display());
+    let mesh = mesh::Mesh::start(&bin).await?;
+    let tokens = Arc::new(Tokens::new());
+    let host = tokens.bearer("bench-host", Role::Host)?;
+    let customer_token = tokens.token("bench-reader", Role::Customer)?;
+    let customer = load::bearer(&customer_token)?;
+
+    // Data: one car to read, one car per PlaceReservation worker, a few for the lag run.
+    let catalog = load::channels(&mesh.uri("catalog"), 1).await?.remove(0);
+    let read_listing = scenarios::register_cars(&catalog, &host, 1, "read").await?.remove(0);
+    let reserve_listings = Arc::new(scenarios::register_cars(&catalog, &host, settings.reserve_concurrency, "reserve").await?);
+    let lag_listings = Arc::new(scenarios::register_cars(&catalog, &host, 16, "lag").await?);
+    let windows = Windows::default();
+    let streams = Streams::connect(&mesh.nats.url()).await?;
+    streams.drain(DRAIN_LIMIT).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = mesh.rss();
+
+    let reads = settings.reads();
+    let mut rows = Vec::new();
+
+    progress("1 baseline (bare tonic, Health/Check)", &reads);
+    let baseline_server = BaselineServer::start()?;
+    streams.drain(DRAIN_LIMIT).await?;
+    let cpu = mesh.cpu();
+    let base = scenarios::baseline(&baseline_server.uri, settings.connections, reads).await?;
+    let used = mesh.cpu().since(&cpu);
+    drop(baseline_server);
+    let base_rps = base.rps;
+    rows.push(row("1 baseline: empty unary, bare tonic", &reads, base, base_rps, None, used));
+
+    progress("2 GetListing direct to catalog", &reads);
+    streams.drain(DRAIN_LIMIT).await?;
+    let cpu = mesh.cpu();
+    let direct = scenarios::get_listing_grpc(&mesh.uri("catalog"), settings.connections, reads, &read_listing, customer.clone()).await?;
+    let used = mesh.cpu().since(&cpu);
+    let direct_x = direct.rps / base_rps.max(f64::EPSILON);
+    rows.push(row(
+        "2 GetListing direct to catalog (gRPC)",
+        &reads,
+        direct,
+        base_rps,
+        Some(Target::new(">= 0.5x baseline", direct_x >= 0.5)),
+        used,
+    ));
+
+    progress("3 GetListing via the edge (gRPC)", &reads);
+    streams.drain(DRAIN_LIMIT).await?;
+    let cpu = mesh.cpu();
+    let edge_grpc = scenarios::get_listing_grpc(&mesh.uri("edge"), settings.connections, reads, &read_listing, customer.clone()).await?;
+    let used = mesh.cpu().since(&cpu);
+    let edge_grpc_rps = edge_grpc.rps;
+    rows.push(row("3 GetListing via edge (gRPC)", &reads, edge_grpc, base_rps, None, used));
+
+    progress("4 GetListing via the edge (REST/JSON, HTTP/1.1 pool)", &reads);
+    streams.drain(DRAIN_LIMIT).await?;
+    let cpu = mesh.cpu();
+    let rest = scenarios::get_listing_rest(&mesh.uri("edge"), reads, &read_listing, &customer_token).await?;
+    let used = mesh.cpu().since(&cpu);
+    let rest_vs_grpc = rest.rps / edge_grpc_rps.max(f64::EPSILON);
+    rows.push(row(
+        "4 GetListing via edge (REST/JSON)",
+        &reads,
+        rest,
+        base_rps,
+        Some(Target::new(
+            format!(">= 0.7x edge gRPC (is {rest_vs_grpc:.2}x)"),
+            rest_vs_grpc >= 0.7,
+        )),
+        used,
+    ));
+
+    let reserve = LoadConfig {
+        concurrency: settings.reserve_concurrency,
+        warmup: settings.warmup,
+        duration: settings.reserve_duration,
+        timeout: Duration::from_secs(10),
+    };
+    progress("5 PlaceReservation end to end via the edge (gRPC)", &reserve);
+    streams.drain(DRAIN_LIMIT).await?;
+    let cpu = mesh.cpu();
+    let placed = scenarios::place_reservations(
+        &mesh.uri("edge"),
+        settings.connections,
+        reserve,
+        reserve_listings.clone(),
+        windows.clone(),
+        &tokens,
+    )
+    .await?;
+    let used = mesh.cpu().since(&cpu);
+    let placed_ok = placed.rps / base_rps.max(f64::EPSILON) >= 0.1 && placed.p99_ms <= 50.0 && placed.count > 0;
+    rows.push(row(
+        "5 PlaceReservation e2e via edge (SQLite)",
+        &reserve,
+        placed,
+        base_rps,
+        Some(Target::new(">= 0.1x baseline, p99 <= 50 ms", placed_ok)),
+        used,
+    ));
+
+    // The same straight to reservation: what the edge adds to a write.
+    let drained = streams.drain(DRAIN_LIMIT).await?;
+    if let Some(row) = rows.last_mut() {
+        row.backlog_drained_s = Some(drained.as_secs_f64());
+    }
+    progress("5b PlaceReservation direct to reservation (gRPC)", &reserve);
+    let cpu = mesh.cpu();
+    let placed_direct = scenarios::place_reservations(
+        &mesh.uri("reservation"),
+        settings.connections,
+        reserve,
+        reserve_listings,
+        windows.clone(),
+        &tokens,
+    )
+    .await?;
+    let used = mesh.cpu().since(&cpu);
+    rows.push(row(
+        "5b PlaceReservation direct to reservation",
+        &reserve,
+        placed_direct,
+        base_rps,
+        None,
+        used,
+    ));
+
+    eprintln!(
+        "bench: 6 event lag: {:.0} reservations/s for {:.1}s, commit -> CONFIRMED in the view's MyPage ...",
+        settings.lag_rate,
+        settings.lag_duration.as_secs_f64()
+    );
+    // The events of scenario 5b are still being handled: how long until every consumer caught up.
+    let reserve_drain = streams.drain(DRAIN_LIMIT).await?;
+    if let Some(row) = rows.last_mut() {
+        row.backlog_drained_s = Some(reserve_drain.as_secs_f64());
+    }
+    let cpu = mesh.cpu();
+    let lag = scenarios::event_lag(
+        &mesh.uri("reservation"),
+        &mesh.uri("view"),
+        &streams,
+        settings.connections,
+        settings.lag_rate,
+        settings.lag_duration,
+        lag_listings,
+        windows,
+        tokens.clone(),
+    )
+    .await?;
+    let lag_cpu = mesh.cpu().since(&cpu);
+    let after = mesh.rss();
+    let lag_target = Target::new(
+        format!(
+            "p99 <= 50 ms at 500 events/s (ran at {:.0} events/s)",
+            lag.events_per_s.unwrap_or_default()
+        ),
+        lag.p99_ms <= 50.0 && lag.seen > 0 && lag.not_seen == 0,
+    );
+
+    let memory = idle
+        .iter()
+        .zip(&after)
+        .map(|((service, idle_mib), (_, after_mib))| Memory {
+            service: (*service).to_owned(),
+            idle_mib: *idle_mib,
+            after_load_mib: *after_mib,
+            target: Target::new("< 40 MiB after load", after_mib.is_some_and(|m| m < 40.0)),
+        })
+        .collect();
+    let startup = mesh
+        .services
+        .iter()
+        .map(|s| {
+            let ms = s.startup.as_secs_f64() * 1000.0;
+            Startup {
+                service: s.context.to_owned(),
+                ms,
+                target: Target::new("< 300 ms", ms < 300.0),
+            }
+        })
+        .collect();
+    mesh.stop().await;
+
+    let mut report = Report {
+        machine,
+        binary: bin.display().to_string(),
+        settings: settings.json(),
+        rows,
+        event_lag: Some(lag),
+        event_lag_target: Some(lag_target),
+        event_lag_cpu_percent: lag_cpu,
+        memory,
+        startup,
+        targets_met: String::new(),
+        total_s: started.elapsed().as_secs_f64(),
+    };
+    report.count_targets();
+    report.write_json(&json)?;
+    Ok(report)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::from_args(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sharemesh-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let json = args.json.clone();
+    // Ctrl-C drops the run: every child process is killed on drop.
+    let outcome = tokio::select! {
+        res = run(settings, json.clone()) => res,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
+    };
+    match outcome {
+        Ok(report) => {
+            let mut out = std::io::stdout().lock();
+            let text = format!(
+                "sharemesh bench: {} on SQLite, everything on this machine\n{}\n\n{}\nJSON: {}\n",
+                report.binary,
+                Report::machine_line(&report.machine),
+                report.render(),
+                json.display()
+            );
+            if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sharemesh-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("8"), Ok(Duration::from_secs(8)));
+        assert_eq!(parse_duration("8s"), Ok(Duration::from_secs(8)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}

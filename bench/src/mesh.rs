@@ -1,0 +1,302 @@
+//! Process management: a throwaway nats-server, then every service as its own
+//! `sharemesh serve <context>` process (release binary) on a free port with a fresh SQLite file,
+//! timed from spawn to its first SERVING health answer. Everything dies with [`Mesh`].
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sharemesh_mesh::testing::{NatsServer, free_port};
+use tonic::transport::Endpoint;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The JWT secret the bench's processes share.
+pub(crate) const SECRET: &str = "sharemesh-bench-secret-0123456789";
+
+/// Start order: the edge and reservation only need the others' addresses, not their presence,
+/// but starting one at a time keeps each start-up measurement alone on the machine.
+pub(crate) const CONTEXTS: [&str; 6] = ["catalog", "payment", "reservation", "view", "message", "edge"];
+
+/// Generous: the bench must never be capped by the edge's per-client limits.
+const UNLIMITED: &str = "1000000";
+
+/// The `sharemesh` binary to bench: `$SHAREMESH_BIN`, else `target/release/sharemesh`.
+pub(crate) fn binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("SHAREMESH_BIN") {
+        let path = PathBuf::from(p);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "SHAREMESH_BIN={} is not a file: run `cargo build --release --bin sharemesh` (make bench does)",
+                path.display()
+            ))
+        };
+    }
+    let candidates = [
+        PathBuf::from("target/release/sharemesh"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sharemesh"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| "target/release/sharemesh is missing: run `cargo build --release --bin sharemesh` (make bench does)".to_owned())
+}
+
+/// One running service process.
+pub(crate) struct ServiceProc {
+    /// `catalog`, `edge`...
+    pub(crate) context: &'static str,
+    /// Its gRPC (and, for the edge, REST) port on 127.0.0.1.
+    pub(crate) port: u16,
+    /// Its process id.
+    pub(crate) pid: u32,
+    /// From spawn to the first SERVING health answer.
+    pub(crate) startup: Duration,
+    child: tokio::process::Child,
+}
+
+/// nats-server plus the six services, wired as in production.
+pub(crate) struct Mesh {
+    /// The broker (its store is a temp dir; killed on drop).
+    pub(crate) nats: NatsServer,
+    /// The services, in [`CONTEXTS`] order.
+    pub(crate) services: Vec<ServiceProc>,
+    dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// Starts nats-server, then each service one after the other, waiting for SERVING.
+    pub(crate) async fn start(bin: &Path) -> Result<Self, String> {
+        let nats = tokio::task::spawn_blocking(NatsServer::spawn)
+            .await
+            .map_err(|_| "nats-server could not start (see above); `make deps` installs it".to_owned())?;
+        let dir = tempfile::Builder::new()
+            .prefix("sharemesh-bench-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let ports: Vec<(&'static str, u16)> = CONTEXTS.iter().map(|c| (*c, free_port())).collect();
+        let uri = |ctx: &str| {
+            let port = ports.iter().find(|(c, _)| *c == ctx).map_or(0, |(_, p)| *p);
+            format!("http://127.0.0.1:{port}")
+        };
+        let mut mesh = Self {
+            nats,
+            services: Vec::new(),
+            dir,
+        };
+        for &(context, port) in &ports {
+            let mut env: Vec<(String, String)> = vec![
+                ("SHAREMESH_GRPC_ADDR".into(), format!("127.0.0.1:{port}")),
+                ("SHAREMESH_METRICS_ADDR".into(), "off".into()),
+                (
+                    "DATABASE_URL".into(),
+                    format!("sqlite://{}/{context}.db?mode=rwc", mesh.dir.path().display()),
+                ),
+                ("NATS_URL".into(), mesh.nats.url()),
+                ("SHAREMESH_JWT_SECRET".into(), SECRET.into()),
+                ("SHAREMESH_LOG".into(), "warn".into()),
+                ("SHAREMESH_CLIENT_CONCURRENCY".into(), "100000".into()),
+            ];
+            match context {
+                "reservation" => {
+                    env.push(("SHAREMESH_CATALOG_ADDR".into(), uri("catalog")));
+                    env.push(("SHAREMESH_PAYMENT_ADDR".into(), uri("payment")));
+                }
+                "edge" => {
+                    for upstream in ["catalog", "reservation", "payment", "message", "view"] {
+                        env.push((format!("SHAREMESH_{}_ADDR", upstream.to_uppercase()), uri(upstream)));
+                    }
+                    env.push(("SHAREMESH_EDGE_RATE".into(), UNLIMITED.into()));
+                    env.push(("SHAREMESH_EDGE_BURST".into(), UNLIMITED.into()));
+                    env.push(("SHAREMESH_EDGE_CONCURRENCY".into(), "100000".into()));
+                }
+                _ => {}
+            }
+            let svc = spawn(bin, context, port, &env, &mesh.dir.path().join(format!("{context}.log"))).await?;
+            mesh.services.push(svc);
+        }
+        Ok(mesh)
+    }
+
+    /// `http://127.0.0.1:<port>` of `context`.
+    pub(crate) fn uri(&self, context: &str) -> String {
+        let port = self.services.iter().find(|s| s.context == context).map_or(0, |s| s.port);
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// Resident memory (MiB) of each service now, in [`CONTEXTS`] order.
+    pub(crate) fn rss(&self) -> Vec<(&'static str, Option<f64>)> {
+        self.services.iter().map(|s| (s.context, rss_mib(s.pid))).collect()
+    }
+
+    /// Kills every service (nats-server goes when `self` drops).
+    pub(crate) async fn stop(mut self) {
+        for svc in &mut self.services {
+            let _ = svc.child.kill().await;
+        }
+    }
+}
+
+/// CPU time of the bench, nats-server and every service at one moment.
+pub(crate) struct CpuSnapshot {
+    at: Instant,
+    ticks: Vec<(String, Option<u64>)>,
+    machine_busy: Option<u64>,
+}
+
+impl CpuSnapshot {
+    /// Share of one core each process used since `earlier`, in percent (200 = two cores busy),
+    /// then `other`: what the rest of the machine used meanwhile (other people's builds skew
+    /// every figure; this shows when they did).
+    pub(crate) fn since(&self, earlier: &CpuSnapshot) -> Vec<(String, f64)> {
+        let secs = self.at.duration_since(earlier.at).as_secs_f64().max(f64::EPSILON);
+        let percent = |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SEC / secs * 100.0;
+        let mut out: Vec<(String, f64)> = self
+            .ticks
+            .iter()
+            .zip(&earlier.ticks)
+            .filter_map(|((name, now), (_, then))| {
+                let used = now.zip(*then).map(|(n, t)| n.saturating_sub(t))?;
+                Some((name.clone(), percent(used)))
+            })
+            .collect();
+        if let Some(busy) = self.machine_busy.zip(earlier.machine_busy).map(|(n, t)| n.saturating_sub(t)) {
+            let ours: f64 = out.iter().map(|(_, p)| p).sum();
+            out.push(("other".to_owned(), (percent(busy) - ours).max(0.0)));
+        }
+        out
+    }
+}
+
+/// `USER_HZ`: 100 on every Linux the bench runs on.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// utime + stime of `pid` in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Busy time of the whole machine in clock ticks (all CPUs, everything but idle and iowait),
+/// from the first line of `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = fields.iter().sum();
+    Some(total.saturating_sub(fields.get(3)? + fields.get(4)?))
+}
+
+/// The nats-server listening on `port`, found by its command line.
+fn nats_pid(port: u16) -> Option<u32> {
+    let port = port.to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_nats = args.first().is_some_and(|a| a.ends_with(b"nats-server"));
+        let on_port = args.windows(2).any(|w| w[0] == b"-p" && w[1] == port.as_bytes());
+        (is_nats && on_port).then_some(pid)
+    })
+}
+
+impl Mesh {
+    /// CPU time so far of the bench process itself, nats-server and each service.
+    pub(crate) fn cpu(&self) -> CpuSnapshot {
+        let mut ticks = vec![("bench".to_owned(), cpu_ticks(std::process::id()))];
+        ticks.push(("nats".to_owned(), nats_pid(self.nats.port).and_then(cpu_ticks)));
+        ticks.extend(self.services.iter().map(|s| (s.context.to_owned(), cpu_ticks(s.pid))));
+        CpuSnapshot {
+            at: Instant::now(),
+            ticks,
+            machine_busy: machine_busy_ticks(),
+        }
+    }
+}
+
+/// Spawns one service and waits for SERVING; on failure returns the tail of its log.
+async fn spawn(bin: &Path, context: &'static str, port: u16, env: &[(String, String)], log: &Path) -> Result<ServiceProc, String> {
+    let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(["serve", context]);
+    // Only what we set: a developer's SHAREMESH_* or OTEL_* must not change the figures.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SHAREMESH_") || key.starts_with("OTEL_") || key == "DATABASE_URL" || key == "NATS_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true);
+    let spawned = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {} serve {context}: {e}", bin.display()))?;
+    let pid = child.id().unwrap_or_default();
+    let uri = format!("http://127.0.0.1:{port}");
+    let deadline = spawned + Duration::from_secs(30);
+    loop {
+        if serving(&uri).await {
+            return Ok(ServiceProc {
+                context,
+                port,
+                pid,
+                startup: spawned.elapsed(),
+                child,
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{context} exited with {status} before serving:\n{}", tail(log)));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{context} did not report SERVING within 30s:\n{}", tail(log)));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// One health check on a fresh connection: is the whole server SERVING?
+async fn serving(uri: &str) -> bool {
+    let Ok(endpoint) = Endpoint::from_shared(uri.to_owned()) else {
+        return false;
+    };
+    let check = async {
+        let channel = endpoint.connect_timeout(Duration::from_millis(200)).connect().await.ok()?;
+        let res = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .ok()?;
+        Some(res.into_inner().status == ServingStatus::Serving as i32)
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(1), check).await, Ok(Some(true)))
+}
+
+/// The last lines of a log file.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// `VmRSS` of `pid` in MiB, from `/proc/<pid>/status`.
+pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
