@@ -64,9 +64,58 @@ impl EventMetadata {
     }
 }
 
+/// Who and what caused an event: the saga or flow it belongs to, the request or event that
+/// caused it, and the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cause {
+    /// The saga or flow (a reservation id); empty means the aggregate itself.
+    pub correlation_id: String,
+    /// The request or event that caused it.
+    pub causation_id: String,
+    /// The caller's subject; empty for the system.
+    pub actor_id: String,
+}
+
+impl EventMetadata {
+    /// Metadata of event `event_id` about `aggregate_id` at `version`, caused by `cause`; the
+    /// correlation id defaults to the aggregate id.
+    pub fn caused_by(event_id: &str, aggregate_id: &str, version: i64, cause: &Cause, at_ms: i64) -> Self {
+        let correlation = if cause.correlation_id.is_empty() {
+            aggregate_id
+        } else {
+            &cause.correlation_id
+        };
+        Self::new(
+            event_id,
+            aggregate_id,
+            version,
+            correlation,
+            &cause.causation_id,
+            &cause.actor_id,
+            at_ms,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn correlation_defaults_to_the_aggregate() {
+        let m = EventMetadata::caused_by("e-1", "l-1", 3, &Cause::default(), 0);
+        assert_eq!((m.correlation_id.as_str(), m.aggregate_version), ("l-1", 3));
+        let saga = Cause {
+            correlation_id: "r-1".into(),
+            causation_id: "e-0".into(),
+            actor_id: "alice".into(),
+        };
+        let m = EventMetadata::caused_by("e-2", "p-1", 1, &saga, 0);
+        assert_eq!(
+            (m.correlation_id.as_str(), m.causation_id.as_str(), m.actor_id.as_str()),
+            ("r-1", "e-0", "alice")
+        );
+    }
 
     #[test]
     fn timestamps_roundtrip_including_before_the_epoch() {

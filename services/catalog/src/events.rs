@@ -14,33 +14,11 @@ use crate::Catalog;
 /// `ce-source` of catalog events.
 pub const SOURCE: &str = "sharemesh/catalog";
 
-/// Who and what caused an event.
-#[derive(Debug, Clone, Default)]
-pub struct Cause {
-    /// The saga or flow this belongs to (a reservation id, or the listing id).
-    pub correlation_id: String,
-    /// The request or event that caused it.
-    pub causation_id: String,
-    /// The caller's subject.
-    pub actor_id: String,
-}
+pub use sharemesh_contracts::ext::Cause;
 
 fn metadata(aggregate_id: &str, version: i64, cause: &Cause, now_ms: i64) -> (String, EventMetadata) {
     let event_id = uuid::Uuid::now_v7().to_string();
-    let correlation = if cause.correlation_id.is_empty() {
-        aggregate_id
-    } else {
-        &cause.correlation_id
-    };
-    let meta = EventMetadata::new(
-        &event_id,
-        aggregate_id,
-        version,
-        correlation,
-        &cause.causation_id,
-        &cause.actor_id,
-        now_ms,
-    );
+    let meta = EventMetadata::caused_by(&event_id, aggregate_id, version, cause, now_ms);
     (event_id, meta)
 }
 

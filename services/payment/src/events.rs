@@ -17,45 +17,21 @@ use crate::domain::PaymentError;
 /// `ce-source` of payment events.
 pub const SOURCE: &str = "sharemesh/payment";
 
-/// Who and what caused an event.
-#[derive(Debug, Clone, Default)]
-pub struct Cause {
-    /// The saga this belongs to (the reservation id).
-    pub correlation_id: String,
-    /// The request or event that caused it.
-    pub causation_id: String,
-    /// The caller's subject.
-    pub actor_id: String,
-}
+pub use sharemesh_contracts::ext::Cause;
 
-impl Cause {
-    /// The cause of an event handled for `reservation_id`: correlated with the reservation,
-    /// caused by the consumed event.
-    pub fn of_event(reservation_id: &str, event: &IncomingEvent) -> Self {
-        Self {
-            correlation_id: reservation_id.to_owned(),
-            causation_id: event.event_id.clone(),
-            actor_id: String::new(),
-        }
+/// The cause of an event handled for `reservation_id`: correlated with the reservation, caused
+/// by the consumed event.
+pub fn cause_of_event(reservation_id: &str, event: &IncomingEvent) -> Cause {
+    Cause {
+        correlation_id: reservation_id.to_owned(),
+        causation_id: event.event_id.clone(),
+        actor_id: String::new(),
     }
 }
 
 fn metadata(aggregate_id: &str, version: i64, cause: &Cause, now_ms: i64) -> (String, EventMetadata) {
     let event_id = uuid::Uuid::now_v7().to_string();
-    let correlation = if cause.correlation_id.is_empty() {
-        aggregate_id
-    } else {
-        &cause.correlation_id
-    };
-    let meta = EventMetadata::new(
-        &event_id,
-        aggregate_id,
-        version,
-        correlation,
-        &cause.causation_id,
-        &cause.actor_id,
-        now_ms,
-    );
+    let meta = EventMetadata::caused_by(&event_id, aggregate_id, version, cause, now_ms);
     (event_id, meta)
 }
 
@@ -123,7 +99,7 @@ impl EventHandler for ReservationEvents {
                 let reservation = requested
                     .reservation
                     .ok_or_else(|| HandleError::Permanent("ReservationCancelRequested without a reservation".into()))?;
-                let cause = Cause::of_event(&reservation.reservation_id, event);
+                let cause = cause_of_event(&reservation.reservation_id, event);
                 // A cancel request for a reservation that was never paid is a bug upstream: the
                 // error is permanent, so the event is dead-lettered and logged, not dropped.
                 self.payments
@@ -141,7 +117,7 @@ impl EventHandler for ReservationEvents {
                 if reservation.amount.as_ref().is_none_or(|a| a.amount_minor == 0) {
                     return Ok(());
                 }
-                let cause = Cause::of_event(&reservation.reservation_id, event);
+                let cause = cause_of_event(&reservation.reservation_id, event);
                 self.payments
                     .void_for_reservation(tx, &reservation.reservation_id, &reservation.status_reason, &cause)
                     .await

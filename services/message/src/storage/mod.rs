@@ -10,48 +10,31 @@ pub mod messages;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use sharemesh_mesh::storage::{SqlMigration, boxed};
 
+const TABLE: &str = "CREATE TABLE messages (
+        message_id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        recipient_id TEXT NOT NULL,
+        recipient_role TEXT NOT NULL CHECK (recipient_role IN ('CUSTOMER', 'HOST')),
+        reservation_id TEXT NOT NULL DEFAULT '',
+        listing_id TEXT NOT NULL DEFAULT '',
+        topic TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        delivery_status TEXT NOT NULL CHECK (delivery_status IN ('PENDING', 'SENT', 'FAILED')),
+        failure_reason TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at_ms BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        delivered_at_ms BIGINT,
+        UNIQUE (event_id, recipient_role)
+    );
+    CREATE INDEX messages_by_recipient ON messages (recipient_id, created_at_ms DESC, message_id DESC);
+    CREATE INDEX messages_due ON messages (delivery_status, next_attempt_at_ms)";
+
 const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
     name: "m0001_message_messages",
-    sqlite: "CREATE TABLE messages (
-        message_id TEXT PRIMARY KEY,
-        event_id TEXT NOT NULL,
-        recipient_id TEXT NOT NULL,
-        recipient_role TEXT NOT NULL CHECK (recipient_role IN ('CUSTOMER', 'HOST')),
-        reservation_id TEXT NOT NULL DEFAULT '',
-        listing_id TEXT NOT NULL DEFAULT '',
-        topic TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        body TEXT NOT NULL,
-        delivery_status TEXT NOT NULL CHECK (delivery_status IN ('PENDING', 'SENT', 'FAILED')),
-        failure_reason TEXT NOT NULL DEFAULT '',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at_ms BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        delivered_at_ms BIGINT,
-        UNIQUE (event_id, recipient_role)
-    );
-    CREATE INDEX messages_by_recipient ON messages (recipient_id, created_at_ms DESC, message_id DESC);
-    CREATE INDEX messages_due ON messages (delivery_status, next_attempt_at_ms)",
-    postgres: "CREATE TABLE messages (
-        message_id TEXT PRIMARY KEY,
-        event_id TEXT NOT NULL,
-        recipient_id TEXT NOT NULL,
-        recipient_role TEXT NOT NULL CHECK (recipient_role IN ('CUSTOMER', 'HOST')),
-        reservation_id TEXT NOT NULL DEFAULT '',
-        listing_id TEXT NOT NULL DEFAULT '',
-        topic TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        body TEXT NOT NULL,
-        delivery_status TEXT NOT NULL CHECK (delivery_status IN ('PENDING', 'SENT', 'FAILED')),
-        failure_reason TEXT NOT NULL DEFAULT '',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at_ms BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        delivered_at_ms BIGINT,
-        UNIQUE (event_id, recipient_role)
-    );
-    CREATE INDEX messages_by_recipient ON messages (recipient_id, created_at_ms DESC, message_id DESC);
-    CREATE INDEX messages_due ON messages (delivery_status, next_attempt_at_ms);",
+    sqlite: TABLE,
+    postgres: TABLE,
 }];
 
 /// The message service's migrations: the mesh's outbox and inbox, then its own table.
