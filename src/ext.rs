@@ -1,6 +1,33 @@
 //! Small hand-written helpers on the generated types, shared by every service.
 
+use prost::Message;
+use prost_types::method_options::IdempotencyLevel;
+
 use crate::common::v1::{EventMetadata, Money, TimeWindow};
+
+/// `/package.Service/Method` of every RPC the contracts declare safe to retry
+/// (`option idempotency_level = IDEMPOTENT` or `NO_SIDE_EFFECTS`). The one place retry
+/// policies are derived from.
+pub fn idempotent_methods() -> Vec<String> {
+    let Ok(set) = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let level = method
+                    .options
+                    .as_ref()
+                    .map_or(IdempotencyLevel::IdempotencyUnknown, |o| o.idempotency_level());
+                if matches!(level, IdempotencyLevel::Idempotent | IdempotencyLevel::NoSideEffects) {
+                    out.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+    }
+    out
+}
 
 /// Milliseconds since the Unix epoch as a protobuf Timestamp.
 pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
@@ -100,6 +127,14 @@ impl EventMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_comes_from_the_contracts() {
+        let methods = idempotent_methods();
+        assert!(methods.contains(&"/sharemesh.payment.v1.PaymentService/ApprovePayment".to_owned()));
+        assert!(methods.contains(&"/sharemesh.catalog.v1.CatalogService/GetListing".to_owned()));
+        assert!(!methods.contains(&"/sharemesh.catalog.v1.CatalogService/RegisterListing".to_owned()));
+    }
 
     #[test]
     fn correlation_defaults_to_the_aggregate() {

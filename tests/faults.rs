@@ -199,12 +199,13 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     let listings = listings(&m, 4).await;
 
     // Clients behave like gRPC clients should: retry idempotent calls that never reached a handler.
-    let idempotent: std::sync::Arc<[&'static str]> = std::sync::Arc::from(
-        &[
-            "/sharemesh.reservation.v1.ReservationService/PlaceReservation",
-            "/sharemesh.catalog.v1.CatalogService/GetListing",
-        ][..],
-    );
+    let idempotent: std::sync::Arc<[String]> = [
+        "/sharemesh.reservation.v1.ReservationService/PlaceReservation",
+        "/sharemesh.catalog.v1.CatalogService/GetListing",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     let policy = ClientPolicy {
         timeout: Duration::from_secs(10),
         retries: 5,

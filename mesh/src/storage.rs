@@ -216,6 +216,13 @@ pub fn boxed(migrations: &'static [SqlMigration]) -> Vec<Box<dyn MigrationTrait>
     migrations.iter().map(|m| Box::new(*m) as Box<dyn MigrationTrait>).collect()
 }
 
+/// A service's migrations: the mesh's own tables (outbox, inbox) first, then `own`.
+pub fn with_mesh_tables(own: &'static [SqlMigration]) -> Vec<Box<dyn MigrationTrait>> {
+    let mut all = boxed(crate::events::MIGRATIONS);
+    all.extend(boxed(own));
+    all
+}
+
 /// True when `err` is a violation of the constraint or trigger named `name`.
 pub fn violates(err: &DbErr, name: &str) -> bool {
     err.to_string().contains(name)

@@ -3,7 +3,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ fn upstream(addr: SocketAddr, idempotent: &[&'static str]) -> Upstream {
     Upstream {
         name: "testup".into(),
         uri: format!("http://{addr}"),
-        idempotent: Arc::from(idempotent),
+        idempotent: idempotent.iter().map(|m| (*m).to_owned()).collect(),
         identity: None,
     }
 }

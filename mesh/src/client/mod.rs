@@ -120,7 +120,7 @@ pub struct Upstream {
     /// `http://host:port`.
     pub uri: String,
     /// Full paths (`/pkg.Service/Method`) that are safe to retry.
-    pub idempotent: Arc<[&'static str]>,
+    pub idempotent: Arc<[String]>,
     /// Mints this service's own token for internal calls; `None` forwards nothing.
     pub identity: Option<(Minter, String)>,
 }

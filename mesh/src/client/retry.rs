@@ -16,14 +16,14 @@ use super::BoxError;
 /// Retries idempotent calls.
 #[derive(Clone)]
 pub struct RetryLayer {
-    idempotent: Arc<[&'static str]>,
+    idempotent: Arc<[String]>,
     retries: u32,
     budget: Arc<TpsBudget>,
 }
 
 impl RetryLayer {
     /// Retries calls to `idempotent` paths up to `retries` times, within `budget_percent`.
-    pub fn new(idempotent: Arc<[&'static str]>, retries: u32, budget_percent: f32) -> Self {
+    pub fn new(idempotent: Arc<[String]>, retries: u32, budget_percent: f32) -> Self {
         Self {
             idempotent,
             retries,
@@ -48,7 +48,7 @@ impl<S> tower_layer::Layer<S> for RetryLayer {
 #[derive(Clone)]
 pub struct RetryService<S> {
     inner: S,
-    idempotent: Arc<[&'static str]>,
+    idempotent: Arc<[String]>,
     retries: u32,
     budget: Arc<TpsBudget>,
 }
@@ -82,7 +82,7 @@ where
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         self.budget.deposit();
-        if self.retries == 0 || !self.idempotent.contains(&req.uri().path()) {
+        if self.retries == 0 || !self.idempotent.iter().any(|m| m == req.uri().path()) {
             return Box::pin(self.inner.call(req));
         }
         // Take the service that was driven to readiness; leave a fresh clone in its place.

@@ -1,7 +1,7 @@
 //! The route table, read from the contracts: every method with a `google.api.http` annotation is
 //! public (REST route and gRPC pass-through); every other method is internal and unreachable here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use prost_reflect::{DescriptorPool, MethodDescriptor, Value};
 use sharemesh_contracts::google::api::{HttpRule, http_rule};
@@ -146,10 +146,11 @@ impl RouteTable {
     /// Public gRPC paths that are safe to retry: declared `idempotency_level = IDEMPOTENT` or
     /// `NO_SIDE_EFFECTS` in the contracts, or bound to a GET route.
     pub fn idempotent_methods(&self) -> Vec<String> {
+        let declared = sharemesh_contracts::ext::idempotent_methods();
         let mut v: Vec<String> = self
             .routes
             .iter()
-            .filter(|r| r.verb == http::Method::GET || is_idempotent(&r.method))
+            .filter(|r| r.verb == http::Method::GET || declared.contains(&r.grpc_path()))
             .map(Route::grpc_path)
             .collect();
         v.sort_unstable();
@@ -174,30 +175,6 @@ impl RouteTable {
             Err(Miss::MethodNotAllowed(allowed))
         }
     }
-
-    /// Public services by context (`catalog` -> [`sharemesh.catalog.v1.CatalogService`]).
-    pub fn services_by_context(&self) -> HashMap<String, Vec<String>> {
-        let mut out: HashMap<String, Vec<String>> = HashMap::new();
-        for path in &self.public {
-            let service = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
-            if let Some(ctx) = context_of(&service) {
-                let list = out.entry(ctx.to_owned()).or_default();
-                if !list.contains(&service) {
-                    list.push(service);
-                }
-            }
-        }
-        out
-    }
-}
-
-/// The method's `idempotency_level` option is IDEMPOTENT or NO_SIDE_EFFECTS.
-pub fn is_idempotent(method: &MethodDescriptor) -> bool {
-    // google.protobuf.MethodOptions.IdempotencyLevel: 1 = NO_SIDE_EFFECTS, 2 = IDEMPOTENT.
-    matches!(
-        method.options().get_field_by_name("idempotency_level").as_deref(),
-        Some(Value::EnumNumber(1 | 2))
-    )
 }
 
 fn annotation(method: &MethodDescriptor, reason: &str) -> RouteError {

@@ -42,14 +42,9 @@ pub fn addresses(env: &impl Env) -> Result<HashMap<String, String>, ConfigError>
 pub struct Upstreams(Arc<HashMap<String, ResilientChannel>>);
 
 impl Upstreams {
-    /// Lazily connected channels to `addresses`; GET-mapped methods of `table` may be retried.
+    /// Lazily connected channels to `addresses`; `table`'s idempotent methods may be retried.
     pub fn new(addresses: &HashMap<String, String>, table: &RouteTable, policy: ClientPolicy) -> Result<Self, tonic::transport::Error> {
-        // The method list lives as long as the process.
-        let idempotent: Arc<[&'static str]> = table
-            .idempotent_methods()
-            .into_iter()
-            .map(|m| &*Box::leak(m.into_boxed_str()))
-            .collect();
+        let idempotent: Arc<[String]> = table.idempotent_methods().into();
         let mut channels = HashMap::new();
         for (context, uri) in addresses {
             let upstream = Upstream {

@@ -13,19 +13,6 @@ use sharemesh_mesh::client::{ClientPolicy, ResilientChannel, Upstream, connect};
 
 use crate::domain::ReservationError;
 
-/// Every catalog and payment call the saga makes may be retried: each is idempotent per reservation.
-const CATALOG_IDEMPOTENT: &[&str] = &[
-    "/sharemesh.catalog.v1.CatalogService/HoldListing",
-    "/sharemesh.catalog.v1.CatalogService/ConfirmHold",
-    "/sharemesh.catalog.v1.CatalogService/ReleaseHold",
-    "/sharemesh.catalog.v1.CatalogService/GetListing",
-];
-const PAYMENT_IDEMPOTENT: &[&str] = &[
-    "/sharemesh.payment.v1.PaymentService/ApprovePayment",
-    "/sharemesh.payment.v1.PaymentService/GetPayment",
-    "/sharemesh.payment.v1.PaymentService/ListPayments",
-];
-
 /// Clients of the services the saga calls.
 #[derive(Clone)]
 pub struct Upstreams {
@@ -41,11 +28,18 @@ impl Upstreams {
     /// Clients of `catalog_uri` and `payment_uri` (connections are lazy).
     pub fn new(catalog_uri: &str, payment_uri: &str, policy: ClientPolicy, auth: &AuthConfig) -> Result<Self, tonic::transport::Error> {
         let identity = Some((Minter::new(auth), "reservation".to_owned()));
+        // Retried only where the contracts declare the call idempotent (all the saga's calls are).
+        let idempotent = |service: &str| -> Arc<[String]> {
+            sharemesh_contracts::ext::idempotent_methods()
+                .into_iter()
+                .filter(|m| m.starts_with(service))
+                .collect()
+        };
         let (catalog, catalog_breaker) = connect(
             Upstream {
                 name: "catalog".into(),
                 uri: catalog_uri.into(),
-                idempotent: Arc::from(CATALOG_IDEMPOTENT),
+                idempotent: idempotent("/sharemesh.catalog.v1.CatalogService/"),
                 identity: identity.clone(),
             },
             policy,
@@ -54,7 +48,7 @@ impl Upstreams {
             Upstream {
                 name: "payment".into(),
                 uri: payment_uri.into(),
-                idempotent: Arc::from(PAYMENT_IDEMPOTENT),
+                idempotent: idempotent("/sharemesh.payment.v1.PaymentService/"),
                 identity,
             },
             policy,

@@ -8,7 +8,7 @@ pub mod holds;
 pub mod listings;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use sharemesh_mesh::storage::{SqlMigration, boxed};
+use sharemesh_mesh::storage::{SqlMigration, with_mesh_tables};
 
 /// Name of the constraint (PostgreSQL) and trigger error (SQLite) that forbids overlaps.
 pub const NO_OVERLAP: &str = "holds_no_overlap";
@@ -92,8 +92,6 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = boxed(sharemesh_mesh::events::MIGRATIONS);
-        all.extend(boxed(MIGRATIONS));
-        all
+        with_mesh_tables(MIGRATIONS)
     }
 }

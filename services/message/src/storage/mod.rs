@@ -8,7 +8,7 @@
 pub mod messages;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use sharemesh_mesh::storage::{SqlMigration, boxed};
+use sharemesh_mesh::storage::{SqlMigration, with_mesh_tables};
 
 const TABLE: &str = "CREATE TABLE messages (
         message_id TEXT PRIMARY KEY,
@@ -42,8 +42,6 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = boxed(sharemesh_mesh::events::MIGRATIONS);
-        all.extend(boxed(MIGRATIONS));
-        all
+        with_mesh_tables(MIGRATIONS)
     }
 }

@@ -6,7 +6,7 @@
 pub mod payments;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use sharemesh_mesh::storage::{SqlMigration, boxed};
+use sharemesh_mesh::storage::{SqlMigration, with_mesh_tables};
 
 const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
     name: "m0001_payment_payments",
@@ -49,8 +49,6 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = boxed(sharemesh_mesh::events::MIGRATIONS);
-        all.extend(boxed(MIGRATIONS));
-        all
+        with_mesh_tables(MIGRATIONS)
     }
 }

@@ -4,7 +4,7 @@
 pub mod reservations;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use sharemesh_mesh::storage::{SqlMigration, boxed};
+use sharemesh_mesh::storage::{SqlMigration, with_mesh_tables};
 
 const TABLE: &str = "CREATE TABLE reservations (
         reservation_id TEXT PRIMARY KEY,
@@ -46,8 +46,6 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = boxed(sharemesh_mesh::events::MIGRATIONS);
-        all.extend(boxed(MIGRATIONS));
-        all
+        with_mesh_tables(MIGRATIONS)
     }
 }

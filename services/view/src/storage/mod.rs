@@ -5,7 +5,7 @@ pub mod listing_views;
 pub mod reservation_views;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use sharemesh_mesh::storage::{SqlMigration, boxed};
+use sharemesh_mesh::storage::{SqlMigration, with_mesh_tables};
 
 const TABLES: &str = "CREATE TABLE listing_views (
         listing_id TEXT PRIMARY KEY,
@@ -56,8 +56,6 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = boxed(sharemesh_mesh::events::MIGRATIONS);
-        all.extend(boxed(MIGRATIONS));
-        all
+        with_mesh_tables(MIGRATIONS)
     }
 }
