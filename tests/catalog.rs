@@ -503,7 +503,7 @@ async fn exactly_one_of_200_overlapping_holds_wins(database_url: Option<&str>) {
         match result.unwrap() {
             Ok(()) => ok += 1,
             Err(Code::FailedPrecondition) => refused += 1,
-            Err(other) => panic!("unexpected {other:?}:\n{}", svc.logs()),
+            Err(other) => panic!("unexpected {other:?}:\n{}", svc.log_tail()),
         }
     }
     assert_eq!((ok, refused), (1, 199));
@@ -540,5 +540,5 @@ async fn sigterm_drains_and_exits_cleanly() {
     })
     .await;
     assert_eq!(status, 2);
-    assert_eq!(svc.terminate().await, Some(0), "{}", svc.logs());
+    assert_eq!(svc.terminate().await, Some(0), "{}", svc.log_tail());
 }

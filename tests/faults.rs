@@ -103,7 +103,7 @@ fn load(uri: String, listings: Vec<String>, stop: Arc<AtomicBool>) -> tokio::tas
 
 /// Every reservation's customer messages exist exactly once and were delivered: placed + paid +
 /// confirmed for a booking, placed + rejected for a refusal.
-async fn messages_exactly_once(m: &FullMesh) -> Option<usize> {
+async fn messages_exactly_once(m: &FullMesh) -> Result<usize, String> {
     let all = reservations(&m.mesh.reservation).await;
     let mut total = 0;
     for c in 0..CUSTOMERS {
@@ -114,31 +114,35 @@ async fn messages_exactly_once(m: &FullMesh) -> Option<usize> {
             .map(|r| if r.status == ReservationStatus::Rejected as i32 { 2 } else { 3 })
             .sum();
         let got = messages(&m.message, &customer, Role::Customer).await;
-        if got.len() != expected || got.iter().any(|x| x.delivery_status != DeliveryStatus::Sent as i32) {
-            return None;
+        if got.len() != expected {
+            return Err(format!("{customer} has {} messages, expected {expected}", got.len()));
+        }
+        let unsent = got.iter().filter(|x| x.delivery_status != DeliveryStatus::Sent as i32).count();
+        if unsent > 0 {
+            return Err(format!("{unsent} of {customer}'s messages are not SENT yet"));
         }
         let mut keys: Vec<(String, String)> = got.iter().map(|x| (x.reservation_id.clone(), x.topic.clone())).collect();
         keys.sort();
         keys.dedup();
         if keys.len() != got.len() {
-            return None;
+            return Err(format!("{customer} has {} duplicated messages", got.len() - keys.len()));
         }
         total += got.len();
     }
-    Some(total)
+    Ok(total)
 }
 
 async fn everything_reconciles(m: &FullMesh) {
-    let booked = eventually(Duration::from_secs(60), "reservations, bookings and payments to reconcile", || {
+    let booked = eventually_ok(Duration::from_secs(60), "reservations, bookings and payments to reconcile", || {
         effects_reconcile(&m.mesh.reservation, &m.mesh.payment, &m.mesh.nats)
     })
     .await;
     assert!(booked > 0, "the load booked something");
-    eventually(Duration::from_secs(60), "the read models to match reservation, row for row", || {
+    eventually_ok(Duration::from_secs(60), "the read models to match reservation, row for row", || {
         read_models_match(&m.mesh.reservation, &m.view)
     })
     .await;
-    let sent = eventually(Duration::from_secs(60), "every message, exactly once", || messages_exactly_once(m)).await;
+    let sent = eventually_ok(Duration::from_secs(60), "every message, exactly once", || messages_exactly_once(m)).await;
     eprintln!("reconciled: {booked} bookings, {sent} customer messages");
 }
 
@@ -284,7 +288,12 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         };
         let twin = slot.twin().await;
         let mut old = std::mem::replace(slot, twin);
-        assert_eq!(old.terminate().await, Some(0), "{victim} did not drain cleanly:\n{}", old.logs());
+        assert_eq!(
+            old.terminate().await,
+            Some(0),
+            "{victim} did not drain cleanly:\n{}",
+            old.log_tail()
+        );
         // Keep the old instance's files (its SQLite database) until the test ends.
         std::mem::forget(old);
     }

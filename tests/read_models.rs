@@ -104,7 +104,7 @@ async fn read_models_and_messages_follow_every_flow() {
     };
     r.cancel_reservation(authed(cancel, &token("alice", Role::Customer))).await.unwrap();
 
-    eventually(Duration::from_secs(20), "read models to match reservation", || {
+    eventually_ok(Duration::from_secs(20), "read models to match reservation", || {
         reconcile::read_models_match(&mesh.reservation, &view)
     })
     .await;
@@ -226,7 +226,7 @@ async fn reservations_go_on_while_message_and_view_are_down() {
 
     view.start_again().await;
     message.start_again().await;
-    eventually(Duration::from_secs(60), "read models to catch up, row for row", || {
+    eventually_ok(Duration::from_secs(60), "read models to catch up, row for row", || {
         reconcile::read_models_match(&mesh.reservation, &view)
     })
     .await;
@@ -272,7 +272,7 @@ async fn rebuild_replays_the_streams_into_the_same_rows() {
     ))
     .await
     .unwrap();
-    eventually(Duration::from_secs(20), "the live view to settle", || {
+    eventually_ok(Duration::from_secs(20), "the live view to settle", || {
         reconcile::read_models_match(&mesh.reservation, &view)
     })
     .await;

@@ -274,7 +274,7 @@ async fn five_hundred_customers_one_window_one_winner() {
         match result.unwrap() {
             Ok(r) => winners.push(r),
             Err(e) if e.code() == Code::FailedPrecondition && e.message().contains("not available") => refused += 1,
-            Err(e) => panic!("unclear refusal {e:?}\n{}", mesh.reservation.logs()),
+            Err(e) => panic!("unclear refusal {e:?}\n{}", mesh.reservation.log_tail()),
         }
     }
     assert_eq!((winners.len(), refused), (1, 499));

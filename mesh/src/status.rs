@@ -1,6 +1,6 @@
 //! The two answers every service builds the same way: a field violation (INVALID_ARGUMENT with a
 //! `google.rpc.BadRequest` detail naming the field) and a storage failure (INTERNAL, logged here
-//! with its cause, shown to the caller without it).
+//! with its cause, shown to the caller without it; ABORTED when a concurrent transaction won).
 
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -14,8 +14,13 @@ pub fn invalid_field(field: &str, reason: impl Into<String>) -> tonic::Status {
     )
 }
 
-/// INTERNAL for a database failure of `service`; the cause is logged, not sent.
+/// INTERNAL for a database failure of `service`; the cause is logged, not sent. A transaction
+/// aborted by a concurrent one is ABORTED (the google.rpc code for "retry the whole request").
 pub fn storage_failure(service: &str, cause: &sea_orm::DbErr) -> tonic::Status {
+    if crate::storage::is_transient_conflict(cause) {
+        tracing::warn!(error = %cause, service, "transaction aborted by a concurrent one");
+        return tonic::Status::aborted("the request met a concurrent update; retry it");
+    }
     tracing::error!(error = %cause, service, "storage error");
     tonic::Status::internal("internal storage error")
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr, TransactionTrait,
+};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
@@ -226,6 +228,47 @@ pub fn with_mesh_tables(own: &'static [SqlMigration]) -> Vec<Box<dyn MigrationTr
 /// True when `err` is a violation of the constraint or trigger named `name`.
 pub fn violates(err: &DbErr, name: &str) -> bool {
     err.to_string().contains(name)
+}
+
+/// True when the database aborted the transaction because of a concurrent one: a PostgreSQL
+/// serialization failure (`40001`) or deadlock (`40P01`, which concurrent inserts checked by one
+/// exclusion constraint can meet), or SQLite's busy answers. Running the whole transaction again
+/// is safe, and is what [`retry_conflicts`] does.
+pub fn is_transient_conflict(err: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
+        return false;
+    };
+    matches!(db.code().as_deref(), Some("40001" | "40P01" | "5" | "517"))
+}
+
+/// How many times [`retry_conflicts`] runs a transaction at most.
+pub const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Runs `transaction` (one whole transaction, begun and committed inside) and runs it again, up
+/// to [`CONFLICT_ATTEMPTS`] times with a short growing pause, while it fails with a
+/// [transient conflict](is_transient_conflict). `db_err` finds the database error inside `E`.
+pub async fn retry_conflicts<T, E, F, Fut>(mut transaction: F, db_err: impl Fn(&E) -> Option<&DbErr>) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(e) if attempt < CONFLICT_ATTEMPTS && db_err(&e).is_some_and(is_transient_conflict) => {
+                tracing::debug!(attempt, "transaction met a concurrent one; running it again");
+                // 2, 4, 8, 16 ms plus up to as much again, so the two sides do not meet again.
+                let base = 1u64 << attempt;
+                tokio::time::sleep(Duration::from_millis(base + fastrand::u64(0..=base))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// True when `err` is a unique-key violation.

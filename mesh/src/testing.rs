@@ -1,17 +1,37 @@
 //! Test helpers for this and other crates (feature `testing`): a throwaway nats-server with
-//! JetStream on a free port, and free ports.
+//! JetStream on a free port, free ports, and a throwaway PostgreSQL database.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 (bound then released), for a server a test starts — and may
+/// kill and start again on the same port.
+///
+/// The port comes from below the kernel's ephemeral range when there is room: a port the kernel
+/// hands out for `:0` is also the kind it gives outgoing connections, and one of those (any test's
+/// client) could take it while a restarted server is down, so the server could not bind it again.
 pub fn free_port() -> u16 {
+    let below_ephemeral = ephemeral_floor().filter(|floor| *floor > 12_000).map(|floor| 10_000..floor - 1);
+    if let Some(range) = below_ephemeral {
+        for _ in 0..200 {
+            let port = fastrand::u16(range.clone());
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free port on 127.0.0.1")
+}
+
+/// The first port of the kernel's ephemeral range (Linux), if it can be read.
+fn ephemeral_floor() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// The nats-server binary: `$NATS_SERVER_BIN`, else `nats-server` on PATH, else the Debian path.
@@ -91,5 +111,47 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A fresh PostgreSQL database for one test, on the server of `SHAREMESH_TEST_POSTGRES` (an
+/// admin URL such as `postgres://postgres:postgres@127.0.0.1:5432/postgres`; `make test` sets it).
+/// Each has its own random name, so tests never collide; [`PgDatabase::drop_now`] removes it.
+#[derive(Debug)]
+pub struct PgDatabase {
+    /// The URL of the new database.
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates the database; `None` when `SHAREMESH_TEST_POSTGRES` is unset or empty.
+    pub async fn create() -> Option<Self> {
+        use sea_orm::ConnectionTrait;
+        let admin = std::env::var("SHAREMESH_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
+        let name = format!("sharemesh_test_{}", uuid::Uuid::new_v4().simple());
+        let conn = sea_orm::Database::connect(&admin)
+            .await
+            .expect("connect to SHAREMESH_TEST_POSTGRES");
+        conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a test database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            admin,
+            name,
+        })
+    }
+
+    /// Drops the database, closing whatever connections are still open to it.
+    pub async fn drop_now(self) {
+        use sea_orm::ConnectionTrait;
+        if let Ok(conn) = sea_orm::Database::connect(&self.admin).await {
+            let _ = conn
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .await;
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sharemesh_mesh::auth::{AuthConfig, Minter, Role};
-pub use sharemesh_mesh::testing::{NatsServer, free_port};
+pub use sharemesh_mesh::testing::{NatsServer, PgDatabase, free_port};
 use tonic::transport::Channel;
 
 /// The secret every test process shares.
@@ -117,9 +117,18 @@ impl Service {
         Channel::from_shared(self.uri()).unwrap().connect().await.unwrap()
     }
 
-    /// The service's log so far (for assertion messages).
+    /// The service's log so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the log, for assertion messages (short enough to keep the assertion
+    /// itself in view in a CI excerpt).
+    pub fn log_tail(&self) -> String {
+        let logs = self.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        let from = lines.len().saturating_sub(30);
+        format!("--- last lines of the {} log ---\n{}", self.context, lines[from..].join("\n"))
     }
 
     /// Health status of the whole server, or None when unreachable.
@@ -147,13 +156,13 @@ impl Service {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("{} exited with {status} before serving:\n{}", self.context, self.logs());
+                panic!("{} exited with {status} before serving:\n{}", self.context, self.log_tail());
             }
             assert!(
                 Instant::now() < deadline,
                 "{} did not become SERVING:\n{}",
                 self.context,
-                self.logs()
+                self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -215,7 +224,7 @@ impl Service {
                 Instant::now() < deadline,
                 "twin of {} did not start:\n{}",
                 self.context,
-                twin.logs()
+                twin.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -244,42 +253,6 @@ impl Service {
     }
 }
 
-/// A fresh PostgreSQL database for one test, dropped at the end; `None` when
-/// `SHAREMESH_TEST_POSTGRES` (an admin URL such as postgres://postgres:postgres@127.0.0.1:5432/postgres)
-/// is unset. Under `make test` it is always set.
-pub struct PgDatabase {
-    pub url: String,
-    admin: String,
-    name: String,
-}
-
-impl PgDatabase {
-    pub async fn create() -> Option<Self> {
-        let admin = std::env::var("SHAREMESH_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
-        let name = format!("sharemesh_test_{}", uuid::Uuid::new_v4().simple());
-        let conn = sea_orm::Database::connect(&admin)
-            .await
-            .expect("connect to SHAREMESH_TEST_POSTGRES");
-        use sea_orm::ConnectionTrait;
-        conn.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        Some(Self {
-            url: format!("{base}/{name}"),
-            admin,
-            name,
-        })
-    }
-
-    pub async fn drop_now(self) {
-        use sea_orm::ConnectionTrait;
-        if let Ok(conn) = sea_orm::Database::connect(&self.admin).await {
-            let _ = conn
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .await;
-        }
-    }
-}
-
 /// Polls `f` until it returns Some, or panics after `limit` with `what`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where
@@ -292,6 +265,23 @@ where
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `f` until it returns Ok, or panics after `limit` with `what` and the last reason `f`
+/// gave for not being there yet.
+pub async fn eventually_ok<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(why) => assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}: {why}"),
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

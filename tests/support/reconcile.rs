@@ -134,8 +134,9 @@ pub async fn bookings(nats: &NatsServer) -> HashMap<String, bool> {
     active
 }
 
-/// The read models agree with the reservation service, row for row (None while they do not).
-pub async fn read_models_match(reservation: &Service, view: &Service) -> Option<()> {
+/// The read models agree with the reservation service, row for row (Err says where they do not
+/// yet).
+pub async fn read_models_match(reservation: &Service, view: &Service) -> Result<(), String> {
     let truth = reservations(reservation).await;
     let mut by_customer: HashMap<String, Vec<&Reservation>> = HashMap::new();
     for r in &truth {
@@ -144,10 +145,18 @@ pub async fn read_models_match(reservation: &Service, view: &Service) -> Option<
     for (customer, theirs) in &by_customer {
         let page = my_page(view, customer).await;
         if page.len() != theirs.len() {
-            return None;
+            return Err(format!(
+                "{customer}'s page has {} rows, reservation has {}",
+                page.len(),
+                theirs.len()
+            ));
         }
         for r in theirs {
-            let e = page.iter().find(|e| e.reservation_id == r.reservation_id)?;
+            let id = &r.reservation_id;
+            let e = page
+                .iter()
+                .find(|e| &e.reservation_id == id)
+                .ok_or_else(|| format!("{id} is missing from {customer}'s page"))?;
             let same = e.reservation_status == r.status
                 && e.payment_status == r.payment_status
                 && e.listing_id == r.listing_id
@@ -155,7 +164,7 @@ pub async fn read_models_match(reservation: &Service, view: &Service) -> Option<
                 && e.window == r.window
                 && e.amount == r.amount;
             if !same {
-                return None;
+                return Err(format!("{customer}'s page shows {e:?} for {r:?}"));
             }
         }
     }
@@ -164,21 +173,41 @@ pub async fn read_models_match(reservation: &Service, view: &Service) -> Option<
         .iter()
         .filter(|r| r.status != ReservationStatus::Rejected as i32 && !r.listing_title.is_empty())
     {
-        let v = views.iter().find(|v| v.listing_id == r.listing_id)?;
-        let lr = v.reservations.iter().find(|x| x.reservation_id == r.reservation_id)?;
+        let id = &r.reservation_id;
+        let v = views
+            .iter()
+            .find(|v| v.listing_id == r.listing_id)
+            .ok_or_else(|| format!("no listing view of {}", r.listing_id))?;
+        let lr = v
+            .reservations
+            .iter()
+            .find(|x| &x.reservation_id == id)
+            .ok_or_else(|| format!("{id} is missing from the view of listing {}", r.listing_id))?;
         if lr.reservation_status != r.status || lr.payment_status != r.payment_status {
-            return None;
+            return Err(format!(
+                "the listing view shows {id} as ({}, {}), reservation as ({}, {})",
+                lr.reservation_status, lr.payment_status, r.status, r.payment_status
+            ));
         }
     }
-    Some(())
+    Ok(())
 }
 
 /// Confirmed reservations, active bookings and approved payments are the same set of
-/// reservation ids, and no reservation is left PENDING.
-pub async fn effects_reconcile(reservation: &Service, payment: &Service, nats: &NatsServer) -> Option<usize> {
+/// reservation ids, and no reservation is left PENDING (Err says what differs).
+pub async fn effects_reconcile(reservation: &Service, payment: &Service, nats: &NatsServer) -> Result<usize, String> {
     let all = reservations(reservation).await;
-    if all.iter().any(|r| r.status == ReservationStatus::Pending as i32) {
-        return None;
+    let pending: Vec<&str> = all
+        .iter()
+        .filter(|r| r.status == ReservationStatus::Pending as i32)
+        .map(|r| r.reservation_id.as_str())
+        .collect();
+    if !pending.is_empty() {
+        return Err(format!(
+            "{} of {} reservations are still PENDING: {pending:?}",
+            pending.len(),
+            all.len()
+        ));
     }
     let mut confirmed: Vec<String> = all
         .iter()
@@ -195,5 +224,19 @@ pub async fn effects_reconcile(reservation: &Service, payment: &Service, nats: &
     confirmed.sort();
     booked.sort();
     approved.sort();
-    (confirmed == booked && confirmed == approved).then_some(confirmed.len())
+    if confirmed == booked && confirmed == approved {
+        return Ok(confirmed.len());
+    }
+    let only = |a: &[String], b: &[String]| a.iter().filter(|x| !b.contains(x)).cloned().collect::<Vec<_>>();
+    Err(format!(
+        "{} confirmed, {} booked, {} approved; confirmed but not booked {:?}, booked but not confirmed {:?}, \
+         confirmed but not approved {:?}, approved but not confirmed {:?}",
+        confirmed.len(),
+        booked.len(),
+        approved.len(),
+        only(&confirmed, &booked),
+        only(&booked, &confirmed),
+        only(&confirmed, &approved),
+        only(&approved, &confirmed),
+    ))
 }

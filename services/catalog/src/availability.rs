@@ -7,7 +7,7 @@ use sharemesh_contracts::catalog::v1::{Hold, Listing};
 use sharemesh_contracts::common::v1::Money;
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::server::Shutdown;
-use sharemesh_mesh::storage::{WriteTxn, violates};
+use sharemesh_mesh::storage::{WriteTxn, retry_conflicts, violates};
 
 use crate::Catalog;
 use crate::domain::{self, CatalogError};
@@ -36,7 +36,13 @@ fn validate_reservation_id(id: &str) -> Result<(), CatalogError> {
 impl Catalog {
     /// Holds `window` of a listing for a reservation. Idempotent per reservation; refuses with
     /// FAILED_PRECONDITION when the window overlaps another hold or booking.
+    /// Concurrent holds of one listing can abort each other on PostgreSQL (its exclusion
+    /// constraint meets a deadlock); the loser runs again and then sees the winner's hold.
     pub async fn hold(&self, listing_id: &str, reservation_id: &str, window: Option<(i64, i64)>) -> Result<Held, CatalogError> {
+        retry_conflicts(|| self.hold_once(listing_id, reservation_id, window), CatalogError::db_err).await
+    }
+
+    async fn hold_once(&self, listing_id: &str, reservation_id: &str, window: Option<(i64, i64)>) -> Result<Held, CatalogError> {
         validate_reservation_id(reservation_id)?;
         let (start, end) = domain::validate_window(window, "window")?;
         let now = now_ms();
@@ -108,6 +114,10 @@ impl Catalog {
 
     /// Turns a reservation's hold into a booking (idempotent); emits ListingBooked.
     pub async fn confirm(&self, reservation_id: &str) -> Result<Hold, CatalogError> {
+        retry_conflicts(|| self.confirm_once(reservation_id), CatalogError::db_err).await
+    }
+
+    async fn confirm_once(&self, reservation_id: &str) -> Result<Hold, CatalogError> {
         validate_reservation_id(reservation_id)?;
         let now = now_ms();
         let tx = self.db.begin_write().await?;
@@ -145,6 +155,10 @@ impl Catalog {
     /// Releases a reservation's hold or booking (idempotent); emits ListingReleased when
     /// something was released.
     pub async fn release(&self, reservation_id: &str, reason: &str) -> Result<Hold, CatalogError> {
+        retry_conflicts(|| self.release_once(reservation_id, reason), CatalogError::db_err).await
+    }
+
+    async fn release_once(&self, reservation_id: &str, reason: &str) -> Result<Hold, CatalogError> {
         validate_reservation_id(reservation_id)?;
         let tx = self.db.begin_write().await?;
         let cause = Cause {

@@ -37,6 +37,14 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
+    /// The database error inside, if this is one.
+    pub fn db_err(&self) -> Option<&sea_orm::DbErr> {
+        match self {
+            Self::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// A field violation.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Self::Invalid {

@@ -22,6 +22,7 @@ use sharemesh_mesh::events::inbox::{EventHandler, HandleError, IncomingEvent, Ou
 use sharemesh_mesh::events::outbox::entity as outbox;
 use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::storage::Db;
+use sharemesh_mesh::testing::PgDatabase;
 
 use crate::Messages;
 use crate::delivery::{Attempt, Dispatcher};
@@ -53,18 +54,6 @@ async fn fixture_on(url: &str) -> Fixture {
     db.migrate::<crate::storage::Migrator>().await.unwrap();
     let messages = Messages::new(db.clone());
     Fixture { _dir: None, db, messages }
-}
-
-/// A fresh PostgreSQL database, `(admin url, url, name)`, when `SHAREMESH_TEST_POSTGRES` (an
-/// admin URL; `make test` sets it) is set.
-async fn postgres_database() -> Option<(String, String, String)> {
-    use sea_orm::ConnectionTrait;
-    let admin = std::env::var("SHAREMESH_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
-    let name = format!("sharemesh_message_test_{}", uuid::Uuid::new_v4().simple());
-    let conn = sea_orm::Database::connect(&admin).await.unwrap();
-    conn.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    Some((admin.clone(), format!("{base}/{name}"), name))
 }
 
 impl Fixture {
@@ -692,12 +681,11 @@ async fn a_webhook_outage_is_recorded_and_retried_through_the_dispatcher() {
 
 #[tokio::test]
 async fn on_postgresql_too_events_record_once_and_deliveries_are_retried() {
-    use sea_orm::ConnectionTrait;
-    let Some((admin, url, name)) = postgres_database().await else {
+    let Some(pg) = PgDatabase::create().await else {
         eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
         return;
     };
-    let f = fixture_on(&url).await;
+    let f = fixture_on(&pg.url).await;
     let handler = f.reservations();
     let paid_1 = paid("r-1", "alice", "host-1");
     assert_eq!(f.apply(&handler, &paid_1).await, Outcome::Applied);
@@ -727,10 +715,7 @@ async fn on_postgresql_too_events_record_once_and_deliveries_are_retried() {
     assert_eq!(host.next_page_token, "");
 
     drop(f);
-    let conn = sea_orm::Database::connect(&admin).await.unwrap();
-    conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    pg.drop_now().await;
 }
 
 /// The whole service through [`crate::run`]: a real nats-server, gRPC with bearer tokens.
