@@ -19,10 +19,12 @@ build: ## build the sharemesh binary
 run: deps build ## run the whole mesh locally: SQLite files and a nats-server under ./data
 	$(BIN) dev
 
+# Assertion messages say what went wrong (with the service log tail); RUST_BACKTRACE=0 keeps
+# backtraces from pushing them out of view.
 test: deps build clients helm-check ## run every test (unit, mesh integration, end-to-end with real processes)
 	@pg_url=$$(scripts/ensure-postgres.sh) || { echo "make test: no PostgreSQL: the PostgreSQL tests will say SKIPPED" >&2; pg_url=""; \
 	  if [ "$${CI:-}" = "true" ]; then exit 1; fi; }; \
-	SHAREMESH_TEST_POSTGRES="$$pg_url" SHAREMESH_BIN="$(abspath $(BIN))" $(TEST_RUNNER) --workspace --all-features
+	RUST_BACKTRACE=0 SHAREMESH_TEST_POSTGRES="$$pg_url" SHAREMESH_BIN="$(abspath $(BIN))" $(TEST_RUNNER) --workspace --all-features
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

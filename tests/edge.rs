@@ -32,7 +32,26 @@ fn reservation_body(listing: &str, day: u32, card: &str, request_id: &str) -> St
 
 #[tokio::test]
 async fn the_whole_journey_in_rest_only() {
-    let m = FullMesh::start(&[]).await;
+    rest_journey(&FullMesh::start(&[]).await).await;
+}
+
+/// The same journey with every service on its own PostgreSQL database: each context's
+/// migrations, queries and constraints on the other backend.
+#[tokio::test]
+async fn the_whole_journey_in_rest_on_postgres() {
+    let Some(databases) = PgDatabases::create().await else {
+        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
+        return;
+    };
+    let m = FullMesh::start_on(Some(&databases), &[], &[]).await;
+    rest_journey(&m).await;
+    drop(m);
+    databases.drop_now().await;
+}
+
+/// Registers a car and a talent, reserves, pays, declines, confirms, cancels, reads carview,
+/// mypage, messages and payments: all in REST/JSON through the edge.
+async fn rest_journey(m: &FullMesh) {
     let base = m.edge.uri();
     let (host1, host2) = (token("host-1", Role::Host), token("host-2", Role::Host));
     let (alice, bob) = (token("alice", Role::Customer), token("bob", Role::Customer));
@@ -588,7 +607,8 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn past_its_concurrency_limit_the_edge_sheds_load_fast() {
-    let m = FullMesh::start(&[("SHAREMESH_EDGE_CONCURRENCY", "1")]).await;
+    // A long upstream deadline: a call queued behind the slot instead of shed would take seconds.
+    let m = FullMesh::start_with(&[("SHAREMESH_CLIENT_TIMEOUT", "10s")], &[("SHAREMESH_EDGE_CONCURRENCY", "1")]).await;
     let base = m.edge.uri();
     let host = token("host-1", Role::Host);
     let car = rest(&base, "POST", "/v1/listings", Some(&host), Some(r#"{"title":"Busy","price":{"amountMinor":"1000","currency":"KRW"},"car":{"model":"Ray","carType":"CAR_TYPE_COMPACT","seats":4}}"#)).await;
@@ -608,7 +628,7 @@ async fn past_its_concurrency_limit_the_edge_sheds_load_fast() {
     assert_eq!(shed.status, 503, "{}", shed.json);
     assert_eq!(shed.json["status"], "RESOURCE_EXHAUSTED");
     assert!(shed.headers.get("retry-after").is_some());
-    assert!(took < Duration::from_millis(200), "refused after {took:?}");
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
     let mut grpc = CatalogServiceClient::new(m.edge.channel().await);
     let err = grpc.list_listings(authed(ListListingsRequest::default(), &host)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);

@@ -287,10 +287,10 @@ async fn five_hundred_customers_one_window_one_winner() {
 #[tokio::test]
 async fn payment_outage_fails_fast_opens_the_circuit_and_recovers() {
     let mesh = Mesh::start(&[
-        ("SHAREMESH_CLIENT_TIMEOUT", "500ms"),
+        ("SHAREMESH_CLIENT_TIMEOUT", "1s"),
         ("SHAREMESH_CLIENT_RETRIES", "0"),
         ("SHAREMESH_CLIENT_BREAKER_FAILURES", "3"),
-        ("SHAREMESH_CLIENT_BREAKER_OPEN", "2s"),
+        ("SHAREMESH_CLIENT_BREAKER_OPEN", "5s"),
     ])
     .await;
     let mut c = clients(&mesh).await;
@@ -312,7 +312,8 @@ async fn payment_outage_fails_fast_opens_the_circuit_and_recovers() {
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         assert!(err.message().starts_with("payment is unavailable; retry in"), "{}", err.message());
         assert!(err.metadata().get("retry-after").is_some());
-        assert!(took < Duration::from_millis(1500), "answered after {took:?}");
+        // The 1 s deadline, then releasing the hold.
+        assert!(took < Duration::from_millis(2500), "answered after {took:?}");
     }
     // The circuit is open: calls fail fast without waiting for payment.
     for i in 3..6i64 {
@@ -325,8 +326,9 @@ async fn payment_outage_fails_fast_opens_the_circuit_and_recovers() {
         .await
         .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
+        // Half the deadline: these calls never wait for payment.
         assert!(
-            started.elapsed() < Duration::from_millis(300),
+            started.elapsed() < Duration::from_millis(500),
             "open circuit took {:?}",
             started.elapsed()
         );

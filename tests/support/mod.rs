@@ -320,17 +320,23 @@ impl Mesh {
 
     /// [`Mesh::start`] with `common` settings for every service.
     pub async fn start_with(common: &[(&str, &str)], reservation_env: &[(&str, &str)]) -> Self {
+        Self::start_on(None, common, reservation_env).await
+    }
+
+    /// [`Mesh::start_with`], each service on its own PostgreSQL database when `databases` is
+    /// given (SQLite files otherwise).
+    pub async fn start_on(databases: Option<&PgDatabases>, common: &[(&str, &str)], reservation_env: &[(&str, &str)]) -> Self {
         let nats = NatsServer::spawn();
         let mut catalog_env = vec![("SHAREMESH_HOLD_TTL", "30s")];
         catalog_env.extend_from_slice(common);
-        let catalog = Service::start("catalog", &nats, &catalog_env).await;
-        let payment = Service::start("payment", &nats, common).await;
+        let catalog = Service::start("catalog", &nats, &with_database(databases, "catalog", &catalog_env)).await;
+        let payment = Service::start("payment", &nats, &with_database(databases, "payment", common)).await;
         let catalog_uri = catalog.uri();
         let payment_uri = payment.uri();
         let mut env: Vec<(&str, &str)> = vec![("SHAREMESH_CATALOG_ADDR", &catalog_uri), ("SHAREMESH_PAYMENT_ADDR", &payment_uri)];
         env.extend_from_slice(common);
         env.extend_from_slice(reservation_env);
-        let reservation = Service::start("reservation", &nats, &env).await;
+        let reservation = Service::start("reservation", &nats, &with_database(databases, "reservation", &env)).await;
         Self {
             nats,
             catalog,
@@ -373,6 +379,44 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
+/// One PostgreSQL database per service that keeps state, on the `SHAREMESH_TEST_POSTGRES` server.
+pub struct PgDatabases(Vec<(&'static str, PgDatabase)>);
+
+impl PgDatabases {
+    /// The services that keep state.
+    pub const CONTEXTS: [&'static str; 5] = ["catalog", "payment", "reservation", "view", "message"];
+
+    /// Creates them; `None` when `SHAREMESH_TEST_POSTGRES` is unset.
+    pub async fn create() -> Option<Self> {
+        let mut all = Vec::new();
+        for context in Self::CONTEXTS {
+            all.push((context, PgDatabase::create().await?));
+        }
+        Some(Self(all))
+    }
+
+    /// The database URL of `context`.
+    pub fn url(&self, context: &str) -> Option<&str> {
+        self.0.iter().find(|(c, _)| *c == context).map(|(_, db)| db.url.as_str())
+    }
+
+    /// Drops them all.
+    pub async fn drop_now(self) {
+        for (_, db) in self.0 {
+            db.drop_now().await;
+        }
+    }
+}
+
+/// `env` plus `DATABASE_URL` of `context` when `databases` is given.
+fn with_database<'a>(databases: Option<&'a PgDatabases>, context: &str, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = env.to_vec();
+    if let Some(url) = databases.and_then(|d| d.url(context)) {
+        all.push(("DATABASE_URL", url));
+    }
+    all
+}
+
 /// The mesh plus view, message and the edge in front of all of them.
 pub struct FullMesh {
     pub mesh: Mesh,
@@ -389,9 +433,15 @@ impl FullMesh {
 
     /// [`FullMesh::start`] with `common` settings for every process.
     pub async fn start_with(common: &[(&str, &str)], edge_env: &[(&str, &str)]) -> Self {
-        let mesh = Mesh::start_with(common, &[]).await;
-        let view = mesh.add("view", common).await;
-        let message = mesh.add("message", common).await;
+        Self::start_on(None, common, edge_env).await
+    }
+
+    /// [`FullMesh::start_with`], each service on its own PostgreSQL database when `databases`
+    /// is given.
+    pub async fn start_on(databases: Option<&PgDatabases>, common: &[(&str, &str)], edge_env: &[(&str, &str)]) -> Self {
+        let mesh = Mesh::start_on(databases, common, &[]).await;
+        let view = mesh.add("view", &with_database(databases, "view", common)).await;
+        let message = mesh.add("message", &with_database(databases, "message", common)).await;
         let uris: Vec<(String, String)> = [
             ("SHAREMESH_CATALOG_ADDR", mesh.catalog.uri()),
             ("SHAREMESH_RESERVATION_ADDR", mesh.reservation.uri()),
