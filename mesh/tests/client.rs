@@ -1,4 +1,5 @@
-//! The resilient client stack (`sharemesh_mesh::client::connect`) against loopback upstreams.
+//! The resilient client stack (`sharemesh_mesh::client::connect`) against loopback upstreams
+//! (feature `testing`: free ports that stay free while an upstream is down).
 
 mod common;
 
@@ -11,6 +12,7 @@ use sharemesh_mesh::auth::{AuthConfig, Minter, Role, Verifier};
 use sharemesh_mesh::client::breaker::State;
 use sharemesh_mesh::client::{ClientPolicy, Upstream, connect};
 use sharemesh_mesh::server::ShutdownConfig;
+use sharemesh_mesh::testing::free_port;
 use tokio::time::timeout;
 use tonic::Code;
 
@@ -40,7 +42,7 @@ async fn timed_call(channel: &sharemesh_mesh::client::ResilientChannel, path: &'
 
 #[tokio::test]
 async fn breaker_opens_on_an_unreachable_upstream_fails_fast_and_closes_after_recovery() {
-    let addr = loopback(common::free_port());
+    let addr = loopback(free_port());
     let policy = ClientPolicy {
         timeout: Duration::from_secs(1),
         breaker_failures: 3,
@@ -203,7 +205,7 @@ async fn calls_beyond_the_concurrency_limit_are_shed_at_once() {
 
 #[tokio::test]
 async fn a_cancelled_half_open_probe_does_not_wedge_the_breaker() {
-    let addr = loopback(common::free_port());
+    let addr = loopback(free_port());
     let policy = ClientPolicy {
         timeout: Duration::from_secs(2),
         breaker_failures: 1,

@@ -225,11 +225,3 @@ pub(crate) async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
     .expect("connect within 5s")
     .expect("connect")
 }
-
-/// A free loopback port (bound, then released).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
