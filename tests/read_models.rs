@@ -104,6 +104,16 @@ async fn read_models_and_messages_follow_every_flow() {
     };
     r.cancel_reservation(authed(cancel, &token("alice", Role::Customer))).await.unwrap();
 
+    // The cancellation goes on by events (refund, then CANCELLED): wait for its end first, so
+    // the read models are compared with the final state, not with CANCEL_REQUESTED.
+    eventually(Duration::from_secs(20), "the cancellation to complete", || async {
+        reconcile::reservations(&mesh.reservation)
+            .await
+            .iter()
+            .any(|x| x.reservation_id == booked.reservation_id && x.status == ReservationStatus::Cancelled as i32)
+            .then_some(())
+    })
+    .await;
     eventually_ok(Duration::from_secs(20), "read models to match reservation", || {
         reconcile::read_models_match(&mesh.reservation, &view)
     })

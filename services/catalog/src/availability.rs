@@ -14,6 +14,7 @@ use crate::domain::{self, CatalogError};
 use crate::events::{self, Cause};
 use crate::storage::NO_OVERLAP;
 use crate::storage::holds::{self as repo, BOOKED, EXPIRED, HELD, HoldRow, RELEASED};
+use crate::storage::listings as listings_repo;
 
 /// A hold and what the reservation needs to know about the listing.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ impl Catalog {
         let (start, end) = domain::validate_window(window, "window")?;
         let now = now_ms();
         let tx = self.db.begin_write().await?;
-        let listing = self.active_listing(&*tx, listing_id).await?;
+        let listing = self.lock_active_listing(&*tx, listing_id).await?;
         let amount = Money::new(
             domain::window_amount(
                 listing.kind(),
@@ -121,6 +122,10 @@ impl Catalog {
         validate_reservation_id(reservation_id)?;
         let now = now_ms();
         let tx = self.db.begin_write().await?;
+        // Booking puts the window through the exclusion constraint again: take the listing's
+        // lock first, as a new hold does, then read the hold as it stands under the lock.
+        let held = self.hold_of(&tx, reservation_id).await?;
+        listings_repo::find_for_update(&*tx, &held.listing_id).await?;
         let mut row = self.hold_of(&tx, reservation_id).await?;
         match row.status.as_str() {
             BOOKED => return Ok(row.to_proto()),

@@ -131,7 +131,7 @@ impl Catalog {
             None => None,
         };
         let tx = self.db.begin_write().await?;
-        let mut row = self.active_listing(&*tx, listing_id).await?;
+        let mut row = self.lock_active_listing(&*tx, listing_id).await?;
         require_owner(caller, &row)?;
         if let Some(kind) = new_kind
             && kind != row.kind()
@@ -167,7 +167,7 @@ impl Catalog {
     pub async fn delete(&self, caller: &Caller, listing_id: &str, request_id: &str) -> Result<Listing, CatalogError> {
         require_host(caller)?;
         let tx = self.db.begin_write().await?;
-        let mut row = self.active_listing(&*tx, listing_id).await?;
+        let mut row = self.lock_active_listing(&*tx, listing_id).await?;
         require_owner(caller, &row)?;
         let now = now_ms();
         row.status = repo::DELETED.into();
@@ -204,9 +204,14 @@ impl Catalog {
         })
     }
 
-    pub(crate) async fn active_listing(&self, db: &impl sea_orm::ConnectionTrait, listing_id: &str) -> Result<ListingRow, CatalogError> {
+    /// The listing, not deleted, locked for the rest of the write transaction `db`.
+    pub(crate) async fn lock_active_listing(
+        &self,
+        db: &impl sea_orm::ConnectionTrait,
+        listing_id: &str,
+    ) -> Result<ListingRow, CatalogError> {
         validate_id(listing_id)?;
-        let row = repo::find(db, listing_id)
+        let row = repo::find_for_update(db, listing_id)
             .await?
             .ok_or_else(|| CatalogError::NotFound(format!("listing {listing_id} not found")))?;
         if row.status == repo::DELETED {
