@@ -259,14 +259,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_ok(limit, what, || {
+        let next = f();
+        async move { next.await.ok_or_else(|| "not there yet".to_owned()) }
+    })
+    .await
 }
 
 /// Polls `f` until it returns Ok, or panics after `limit` with `what` and the last reason `f`

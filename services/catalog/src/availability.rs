@@ -36,9 +36,9 @@ fn validate_reservation_id(id: &str) -> Result<(), CatalogError> {
 
 impl Catalog {
     /// Holds `window` of a listing for a reservation. Idempotent per reservation; refuses with
-    /// FAILED_PRECONDITION when the window overlaps another hold or booking.
-    /// Concurrent holds of one listing can abort each other on PostgreSQL (its exclusion
-    /// constraint meets a deadlock); the loser runs again and then sees the winner's hold.
+    /// FAILED_PRECONDITION when the window overlaps another hold or booking. Holds of one
+    /// listing queue on the listing's row lock; a transaction the database still aborts for a
+    /// concurrent one is run again ([`retry_conflicts`]).
     pub async fn hold(&self, listing_id: &str, reservation_id: &str, window: Option<(i64, i64)>) -> Result<Held, CatalogError> {
         retry_conflicts(|| self.hold_once(listing_id, reservation_id, window), CatalogError::db_err).await
     }
@@ -159,11 +159,8 @@ impl Catalog {
 
     /// Releases a reservation's hold or booking (idempotent); emits ListingReleased when
     /// something was released.
+    /// Releasing takes a window out of the exclusion constraint, so it needs no listing lock.
     pub async fn release(&self, reservation_id: &str, reason: &str) -> Result<Hold, CatalogError> {
-        retry_conflicts(|| self.release_once(reservation_id, reason), CatalogError::db_err).await
-    }
-
-    async fn release_once(&self, reservation_id: &str, reason: &str) -> Result<Hold, CatalogError> {
         validate_reservation_id(reservation_id)?;
         let tx = self.db.begin_write().await?;
         let cause = Cause {

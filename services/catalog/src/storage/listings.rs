@@ -151,9 +151,10 @@ pub async fn find(db: &impl ConnectionTrait, listing_id: &str) -> Result<Option<
 }
 
 /// [`find`], locking the row until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite's
-/// single writer already serialises writes). Every write to a listing or its holds takes this
-/// lock first, so concurrent holds of one listing queue instead of deadlocking in the exclusion
-/// constraint, and updates never lose each other.
+/// single writer already serialises writes). Writes that change a listing or put one of its
+/// windows through the exclusion constraint (hold, book) take this lock first, so concurrent
+/// holds of one listing queue instead of deadlocking in the constraint, and updates never lose
+/// each other.
 pub async fn find_for_update(db: &impl ConnectionTrait, listing_id: &str) -> Result<Option<ListingRow>, sea_orm::DbErr> {
     entity::Entity::find_by_id(listing_id.to_owned()).lock_exclusive().one(db).await
 }
