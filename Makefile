@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/sharemesh
+# The one nats-server version tested, run and deployed (scripts/deps.sh installs it; the Helm
+# chart's image has the same tag).
+NATS_VERSION := $(shell sed -n 's/^NATS_VERSION=//p' scripts/deps.sh)
+export NATS_SERVER_BIN := $(CURDIR)/.tools/nats-server-$(NATS_VERSION)/nats-server
 # nextest when installed (it is on our machines), plain cargo test otherwise.
 TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo "$(CARGO) nextest run --profile ci"; else echo "$(CARGO) test"; fi)
 
@@ -10,7 +14,7 @@ TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## install what a fresh machine lacks (nats-server)
+deps: ## install what a fresh machine lacks (nats-server, the pinned version, under .tools/)
 	@scripts/deps.sh
 
 build: ## build the sharemesh binary

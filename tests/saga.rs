@@ -455,3 +455,148 @@ async fn sigkill_mid_saga_every_saga_ends_booked_or_rejected() {
         assert!(s == ReservationStatus::Confirmed || s == ReservationStatus::Rejected, "{r:?}");
     }
 }
+
+/// Sagas of one PostgreSQL database, driven by two reservation replicas. Each saga's process
+/// dies right after catalog booked its hold (the crash point `saga.after_confirm_hold`), then
+/// catalog goes down: the replicas' recovery must neither reject a charged, booked reservation
+/// nor drive one saga at once; when catalog is back, exactly one replica finishes each.
+#[tokio::test]
+async fn sagas_killed_after_booking_while_catalog_is_down_are_finished_by_exactly_one_replica() {
+    let Some(dbs) = PgDatabases::create().await else {
+        eprintln!("SKIPPED: SHAREMESH_TEST_POSTGRES is not set");
+        return;
+    };
+    let nats = NatsServer::spawn();
+    let db = |context| ("DATABASE_URL", dbs.url(context).unwrap());
+    let mut catalog = Service::start("catalog", &nats, &[db("catalog"), ("SHAREMESH_HOLD_TTL", "30s")]).await;
+    let payment = Service::start("payment", &nats, &[db("payment")]).await;
+    let (catalog_uri, payment_uri) = (catalog.uri(), payment.uri());
+    let reservation_env = |stale: &'static str| {
+        vec![
+            db("reservation"),
+            ("SHAREMESH_CATALOG_ADDR", catalog_uri.as_str()),
+            ("SHAREMESH_PAYMENT_ADDR", payment_uri.as_str()),
+            ("SHAREMESH_SAGA_STALE", stale),
+            ("SHAREMESH_CLIENT_TIMEOUT", "1s"),
+        ]
+    };
+    // A replica that crashes at the point and never recovers anything itself.
+    let mut crashing = reservation_env("1h");
+    crashing.push(("SHAREMESH_FAILPOINTS", "saga.after_confirm_hold"));
+    let mut crasher = Service::start("reservation", &nats, &crashing).await;
+    let mut c = Clients {
+        catalog: CatalogServiceClient::new(catalog.channel().await),
+        reservation: ReservationServiceClient::new(crasher.channel().await),
+    };
+    for i in 0..3 {
+        let listing = register(&mut c, "host-1", car()).await;
+        let err = place(&mut c, "alice", place_req(&listing, T0, T0 + HOUR, &format!("killed-{i}")))
+            .await
+            .expect_err("the process dies mid-call");
+        assert!(matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Internal), "{err:?}");
+        crasher.restart().await;
+        c.reservation = ReservationServiceClient::new(crasher.channel().await);
+    }
+    crasher.kill().await;
+    catalog.kill().await;
+
+    // Two replicas resume the three sagas while catalog is down: they stay PENDING.
+    let a = Service::start("reservation", &nats, &reservation_env("1s")).await;
+    let b = Service::start("reservation", &nats, &reservation_env("1s")).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pending = reconcile::reservations(&a).await;
+    assert_eq!(pending.len(), 3);
+    for r in &pending {
+        assert_eq!(
+            status(r),
+            ReservationStatus::Pending,
+            "a charged, booked saga is not rejected while catalog is down: {r:?}"
+        );
+    }
+
+    catalog.start_again().await;
+    let done = eventually(Duration::from_secs(30), "every saga confirmed once catalog is back", || {
+        let a = &a;
+        async move {
+            let all = reconcile::reservations(a).await;
+            all.iter().all(|r| status(r) == ReservationStatus::Confirmed).then_some(all)
+        }
+    })
+    .await;
+    let (logs_a, logs_b) = (a.logs(), b.logs());
+    for r in &done {
+        let finished_by = [&logs_a, &logs_b]
+            .iter()
+            .filter(|logs| {
+                logs.lines()
+                    .any(|l| l.contains("saga resumed and finished") && l.contains(&r.reservation_id))
+            })
+            .count();
+        assert_eq!(
+            finished_by,
+            1,
+            "{} finished by {finished_by} replicas\nA:\n{}\nB:\n{}",
+            r.reservation_id,
+            a.log_tail(),
+            b.log_tail()
+        );
+    }
+    for logs in [&logs_a, &logs_b] {
+        assert!(!logs.contains("changed concurrently"), "two drivers met on one saga:\n{logs}");
+    }
+    let approved = reconcile::payments(&payment)
+        .await
+        .into_iter()
+        .filter(|p| p.status == PaymentStatus::Approved as i32)
+        .count();
+    assert_eq!(approved, 3, "each saga charged once, none refunded");
+    let bookings = reconcile::bookings(&nats).await;
+    assert_eq!(bookings.values().filter(|on| **on).count(), 3, "each window booked: {bookings:?}");
+    dbs.drop_now().await;
+}
+
+/// The outage rule: a reservation that met an unreachable catalog is rejected and answered
+/// UNAVAILABLE; the same request id, once catalog is back, runs again and books.
+#[tokio::test]
+async fn a_request_refused_for_an_outage_runs_again_with_the_same_request_id() {
+    let mut mesh = Mesh::start(&[("SHAREMESH_CLIENT_TIMEOUT", "1s"), ("SHAREMESH_CLIENT_BREAKER_OPEN", "1s")]).await;
+    let mut c = clients(&mesh).await;
+    let car_id = register(&mut c, "host-1", car()).await;
+    mesh.catalog.kill().await;
+    for _ in 0..2 {
+        let err = place(&mut c, "alice", place_req(&car_id, T0, T0 + HOUR, "outage-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().starts_with("catalog is unavailable; retry in"), "{}", err.message());
+    }
+    mesh.catalog.start_again().await;
+    let booked = eventually(Duration::from_secs(15), "the same request id books once catalog is back", || {
+        let mut c = c.clone();
+        let req = place_req(&car_id, T0, T0 + HOUR, "outage-1");
+        async move { place(&mut c, "alice", req).await.ok() }
+    })
+    .await;
+    assert_eq!(status(&booked), ReservationStatus::Confirmed, "{booked:?}");
+    let again = place(&mut c, "alice", place_req(&car_id, T0, T0 + HOUR, "outage-1")).await.unwrap();
+    assert_eq!(
+        again.reservation_id, booked.reservation_id,
+        "after it booked, the request id answers that reservation"
+    );
+    let attempts: Vec<_> = reconcile::reservations(&mesh.reservation)
+        .await
+        .into_iter()
+        .filter(|r| r.request_id == "outage-1")
+        .collect();
+    let live: Vec<_> = attempts.iter().filter(|r| status(r) != ReservationStatus::Rejected).collect();
+    assert_eq!(live.len(), 1, "one attempt books: {attempts:?}");
+    for r in attempts.iter().filter(|r| status(r) == ReservationStatus::Rejected) {
+        assert!(r.status_reason.contains("catalog unavailable"), "{r:?}");
+    }
+    let approved = reconcile::payments(&mesh.payment)
+        .await
+        .into_iter()
+        .filter(|p| p.status == PaymentStatus::Approved as i32)
+        .count();
+    assert_eq!(approved, 1, "charged once");
+}

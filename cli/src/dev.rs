@@ -120,7 +120,12 @@ pub(crate) fn upstream_var(context: Context) -> String {
 }
 
 async fn start_nats(data_dir: &Path, port: u16) -> Result<tokio::process::Child, String> {
-    let bin = which("nats-server").ok_or("nats-server not found on PATH: run `make deps`, or set NATS_URL to a running server")?;
+    // `make run` sets NATS_SERVER_BIN to the pinned version `make deps` installed.
+    let bin = std::env::var_os("NATS_SERVER_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| which("nats-server"))
+        .ok_or("nats-server not found (NATS_SERVER_BIN, PATH): run `make deps`, or set NATS_URL to a running server")?;
     let store = data_dir.join("nats");
     let log = std::fs::File::create(data_dir.join("nats.log")).map_err(|e| format!("cannot write nats.log: {e}"))?;
     let child = tokio::process::Command::new(bin)

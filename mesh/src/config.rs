@@ -58,6 +58,20 @@ pub const ENV_CLIENT_BREAKER_OPEN: &str = "SHAREMESH_CLIENT_BREAKER_OPEN";
 /// Calls in flight to one upstream before further calls are refused (`256`).
 pub const ENV_CLIENT_CONCURRENCY: &str = "SHAREMESH_CLIENT_CONCURRENCY";
 
+/// Servers that keep a copy of each JetStream stream the services create, 1–5 (`1`; `3` on a
+/// three-node JetStream cluster, so a stream survives the loss of one server).
+pub const ENV_STREAM_REPLICAS: &str = "SHAREMESH_STREAM_REPLICAS";
+/// Age after which events are dropped from the streams, e.g. `720h`; `0` keeps them forever, so
+/// read models can be rebuilt from the start (`0`).
+pub const ENV_STREAM_MAX_AGE: &str = "SHAREMESH_STREAM_MAX_AGE";
+/// Bytes one stream may hold before its oldest events are dropped; `0` = no limit (`0`). Keep it
+/// below the JetStream volume's size divided by the number of streams.
+pub const ENV_STREAM_MAX_BYTES: &str = "SHAREMESH_STREAM_MAX_BYTES";
+
+/// Crash points to arm, comma-separated (fault tests only; unset in production): the process
+/// aborts when it reaches one. See [`crate::failpoint`].
+pub const ENV_FAILPOINTS: &str = "SHAREMESH_FAILPOINTS";
+
 /// The JWT secret used when none is configured; fine on a laptop, refused nowhere, logged loudly.
 pub const DEV_JWT_SECRET: &str = "sharemesh-dev-secret-change-me";
 
@@ -233,6 +247,8 @@ pub struct MeshConfig {
     pub inbox: crate::events::inbox::InboxPolicy,
     /// Service-to-service client policy.
     pub client: crate::client::ClientPolicy,
+    /// Replicas and limits of the streams this service creates.
+    pub streams: crate::events::StreamSettings,
 }
 
 impl MeshConfig {
@@ -274,8 +290,36 @@ impl MeshConfig {
             outbox_poll: env.duration_or(ENV_OUTBOX_POLL, Duration::from_millis(500))?,
             inbox: crate::events::inbox::InboxPolicy::from_env(env)?,
             client: crate::client::ClientPolicy::from_env(env)?,
+            streams: stream_settings(env)?,
         })
     }
+}
+
+fn stream_settings(env: &impl Env) -> Result<crate::events::StreamSettings, ConfigError> {
+    let replicas: usize = env.parse_or(ENV_STREAM_REPLICAS, 1)?;
+    if !(1..=5).contains(&replicas) {
+        return Err(ConfigError::invalid(
+            ENV_STREAM_REPLICAS,
+            &replicas.to_string(),
+            "JetStream keeps 1 to 5 replicas of a stream",
+        ));
+    }
+    let max_age = match env.get(ENV_STREAM_MAX_AGE) {
+        Some(v) if v.trim() == "0" => Duration::ZERO,
+        _ => env.duration_or(ENV_STREAM_MAX_AGE, Duration::ZERO)?,
+    };
+    if !max_age.is_zero() && max_age < Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            ENV_STREAM_MAX_AGE,
+            &format!("{max_age:?}"),
+            "use 0 (forever) or at least 1m: consumers that are down longer would miss events",
+        ));
+    }
+    Ok(crate::events::StreamSettings {
+        replicas,
+        max_age,
+        max_bytes: env.parse_or(ENV_STREAM_MAX_BYTES, 0)?,
+    })
 }
 
 #[cfg(test)]
@@ -310,6 +354,35 @@ mod tests {
                 .to_string()
                 .contains("DATABASE_URL")
         );
+    }
+
+    #[test]
+    fn stream_settings_are_checked() {
+        let cfg = MeshConfig::from_env("catalog", &MapEnv::default()).expect("defaults");
+        assert_eq!(cfg.streams, crate::events::StreamSettings::default());
+        let env = MapEnv::from_pairs([
+            (ENV_STREAM_REPLICAS, "3"),
+            (ENV_STREAM_MAX_AGE, "720h"),
+            (ENV_STREAM_MAX_BYTES, "1073741824"),
+        ]);
+        let cfg = MeshConfig::from_env("catalog", &env).expect("valid");
+        assert_eq!(cfg.streams.replicas, 3);
+        assert_eq!(cfg.streams.max_age, Duration::from_secs(720 * 3600));
+        assert_eq!(cfg.streams.max_bytes, 1 << 30);
+        let env = MapEnv::from_pairs([(ENV_STREAM_MAX_AGE, "0")]);
+        assert_eq!(
+            MeshConfig::from_env("catalog", &env).expect("valid").streams.max_age,
+            Duration::ZERO
+        );
+        for (key, value) in [
+            (ENV_STREAM_REPLICAS, "0"),
+            (ENV_STREAM_REPLICAS, "7"),
+            (ENV_STREAM_MAX_AGE, "5s"),
+            (ENV_STREAM_MAX_BYTES, "-1"),
+        ] {
+            let err = MeshConfig::from_env("catalog", &MapEnv::from_pairs([(key, value)])).expect_err(value);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

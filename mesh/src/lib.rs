@@ -11,7 +11,8 @@
 //! - [`events`]: JetStream streams, the transactional outbox relay and the inbox consumer;
 //! - [`client`]: the resilient service-to-service client stack;
 //! - [`page`]: opaque page tokens;
-//! - [`runtime`]: the start-up sequence every service shares.
+//! - [`runtime`]: the start-up sequence every service shares;
+//! - [`failpoint`]: named crash points that fault tests arm.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod failpoint;
 pub mod grpc_web;
 pub mod page;
 pub mod runtime;

@@ -77,7 +77,7 @@ impl Runtime {
         let client = crate::events::connect(&config.nats_url, &format!("sharemesh-{}", config.context)).await?;
         let js = jetstream::new(client);
         let mut tasks = JoinSet::new();
-        tasks.spawn(Relay::new(db.clone(), js.clone(), &config.context, config.outbox_poll).run(shutdown.clone()));
+        tasks.spawn(Relay::new(db.clone(), js.clone(), &config.context, config.outbox_poll, config.streams).run(shutdown.clone()));
         if let Some(addr) = config.metrics_addr {
             let s = shutdown.clone();
             let local = crate::telemetry::metrics::serve(addr, async move { s.wait().await })
@@ -103,7 +103,8 @@ impl Runtime {
             source_context,
             handler,
             self.config.inbox,
-        );
+        )
+        .with_streams(self.config.streams);
         self.tasks.spawn(inbox.run(self.shutdown.clone()));
     }
 

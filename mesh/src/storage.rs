@@ -19,6 +19,8 @@ pub struct Db {
     write_lock: Option<Arc<Mutex<()>>>,
     /// Woken after a commit that wrote outbox rows.
     outbox_wakeup: Arc<Notify>,
+    /// The URL it was opened with (migrations open one connection of their own).
+    url: Arc<str>,
 }
 
 impl std::fmt::Debug for Db {
@@ -55,6 +57,7 @@ impl Db {
             conn,
             write_lock: sqlite.then(|| Arc::new(Mutex::new(()))),
             outbox_wakeup: Arc::new(Notify::new()),
+            url: url.into(),
         })
     }
 
@@ -95,8 +98,35 @@ impl Db {
     }
 
     /// Runs the migrations `M` (each service's own plus the mesh's outbox and inbox tables).
+    ///
+    /// On PostgreSQL they run under a session-level advisory lock on a connection of their own,
+    /// so replicas starting at the same instant on an empty database take turns: the first
+    /// migrates, the others wait, then find nothing left to do. (Concurrent `CREATE EXTENSION` /
+    /// `CREATE TABLE IF NOT EXISTS` otherwise fail on PostgreSQL's catalog unique indexes.) The
+    /// lock dies with the connection, so a replica killed mid-migration blocks nobody.
     pub async fn migrate<M: sea_orm_migration::MigratorTrait>(&self) -> Result<(), DbErr> {
-        M::up(&self.conn, None).await
+        if self.backend() != DatabaseBackend::Postgres {
+            return M::up(&self.conn, None).await;
+        }
+        let mut opts = ConnectOptions::new(self.url.to_string());
+        opts.sqlx_logging(false)
+            .max_connections(1)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(120));
+        let session = sea_orm::Database::connect(opts).await?;
+        session
+            .execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .await?;
+        let result = M::up(&session, None).await;
+        if let Err(e) = session
+            .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the migration lock; closing its connection releases it");
+        }
+        let _ = session.close().await;
+        result
     }
 
     /// Resolves when a commit wrote outbox rows (used by the relay).
@@ -104,6 +134,9 @@ impl Db {
         self.outbox_wakeup.clone()
     }
 }
+
+/// Key of the PostgreSQL advisory lock migrations run under (`"SHMIGRAT"` as an integer).
+pub const MIGRATION_LOCK: i64 = 0x5348_4d49_4752_4154;
 
 fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
     let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
@@ -194,6 +227,13 @@ impl MigrationName for SqlMigration {
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for SqlMigration {
+    /// In one transaction on every backend: a migration applies whole or not at all, and on
+    /// SQLite its statements run on one connection (a table rebuilt and renamed by one statement
+    /// is then visible to the next).
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
         let sql = match backend {
@@ -269,6 +309,25 @@ where
             other => return other,
         }
     }
+}
+
+/// Takes the PostgreSQL advisory lock `key` for the rest of `tx` if nobody holds it; true when
+/// taken. Replicas sharing a database use it to elect who does a job now (the outbox relay's
+/// pass); the lock ends with the transaction, also when its process dies. On SQLite (one process,
+/// one writer) it is always true.
+pub async fn try_xact_lock(tx: &WriteTxn, key: i64) -> Result<bool, DbErr> {
+    if tx.get_database_backend() != DatabaseBackend::Postgres {
+        return Ok(true);
+    }
+    let row = tx
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_try_advisory_xact_lock($1) AS locked",
+            [key.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("pg_try_advisory_xact_lock returned no row".into()))?;
+    row.try_get::<bool>("", "locked")
 }
 
 /// True when `err` is a unique-key violation.

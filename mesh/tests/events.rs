@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use sea_orm::{ConnectionTrait, Statement};
 use sea_orm_migration::MigrationTrait;
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, Inbox, InboxPolicy, IncomingEvent};
-use sharemesh_mesh::events::outbox::{self, OutgoingEvent, Relay};
+use sharemesh_mesh::events::outbox::{self, OutgoingEvent, Pass, Relay};
 use sharemesh_mesh::events::{self, DLQ_PREFIX, DLQ_STREAM};
 use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::storage::{Db, WriteTxn};
@@ -141,7 +141,8 @@ async fn relay_publishes_committed_events_in_order_with_cloudevents_headers() {
     let shutdown = Shutdown::new();
     // A poll far longer than the test: the start-up pass publishes what is already committed,
     // later commits are published only because they wake the relay.
-    let relay = tokio::spawn(Relay::new(db.clone(), js.clone(), CONTEXT, Duration::from_secs(600)).run(shutdown.clone()));
+    let relay =
+        tokio::spawn(Relay::new(db.clone(), js.clone(), CONTEXT, Duration::from_secs(600), Default::default()).run(shutdown.clone()));
 
     eventually("3 messages in the stream", WAIT, || async {
         stream_messages(&js, STREAM).await.filter(|n| *n >= 3)
@@ -186,10 +187,13 @@ async fn republishing_after_a_lost_mark_is_deduplicated_by_the_broker() {
     let js = jetstream_for(&nats).await;
     events::ensure_stream(&js, CONTEXT).await.expect("stream");
     let (db, _dir) = fresh_db().await;
-    let relay = Relay::new(db.clone(), js.clone(), CONTEXT, Duration::from_secs(60));
+    let relay = Relay::new(db.clone(), js.clone(), CONTEXT, Duration::from_secs(60), Default::default());
 
     enqueue_all(&db, &(1..=3).map(thing).collect::<Vec<_>>()).await;
-    assert_eq!(timeout(WAIT, relay.publish_pending()).await.expect("in time").expect("publish"), 3);
+    assert_eq!(
+        timeout(WAIT, relay.publish_pending()).await.expect("in time").expect("publish"),
+        Pass::Published(3)
+    );
     assert_eq!(stream_messages(&js, STREAM).await, Some(3));
 
     // As if the process died between the broker's ack and the UPDATE.
@@ -199,7 +203,7 @@ async fn republishing_after_a_lost_mark_is_deduplicated_by_the_broker() {
         .expect("reset");
     assert_eq!(
         timeout(WAIT, relay.publish_pending()).await.expect("in time").expect("republish"),
-        3
+        Pass::Published(3)
     );
     assert_eq!(stream_messages(&js, STREAM).await, Some(3), "the broker kept duplicates");
     assert_eq!(
@@ -211,7 +215,7 @@ async fn republishing_after_a_lost_mark_is_deduplicated_by_the_broker() {
             .await
             .expect("in time")
             .expect("nothing pending"),
-        0
+        Pass::Published(0)
     );
 }
 
@@ -225,7 +229,7 @@ async fn relay_catches_up_once_nats_comes_back() {
     let event = thing(7);
     enqueue_all(&db, std::slice::from_ref(&event)).await;
     let shutdown = Shutdown::new();
-    let relay = tokio::spawn(Relay::new(db.clone(), js, CONTEXT, Duration::from_millis(100)).run(shutdown.clone()));
+    let relay = tokio::spawn(Relay::new(db.clone(), js, CONTEXT, Duration::from_millis(100), Default::default()).run(shutdown.clone()));
 
     // The relay keeps trying while the broker is down; nothing is marked published.
     tokio::time::sleep(Duration::from_millis(700)).await;

@@ -159,6 +159,7 @@ pub struct Inbox {
     source_context: String,
     handler: Arc<dyn EventHandler>,
     policy: InboxPolicy,
+    streams: super::StreamSettings,
 }
 
 impl Inbox {
@@ -178,7 +179,15 @@ impl Inbox {
             source_context: source_context.to_owned(),
             handler,
             policy,
+            streams: super::StreamSettings::default(),
         }
+    }
+
+    /// The replicas and limits to create the source and dead-letter streams with, if this
+    /// consumer is the first to need them.
+    pub fn with_streams(mut self, streams: super::StreamSettings) -> Self {
+        self.streams = streams;
+        self
     }
 
     fn durable_name(&self) -> String {
@@ -204,8 +213,8 @@ impl Inbox {
     }
 
     async fn consume(&self, shutdown: &Shutdown) -> Result<(), async_nats::Error> {
-        let stream = super::ensure_stream(&self.js, &self.source_context).await?;
-        super::ensure_dlq_stream(&self.js).await?;
+        let stream = super::ensure_stream_with(&self.js, &self.source_context, &self.streams).await?;
+        super::ensure_dlq_stream(&self.js, &self.streams).await?;
         let name = self.durable_name();
         let consumer = stream
             .get_or_create_consumer(

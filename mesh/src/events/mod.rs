@@ -51,28 +51,92 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_
         .await
 }
 
-/// Creates (or finds) the stream of `context`: file storage, kept without age limit so read
-/// models can be rebuilt from the start, two-minute de-duplication window.
+/// How the services' streams are kept: replicas (a JetStream cluster keeps each stream on this
+/// many servers) and limits. Read from [`crate::config::ENV_STREAM_REPLICAS`],
+/// [`crate::config::ENV_STREAM_MAX_AGE`] and [`crate::config::ENV_STREAM_MAX_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Servers that keep a copy of each stream (1 for a single server; 3 for a 3-node cluster).
+    pub replicas: usize,
+    /// Events older than this are dropped; zero keeps them forever (read models can then be
+    /// rebuilt from the start).
+    pub max_age: Duration,
+    /// Bytes a stream may hold before the oldest events are dropped; zero = no limit.
+    pub max_bytes: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            max_age: Duration::ZERO,
+            max_bytes: 0,
+        }
+    }
+}
+
+impl StreamSettings {
+    fn apply(&self, mut config: stream::Config) -> stream::Config {
+        config.num_replicas = self.replicas;
+        config.max_age = self.max_age;
+        config.max_bytes = if self.max_bytes == 0 {
+            -1
+        } else {
+            i64::try_from(self.max_bytes).unwrap_or(i64::MAX)
+        };
+        config
+    }
+}
+
+/// Creates (or finds) the stream of `context` with the default [`StreamSettings`].
 pub async fn ensure_stream(js: &jetstream::Context, context: &str) -> Result<stream::Stream, async_nats::Error> {
-    let config = stream::Config {
+    ensure_stream_with(js, context, &StreamSettings::default()).await
+}
+
+/// Creates (or finds) the stream of `context`: file storage, two-minute de-duplication window,
+/// replicas and limits from `settings`. A stream created earlier with other replicas or limits
+/// is updated to these.
+pub async fn ensure_stream_with(
+    js: &jetstream::Context,
+    context: &str,
+    settings: &StreamSettings,
+) -> Result<stream::Stream, async_nats::Error> {
+    let config = settings.apply(stream::Config {
         name: stream_name(context),
         subjects: vec![stream_subjects(context)],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
-    };
-    Ok(js.get_or_create_stream(config).await?)
+    });
+    provision(js, config).await
 }
 
 /// Creates (or finds) the dead-letter stream.
-pub async fn ensure_dlq_stream(js: &jetstream::Context) -> Result<stream::Stream, async_nats::Error> {
-    let config = stream::Config {
+pub async fn ensure_dlq_stream(js: &jetstream::Context, settings: &StreamSettings) -> Result<stream::Stream, async_nats::Error> {
+    let config = settings.apply(stream::Config {
         name: DLQ_STREAM.to_owned(),
         subjects: vec![format!("{DLQ_PREFIX}.>")],
         storage: stream::StorageType::File,
         ..Default::default()
-    };
-    Ok(js.get_or_create_stream(config).await?)
+    });
+    provision(js, config).await
+}
+
+async fn provision(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, async_nats::Error> {
+    let mut stream = js.get_or_create_stream(config.clone()).await?;
+    let current = &stream.info().await?.config;
+    if current.num_replicas != config.num_replicas || current.max_age != config.max_age || current.max_bytes != config.max_bytes {
+        tracing::info!(
+            stream = %config.name,
+            replicas = config.num_replicas,
+            max_age = ?config.max_age,
+            max_bytes = config.max_bytes,
+            "updating the stream to the configured replicas and limits"
+        );
+        js.update_stream(config.clone()).await?;
+        stream = js.get_stream(&config.name).await?;
+    }
+    Ok(stream)
 }
 
 /// Migrations of the mesh's own tables (outbox, inbox); every service runs them.

@@ -120,17 +120,19 @@ pub struct Relay {
     context: String,
     poll: Duration,
     batch: u64,
+    streams: super::StreamSettings,
 }
 
 impl Relay {
     /// A relay for the outbox of `db`, publishing to the stream of `context`.
-    pub fn new(db: Db, js: jetstream::Context, context: &str, poll: Duration) -> Self {
+    pub fn new(db: Db, js: jetstream::Context, context: &str, poll: Duration, streams: super::StreamSettings) -> Self {
         Self {
             db,
             js,
             context: context.to_owned(),
             poll,
             batch: 256,
+            streams,
         }
     }
 
@@ -144,7 +146,7 @@ impl Relay {
             if shutdown.is_triggered() {
                 break;
             }
-            match super::ensure_stream(&self.js, &self.context).await {
+            match super::ensure_stream_with(&self.js, &self.context, &self.streams).await {
                 Ok(_) => break,
                 Err(e) => {
                     attempt += 1;
@@ -159,13 +161,19 @@ impl Relay {
         attempt = 0;
         loop {
             let wait = match self.publish_pending().await {
-                Ok(n) if n as u64 >= self.batch => {
+                Ok(Pass::Published(n)) if n as u64 >= self.batch => {
                     attempt = 0;
                     continue;
                 }
-                Ok(_) => {
+                Ok(Pass::Published(_)) => {
                     attempt = 0;
                     self.poll
+                }
+                // Another replica is publishing this outbox; look again soon, since rows this
+                // replica committed meanwhile may not be in its batch.
+                Ok(Pass::OtherReplica) => {
+                    attempt = 0;
+                    self.poll.min(OTHER_REPLICA_RECHECK)
                 }
                 Err(e) => {
                     attempt += 1;
@@ -185,49 +193,41 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of pending rows; returns how many were published.
-    pub async fn publish_pending(&self) -> Result<usize, async_nats::Error> {
-        let rows = entity::Entity::find()
-            .filter(entity::Column::PublishedAtMs.is_null())
-            .order_by_asc(entity::Column::Seq)
-            .limit(self.batch)
-            .all(self.db.conn())
-            .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        // Pipeline: send every publish, then wait for the acks in order.
-        let mut acks = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let ack = self
-                .js
-                .publish_with_headers(row.subject.clone(), headers(row), row.payload.clone().into())
-                .await?;
-            acks.push(ack);
-        }
-        let mut done = Vec::with_capacity(rows.len());
-        let mut failure = None;
-        for (row, ack) in rows.iter().zip(acks) {
-            match ack.await {
-                Ok(ack) => {
-                    if ack.duplicate {
-                        tracing::debug!(event_id = %row.event_id, "broker already had this event");
-                    }
-                    metrics()
-                        .outbox_published
-                        .get_or_create(&EventLabels { name: row.subject.clone() })
-                        .inc();
-                    done.push(row.seq);
+    /// Publishes one batch of pending rows.
+    ///
+    /// On PostgreSQL several replicas share one outbox: a pass runs in a transaction holding
+    /// the advisory lock [`OUTBOX_LOCK`], so one replica publishes at a time, in commit order,
+    /// and a row is marked before anyone else can read it as pending. The others answer
+    /// [`Pass::OtherReplica`] without reading. A replica that dies between publishing and
+    /// marking leaves its rows pending; the next pass publishes them again and JetStream drops
+    /// the copies within its duplicate window (counted as `outbox_duplicates`).
+    pub async fn publish_pending(&self) -> Result<Pass, async_nats::Error> {
+        let lead = match self.db.backend() {
+            sea_orm::DatabaseBackend::Postgres => {
+                let tx = self.db.begin_write().await?;
+                if !crate::storage::try_xact_lock(&tx, OUTBOX_LOCK).await? {
+                    return Ok(Pass::OtherReplica);
                 }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+                Some(tx)
             }
+            // SQLite is one process: nobody to share with, and its single writer is not held
+            // while publishing.
+            _ => None,
+        };
+        let rows = match &lead {
+            Some(tx) => pending(&**tx, self.batch).await?,
+            None => pending(self.db.conn(), self.batch).await?,
+        };
+        if rows.is_empty() {
+            return Ok(Pass::Published(0));
         }
+        let (done, failure) = self.publish(&rows).await;
         if !done.is_empty() {
             // Through the write path: on SQLite writers must queue, not race.
-            let tx = self.db.begin_write().await?;
+            let tx = match lead {
+                Some(tx) => tx,
+                None => self.db.begin_write().await?,
+            };
             entity::Entity::update_many()
                 .col_expr(entity::Column::PublishedAtMs, Expr::value(super::now_ms()))
                 .filter(entity::Column::Seq.is_in(done.clone()))
@@ -236,8 +236,66 @@ impl Relay {
             tx.commit().await?;
         }
         match failure {
-            Some(e) => Err(e.into()),
-            None => Ok(done.len()),
+            Some(e) => Err(e),
+            None => Ok(Pass::Published(done.len())),
         }
     }
+
+    /// Sends every row, then waits for the acks in order; returns the sequence numbers the
+    /// broker acknowledged (a prefix of `rows`) and the first failure.
+    async fn publish(&self, rows: &[entity::Model]) -> (Vec<i64>, Option<async_nats::Error>) {
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self
+                .js
+                .publish_with_headers(row.subject.clone(), headers(row), row.payload.clone().into())
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) => return (Vec::new(), Some(e.into())),
+            }
+        }
+        let mut done = Vec::with_capacity(rows.len());
+        for (row, ack) in rows.iter().zip(acks) {
+            match ack.await {
+                Ok(ack) => {
+                    let labels = EventLabels { name: row.subject.clone() };
+                    if ack.duplicate {
+                        tracing::debug!(event_id = %row.event_id, "broker already had this event");
+                        metrics().outbox_duplicates.get_or_create(&labels).inc();
+                    } else {
+                        metrics().outbox_published.get_or_create(&labels).inc();
+                    }
+                    done.push(row.seq);
+                }
+                Err(e) => return (done, Some(e.into())),
+            }
+        }
+        (done, None)
+    }
+}
+
+/// What one relay pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Published (and marked) this many rows.
+    Published(usize),
+    /// Another replica holds the outbox lock and is publishing.
+    OtherReplica,
+}
+
+/// Key of the PostgreSQL advisory lock one relay pass holds (`"SHOUTBOX"` as an integer).
+pub const OUTBOX_LOCK: i64 = 0x5348_4f55_5442_4f58;
+
+/// How soon a relay that found another replica publishing looks again.
+const OTHER_REPLICA_RECHECK: Duration = Duration::from_millis(25);
+
+/// Pending rows in commit order, at most `limit`.
+async fn pending(db: &impl sea_orm::ConnectionTrait, limit: u64) -> Result<Vec<entity::Model>, sea_orm::DbErr> {
+    entity::Entity::find()
+        .filter(entity::Column::PublishedAtMs.is_null())
+        .order_by_asc(entity::Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await
 }

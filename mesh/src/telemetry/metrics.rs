@@ -60,6 +60,9 @@ pub struct Metrics {
     pub client_errors: Family<ErrorLabels, Counter>,
     /// Events published by the outbox relay, per subject.
     pub outbox_published: Family<EventLabels, Counter>,
+    /// Events the relay published again and the broker dropped as duplicates (a replica died
+    /// between publishing and marking), per subject.
+    pub outbox_duplicates: Family<EventLabels, Counter>,
     /// Events handled by an inbox consumer, per consumer.
     pub inbox_handled: Family<EventLabels, Counter>,
     /// Event deliveries that failed and will be retried, per consumer.
@@ -78,6 +81,7 @@ impl Metrics {
             client_requests: Family::default(),
             client_errors: Family::default(),
             outbox_published: Family::default(),
+            outbox_duplicates: Family::default(),
             inbox_handled: Family::default(),
             inbox_failed: Family::default(),
             inbox_dead_lettered: Family::default(),
@@ -104,6 +108,11 @@ impl Metrics {
             "outbox_published",
             "events published by the outbox relay",
             m.outbox_published.clone(),
+        );
+        registry.register(
+            "outbox_duplicates",
+            "events re-published by the outbox relay and dropped by the broker as duplicates",
+            m.outbox_duplicates.clone(),
         );
         registry.register("inbox_handled", "events handled by inbox consumers", m.inbox_handled.clone());
         registry.register(

@@ -175,6 +175,10 @@ impl Catalog {
 
     /// [`Catalog::release`] inside the caller's transaction (used by the event consumer).
     pub async fn release_in(&self, tx: &WriteTxn, reservation_id: &str, reason: &str, cause: &Cause) -> Result<Hold, CatalogError> {
+        // Under the listing's lock, as confirm takes it: a release (a rejection's compensation
+        // arriving as an event) and a confirm of the same hold never interleave.
+        let held = self.hold_of(tx, reservation_id).await?;
+        listings_repo::find_for_update(&**tx, &held.listing_id).await?;
         let mut row = self.hold_of(tx, reservation_id).await?;
         if !row.is_active() {
             return Ok(row.to_proto());

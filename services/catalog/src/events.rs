@@ -1,10 +1,10 @@
 //! The catalog's events: what it publishes (through the outbox, in the command's transaction)
-//! and what it consumes (a cancelled reservation releases its booking).
+//! and what it consumes (a cancelled or rejected reservation releases its hold or booking).
 
 use prost::Name;
 use sharemesh_contracts::catalog::v1::{Hold, Listing, ListingBooked, ListingDeleted, ListingRegistered, ListingReleased, ListingUpdated};
 use sharemesh_contracts::common::v1::EventMetadata;
-use sharemesh_contracts::reservation::v1::ReservationCancelled;
+use sharemesh_contracts::reservation::v1::{Reservation, ReservationCancelled, ReservationRejected};
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
 use sharemesh_mesh::events::outbox::{OutgoingEvent, enqueue};
 use sharemesh_mesh::storage::WriteTxn;
@@ -97,36 +97,53 @@ pub async fn released(tx: &WriteTxn, booking: Hold, reason: &str, cause: &Cause,
     .await
 }
 
-/// Consumes the reservation stream: `ReservationCancelled` releases the reservation's booking.
+/// Consumes the reservation stream: `ReservationCancelled` releases the reservation's booking;
+/// `ReservationRejected` releases whatever the saga still holds (the durable half of its
+/// compensation: the saga also asks at once, but may not reach catalog).
 pub struct ReservationEvents {
     /// The catalog the events act on.
     pub catalog: Catalog,
 }
 
+impl ReservationEvents {
+    async fn release(
+        &self,
+        tx: &WriteTxn,
+        event: &IncomingEvent,
+        reservation: Option<Reservation>,
+        reason: &str,
+    ) -> Result<(), HandleError> {
+        let reservation = reservation.ok_or_else(|| HandleError::Permanent(format!("{} without a reservation", event.event_type)))?;
+        let cause = Cause {
+            correlation_id: reservation.reservation_id.clone(),
+            causation_id: event.event_id.clone(),
+            actor_id: String::new(),
+        };
+        self.catalog
+            .release_in(tx, &reservation.reservation_id, reason, &cause)
+            .await
+            .map(|_| ())
+            .or_else(|e| match e {
+                crate::domain::CatalogError::NotFound(_) => Ok(()),
+                crate::domain::CatalogError::Storage(e) => Err(HandleError::from(e)),
+                other => Err(HandleError::Permanent(other.to_string())),
+            })
+    }
+}
+
 impl EventHandler for ReservationEvents {
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
         Box::pin(async move {
-            if event.event_type != ReservationCancelled::full_name() {
-                return Ok(());
+            let t = event.event_type.as_str();
+            if t == ReservationCancelled::full_name() {
+                let reservation = event.decode::<ReservationCancelled>()?.reservation;
+                self.release(tx, event, reservation, "reservation cancelled").await
+            } else if t == ReservationRejected::full_name() {
+                let reservation = event.decode::<ReservationRejected>()?.reservation;
+                self.release(tx, event, reservation, "reservation rejected").await
+            } else {
+                Ok(())
             }
-            let cancelled: ReservationCancelled = event.decode()?;
-            let reservation = cancelled
-                .reservation
-                .ok_or_else(|| HandleError::Permanent("ReservationCancelled without a reservation".into()))?;
-            let cause = Cause {
-                correlation_id: reservation.reservation_id.clone(),
-                causation_id: event.event_id.clone(),
-                actor_id: String::new(),
-            };
-            self.catalog
-                .release_in(tx, &reservation.reservation_id, "reservation cancelled", &cause)
-                .await
-                .map(|_| ())
-                .or_else(|e| match e {
-                    crate::domain::CatalogError::NotFound(_) => Ok(()),
-                    crate::domain::CatalogError::Storage(e) => Err(HandleError::from(e)),
-                    other => Err(HandleError::Permanent(other.to_string())),
-                })
         })
     }
 }

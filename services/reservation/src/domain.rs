@@ -151,7 +151,11 @@ impl From<ReservationError> for tonic::Status {
                 }
                 status
             }
-            ReservationError::Refused(status) => tonic::Status::new(status.code(), status.message().to_owned()),
+            // The upstream's code, message and details (e.g. a BadRequest naming `card.number`),
+            // without its transport metadata.
+            ReservationError::Refused(status) => {
+                tonic::Status::with_details(status.code(), status.message(), status.details().to_vec().into())
+            }
             ReservationError::Storage(e) => sharemesh_mesh::status::storage_failure("reservation", &e),
         }
     }

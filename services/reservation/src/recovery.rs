@@ -2,6 +2,12 @@
 //! touched for `SHAREMESH_SAGA_STALE` are resumed from their persisted step. A saga is never
 //! charged twice (payment is asked, not called again) and never left holding: it ends PAID /
 //! CONFIRMED with a booking, or REJECTED with the hold released and any charge refunded.
+//!
+//! Every replica runs recovery. Each stale saga is first claimed with a version-fenced update
+//! ([`repo::claim_stale`]): one replica wins it, and any other driver (another replica's
+//! recovery, or a slow original driver) fails its next versioned write and stops without
+//! compensating. A saga still blocked (catalog down at the booking step) is touched by the claim,
+//! so it is tried again one stale period later.
 
 use std::time::Duration;
 
@@ -33,10 +39,19 @@ impl Reservations {
         let before = now_ms() - stale.as_millis() as i64;
         let rows = repo::stuck(self.db.conn(), before, 200).await?;
         let mut resumed = 0;
-        for row in rows {
+        for mut row in rows {
             let Some(_guard) = self.in_flight.try_enter(&row.reservation_id) else {
                 continue;
             };
+            let now = now_ms();
+            let tx = self.db.begin_write().await?;
+            let claimed = repo::claim_stale(&*tx, &row, before, now).await?;
+            tx.commit().await?;
+            if !claimed {
+                continue;
+            }
+            row.version += 1;
+            row.updated_at_ms = now;
             let id = row.reservation_id.clone();
             let step = row.saga_step.clone();
             resumed += 1;

@@ -2,9 +2,20 @@
 //!
 //! PENDING -> catalog `HoldListing` -> payment `ApprovePayment` -> catalog `ConfirmHold` ->
 //! PAID (or CONFIRMED at once for auto-confirmed kinds). Every step is persisted before the next
-//! starts, so [`crate::recovery`] can finish or compensate a saga a crash interrupted. A refusal
-//! releases the hold and ends REJECTED with the reason; a payment the saga gave up on is voided
-//! or refunded by payment when it sees `ReservationRejected`.
+//! starts, so [`crate::recovery`] can finish or compensate a saga a crash interrupted.
+//!
+//! Compensation follows one rule, so that no driver undoes what another committed: the decision
+//! is committed first (REJECTED, version-checked), and only a driver whose decision committed
+//! compensates. It then releases the hold at once if catalog answers; if not, nothing is lost:
+//! catalog releases the hold of every reservation it sees `ReservationRejected` for, and payment
+//! voids or refunds its charge — both through their inboxes, retried until they land.
+//!
+//! Outages: a saga that meets an unreachable catalog or payment before anything is charged ends
+//! REJECTED and `retryable`, and answers UNAVAILABLE; the same request id then runs again as a new
+//! attempt (a circuit already open refuses before anything is stored). Once charged, an outage at
+//! the booking step leaves the reservation PENDING: recovery books it when catalog is back (or
+//! rejects and refunds it if the hold lapsed meanwhile), and the same request id answers its
+//! current state.
 
 use sharemesh_contracts::catalog::v1::{ConfirmHoldRequest, HoldListingRequest, ReleaseHoldRequest};
 use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
@@ -53,9 +64,14 @@ impl Reservations {
         let (start_ms, end_ms) = domain::validate_window(req.window)?;
         domain::validate_request_id(&req.request_id)?;
         let card = req.card.ok_or_else(|| ReservationError::invalid("card", "is required"))?;
-        if let Some(existing) = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await? {
-            return Ok(existing.to_proto());
-        }
+        let previous = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await?;
+        let attempt = match previous {
+            Some(existing) if existing.retryable => existing.attempt + 1,
+            Some(existing) => return Ok(existing.to_proto()),
+            None => 1,
+        };
+        // An open circuit fails the call before it leaves this process: refuse now, store nothing.
+        self.upstreams.refuse_if_open()?;
         let now = now_ms();
         let mut row = ReservationRow {
             reservation_id: uuid::Uuid::now_v7().to_string(),
@@ -80,6 +96,8 @@ impl Reservations {
             version: 1,
             created_at_ms: now,
             updated_at_ms: now,
+            attempt,
+            retryable: false,
         };
         let _in_flight = self.in_flight.try_enter(&row.reservation_id);
         let tx = self.db.begin_write().await?;
@@ -90,6 +108,7 @@ impl Reservations {
                 drop(tx);
                 let existing = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await?;
                 return existing
+                    .filter(|r| !r.retryable)
                     .map(|r| r.to_proto())
                     .ok_or_else(|| ReservationError::Aborted("concurrent duplicate request; retry".into()));
             }
@@ -106,8 +125,8 @@ impl Reservations {
             match (row.step(), card) {
                 (Step::Hold, Some(_)) => self.hold_step(&mut row).await?,
                 (Step::Hold, None) => {
-                    self.release(&row, "saga interrupted").await;
-                    return Err(self.reject(&mut row, "interrupted before payment; nothing was charged").await);
+                    let reason = "interrupted before payment; nothing was charged";
+                    return Err(self.reject(&mut row, reason, Compensate::ReleaseHold).await);
                 }
                 (Step::Pay, Some(card)) => self.pay_step(&mut row, card).await?,
                 (Step::Pay, None) => self.recover_payment(&mut row).await?,
@@ -140,16 +159,10 @@ impl Reservations {
                 row.saga_step = Step::Pay.as_str().into();
                 self.commit(row, None, "").await
             }
-            Err(status) if is_outage(&status) => {
-                self.release(row, "catalog unavailable").await;
-                let err = self.upstreams.unavailable("catalog", &status);
-                self.reject(row, "catalog unavailable").await;
-                Err(err)
-            }
+            Err(status) if is_outage(&status) => self.reject_retryable(row, "catalog", &status, "catalog unavailable").await,
             Err(status) => {
                 let reason = status.message().to_owned();
-                self.reject(row, &reason).await;
-                Err(ReservationError::Refused(status))
+                self.refuse(row, &reason, Compensate::Nothing, status).await
             }
         }
     }
@@ -167,16 +180,12 @@ impl Reservations {
                 self.settle_payment(row, payment).await
             }
             Err(status) if is_outage(&status) => {
-                self.release(row, "payment unavailable").await;
-                let err = self.upstreams.unavailable("payment", &status);
-                self.reject(row, "payment unavailable; nothing was charged").await;
-                Err(err)
+                let reason = "payment unavailable; nothing was charged";
+                self.reject_retryable(row, "payment", &status, reason).await
             }
             Err(status) => {
-                self.release(row, "payment refused").await;
                 let reason = status.message().to_owned();
-                self.reject(row, &reason).await;
-                Err(ReservationError::Refused(status))
+                self.refuse(row, &reason, Compensate::ReleaseHold, status).await
             }
         }
     }
@@ -194,12 +203,11 @@ impl Reservations {
             row.saga_step = Step::Confirm.as_str().into();
             return self.commit(row, None, "").await;
         }
-        self.release(row, "payment declined").await;
         let reason = match status {
             PaymentStatus::Declined => format!("payment declined: {}", payment.decline_reason),
             _ => format!("payment was voided: {}", payment.decline_reason),
         };
-        Err(self.reject(row, &reason).await)
+        Err(self.reject(row, &reason, Compensate::ReleaseHold).await)
     }
 
     /// After a crash in the payment step: ask payment what happened instead of charging again.
@@ -213,8 +221,8 @@ impl Reservations {
             Ok(res) => match res.into_inner().payments.into_iter().next() {
                 Some(payment) => self.settle_payment(row, payment).await,
                 None => {
-                    self.release(row, "saga interrupted").await;
-                    Err(self.reject(row, "interrupted before payment; nothing was charged").await)
+                    let reason = "interrupted before payment; nothing was charged";
+                    Err(self.reject(row, reason, Compensate::ReleaseHold).await)
                 }
             },
             Err(status) => Err(self.upstreams.unavailable("payment", &status)),
@@ -227,6 +235,7 @@ impl Reservations {
         };
         match self.upstreams.catalog.clone().confirm_hold(req).await {
             Ok(_) => {
+                sharemesh_mesh::failpoint::hit("saga.after_confirm_hold");
                 let tx = self.db.begin_write().await?;
                 row.status = domain::PAID.into();
                 row.saga_step = Step::Done.as_str().into();
@@ -239,36 +248,71 @@ impl Reservations {
                 tracing::info!(reservation_id = %row.reservation_id, status = %row.status, "reservation paid");
                 Ok(())
             }
-            Err(status) if is_outage(&status) => {
-                self.release(row, "catalog unavailable").await;
-                let err = self.upstreams.unavailable("catalog", &status);
-                self.reject(row, "catalog unavailable while booking; the payment is refunded").await;
-                Err(err)
-            }
+            // Charged, and the hold may be booked already (a lost answer): never reject here.
+            // The reservation stays PENDING at this step; recovery books it when catalog answers.
+            Err(status) if is_outage(&status) => Err(self.upstreams.unavailable("catalog", &status)),
             Err(status) => {
                 let reason = format!(
                     "the hold lapsed before it was booked ({}); the payment is refunded",
                     status.message()
                 );
-                Err(self.reject(row, &reason).await)
+                Err(self.reject(row, &reason, Compensate::ReleaseHold).await)
             }
         }
     }
 
-    /// Ends the saga REJECTED with `reason`; returns the refusal to answer with.
-    pub(crate) async fn reject(&self, row: &mut ReservationRow, reason: &str) -> ReservationError {
+    /// Ends the saga REJECTED with `reason`, then compensates; returns the refusal to answer
+    /// with. The rejection commits first, version-checked: a driver that lost the saga to another
+    /// (recovery on another replica) gets ABORTED and compensates nothing.
+    pub(crate) async fn reject(&self, row: &mut ReservationRow, reason: &str, compensate: Compensate) -> ReservationError {
         row.status = domain::REJECTED.into();
         row.status_reason = reason.to_owned();
         row.saga_step = Step::Done.as_str().into();
         if let Err(e) = self.commit(row, Some(Kind::Rejected), "").await {
-            tracing::error!(reservation_id = %row.reservation_id, error = %e, "could not record the rejection; recovery will retry");
+            tracing::warn!(reservation_id = %row.reservation_id, error = %e, "rejection not recorded; whoever holds the saga now finishes it");
             return e;
         }
         tracing::info!(reservation_id = %row.reservation_id, %reason, "reservation rejected");
+        if compensate == Compensate::ReleaseHold {
+            self.release(row, reason).await;
+        }
         ReservationError::FailedPrecondition(reason.to_owned())
     }
 
-    /// Gives the hold back; failures are logged (an unconfirmed hold lapses by itself).
+    /// [`Self::reject`] for a refusal by an upstream: answers with the upstream's own status
+    /// (and its details) once the rejection is recorded.
+    async fn refuse(
+        &self,
+        row: &mut ReservationRow,
+        reason: &str,
+        compensate: Compensate,
+        status: tonic::Status,
+    ) -> Result<(), ReservationError> {
+        match self.reject(row, reason, compensate).await {
+            ReservationError::FailedPrecondition(_) => Err(ReservationError::Refused(status)),
+            other => Err(other),
+        }
+    }
+
+    /// [`Self::reject`] for an outage before anything was charged: the rejection is marked
+    /// retryable, so the same request id runs again, and the answer is UNAVAILABLE.
+    async fn reject_retryable(
+        &self,
+        row: &mut ReservationRow,
+        upstream: &'static str,
+        status: &tonic::Status,
+        reason: &str,
+    ) -> Result<(), ReservationError> {
+        let err = self.upstreams.unavailable(upstream, status);
+        row.retryable = true;
+        match self.reject(row, reason, Compensate::ReleaseHold).await {
+            ReservationError::FailedPrecondition(_) => Err(err),
+            other => Err(other),
+        }
+    }
+
+    /// Gives the hold back now if catalog answers. A failure is only logged: catalog also
+    /// releases it when it consumes the `ReservationRejected` just committed.
     async fn release(&self, row: &ReservationRow, reason: &str) {
         let req = ReleaseHoldRequest {
             reservation_id: row.reservation_id.clone(),
@@ -277,9 +321,20 @@ impl Reservations {
         match self.upstreams.catalog.clone().release_hold(req).await {
             Ok(_) => {}
             Err(status) if status.code() == tonic::Code::NotFound => {}
-            Err(status) => {
-                tracing::warn!(reservation_id = %row.reservation_id, error = %status.message(), "release failed; the hold will lapse")
-            }
+            Err(status) => tracing::info!(
+                reservation_id = %row.reservation_id,
+                error = %status.message(),
+                "release not answered; catalog releases the hold when it sees ReservationRejected"
+            ),
         }
     }
+}
+
+/// What a rejection undoes once it is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compensate {
+    /// Nothing was held (catalog refused the hold).
+    Nothing,
+    /// Release the hold (payment voids or refunds on the event by itself).
+    ReleaseHold,
 }

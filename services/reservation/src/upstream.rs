@@ -61,22 +61,42 @@ impl Upstreams {
         })
     }
 
+    fn breaker(&self, upstream: &str) -> Option<&Breaker> {
+        match upstream {
+            "catalog" => Some(&self.catalog_breaker),
+            "payment" => Some(&self.payment_breaker),
+            _ => None,
+        }
+    }
+
+    /// UNAVAILABLE when the circuit of catalog or payment is open now: a saga started now
+    /// would fail before its first call left the process, so nothing is started or stored.
+    pub fn refuse_if_open(&self) -> Result<(), ReservationError> {
+        let now = std::time::Instant::now();
+        for upstream in ["catalog", "payment"] {
+            if let Some(State::Open { until }) = self.breaker(upstream).map(|b| b.state())
+                && until > now
+            {
+                return Err(ReservationError::Unavailable {
+                    upstream,
+                    retry_after: until - now,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The answer for a failed call to `upstream`: UNAVAILABLE with a retry hint (the time
     /// left in an open circuit, else one second).
     pub fn unavailable(&self, upstream: &'static str, status: &tonic::Status) -> ReservationError {
-        let breaker = if upstream == "payment" {
-            &self.payment_breaker
-        } else {
-            &self.catalog_breaker
-        };
         let from_header = status
             .metadata()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .map(Duration::from_secs);
-        let from_breaker = match breaker.state() {
-            State::Open { until } => Some(until.saturating_duration_since(std::time::Instant::now())),
+        let from_breaker = match self.breaker(upstream).map(|b| b.state()) {
+            Some(State::Open { until }) => Some(until.saturating_duration_since(std::time::Instant::now())),
             _ => None,
         };
         tracing::warn!(upstream, code = ?status.code(), message = %status.message(), "upstream call failed");

@@ -6,9 +6,20 @@
 //! - payment status comes from payment events, by payment version; until one arrives, from the
 //!   reservation's own snapshot;
 //! - `updated_at_ms` is the latest change time the events carry (never the clock), so replaying
-//!   the same events in any order ends in the same rows.
+//!   the same events in any order ends in the same rows;
+//! - a reservation rejected before its hold carries no listing kind or title: the row takes them
+//!   from the listing's view, whichever of the two arrives first.
+//!
+//! Replicas of the view consume one durable consumer, so two of them can apply events of the same
+//! row at the same moment. Every rule therefore reads its row locked (`SELECT … FOR UPDATE` on
+//! PostgreSQL; SQLite has one writer) and decides on what is committed, never on a stale copy:
+//! see [`upsert_locked`].
 
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PrimaryKeyTrait, QueryFilter, QuerySelect,
+    TryInsertResult,
+};
 use sharemesh_contracts::catalog::v1::{Listing, ListingStatus, listing};
 use sharemesh_contracts::common::v1::ListingKind;
 use sharemesh_contracts::ext::timestamp_to_ms;
@@ -29,25 +40,61 @@ fn kind_name(kind: i32) -> String {
         .to_owned()
 }
 
-async fn upsert<E, A>(db: &impl ConnectionTrait, exists: bool, am: A) -> Result<(), sea_orm::DbErr>
+/// Changes the row of `id` under a row lock: `change` sees the committed row (or `None`) and
+/// returns the new row, or `None` to leave it. When the row does not exist and another replica
+/// inserts it first, the insert does nothing and the change is decided again on that row.
+async fn upsert_locked<E, A>(
+    db: &impl ConnectionTrait,
+    id: &str,
+    mut change: impl FnMut(Option<E::Model>) -> Option<E::Model>,
+) -> Result<(), sea_orm::DbErr>
 where
     E: EntityTrait,
+    <E::PrimaryKey as PrimaryKeyTrait>::ValueType: From<String>,
     A: ActiveModelTrait<Entity = E> + sea_orm::ActiveModelBehavior + Send,
-    <E as EntityTrait>::Model: IntoActiveModel<A>,
+    E::Model: IntoActiveModel<A>,
 {
-    if exists {
-        am.reset_all().update(db).await.map(|_| ())
-    } else {
-        E::insert(am).exec_without_returning(db).await.map(|_| ())
+    for _ in 0..3 {
+        let existing = E::find_by_id(id.to_owned()).lock_exclusive().one(db).await?;
+        let exists = existing.is_some();
+        let Some(row) = change(existing) else {
+            return Ok(());
+        };
+        if exists {
+            return row.into_active_model().reset_all().update(db).await.map(|_| ());
+        }
+        if let TryInsertResult::Inserted(n) = E::insert(row.into_active_model())
+            .on_conflict_do_nothing()
+            .exec_without_returning(db)
+            .await?
+            && n > 0
+        {
+            return Ok(());
+        }
     }
+    Err(sea_orm::DbErr::Custom(format!("row {id} kept being inserted concurrently")))
 }
 
 /// Applies a listing snapshot (ListingRegistered / Updated / Deleted).
 pub async fn apply_listing(db: &impl ConnectionTrait, l: &Listing) -> Result<(), sea_orm::DbErr> {
-    let existing = listing_views::find(db, &l.listing_id).await?;
-    if existing.as_ref().is_some_and(|row| row.version >= l.version) {
-        return Ok(());
-    }
+    let row = listing_row(l);
+    upsert_locked::<listing_views::entity::Entity, _>(db, &l.listing_id, |existing| {
+        existing.is_none_or(|old| old.version < l.version).then(|| row.clone())
+    })
+    .await?;
+    // Reservations rejected before their hold did not know the listing.
+    use reservation_views::entity::{Column as C, Entity as ReservationViews};
+    ReservationViews::update_many()
+        .col_expr(C::ListingKind, Expr::value(row.kind.clone()))
+        .col_expr(C::ListingTitle, Expr::value(row.title.clone()))
+        .filter(C::ListingId.eq(row.listing_id.clone()))
+        .filter(C::ListingKind.eq(kind_name(0)))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+fn listing_row(l: &Listing) -> ListingViewRow {
     let price = l.price.clone().unwrap_or_default();
     let mut row = ListingViewRow {
         listing_id: l.listing_id.clone(),
@@ -80,7 +127,7 @@ pub async fn apply_listing(db: &impl ConnectionTrait, l: &Listing) -> Result<(),
         }
         None => {}
     }
-    upsert(db, existing.is_some(), row.into_active_model()).await
+    row
 }
 
 fn empty_reservation(id: &str) -> ReservationViewRow {
@@ -106,37 +153,47 @@ fn empty_reservation(id: &str) -> ReservationViewRow {
 
 /// Applies a reservation snapshot (any Reservation* event).
 pub async fn apply_reservation(db: &impl ConnectionTrait, r: &Reservation) -> Result<(), sea_orm::DbErr> {
-    let existing = reservation_views::find(db, &r.reservation_id).await?;
-    if existing.as_ref().is_some_and(|row| row.reservation_version >= r.version) {
-        return Ok(());
-    }
-    let exists = existing.is_some();
-    let mut row = existing.unwrap_or_else(|| empty_reservation(&r.reservation_id));
-    let (start_ms, end_ms) = r.window.as_ref().and_then(|w| w.to_ms()).unwrap_or((0, 0));
-    let amount = r.amount.clone().unwrap_or_default();
-    row.listing_id = r.listing_id.clone();
-    row.customer_id = r.customer_id.clone();
-    row.host_id = r.host_id.clone();
-    row.listing_title = r.listing_title.clone();
-    row.listing_kind = kind_name(r.listing_kind);
-    row.start_ms = start_ms;
-    row.end_ms = end_ms;
-    row.amount_minor = amount.amount_minor;
-    row.currency = amount.currency;
-    row.reservation_status = ReservationStatus::try_from(r.status)
-        .unwrap_or(ReservationStatus::Unspecified)
-        .as_str_name()
-        .to_owned();
-    row.status_reason = r.status_reason.clone();
-    row.reservation_version = r.version;
-    if row.payment_version == 0 {
-        row.payment_status = PaymentStatus::try_from(r.payment_status)
-            .unwrap_or(PaymentStatus::Unspecified)
+    let listing = if r.listing_kind == ListingKind::Unspecified as i32 {
+        listing_views::find(db, &r.listing_id).await?
+    } else {
+        None
+    };
+    upsert_locked::<reservation_views::entity::Entity, _>(db, &r.reservation_id, |existing| {
+        if existing.as_ref().is_some_and(|row| row.reservation_version >= r.version) {
+            return None;
+        }
+        let mut row = existing.unwrap_or_else(|| empty_reservation(&r.reservation_id));
+        let (start_ms, end_ms) = r.window.as_ref().and_then(|w| w.to_ms()).unwrap_or((0, 0));
+        let amount = r.amount.clone().unwrap_or_default();
+        row.listing_id = r.listing_id.clone();
+        row.customer_id = r.customer_id.clone();
+        row.host_id = r.host_id.clone();
+        row.listing_title = r.listing_title.clone();
+        row.listing_kind = kind_name(r.listing_kind);
+        if let Some(l) = &listing {
+            row.listing_title = l.title.clone();
+            row.listing_kind = l.kind.clone();
+        }
+        row.start_ms = start_ms;
+        row.end_ms = end_ms;
+        row.amount_minor = amount.amount_minor;
+        row.currency = amount.currency;
+        row.reservation_status = ReservationStatus::try_from(r.status)
+            .unwrap_or(ReservationStatus::Unspecified)
             .as_str_name()
             .to_owned();
-    }
-    row.updated_at_ms = row.updated_at_ms.max(ms(r.update_time.as_ref()));
-    upsert(db, exists, row.into_active_model()).await
+        row.status_reason = r.status_reason.clone();
+        row.reservation_version = r.version;
+        if row.payment_version == 0 {
+            row.payment_status = PaymentStatus::try_from(r.payment_status)
+                .unwrap_or(PaymentStatus::Unspecified)
+                .as_str_name()
+                .to_owned();
+        }
+        row.updated_at_ms = row.updated_at_ms.max(ms(r.update_time.as_ref()));
+        Some(row)
+    })
+    .await
 }
 
 /// Applies a payment snapshot (PaymentApproved / Declined / Cancelled).
@@ -144,20 +201,21 @@ pub async fn apply_payment(db: &impl ConnectionTrait, p: &Payment) -> Result<(),
     if p.reservation_id.is_empty() {
         return Ok(());
     }
-    let existing = reservation_views::find(db, &p.reservation_id).await?;
-    if existing.as_ref().is_some_and(|row| row.payment_version >= p.version) {
-        return Ok(());
-    }
-    let exists = existing.is_some();
-    let mut row = existing.unwrap_or_else(|| ReservationViewRow {
-        customer_id: p.customer_id.clone(),
-        ..empty_reservation(&p.reservation_id)
-    });
-    row.payment_status = PaymentStatus::try_from(p.status)
-        .unwrap_or(PaymentStatus::Unspecified)
-        .as_str_name()
-        .to_owned();
-    row.payment_version = p.version;
-    row.updated_at_ms = row.updated_at_ms.max(ms(p.update_time.as_ref()));
-    upsert(db, exists, row.into_active_model()).await
+    upsert_locked::<reservation_views::entity::Entity, _>(db, &p.reservation_id, |existing| {
+        if existing.as_ref().is_some_and(|row| row.payment_version >= p.version) {
+            return None;
+        }
+        let mut row = existing.unwrap_or_else(|| ReservationViewRow {
+            customer_id: p.customer_id.clone(),
+            ..empty_reservation(&p.reservation_id)
+        });
+        row.payment_status = PaymentStatus::try_from(p.status)
+            .unwrap_or(PaymentStatus::Unspecified)
+            .as_str_name()
+            .to_owned();
+        row.payment_version = p.version;
+        row.updated_at_ms = row.updated_at_ms.max(ms(p.update_time.as_ref()));
+        Some(row)
+    })
+    .await
 }

@@ -1,5 +1,7 @@
 //! Projection properties on a real SQLite database: an event applied twice changes nothing the
-//! second time, and any order of the same events ends in the same rows.
+//! second time, and any order of the same events ends in the same rows. On PostgreSQL: two
+//! projectors (two view replicas) applying one shuffled event set concurrently end in the rows a
+//! serial run gives.
 
 use prost::{Message, Name};
 use sea_orm::{EntityTrait, QueryOrder};
@@ -251,4 +253,127 @@ async fn any_order_of_the_same_events_ends_in_the_same_rows() {
             order.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>()
         );
     }
+}
+
+/// The history of `n` reservations of one listing, with listing updates between them: many
+/// events land on the same rows, which is what makes concurrent projectors race.
+fn busy_history(n: usize) -> Vec<IncomingEvent> {
+    use PaymentStatus as P;
+    use ReservationStatus as R;
+    let mut events = Vec::new();
+    for version in 1..=6 {
+        let l = listing(version, &format!("Avante v{version}"));
+        events.push(event(
+            &format!("l{version}"),
+            &ListingUpdated {
+                metadata: None,
+                listing: Some(l),
+            },
+        ));
+    }
+    for i in 0..n {
+        let id = format!("r-{i:03}");
+        let snapshot = |v, s, p| Some(reservation(&id, v, s, p));
+        let e = |k: &str| format!("{id}-{k}");
+        events.push(event(
+            &e("placed"),
+            &ReservationPlaced {
+                metadata: None,
+                reservation: snapshot(1, R::Pending, P::Unspecified),
+            },
+        ));
+        events.push(event(
+            &e("approved"),
+            &PaymentApproved {
+                metadata: None,
+                payment: Some(payment(&id, 1, P::Approved)),
+            },
+        ));
+        events.push(event(
+            &e("paid"),
+            &ReservationPaid {
+                metadata: None,
+                reservation: snapshot(3, R::Paid, P::Approved),
+            },
+        ));
+        events.push(event(
+            &e("confirmed"),
+            &ReservationConfirmed {
+                metadata: None,
+                reservation: snapshot(4, R::Confirmed, P::Approved),
+            },
+        ));
+        if i % 2 == 0 {
+            events.push(event(
+                &e("cancel"),
+                &ReservationCancelRequested {
+                    metadata: None,
+                    reservation: snapshot(5, R::CancelRequested, P::Approved),
+                },
+            ));
+            events.push(event(
+                &e("refunded"),
+                &PaymentCancelled {
+                    metadata: None,
+                    payment: Some(payment(&id, 2, P::Cancelled)),
+                    reason: String::new(),
+                },
+            ));
+            events.push(event(
+                &e("cancelled"),
+                &ReservationCancelled {
+                    metadata: None,
+                    reservation: snapshot(6, R::Cancelled, P::Cancelled),
+                },
+            ));
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn two_concurrent_projectors_on_postgres_end_as_a_serial_run() {
+    let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+        eprintln!("SKIPPED: SHAREMESH_TEST_POSTGRES is not set");
+        return;
+    };
+    let (serial, _dir) = fresh_db().await;
+    for e in busy_history(12) {
+        apply_once(&serial, "view", &Projector, &e).await.expect("apply");
+    }
+    let expected = rows(&serial).await;
+    let mut rng = fastrand::Rng::with_seed(11);
+    for round in 0..4 {
+        // Each round starts from empty tables in the shared database.
+        let setup = Db::connect(&pg.url).await.expect("connect");
+        setup.migrate::<Migrator>().await.expect("migrate");
+        for table in ["listing_views", "reservation_views", "mesh_inbox"] {
+            sea_orm::ConnectionTrait::execute_unprepared(setup.conn(), &format!("DELETE FROM {table}"))
+                .await
+                .expect("empty the tables");
+        }
+        let mut events = busy_history(12);
+        rng.shuffle(&mut events);
+        // Two replicas: their own pools on one database, each handed every other event, as a
+        // shared durable consumer spreads them.
+        let (mine, theirs): (Vec<_>, Vec<_>) = events.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let replica = |share: Vec<(usize, IncomingEvent)>| {
+            let url = pg.url.clone();
+            tokio::spawn(async move {
+                let db = Db::connect(&url).await.expect("connect");
+                for (_, e) in share {
+                    apply_once(&db, "view", &Projector, &e).await.expect("apply");
+                }
+            })
+        };
+        let (a, b) = (replica(mine), replica(theirs));
+        a.await.expect("replica A");
+        b.await.expect("replica B");
+        assert_eq!(
+            rows(&setup).await,
+            expected,
+            "round {round}: concurrent projectors diverged from the serial run"
+        );
+    }
+    pg.drop_now().await;
 }

@@ -1,5 +1,6 @@
 //! The `reservations` table and its queries.
 
+use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
 use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
 use sharemesh_contracts::ext::timestamp_from_ms;
@@ -61,6 +62,12 @@ pub mod entity {
         pub created_at_ms: i64,
         /// Last changed (ms).
         pub updated_at_ms: i64,
+        /// 1 for the first attempt of a request id; the next attempt of a request an outage
+        /// rejected is one more.
+        pub attempt: i32,
+        /// Rejected because an upstream was down, with nothing charged or held: the same request
+        /// id runs again as the next attempt.
+        pub retryable: bool,
     }
 
     /// No navigable relations.
@@ -121,7 +128,7 @@ pub async fn find(db: &impl ConnectionTrait, reservation_id: &str) -> Result<Opt
     entity::Entity::find_by_id(reservation_id.to_owned()).one(db).await
 }
 
-/// The reservation a customer placed with `request_id`.
+/// The latest attempt of the reservation a customer placed with `request_id`.
 pub async fn find_by_request(
     db: &impl ConnectionTrait,
     customer_id: &str,
@@ -130,8 +137,25 @@ pub async fn find_by_request(
     entity::Entity::find()
         .filter(entity::Column::CustomerId.eq(customer_id))
         .filter(entity::Column::RequestId.eq(request_id))
+        .order_by_desc(entity::Column::Attempt)
         .one(db)
         .await
+}
+
+/// Claims a stale PENDING saga for this replica: bumps its version and touch time if nobody
+/// changed it since it was read (another replica's recovery, or its original driver). True when
+/// claimed: every other driver's next versioned write then fails, so only this one goes on.
+pub async fn claim_stale(db: &impl ConnectionTrait, row: &ReservationRow, before_ms: i64, now_ms: i64) -> Result<bool, sea_orm::DbErr> {
+    let res = entity::Entity::update_many()
+        .col_expr(entity::Column::Version, Expr::value(row.version + 1))
+        .col_expr(entity::Column::UpdatedAtMs, Expr::value(now_ms))
+        .filter(entity::Column::ReservationId.eq(row.reservation_id.clone()))
+        .filter(entity::Column::Version.eq(row.version))
+        .filter(entity::Column::Status.eq(domain::PENDING))
+        .filter(entity::Column::UpdatedAtMs.lt(before_ms))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
 }
 
 /// Inserts a new reservation.
@@ -201,10 +225,4 @@ pub async fn stuck(db: &impl ConnectionTrait, before_ms: i64, limit: u64) -> Res
         .limit(limit)
         .all(db)
         .await
-}
-
-/// Counts reservations by status (for tests and operators).
-pub async fn count_by_status(db: &impl ConnectionTrait, status: &str) -> Result<u64, sea_orm::DbErr> {
-    use sea_orm::PaginatorTrait;
-    entity::Entity::find().filter(entity::Column::Status.eq(status)).count(db).await
 }
