@@ -3,8 +3,11 @@
 #
 #   1. For each values combination below: chart-check (helm lint --strict, a `helm template`
 #      render, every object against strict Kubernetes / Istio / Linkerd / Gateway API schemas).
-#   2. The chart tests (helm/tests/chart_test.py): misspelled values fail the schema, the circuit
-#      breaker values reach both meshes, probes and ports line up, storage/security/network rules.
+#   2. The chart tests (helm/tests/chart_test.py + behaviour.py): misspelled values fail the schema,
+#      the rendered mesh policies and NetworkPolicies allow exactly the calls sharemesh needs (judged
+#      by each mesh's documented rules), retries never retry load shedding and stay bounded, plus
+#      the storage, NATS, secret, image, security and network rules. The chart refuses a Kubernetes
+#      below Chart.yaml's kubeVersion at render time, which the tests check (1.28 must fail).
 #
 # The kit lives beside the project (../shared/tools/chart-check, or $CHART_CHECK). Where it is
 # absent (a clone elsewhere), `helm lint` + `helm template` run instead if a helm binary exists;
@@ -29,7 +32,13 @@ COMBOS=(
   "istio+seed-breaker|-f helm/examples/seed-circuit-breaker.yaml"
   "external-services|-f helm/examples/external-services.yaml"
   "default@k8s-1.29|--kube-version 1.29"
+  "default@k8s-1.37|--kube-version 1.37"
   "scheduling-and-extras|-f helm/tests/good-values/scheduling-and-extras.yaml"
+  "istio+fenced|--set mesh.provider=istio -f helm/tests/good-values/observed-and-fenced.yaml"
+  "linkerd+fenced|--set mesh.provider=linkerd -f helm/tests/good-values/observed-and-fenced.yaml"
+  "istio+mesh-retries|--set mesh.provider=istio --set mesh.retries.internal=mesh"
+  "linkerd+mesh-retries|--set mesh.provider=linkerd --set mesh.retries.internal=mesh --set nats.replicas=3"
+  "external-nats-list|--set nats.external.url=nats://a:4222\,nats://b:4223 --set nats.streams.replicas=3"
 )
 
 indent() { sed 's/^/    /'; }

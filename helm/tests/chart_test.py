@@ -31,7 +31,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-CHART = os.path.join(REPO, "helm", "sharemesh")
+# CHART_DIR renders another copy of the chart (e.g. an older commit's) through the same checks.
+CHART = os.environ.get("CHART_DIR") or os.path.join(REPO, "helm", "sharemesh")
 CHART_CHECK = os.environ.get("CHART_CHECK") or os.path.join(REPO, "..", "shared", "tools", "chart-check", "chart-check")
 VENV = os.environ.get("CHART_CHECK_VENV", os.path.join(os.path.expanduser("~"), ".cache", "chart-check", "venv"))
 PYDEPS = os.path.join(os.path.expanduser("~"), ".cache", "chart-check", "pydeps")
@@ -83,9 +84,9 @@ class RenderError(Exception):
     pass
 
 
-def _render_texts(sets, files) -> dict[str, str]:
+def _render_texts(sets, files, kube="1.33.0") -> dict[str, str]:
     if BACKEND == "helm":
-        cmd = ["helm", "template", RELEASE, CHART, "-n", NAMESPACE, "--kube-version", "1.33.0"]
+        cmd = ["helm", "template", RELEASE, CHART, "-n", NAMESPACE, "--kube-version", kube]
         for f in files:
             cmd += ["-f", f]
         for s in sets:
@@ -104,18 +105,18 @@ def _render_texts(sets, files) -> dict[str, str]:
         values = deep_merge(values, helm.parse_set_string(s))
     try:
         with helm.Chart.load(CHART) as chart:
-            opts = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True, "kube_version": "v1.33.0"}
+            opts = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True, "kube_version": "v" + kube}
             return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
     except helm.HelmError as exc:
         raise RenderError(str(exc)) from exc
 
 
-def render(*sets: str, files: tuple[str, ...] = ()) -> list[dict]:
+def render(*sets: str, files: tuple[str, ...] = (), kube: str = "1.33.0") -> list[dict]:
     """`helm template` with --set/-f, as chart-check does it; returns the parsed objects."""
     import yaml
 
     docs = []
-    for path, text in sorted(_render_texts(sets, files).items()):
+    for path, text in sorted(_render_texts(sets, files, kube).items()):
         if path.endswith("NOTES.txt") or not text.strip():
             continue
         docs += [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
@@ -236,7 +237,10 @@ def check_breaker_istio() -> list[str]:
     for svc, dr in drs.items():
         tp = dr["spec"]["trafficPolicy"]
         od, http = tp["outlierDetection"], tp["connectionPool"]["http"]
-        if od.get("consecutive5xxErrors") != 3:
+        if svc == "edge":  # counts only its own failures: see check_shedding_not_counted
+            if od.get("consecutiveLocalOriginFailures") != 3:
+                problems.append(f"edge: consecutiveLocalOriginFailures = {od.get('consecutiveLocalOriginFailures')!r}, want 3")
+        elif od.get("consecutive5xxErrors") != 3:
             problems.append(f"{svc}: outlierDetection.consecutive5xxErrors = {od.get('consecutive5xxErrors')!r}, want 3")
         if http.get("http1MaxPendingRequests") != 1 or http.get("maxRequestsPerConnection") != 1:
             problems.append(f"{svc}: connectionPool.http = {http}, want http1MaxPendingRequests 1, maxRequestsPerConnection 1")
@@ -252,7 +256,7 @@ def check_breaker_linkerd() -> list[str]:
     key = "balancer.linkerd.io/failure-accrual-consecutive-max-failures"
     svcs = {name(d): d for d in kinds(docs, "Service")}
     problems = []
-    for svc in SERVICES:
+    for svc in CONTEXTS:  # the edge has none: see check_shedding_not_counted
         s = svcs.get(full(svc))
         if s is None:
             problems.append(f"no Service {full(svc)}")
@@ -282,35 +286,38 @@ def proto_reads() -> dict[str, set[str]]:
 
 
 def check_retried_reads() -> list[str]:
-    """The routes the meshes retry are exactly the contracts' Get/List RPCs."""
+    """The routes the meshes retry are exactly the contracts' Get/List RPCs: into the edge always,
+    between services only with mesh.retries.internal=mesh (else the services' client retries)."""
     want = proto_reads()
     if not want:
         return [f"no Get/List RPCs found under {os.path.join(REPO, 'proto')}"]
     problems = []
-    linkerd = {name(d): d for d in kinds(render("mesh.provider=linkerd"), "GRPCRoute")}
-    istio = {name(d): d for d in kinds(render("mesh.provider=istio"), "VirtualService")}
-    for ctx in CONTEXTS:
-        expected = want.get(ctx, set())
-        route = linkerd.get(f"{full(ctx)}-reads")
-        got = set()
-        if route:
-            for m in route["spec"]["rules"][0]["matches"]:
-                got.add(f"{m['method']['service']}/{m['method']['method']}")
-            if "retry.linkerd.io/grpc" not in route["metadata"].get("annotations", {}):
-                problems.append(f"Linkerd {ctx}: reads route has no retry.linkerd.io/grpc")
-        if got != expected:
-            problems.append(f"Linkerd {ctx}: retried {sorted(got)}, contracts' reads {sorted(expected)}")
-        vs = istio.get(full(ctx))
-        got = {m["uri"]["exact"].lstrip("/") for m in vs["spec"]["http"][0]["match"]} if vs else set()
-        if got != expected:
-            problems.append(f"Istio {ctx}: retried {sorted(got)}, contracts' reads {sorted(expected)}")
-        if vs and "perTryTimeout" in vs["spec"]["http"][-1].get("retries", {}):
-            problems.append(f"Istio {ctx}: commands route has a perTryTimeout (an expired command would be resent)")
-    every = set().union(*want.values())
-    vs = istio.get(full("edge"))
-    got = {m["uri"]["exact"].lstrip("/") for m in vs["spec"]["http"][0]["match"] if "uri" in m} if vs else set()
-    if got != every:
-        problems.append(f"Istio edge: retried {sorted(got)}, want every context's reads")
+    for layer in ("app", "mesh"):
+        linkerd = {name(d): d for d in kinds(render("mesh.provider=linkerd", f"mesh.retries.internal={layer}"), "GRPCRoute")}
+        istio = {name(d): d for d in kinds(render("mesh.provider=istio", f"mesh.retries.internal={layer}"), "VirtualService")}
+        for ctx in CONTEXTS:
+            expected = want.get(ctx, set()) if layer == "mesh" else set()
+            route = linkerd.get(f"{full(ctx)}-reads")
+            got = set()
+            if route:
+                for m in route["spec"]["rules"][0]["matches"]:
+                    got.add(f"{m['method']['service']}/{m['method']['method']}")
+                if "retry.linkerd.io/grpc" not in route["metadata"].get("annotations", {}):
+                    problems.append(f"Linkerd {ctx}: reads route has no retry.linkerd.io/grpc")
+            if got != expected:
+                problems.append(f"internal={layer}: Linkerd {ctx}: mesh-retried {sorted(got)}, want {sorted(expected)}")
+            vs = istio.get(full(ctx))
+            reads = [r for r in vs["spec"]["http"] if r.get("name") == "reads"] if vs else []
+            got = {m["uri"]["exact"].lstrip("/") for m in reads[0]["match"]} if reads else set()
+            if got != expected:
+                problems.append(f"internal={layer}: Istio {ctx}: mesh-retried {sorted(got)}, want {sorted(expected)}")
+            if vs and "perTryTimeout" in vs["spec"]["http"][-1].get("retries", {}):
+                problems.append(f"Istio {ctx}: commands route has a perTryTimeout (an expired command would be resent)")
+        every = set().union(*want.values())
+        vs = istio.get(full("edge"))
+        got = {m["uri"]["exact"].lstrip("/") for m in vs["spec"]["http"][0]["match"] if "uri" in m} if vs else set()
+        if got != every:
+            problems.append(f"Istio edge: retried {sorted(got)}, want every context's reads")
     return problems
 
 
@@ -366,7 +373,7 @@ def check_probes_and_ports(*sets: str) -> list[str]:
                 ok = tp in cports if isinstance(tp, str) else tp in cports.values()
                 if not ok:
                     problems.append(f"Service {name(s)} port {port['name']}: targetPort {tp!r} is not a port of {wname} ({sorted(cports)})")
-        if component(s) in SERVICES:
+        if component(s) in SERVICES and s["spec"].get("clusterIP") != "None":
             names = [p["name"] for p in s["spec"]["ports"]]
             want = ["http" if component(s) == "edge" else "grpc", "metrics"]
             if names != want:
@@ -483,6 +490,10 @@ def check_network_policies() -> list[str]:
 
 def main() -> int:
     ensure_deps()
+    sys.modules.setdefault("chart_test", sys.modules[__name__])  # behaviour.py shares this module
+    sys.path.insert(0, HERE)
+    import behaviour as b
+
     rep = Report()
     rep.run("schema: values.schema.json matches helm/tools/gen-schema.py", check_schema_generated)
     rep.run("schema: every object is closed (additionalProperties)", check_schema_closed)
@@ -493,7 +504,7 @@ def main() -> int:
     rep.run("breaker: consecutiveErrors=3 -> Istio DestinationRule consecutive5xxErrors: 3 (every service)", check_breaker_istio)
     rep.run("breaker: consecutiveErrors=3 -> Linkerd failure-accrual-consecutive-max-failures: \"3\" (every Service)", check_breaker_linkerd)
     rep.run("breaker: mesh.provider=none renders no mesh objects", check_mesh_none)
-    rep.run("retries: only the contracts' Get/List RPCs are retried (Istio and Linkerd)", check_retried_reads)
+    rep.run("retries: only the contracts' Get/List RPCs are retried by the mesh, by one layer per hop", check_retried_reads)
     for sets in ((), ("storage.default=postgres",), ("mesh.provider=istio",), ("mesh.provider=linkerd", "nats.replicas=3")):
         rep.run(f"ports: gRPC probes on the health port, targetPorts name container ports [{' '.join(sets) or 'default'}]",
                 lambda s=sets: check_probes_and_ports(*s))
@@ -502,6 +513,43 @@ def main() -> int:
     rep.run("shutdown: terminationGracePeriodSeconds covers drain + grace, and is enforced", check_shutdown_budget)
     rep.run("security: non-root, read-only root fs, no capabilities, RuntimeDefault seccomp", check_pod_security)
     rep.run("network: only the edge is open; NATS/PostgreSQL only from the mesh; DNS egress", check_network_policies)
+    # Behaviour (helm/tests/behaviour.py): what the objects do, judged by each mesh's rules.
+    for provider in ("none", "istio", "linkerd"):
+        rep.run(f"graph [{provider}]: needed calls allowed, unneeded refused (mesh policy + NetworkPolicy)",
+                lambda p=provider: b.check_allow_graph(p))
+    for provider in ("istio", "linkerd"):
+        rep.run(f"retries [{provider}]: no route retries load shedding (503/429/RESOURCE_EXHAUSTED)",
+                lambda p=provider: b.check_shedding_not_retried(p) + b.check_shedding_not_retried(p, "mesh.retries.internal=mesh"))
+    rep.run("retries: the edge's load-shedding 503 does not eject edge pods (Istio outlier detection, Linkerd failure accrual)",
+            b.check_shedding_not_counted)
+    for provider, sets in (("none", ()), ("istio", ()), ("linkerd", ()), ("istio", ("mesh.retries.internal=mesh",)),
+                           ("linkerd", ("mesh.retries.internal=mesh",))):
+        label = f"{provider}{' ' + ' '.join(sets) if sets else ''}"
+        try:
+            problems, figure = b.check_worst_case(provider, *sets)
+        except Exception as exc:  # noqa: BLE001
+            problems, figure = [f"{type(exc).__name__}: {exc}"], "?"
+        rep.check(f"retries [{label}]: worst-case attempts of one client call at one service = {figure} <= 9", problems)
+    rep.run("retries: attempts=0 means no retries (no Linkerd retry annotations; Istio attempts: 0)", b.check_no_retry_when_zero)
+    rep.run("refusals: disabled dependencies, shedding retries, unbounded retries, streams that do not fit, kubeVersion",
+            b.check_refusals)
+    rep.run("sqlite: replicas/autoscaling refused by the templates too; defaults are null (decided by storage)",
+            b.check_sqlite_refused_by_template)
+    rep.run("image: the default image is what make image builds", b.check_image_is_make_image)
+    rep.run("secrets: checksum/secret hashes the rendered Secret (one key for all replicas); kept on uninstall",
+            b.check_secret_consistency)
+    rep.run("postgres: each service its own non-superuser role; passwords percent-encoded (spaces, +, @, /)",
+            b.check_postgres_roles_and_urls)
+    rep.run("statefulsets: serviceName is a headless Service selecting the pods", b.check_statefulsets_headless)
+    rep.run("images: NATS/PostgreSQL/test images pinned; NATS = make deps' nats-server (scripts/deps.sh NATS_VERSION)",
+            b.check_pinned_images)
+    rep.run("nats [1 server]: sync_interval always, server_name per pod, SHAREMESH_STREAM_REPLICAS=1, streams fit the store",
+            lambda: b.check_nats(1))
+    rep.run("nats [3 servers]: cluster block, routes between the pods over the headless Service, SHAREMESH_STREAM_REPLICAS=3",
+            lambda: b.check_nats(3))
+    rep.run("nats [external]: comma-separated URLs -> egress to every port (never 0); stream settings explicit",
+            b.check_nats_external)
+    rep.run("shutdown: Linkerd and Istio proxies both wait drainDelay + shutdownGrace", b.check_drain_waits)
     print(f"{rep.passed} passed, {rep.failed} failed")
     return 1 if rep.failed else 0
 

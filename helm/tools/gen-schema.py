@@ -131,17 +131,18 @@ IMAGE = obj({
 PERSISTENCE = obj({"size": QUANTITY, "storageClassName": STR}, ["size"])
 SCHEDULING = {"nodeSelector": STR_MAP, "tolerations": TOLERATIONS, "affinity": AFFINITY}
 AUTOSCALING = obj({
-    "enabled": BOOL,
+    "enabled": {"type": ["boolean", "null"], "description": "null = on for PostgreSQL (and the edge), off for SQLite"},
     "minReplicas": POS_INT,
     "maxReplicas": POS_INT,
     "targetCPUUtilizationPercentage": {"type": "integer", "minimum": 1, "maximum": 100},
-}, ["enabled", "minReplicas", "maxReplicas", "targetCPUUtilizationPercentage"])
+}, ["minReplicas", "maxReplicas", "targetCPUUtilizationPercentage"])
+REPLICAS = {"type": ["integer", "null"], "minimum": 1, "description": "null = 2 on PostgreSQL, 1 on SQLite"}
 
 
 def service(extra: dict | None = None, stateful: bool = True) -> dict:
     props = {
         "enabled": BOOL,
-        "replicas": POS_INT,
+        "replicas": REPLICAS,
         "autoscaling": AUTOSCALING,
         "maxUnavailable": {"type": ["integer", "string"]},
         "resources": RESOURCES,
@@ -190,6 +191,28 @@ EDGE_EXTRA = {
     }, ["enabled"]),
 }
 
+CONTEXTS = ["catalog", "reservation", "payment", "message", "view"]
+
+
+def sqlite_single_replica(ctx: str) -> dict:
+    """A context on SQLite (its own storage, or storage.default when its storage is empty) takes
+    no replicas but 1 and no autoscaling: SQLite has a single writer."""
+    on_sqlite = {"anyOf": [
+        {"properties": {"services": {"properties": {ctx: {"properties": {"storage": {"const": "sqlite"}},
+                                                          "required": ["storage"]}}}}},
+        {"properties": {"storage": {"properties": {"default": {"const": "sqlite"}}},
+                        "services": {"properties": {ctx: {"properties": {"storage": {"enum": ["", None]}}}}}}},
+    ]}
+    single = {"properties": {"services": {"properties": {ctx: {"properties": {
+        "replicas": {"type": ["integer", "null"], "maximum": 1,
+                     "description": f"{ctx} keeps SQLite (one writer): replicas must be 1 or unset; use services.{ctx}.storage=postgres to scale"},
+        "autoscaling": {"properties": {"enabled": {"enum": [None, False], "description": f"{ctx} keeps SQLite: no autoscaling"}}},
+    }}}}}}
+    return {"if": on_sqlite, "then": single}
+
+
+RETRY_CONDITIONS = {"type": "string", "pattern": r"^[a-z0-9-]+(,[a-z0-9-]+)*$"}
+
 # ----------------------------------------------------------------------------- the values
 SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -212,11 +235,14 @@ SCHEMA = {
                 "maxPendingRequests", "maxRequests", "maxRequestsPerConnection"]),
             "timeout": DURATION,
             "retries": obj({
-                "attempts": NAT_INT,
+                "attempts": {"type": "integer", "minimum": 0, "maximum": 5},
                 "perTryTimeout": DURATION,
-                "retryOn": STR,
-                "grpcStatuses": STR,
-                "httpStatuses": STR,
+                "internal": enum("app", "mesh", description="which layer retries idempotent calls between sharemesh services"),
+                "retryOn": RETRY_CONDITIONS,
+                "grpcStatuses": {"type": "string", "pattern": r"^((cancelled|deadline-exceeded|internal|unavailable)(,(cancelled|deadline-exceeded|internal|unavailable))*)?$",
+                                 "description": "Linkerd gRPC retry conditions; resource-exhausted (load shedding) is refused"},
+                "httpStatuses": {"type": "string", "pattern": r"^([0-9]{3}(-[0-9]{3})?(,[0-9]{3}(-[0-9]{3})?)*)?$"},
+                "maxAttemptsPerCall": POS_INT,
             }),
             "skipOutboundPorts": {"type": "string", "pattern": r"^([0-9]+(,[0-9]+)*)?$"},
             "authorizationPolicies": BOOL,
@@ -228,6 +254,8 @@ SCHEMA = {
             }),
             "linkerd": obj({
                 "namespace": STR,
+                "defaultInboundPolicy": enum("all-unauthenticated", "all-authenticated", "cluster-unauthenticated",
+                                             "cluster-authenticated", "deny", "audit"),
                 "probeNetworks": {"type": "array", "items": obj({"cidr": STR, "except": {"type": "array", "items": STR}}, ["cidr"])},
             }),
         }, ["provider", "circuitBreaker"]),
@@ -292,7 +320,12 @@ SCHEMA = {
         }, ["catalog", "reservation", "payment", "message", "view", "edge"]),
         "postgresql": obj({
             "mode": enum("internal", "external"),
-            "auth": obj({"username": {"type": "string", "minLength": 1}, "password": STR}),
+            "auth": obj({
+                "username": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*$"},
+                "password": STR,
+                "adminUsername": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*$"},
+                "adminPassword": STR,
+            }),
             "external": obj({"host": STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535}, "params": STR}),
             "image": IMAGE,
             "persistence": PERSISTENCE,
@@ -300,15 +333,27 @@ SCHEMA = {
             **SCHEDULING,
         }),
         "nats": obj({
-            "external": obj({"url": {"type": "string", "pattern": "^(|(nats|tls)://.+)$"}}),
+            "external": obj({"url": {"type": "string", "pattern": r"^(|(nats|tls)://[^,\s]+(\s*,\s*(nats|tls)://[^,\s]+)*)$",
+                                     "description": "nats://host:port, or a comma-separated list"}}),
             "replicas": enum(1, 3, description="1, or 3 for a JetStream cluster"),
             "image": IMAGE,
+            "jetstream": obj({
+                "syncInterval": {"type": "string", "pattern": r"^(always|[0-9]+(ms|s|m|h))$",
+                                 "description": "always, or a duration (the acknowledged data an OS crash can lose)"},
+                "maxFileStore": {"type": "string", "pattern": r"^([0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?)?$"},
+            }),
+            "streams": obj({
+                "replicas": {"type": ["integer", "null"], "minimum": 1, "maximum": 5},
+                "maxAge": {"type": "string", "pattern": r"^(0|[0-9]+(s|m|h))$", "description": "0 (forever) or a duration of at least 1m"},
+                "maxBytes": {"type": ["integer", "null"], "minimum": 0},
+            }),
             "persistence": PERSISTENCE,
             "resources": RESOURCES,
             **SCHEDULING,
         }),
         "tests": obj({"enabled": BOOL, "image": IMAGE}),
     }),
+    "allOf": [sqlite_single_replica(ctx) for ctx in CONTEXTS],
 }
 
 

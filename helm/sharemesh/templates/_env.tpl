@@ -18,13 +18,16 @@ SHAREMESH_OUTBOX_POLL: {{ $c.outboxPoll | quote }}
 SHAREMESH_INBOX_MAX_DELIVER: {{ $c.inboxMaxDeliver | quote }}
 SHAREMESH_INBOX_BACKOFF: {{ $c.inboxBackoff | quote }}
 SHAREMESH_CLIENT_TIMEOUT: {{ $c.client.timeout | quote }}
-SHAREMESH_CLIENT_RETRIES: {{ $c.client.retries | quote }}
+SHAREMESH_CLIENT_RETRIES: {{ include "sharemesh.clientRetries" . | quote }}
 SHAREMESH_CLIENT_RETRY_BUDGET: {{ $c.client.retryBudget | quote }}
 SHAREMESH_CLIENT_BREAKER_FAILURES: {{ $c.client.breakerFailures | quote }}
 SHAREMESH_CLIENT_BREAKER_OPEN: {{ $c.client.breakerOpen | quote }}
 SHAREMESH_CLIENT_CONCURRENCY: {{ $c.client.concurrency | quote }}
 SHAREMESH_JWT_ISSUER: {{ .Values.auth.jwtIssuer | quote }}
 NATS_URL: {{ include "sharemesh.natsUrl" . | quote }}
+SHAREMESH_STREAM_REPLICAS: {{ include "sharemesh.streamReplicas" . | quote }}
+SHAREMESH_STREAM_MAX_AGE: {{ .Values.nats.streams.maxAge | toString | quote }}
+SHAREMESH_STREAM_MAX_BYTES: {{ include "sharemesh.streamMaxBytes" . | quote }}
 {{- range $k, $v := $c.extraEnv }}
 {{ $k }}: {{ $v | toString | quote }}
 {{- end }}

@@ -144,17 +144,90 @@ matchExpressions:
 
 {{/* Refuse settings that cannot work together, with a message that says what to change. */}}
 {{- define "sharemesh.validate" -}}
+{{- $root := . -}}
+{{- /* helm install enforces Chart.yaml's kubeVersion; helm template and SDK renders do not. */ -}}
+{{- if not (semverCompare .Chart.KubeVersion .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "this chart needs Kubernetes %s (Chart.yaml kubeVersion); the target is %s" .Chart.KubeVersion .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- $stop := include "sharemesh.stopSeconds" . | int -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) $stop -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed config.drainDelay + config.shutdownGrace (%ds), or in-flight calls are killed" (int .Values.terminationGracePeriodSeconds) $stop) -}}
 {{- end -}}
 {{- if and (include "sharemesh.usesPostgres" .) (eq .Values.postgresql.mode "external") (not .Values.secrets.existingSecret) (not .Values.postgresql.external.host) -}}
-{{- $root := . -}}
 {{- range $name := include "sharemesh.contexts" . | splitList " " -}}
 {{- $svc := index $root.Values.services $name -}}
 {{- if and $svc.enabled (eq (include "sharemesh.storage" (dict "root" $root "name" $name)) "postgres") (not $svc.databaseUrl) -}}
 {{- fail (printf "services.%s uses postgres with postgresql.mode=external: set postgresql.external.host or services.%s.databaseUrl" $name $name) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (include "sharemesh.usesPostgres" .) (eq .Values.postgresql.mode "external") (not .Values.secrets.existingSecret) (not .Values.postgresql.auth.password) -}}
+{{- range $name := include "sharemesh.contexts" . | splitList " " -}}
+{{- $svc := index $root.Values.services $name -}}
+{{- if and $svc.enabled (eq (include "sharemesh.storage" (dict "root" $root "name" $name)) "postgres") (not $svc.databaseUrl) -}}
+{{- fail (printf "services.%s uses postgres with postgresql.mode=external: set postgresql.auth.password (the external server's), services.%s.databaseUrl or secrets.existingSecret" $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* SQLite has one writer: replicas and autoscaling are refused, not silently clamped (the schema says so too). */ -}}
+{{- range $name := include "sharemesh.contexts" . | splitList " " -}}
+{{- $svc := index $root.Values.services $name -}}
+{{- if and $svc.enabled (eq (include "sharemesh.storage" (dict "root" $root "name" $name)) "sqlite") -}}
+{{- if and (not (kindIs "invalid" $svc.replicas)) (ne (int $svc.replicas) 1) -}}
+{{- fail (printf "services.%s.replicas=%v, but %s keeps SQLite (one writer: exactly 1 replica). Use services.%s.storage=postgres to scale it, or leave replicas unset" $name $svc.replicas $name $name) -}}
+{{- end -}}
+{{- if and $svc.autoscaling (eq (toString $svc.autoscaling.enabled) "true") -}}
+{{- fail (printf "services.%s.autoscaling.enabled=true, but %s keeps SQLite (one writer: never autoscaled). Use services.%s.storage=postgres to autoscale it" $name $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* A disabled service must not leave enabled ones pointing at it. */ -}}
+{{- range $name := include "sharemesh.serviceNames" . | splitList " " -}}
+{{- if (index $root.Values.services $name).enabled -}}
+{{- range $up := include "sharemesh.upstreams" (dict "root" $root "name" $name) | splitList " " | compact -}}
+{{- if not (index $root.Values.services $up).enabled -}}
+{{- fail (printf "services.%s.enabled=false, but services.%s calls it (SHAREMESH_%s_ADDR): disable %s too, or keep %s" $up $name (upper $up) $name $up) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* Retries: never retry load shedding; keep the worst case bounded. */ -}}
+{{- $r := .Values.mesh.retries -}}
+{{- range $c := splitList "," $r.retryOn -}}
+{{- if has (trim $c) (list "5xx" "gateway-error" "retriable-status-codes" "503" "429" "resource-exhausted" "envoy-ratelimited") -}}
+{{- fail (printf "mesh.retries.retryOn contains %q: it would retry load shedding (REST 503/429, gRPC RESOURCE_EXHAUSTED). Use connect-failure,refused-stream,reset,unavailable (and 502,504)" (trim $c)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $c := splitList "," $r.grpcStatuses -}}
+{{- if eq (trim $c) "resource-exhausted" -}}
+{{- fail "mesh.retries.grpcStatuses contains resource-exhausted: that is load shedding and must not be retried" -}}
+{{- end -}}
+{{- end -}}
+{{- range $c := splitList "," (toString $r.httpStatuses) -}}
+{{- $c = trim $c -}}
+{{- if or (eq $c "5xx") (eq $c "503") (eq $c "429") (eq $c "4xx") (and (contains "-" $c) (le (atoi (first (splitList "-" $c))) 503) (ge (atoi (last (splitList "-" $c))) 503)) (and (contains "-" $c) (le (atoi (first (splitList "-" $c))) 429) (ge (atoi (last (splitList "-" $c))) 429)) -}}
+{{- fail (printf "mesh.retries.httpStatuses contains %q: the edge sheds load with 503 (or 429), which must not be retried. Use 502,504" $c) -}}
+{{- end -}}
+{{- end -}}
+{{- $worst := include "sharemesh.worstCaseAttempts" . | int -}}
+{{- if gt $worst (int $r.maxAttemptsPerCall) -}}
+{{- fail (printf "one client call could reach a service %d times (mesh.retries.attempts=%d, config.client.retries=%d, mesh.retries.internal=%s), above mesh.retries.maxAttemptsPerCall=%d: lower the retries" $worst (int $r.attempts) (int .Values.config.client.retries) $r.internal (int $r.maxAttemptsPerCall)) -}}
+{{- end -}}
+{{- /* JetStream: stream replicas and sizes that the NATS servers can hold. */ -}}
+{{- $n := .Values.nats -}}
+{{- if include "sharemesh.natsInternal" . -}}
+{{- if and (not (kindIs "invalid" $n.streams.replicas)) (gt (int $n.streams.replicas) (int $n.replicas)) -}}
+{{- fail (printf "nats.streams.replicas=%d, but the in-chart NATS has nats.replicas=%d servers: a stream cannot have more replicas than servers" (int $n.streams.replicas) (int $n.replicas)) -}}
+{{- end -}}
+{{- $store := include "sharemesh.natsMaxFileStore" . | int64 -}}
+{{- $volume := include "sharemesh.bytes" $n.persistence.size | int64 -}}
+{{- if gt $store $volume -}}
+{{- fail (printf "nats.jetstream.maxFileStore (%d bytes) exceeds the JetStream volume nats.persistence.size (%s = %d bytes)" $store (toString $n.persistence.size) $volume) -}}
+{{- end -}}
+{{- $each := include "sharemesh.streamMaxBytes" . | int64 -}}
+{{- $streams := include "sharemesh.streamCount" . | int64 -}}
+{{- if gt (mul $each $streams) $store -}}
+{{- fail (printf "nats.streams.maxBytes=%d x %d streams = %d bytes does not fit the JetStream store of one server (%d bytes, nats.jetstream.maxFileStore / nats.persistence.size): lower maxBytes or grow the volume" $each $streams (mul $each $streams) $store) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -174,7 +247,10 @@ traffic.sidecar.istio.io/excludeOutboundPorts: {{ . | quote }}
 {{- end }}
 {{- else if eq .Values.mesh.provider "linkerd" }}
 linkerd.io/inject: enabled
-config.alpha.linkerd.io/proxy-wait-before-exit-seconds: {{ include "sharemesh.seconds" .Values.config.drainDelay | quote }}
+{{- /* The proxy outlives the app's whole stop (drain + grace), as Istio's terminationDrainDuration does:
+in-flight calls and their outbound calls keep their proxy until the app has finished. */}}
+config.alpha.linkerd.io/proxy-wait-before-exit-seconds: {{ include "sharemesh.stopSeconds" . | quote }}
+config.linkerd.io/default-inbound-policy: {{ .Values.mesh.linkerd.defaultInboundPolicy | quote }}
 {{- with .Values.mesh.skipOutboundPorts }}
 config.linkerd.io/skip-outbound-ports: {{ . | quote }}
 {{- end }}
@@ -250,4 +326,124 @@ view:
 {{- end -}}
 {{- end -}}
 {{- toJson $out -}}
+{{- end -}}
+
+
+{{/*
+Who calls what (the allow-graph the mesh policies and the chart tests share). The internal RPCs
+(no google.api.http annotation in proto/) are for reservation only; the edge never forwards them.
+*/}}
+{{- define "sharemesh.internalMethods" -}}
+catalog:
+  - sharemesh.catalog.v1.CatalogService/HoldListing
+  - sharemesh.catalog.v1.CatalogService/ConfirmHold
+  - sharemesh.catalog.v1.CatalogService/ReleaseHold
+payment:
+  - sharemesh.payment.v1.PaymentService/ApprovePayment
+{{- end -}}
+
+{{/* Callers of a context's public methods and of its internal ones (enabled services only), as JSON {"public": [...], "internal": [...]}. */}}
+{{- define "sharemesh.callersOf" -}}
+{{- $root := .root -}}
+{{- $public := list -}}
+{{- $internal := list -}}
+{{- range $caller := include "sharemesh.serviceNames" $root | splitList " " -}}
+{{- if (index $root.Values.services $caller).enabled -}}
+{{- if has $.name (include "sharemesh.upstreams" (dict "root" $root "name" $caller) | splitList " ") -}}
+{{- $public = append $public $caller -}}
+{{- if ne $caller "edge" -}}{{- $internal = append $internal $caller -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* reservation calls catalog only through its internal methods (holds), payment through both. */ -}}
+{{- if eq .name "catalog" -}}{{- $public = without $public "reservation" -}}{{- end -}}
+{{- toJson (dict "public" $public "internal" $internal) -}}
+{{- end -}}
+
+{{/* A Kubernetes quantity (5Gi, 500Mi, 2G, 1073741824) in bytes. */}}
+{{- define "sharemesh.bytes" -}}
+{{- $q := toString . -}}
+{{- $units := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $n := regexFind "^[0-9]+" $q -}}
+{{- $u := trimPrefix $n $q -}}
+{{- if not $n -}}{{- fail (printf "%q is not a size in bytes (use e.g. 5Gi or 500Mi)" $q) -}}{{- end -}}
+{{- if $u -}}
+{{- if not (hasKey $units $u) -}}{{- fail (printf "%q: unknown unit %q (use Ki, Mi, Gi, Ti, K, M, G or T)" $q $u) -}}{{- end -}}
+{{- mul (int64 $n) (int64 (index $units $u)) -}}
+{{- else -}}
+{{- int64 $n -}}
+{{- end -}}
+{{- end -}}
+
+{{/* jetstream.max_file_store of each in-chart NATS server, in bytes. */}}
+{{- define "sharemesh.natsMaxFileStore" -}}
+{{- $j := .Values.nats.jetstream -}}
+{{- if $j.maxFileStore -}}
+{{- include "sharemesh.bytes" $j.maxFileStore -}}
+{{- else -}}
+{{- div (mul (include "sharemesh.bytes" .Values.nats.persistence.size | int64) 9) 10 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The JetStream streams the services create: one per context, plus the dead-letter stream. */}}
+{{- define "sharemesh.streamCount" -}}
+{{- add (len (include "sharemesh.contexts" . | splitList " ")) 1 -}}
+{{- end -}}
+
+{{/* SHAREMESH_STREAM_REPLICAS. */}}
+{{- define "sharemesh.streamReplicas" -}}
+{{- $s := .Values.nats.streams -}}
+{{- if not (kindIs "invalid" $s.replicas) -}}{{ int $s.replicas }}
+{{- else if include "sharemesh.natsInternal" . -}}{{ int .Values.nats.replicas }}
+{{- else -}}1
+{{- end -}}
+{{- end -}}
+
+{{/* SHAREMESH_STREAM_MAX_BYTES. */}}
+{{- define "sharemesh.streamMaxBytes" -}}
+{{- $s := .Values.nats.streams -}}
+{{- if not (kindIs "invalid" $s.maxBytes) -}}{{ int64 $s.maxBytes }}
+{{- else if include "sharemesh.natsInternal" . -}}{{ div (include "sharemesh.natsMaxFileStore" . | int64) (include "sharemesh.streamCount" . | int64) }}
+{{- else -}}0
+{{- end -}}
+{{- end -}}
+
+{{/* Replicas of a Deployment when its HPA is off (SQLite services are StatefulSets with 1). */}}
+{{- define "sharemesh.replicas" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- if kindIs "invalid" $svc.replicas -}}2{{- else -}}{{ int $svc.replicas }}{{- end -}}
+{{- end -}}
+
+{{/* "true" when the service gets a HorizontalPodAutoscaler (PostgreSQL or the edge; autoscaling not off). */}}
+{{- define "sharemesh.hpa" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- if ne (include "sharemesh.storage" .) "sqlite" -}}
+{{- if ne (toString $svc.autoscaling.enabled) "false" -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* SHAREMESH_CLIENT_RETRIES: the services' own retries, 0 when the mesh owns the internal hops. */}}
+{{- define "sharemesh.clientRetries" -}}
+{{- if and (ne .Values.mesh.provider "none") (eq .Values.mesh.retries.internal "mesh") -}}0{{- else -}}{{ int .Values.config.client.retries }}{{- end -}}
+{{- end -}}
+
+{{/* Retries the mesh makes of an idempotent call on a hop between sharemesh services. */}}
+{{- define "sharemesh.meshInternalRetries" -}}
+{{- if and (ne .Values.mesh.provider "none") (eq .Values.mesh.retries.internal "mesh") -}}{{ int .Values.mesh.retries.attempts }}{{- else -}}0{{- end -}}
+{{- end -}}
+
+{{/*
+The most times one client call can reach one service: (calls into the edge) x (the edge's call to
+a context) x (reservation's call to catalog/payment, for the edge's idempotent calls to
+reservation that call them). Each factor is 1 + the retries of the one layer that retries that hop
+(connect-failure/refused-stream retries never reach a server and are not counted). The chart tests
+recompute it from the rendered objects.
+*/}}
+{{- define "sharemesh.worstCaseAttempts" -}}
+{{- $entry := 1 -}}
+{{- if ne .Values.mesh.provider "none" -}}{{- $entry = add 1 (int .Values.mesh.retries.attempts) -}}{{- end -}}
+{{- $hop := mul (add 1 (include "sharemesh.clientRetries" . | int)) (add 1 (include "sharemesh.meshInternalRetries" . | int)) -}}
+{{- /* Through the edge: entry x edge -> context; commands reach reservation once from the edge
+(not retried at the entry) but reservation's idempotent saga steps add one more hop. */ -}}
+{{- max (mul $entry $hop) (mul $hop $hop) -}}
 {{- end -}}

@@ -1,7 +1,14 @@
 {{/*
 Istio objects of one service: DestinationRule (connection pool + outlier detection from
-mesh.circuitBreaker), VirtualService (timeout; retries for idempotent routes), PeerAuthentication
-(STRICT for internal services) and AuthorizationPolicy (only this release's identities).
+mesh.circuitBreaker), VirtualService (timeout; retries by exactly one layer per hop),
+PeerAuthentication (STRICT for internal services) and AuthorizationPolicy (each RPC for exactly
+its callers).
+
+Every route states its retries: a route without `retries` gets Istio's default policy (2 retries
+on connect-failure,refused-stream,unavailable,cancelled,503), which would stack on the services'
+own retries. Reads into the edge are retried by the mesh (mesh.retries); calls between services
+are retried by the services' client (config.client.retries), the mesh retrying only what never
+reached a server (connect-failure, refused-stream) -- or the reverse with mesh.retries.internal=mesh.
 */}}
 {{- define "sharemesh.istio" -}}
 {{- $root := .root -}}
@@ -37,7 +44,17 @@ spec:
         useClientProtocol: true
         {{- end }}
     outlierDetection:
+      {{- if $edge }}
+      # The edge answers 503 when it sheds load or an upstream is down: not the edge pod's fault.
+      # Count only failures of the pod itself (connect failures, resets, timeouts).
+      consecutive5xxErrors: 0
+      splitExternalLocalOriginErrors: true
+      consecutiveLocalOriginFailures: {{ $cb.consecutiveErrors }}
+      {{- else }}
+      # gRPC statuses count as Envoy maps them: UNAVAILABLE 503, INTERNAL 500, DEADLINE_EXCEEDED
+      # 504 count; RESOURCE_EXHAUSTED (429, load shedding) does not.
       consecutive5xxErrors: {{ $cb.consecutiveErrors }}
+      {{- end }}
       interval: {{ $cb.interval }}
       baseEjectionTime: {{ $cb.baseEjectionTime }}
       maxEjectionPercent: {{ $cb.maxEjectionPercent }}
@@ -53,7 +70,9 @@ spec:
   hosts:
     - {{ $host }}
   http:
-    # Idempotent reads (gRPC Get/List methods; REST GET on the edge): retried.
+    {{- $meshReads := ternary (int $m.retries.attempts) (include "sharemesh.meshInternalRetries" $root | int) $edge }}
+    {{- if gt $meshReads 0 }}
+    # Idempotent reads (the contracts' Get/List methods; REST GET on the edge), retried by the mesh.
     - name: reads
       match:
         {{- if $edge }}
@@ -71,10 +90,11 @@ spec:
               number: {{ $port }}
       timeout: {{ $m.timeout }}
       retries:
-        attempts: {{ $m.retries.attempts }}
+        attempts: {{ $meshReads }}
         perTryTimeout: {{ $m.retries.perTryTimeout }}
         retryOn: {{ $m.retries.retryOn | quote }}
-    # Everything else (commands): retried only when the request never reached the service.
+    {{- end }}
+    # Everything else: retried only when the request never reached the service.
     - name: default
       route:
         - destination:
@@ -82,10 +102,12 @@ spec:
             port:
               number: {{ $port }}
       timeout: {{ $m.timeout }}
-      # No perTryTimeout here: an expired attempt of a command must not be sent again.
+      # No perTryTimeout: an expired attempt must not be sent again.
       retries:
         attempts: {{ $m.retries.attempts }}
+        {{- if gt (int $m.retries.attempts) 0 }}
         retryOn: connect-failure,refused-stream
+        {{- end }}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -121,16 +143,42 @@ spec:
       {{- include "sharemesh.selectorLabels" . | nindent 6 }}
   action: ALLOW
   rules:
-    # The release's own services (their workload identities).
+    {{- $internal := index (include "sharemesh.internalMethods" $root | fromYaml) .name | default list }}
+    {{- $callers := include "sharemesh.callersOf" . | fromJson }}
+    {{- with $callers.public }}
+    # The service's public RPCs, for the identities that call them.
     - from:
         - source:
             principals:
-              {{- range $n := include "sharemesh.serviceNames" $root | splitList " " }}
-              {{- if (index $root.Values.services $n).enabled }}
+              {{- range $n := . }}
               - {{ printf "%s/ns/%s/sa/%s" $m.istio.trustDomain $root.Release.Namespace (include "sharemesh.componentName" (dict "root" $root "name" $n)) | quote }}
               {{- end }}
+      {{- if $internal }}
+      to:
+        - operation:
+            notPaths:
+              {{- range $p := $internal }}
+              - /{{ $p }}
               {{- end }}
-    # /metrics for any scraper (the NetworkPolicy narrows who).
+      {{- end }}
+    {{- end }}
+    {{- if and $internal $callers.internal }}
+    # The internal RPCs: reservation only (the edge never forwards them).
+    - from:
+        - source:
+            principals:
+              {{- range $n := $callers.internal }}
+              - {{ printf "%s/ns/%s/sa/%s" $m.istio.trustDomain $root.Release.Namespace (include "sharemesh.componentName" (dict "root" $root "name" $n)) | quote }}
+              {{- end }}
+      to:
+        - operation:
+            paths:
+              {{- range $p := $internal }}
+              - /{{ $p }}
+              {{- end }}
+    {{- end }}
+    # /metrics for any scraper (the NetworkPolicy narrows who). The kubelet's probes never reach
+    # this policy: Istio rewrites them to the sidecar agent (port 15020), which calls the app locally.
     - to:
         - operation:
             ports: ["9090"]

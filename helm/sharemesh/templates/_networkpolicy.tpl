@@ -1,9 +1,38 @@
 {{/*
 NetworkPolicy of one sharemesh service: only the edge accepts traffic from outside the
 namespace; every service accepts the release's own services (on any port: mesh proxies use
-extra ones) and /metrics scrapers; egress is DNS, the release's pods, NATS, PostgreSQL, the
-mesh control plane, the OTLP collector and networkPolicies.extraEgress.
+extra ones, e.g. Linkerd's inbound 4143) and /metrics scrapers (plus the mesh's metrics port:
+Istio's merged 15020, the Linkerd proxy's 4191); egress is DNS, the release's pods, NATS,
+PostgreSQL, the mesh control plane, the OTLP collector and networkPolicies.extraEgress. The
+kubelet's probes come from the pod's node, which NetworkPolicies always allow.
 */}}
+{{/* The ports scrapers may reach: the app's metrics and the mesh's own. */}}
+{{- define "sharemesh.metricsPorts" -}}
+- port: metrics
+  protocol: TCP
+{{- if eq .Values.mesh.provider "istio" }}
+# Istio merges the app's and the sidecar's metrics on 15020 (prometheus.io/port is rewritten).
+- port: 15020
+  protocol: TCP
+{{- else if eq .Values.mesh.provider "linkerd" }}
+# The Linkerd proxy's admin port (linkerd-viz's Prometheus scrapes it).
+- port: 4191
+  protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/* TCP ports of nats.external.url (one URL or a comma-separated list; 4222 when a URL has none). */}}
+{{- define "sharemesh.natsExternalPorts" -}}
+{{- $ports := list -}}
+{{- range $u := splitList "," .Values.nats.external.url -}}
+{{- $u = trim $u -}}
+{{- if $u -}}
+{{- $hostPort := splitList ":" (urlParse $u).host -}}
+{{- $ports = append $ports (ternary (last $hostPort) "4222" (gt (len $hostPort) 1) | int) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (uniq $ports) -}}
+{{- end -}}
 {{- define "sharemesh.serviceNetworkPolicy" -}}
 {{- $root := .root -}}
 {{- $np := $root.Values.networkPolicies -}}
@@ -25,17 +54,29 @@ spec:
     - ports:
         - port: http
           protocol: TCP
+        {{- if eq $root.Values.mesh.provider "linkerd" }}
+        # A meshed client (e.g. a meshed ingress controller) connects to the proxy's inbound port.
+        - port: 4143
+          protocol: TCP
+        {{- end }}
       {{- with $np.edgeFrom }}
       from:
         {{- toYaml . | nindent 8 }}
+    # `helm test`: the release's test Pod.
+    - ports:
+        - port: http
+          protocol: TCP
+      from:
+        - podSelector:
+            matchLabels:
+              {{- include "sharemesh.selectorLabels" (dict "root" $root "name" "test") | nindent 14 }}
       {{- end }}
     {{- end }}
     - from:
         - podSelector:
             {{- include "sharemesh.meshPodSelector" . | nindent 12 }}
     - ports:
-        - port: metrics
-          protocol: TCP
+        {{- include "sharemesh.metricsPorts" $root | nindent 8 }}
       from:
         - podSelector: {}
         {{- with $np.metricsFrom }}
@@ -52,10 +93,11 @@ spec:
             matchLabels:
               {{- include "sharemesh.selectorLabels" (dict "root" $root "name" "nats") | nindent 14 }}
     {{- else }}
-    {{- $hostPort := splitList ":" (urlParse $root.Values.nats.external.url).host }}
     - ports:
-        - port: {{ ternary (last $hostPort) "4222" (gt (len $hostPort) 1) | int }}
+        {{- range $p := include "sharemesh.natsExternalPorts" $root | fromJsonArray }}
+        - port: {{ int $p }}
           protocol: TCP
+        {{- end }}
     {{- end }}
     {{- if include "sharemesh.usesPostgres" $root }}
     {{- if eq $root.Values.postgresql.mode "internal" }}

@@ -18,7 +18,7 @@ it with (dict "root" $ "name" "<service>"):
 {{- $sqlite := eq $storage "sqlite" -}}
 {{- $port := include "sharemesh.servingPort" $ctx | int -}}
 {{- $portName := include "sharemesh.servingPortName" $ctx -}}
-{{- $hpa := and (not $sqlite) $svc.autoscaling.enabled -}}
+{{- $hpa := include "sharemesh.hpa" $ctx -}}
 apiVersion: v1
 kind: ServiceAccount
 metadata:
@@ -47,9 +47,9 @@ metadata:
     {{- include "sharemesh.labels" $ctx | nindent 4 }}
 spec:
   {{- if $sqlite }}
-  # SQLite is single-writer: exactly one replica, never autoscaled.
+  # SQLite is single-writer: exactly one replica, never autoscaled (other values are refused).
   replicas: 1
-  serviceName: {{ $full }}
+  serviceName: {{ $full }}-headless
   podManagementPolicy: OrderedReady
   updateStrategy:
     type: RollingUpdate
@@ -58,7 +58,7 @@ spec:
     whenScaled: Retain
   {{- else }}
   {{- if not $hpa }}
-  replicas: {{ $svc.replicas }}
+  replicas: {{ include "sharemesh.replicas" $ctx }}
   {{- end }}
   strategy:
     type: RollingUpdate
@@ -77,7 +77,9 @@ spec:
         {{- with include "sharemesh.meshPodLabels" $root | trim }}{{ . | nindent 8 }}{{- end }}
       annotations:
         checksum/config: {{ printf "%s\n%s" (include "sharemesh.sharedEnv" $root) (include "sharemesh.serviceEnv" $ctx) | sha256sum }}
-        checksum/secret: {{ toJson (list $root.Values.auth $root.Values.secrets $root.Values.postgresql.auth $root.Values.postgresql.external $root.Values.postgresql.mode ($svc.databaseUrl | default "") $storage) | sha256sum }}
+        # The Secret's content as rendered (generated values included): pods restart together
+        # whenever it changes, so replicas never run with different keys.
+        checksum/secret: {{ include "sharemesh.secretChecksum" $root }}
         {{- if $root.Values.metricsAnnotations }}
         prometheus.io/scrape: "true"
         prometheus.io/port: "9090"
@@ -205,7 +207,8 @@ metadata:
     {{- include "sharemesh.labels" $ctx | nindent 4 }}
   {{- $annotations := dict }}
   {{- if eq $name "edge" }}{{ $annotations = merge $annotations $svc.service.annotations }}{{ end }}
-  {{- if eq $root.Values.mesh.provider "linkerd" }}{{ $annotations = merge $annotations (include "sharemesh.linkerdServiceAnnotations" $root | fromYaml) }}{{ end }}
+  {{- /* No failure accrual on the edge: its 503s (load shedding, an upstream down) say nothing about the edge pod. */}}
+  {{- if and (eq $root.Values.mesh.provider "linkerd") (ne $name "edge") }}{{ $annotations = merge $annotations (include "sharemesh.linkerdServiceAnnotations" $root | fromYaml) }}{{ end }}
   {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
@@ -245,6 +248,27 @@ spec:
       targetPort: metrics
       protocol: TCP
       appProtocol: http
+{{- if $sqlite }}
+---
+# The StatefulSet's governing Service (stable pod DNS names); clients use the Service above.
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $full }}-headless
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "sharemesh.labels" $ctx | nindent 4 }}
+spec:
+  clusterIP: None
+  selector:
+    {{- include "sharemesh.selectorLabels" $ctx | nindent 4 }}
+  ports:
+    - name: {{ $portName }}
+      port: {{ $port }}
+      targetPort: {{ $portName }}
+      protocol: TCP
+      appProtocol: grpc
+{{- end }}
 {{- if $hpa }}
 ---
 apiVersion: autoscaling/v2
