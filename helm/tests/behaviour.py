@@ -280,6 +280,7 @@ def check_refusals() -> list[str]:
         (("nats.streams.maxBytes=1073741824",), "does not fit the JetStream store"),
         (("nats.streams.replicas=3",), "cannot have more replicas than servers"),
         (("nats.jetstream.maxFileStore=10Gi",), "exceeds the JetStream volume"),
+        (("nats.streams.maxAge=30s",), "at least 1m"),
         (("storage.default=postgres", "postgresql.mode=external", "postgresql.external.host=pg"), "set postgresql.auth.password"),
     ]
     problems = []

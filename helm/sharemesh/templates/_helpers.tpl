@@ -215,6 +215,10 @@ matchExpressions:
 {{- end -}}
 {{- /* JetStream: stream replicas and sizes that the NATS servers can hold. */ -}}
 {{- $n := .Values.nats -}}
+{{- $age := toString $n.streams.maxAge -}}
+{{- if and (ne $age "0") (lt (include "sharemesh.seconds" $age | int) 60) -}}
+{{- fail (printf "nats.streams.maxAge=%s: use \"0\" (keep forever) or at least 1m (consumers that are down longer would miss events; the services refuse it)" $age) -}}
+{{- end -}}
 {{- if include "sharemesh.natsInternal" . -}}
 {{- if and (not (kindIs "invalid" $n.streams.replicas)) (gt (int $n.streams.replicas) (int $n.replicas)) -}}
 {{- fail (printf "nats.streams.replicas=%d, but the in-chart NATS has nats.replicas=%d servers: a stream cannot have more replicas than servers" (int $n.streams.replicas) (int $n.replicas)) -}}
