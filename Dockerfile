@@ -2,7 +2,12 @@
 # (catalog, reservation, payment, message, view, edge); `sharemesh token ...` mints a JWT.
 #
 #   docker build -t sharemesh:dev .          (or: make image)
-#   docker run --rm -p 50051:50051 -p 9090:9090 -e NATS_URL=nats://host:4222 sharemesh:dev serve catalog
+#   docker run --rm -p 50051:50051 -p 9090:9090 -e NATS_URL=nats://host:4222 \
+#     -e SHAREMESH_JWT_SECRET="$(openssl rand -base64 32)" sharemesh:dev serve catalog
+#
+# `serve` refuses to start without SHAREMESH_JWT_SECRET (every replica of every service needs the
+# same one; the Helm chart generates it): the built-in development secret is public, and anyone
+# holding it can mint any token. SHAREMESH_INSECURE_DEV_SECRET=true overrides that on a laptop.
 #
 # Build: release binary on the Rust toolchain image (no protoc needed: codegen uses protox).
 # Run: distroless cc (glibc, libgcc, CA certificates; no shell, no package manager) as uid 10001,

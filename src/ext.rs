@@ -29,8 +29,13 @@ pub fn idempotent_methods() -> Vec<String> {
     out
 }
 
-/// Milliseconds since the Unix epoch as a protobuf Timestamp.
+/// Milliseconds since the Unix epoch as a protobuf Timestamp, clamped into the range proto3 JSON
+/// can render ([`MIN_RENDERABLE_MS`]..=[`MAX_RENDERABLE_MS`]). Requests are checked against that
+/// range ([`TimeWindow::to_ms_checked`]); the clamp is for rows stored before that check, so that
+/// such a row is answered (at the nearest renderable instant) instead of failing every read
+/// that includes it.
 pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
+    let ms = ms.clamp(MIN_RENDERABLE_MS, MAX_RENDERABLE_MS);
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
@@ -42,7 +47,37 @@ pub fn timestamp_to_ms(ts: &prost_types::Timestamp) -> i64 {
     ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos) / 1_000_000)
 }
 
+/// The earliest instant proto3 JSON can render (`0001-01-01T00:00:00Z`), in ms since the epoch.
+pub const MIN_RENDERABLE_MS: i64 = -62_135_596_800_000;
+/// The latest instant proto3 JSON can render (`9999-12-31T23:59:59.999Z`), in ms since the epoch.
+pub const MAX_RENDERABLE_MS: i64 = 253_402_300_799_999;
+
+/// True when `ms` lies in the range every API (gRPC, REST/JSON) can carry.
+pub fn renderable_ms(ms: i64) -> bool {
+    (MIN_RENDERABLE_MS..=MAX_RENDERABLE_MS).contains(&ms)
+}
+
+/// A caller's Timestamp as ms, if it is a valid one inside the renderable range.
+fn checked_ms(ts: &prost_types::Timestamp) -> Option<i64> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return None;
+    }
+    let ms = ts.seconds.checked_mul(1000)?.checked_add(i64::from(ts.nanos / 1_000_000))?;
+    renderable_ms(ms).then_some(ms)
+}
+
 impl TimeWindow {
+    /// The window of a request as `[start_ms, end_ms)`, or why it cannot be one: both ends are
+    /// required, and each must be a valid Timestamp between 0001-01-01 and 9999-12-31 (what
+    /// proto3 JSON can render — a stored instant outside it would make every later read fail).
+    pub fn to_ms_checked(&self) -> Result<(i64, i64), &'static str> {
+        let (Some(start), Some(end)) = (&self.start_time, &self.end_time) else {
+            return Err("start_time and end_time are required");
+        };
+        const RANGE: &str = "start_time and end_time must be valid timestamps between 0001-01-01 and 9999-12-31 (UTC)";
+        Ok((checked_ms(start).ok_or(RANGE)?, checked_ms(end).ok_or(RANGE)?))
+    }
+
     /// A window `[start_ms, end_ms)`.
     pub fn from_ms(start_ms: i64, end_ms: i64) -> Self {
         Self {
@@ -150,6 +185,29 @@ mod tests {
             (m.correlation_id.as_str(), m.causation_id.as_str(), m.actor_id.as_str()),
             ("r-1", "e-0", "alice")
         );
+    }
+
+    #[test]
+    fn request_windows_must_be_renderable() {
+        use prost_types::Timestamp;
+        let w = |start: i64, end: i64| TimeWindow {
+            start_time: Some(Timestamp { seconds: start, nanos: 0 }),
+            end_time: Some(Timestamp { seconds: end, nanos: 0 }),
+        };
+        assert_eq!(w(0, 3600).to_ms_checked(), Ok((0, 3_600_000)));
+        assert!(w(253_402_300_800, 253_402_304_400).to_ms_checked().is_err(), "year 10000");
+        assert!(w(i64::MIN, 0).to_ms_checked().is_err());
+        assert!(w(-62_135_596_801, 0).to_ms_checked().is_err(), "before year 1");
+        let bad_nanos = TimeWindow {
+            start_time: Some(Timestamp { seconds: 0, nanos: -1 }),
+            end_time: Some(Timestamp { seconds: 1, nanos: 0 }),
+        };
+        assert!(bad_nanos.to_ms_checked().is_err());
+        assert_eq!(TimeWindow::default().to_ms_checked(), Err("start_time and end_time are required"));
+        assert!(renderable_ms(MAX_RENDERABLE_MS) && !renderable_ms(MAX_RENDERABLE_MS + 1));
+        // A row stored before the check still renders.
+        assert_eq!(timestamp_from_ms(i64::MAX).seconds, 253_402_300_799);
+        assert_eq!(timestamp_from_ms(i64::MIN).seconds, -62_135_596_800);
     }
 
     #[test]

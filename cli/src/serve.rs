@@ -82,8 +82,39 @@ pub(crate) async fn run_with(context: Context, env: &impl sharemesh_mesh::config
     result.map_err(|e| format!("{}: {e}", context.name()))
 }
 
-/// `sharemesh serve <context>`.
+/// `sharemesh serve <context>`. Refuses to start on the public development secret (unset
+/// `SHAREMESH_JWT_SECRET`, or set to that value) unless `SHAREMESH_INSECURE_DEV_SECRET=true`:
+/// anyone can read that secret in this repository and mint any token with it, `service` and
+/// `admin` included. `sharemesh dev` is not affected.
 pub(crate) async fn run(context: Context) -> Result<(), String> {
+    refuse_public_secret(&ProcessEnv)?;
     sharemesh_mesh::telemetry::init(&format!("sharemesh-{}", context.name()), &ProcessEnv);
     run_with(context, &ProcessEnv, Shutdown::on_signals()).await
+}
+
+fn refuse_public_secret(env: &impl sharemesh_mesh::config::Env) -> Result<(), String> {
+    use sharemesh_mesh::config::{ENV_INSECURE_DEV_SECRET, ENV_JWT_SECRET, EnvExt};
+    let auth = sharemesh_mesh::auth::AuthConfig::from_env(env).map_err(|e| e.to_string())?;
+    let allowed: bool = env.parse_or(ENV_INSECURE_DEV_SECRET, false).map_err(|e| e.to_string())?;
+    if auth.is_dev_secret() && !allowed {
+        return Err(format!(
+            "{ENV_JWT_SECRET} is not set (or is the public development secret): set it to a secret of at least 16 bytes \
+             (e.g. `openssl rand -base64 32`); only on a development machine, {ENV_INSECURE_DEV_SECRET}=true runs on the public one"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sharemesh_mesh::config::{DEV_JWT_SECRET, ENV_INSECURE_DEV_SECRET, ENV_JWT_SECRET, MapEnv};
+
+    #[test]
+    fn serve_refuses_the_public_secret_unless_told_otherwise() {
+        let err = super::refuse_public_secret(&MapEnv::default()).expect_err("unset secret");
+        assert!(err.starts_with(ENV_JWT_SECRET), "{err}");
+        assert!(super::refuse_public_secret(&MapEnv::from_pairs([(ENV_JWT_SECRET, DEV_JWT_SECRET)])).is_err());
+        assert!(super::refuse_public_secret(&MapEnv::from_pairs([(ENV_INSECURE_DEV_SECRET, "true")])).is_ok());
+        assert!(super::refuse_public_secret(&MapEnv::from_pairs([(ENV_JWT_SECRET, "a-real-secret-of-32-bytes-or-so")])).is_ok());
+    }
 }

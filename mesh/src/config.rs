@@ -72,7 +72,12 @@ pub const ENV_STREAM_MAX_BYTES: &str = "SHAREMESH_STREAM_MAX_BYTES";
 /// aborts when it reaches one. See [`crate::failpoint`].
 pub const ENV_FAILPOINTS: &str = "SHAREMESH_FAILPOINTS";
 
-/// The JWT secret used when none is configured; fine on a laptop, refused nowhere, logged loudly.
+/// `serve` runs on the public development JWT secret only when this is `true` (`false`); `dev`
+/// always may.
+pub const ENV_INSECURE_DEV_SECRET: &str = "SHAREMESH_INSECURE_DEV_SECRET";
+
+/// The JWT secret used when none is configured: `dev` uses it; `serve` refuses it unless
+/// [`ENV_INSECURE_DEV_SECRET`] is `true`.
 pub const DEV_JWT_SECRET: &str = "sharemesh-dev-secret-change-me";
 
 /// A source of configuration values: the process environment or, in tests, a map.

@@ -7,6 +7,7 @@
 //! - [`telemetry`]: `tracing`, OpenTelemetry export and W3C propagation, Prometheus metrics;
 //! - [`auth`]: bearer JWTs, roles, the [`auth::Caller`] of a request;
 //! - [`server`]: gRPC server bootstrap with health, reflection, gRPC-Web and graceful drain;
+//! - [`caller_errors`]: a request tonic cannot decode is answered INVALID_ARGUMENT, not INTERNAL;
 //! - [`storage`]: sea-orm connections (SQLite or PostgreSQL) and SQL migrations;
 //! - [`events`]: JetStream streams, the transactional outbox relay and the inbox consumer;
 //! - [`client`]: the resilient service-to-service client stack;
@@ -17,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod caller_errors;
 pub mod client;
 pub mod config;
 pub mod events;

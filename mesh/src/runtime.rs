@@ -72,6 +72,7 @@ impl Runtime {
             url: redact(&config.database_url),
             source,
         };
+        crate::page::set_key(&config.auth.secret);
         let db = Db::connect(&config.database_url).await.map_err(db_err)?;
         db.migrate::<M>().await.map_err(db_err)?;
         let client = crate::events::connect(&config.nats_url, &format!("sharemesh-{}", config.context)).await?;

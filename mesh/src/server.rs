@@ -1,7 +1,8 @@
 //! Server bootstrap: one way to run a sharemesh gRPC server.
 //!
 //! Every server gets gRPC health (per-service status), server reflection v1 and v1alpha, gRPC-Web
-//! (HTTP/1.1), a span + metrics layer, and graceful shutdown: on SIGTERM/SIGINT health turns
+//! (HTTP/1.1), a span + metrics layer, INVALID_ARGUMENT for requests that do not decode
+//! ([`crate::caller_errors`]), and graceful shutdown: on SIGTERM/SIGINT health turns
 //! NOT_SERVING, the drain delay passes, the listener closes, in-flight calls finish (bounded by
 //! the grace period), then `run` returns.
 
@@ -229,6 +230,7 @@ impl GrpcServer {
             .accept_http1(true)
             .layer(crate::telemetry::metrics::GrpcServerLayer)
             .layer(crate::grpc_web::GrpcWebLayer)
+            .layer(crate::caller_errors::CallerErrorsLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

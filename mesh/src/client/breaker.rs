@@ -119,15 +119,18 @@ impl Drop for ProbeGuard {
     }
 }
 
-/// Is this outcome a sign the upstream is unhealthy? Transport errors and UNAVAILABLE,
-/// DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED are; business errors are not.
+/// Is this outcome a sign the upstream is unhealthy? Only what the upstream (or the way to it)
+/// is to blame for counts: transport errors, UNAVAILABLE and DEADLINE_EXCEEDED. Every other
+/// answer — INVALID_ARGUMENT, NOT_FOUND, but also INTERNAL or UNKNOWN — can be caused by what one
+/// caller sent (a malformed message, a hostile page token), and must never let one caller open a
+/// circuit that every other caller shares.
 pub fn is_failure(result: &Result<http::Response<tonic::body::Body>, BoxError>) -> bool {
     use tonic::Code;
     match result {
         Err(_) => true,
         Ok(res) => matches!(
             crate::telemetry::metrics::response_code(res.headers()),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown | Code::ResourceExhausted
+            Code::Unavailable | Code::DeadlineExceeded
         ),
     }
 }

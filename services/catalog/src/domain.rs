@@ -144,7 +144,7 @@ pub fn validate_window(window: Option<(i64, i64)>, field: &'static str) -> Resul
     if end <= start {
         return Err(CatalogError::invalid(field, "end_time must be after start_time"));
     }
-    if end - start > MAX_WINDOW_MS {
+    if end.checked_sub(start).is_none_or(|length| length > MAX_WINDOW_MS) {
         return Err(CatalogError::invalid(field, "must not be longer than 90 days"));
     }
     Ok((start, end))

@@ -40,7 +40,8 @@ fn request_id<T>(req: &Request<T>) -> String {
 
 fn internal_caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     let caller = Caller::from_request(req)?;
-    caller.require(&[Role::Service, Role::Admin])?;
+    // Holds and bookings are steps of the saga: services only, admins included out.
+    caller.require(&[Role::Service])?;
     Ok(caller)
 }
 
@@ -108,8 +109,8 @@ impl CatalogService for CatalogGrpc {
         let available_during = match &r.available_during {
             None => None,
             Some(w) => Some(
-                w.to_ms()
-                    .ok_or_else(|| CatalogError::invalid("available_during", "start_time and end_time are required"))?,
+                w.to_ms_checked()
+                    .map_err(|reason| CatalogError::invalid("available_during", reason))?,
             ),
         };
         let filter = ListFilter {
@@ -131,7 +132,15 @@ impl CatalogService for CatalogGrpc {
         let r = req.into_inner();
         let held = self
             .catalog
-            .hold(&r.listing_id, &r.reservation_id, r.window.as_ref().and_then(|w| w.to_ms()))
+            .hold(
+                &r.listing_id,
+                &r.reservation_id,
+                r.window
+                    .as_ref()
+                    .map(|w| w.to_ms_checked())
+                    .transpose()
+                    .map_err(|reason| CatalogError::invalid("window", reason))?,
+            )
             .await?;
         Ok(Response::new(HoldListingResponse {
             hold: Some(held.hold),

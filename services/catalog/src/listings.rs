@@ -194,7 +194,7 @@ impl Catalog {
             domain::validate_window(Some(w), "available_during")?;
         }
         let fingerprint = format!("{filter:?}");
-        let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| CatalogError::invalid("page_token", e.to_string()))?;
+        let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| CatalogError::invalid(e.field(), e.to_string()))?;
         let mut rows = repo::list(self.db.conn(), &filter, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);

@@ -29,7 +29,7 @@ struct Charge {
 
 fn require_internal(caller: &Caller) -> Result<(), PaymentError> {
     match caller.role {
-        Role::Service | Role::Admin => Ok(()),
+        Role::Service => Ok(()),
         other => Err(PaymentError::PermissionDenied(format!(
             "only services may approve payments (caller is a {other})"
         ))),

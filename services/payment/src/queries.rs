@@ -51,7 +51,7 @@ impl Payments {
             reservation_id: Some(reservation_id.to_owned()).filter(|r| !r.is_empty()),
         };
         let fingerprint = format!("{filter:?}");
-        let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| PaymentError::invalid("page_token", e.to_string()))?;
+        let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| PaymentError::invalid(e.field(), e.to_string()))?;
         let mut rows = repo::list(self.db.conn(), &filter, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);

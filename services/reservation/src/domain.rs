@@ -184,10 +184,22 @@ pub fn validate_request_id(id: &str) -> Result<(), ReservationError> {
 }
 
 /// Checks a window: both ends set, end after start.
-pub fn validate_window(window: Option<(i64, i64)>) -> Result<(i64, i64), ReservationError> {
+/// A window a customer may book: required, not empty, not ending in the past, and starting within
+/// `horizon` of `now_ms` (`SHAREMESH_BOOKING_HORIZON`).
+pub fn validate_window(window: Option<(i64, i64)>, now_ms: i64, horizon: Duration) -> Result<(i64, i64), ReservationError> {
     let (start, end) = window.ok_or_else(|| ReservationError::invalid("window", "start_time and end_time are required"))?;
     if end <= start {
         return Err(ReservationError::invalid("window", "end_time must be after start_time"));
+    }
+    if end <= now_ms {
+        return Err(ReservationError::invalid("window", "must not end in the past"));
+    }
+    let latest = now_ms.saturating_add(i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX));
+    if start > latest {
+        return Err(ReservationError::invalid(
+            "window",
+            format!("must start within {} days from now", horizon.as_secs() / 86_400),
+        ));
     }
     Ok((start, end))
 }
@@ -208,7 +220,7 @@ mod tests {
     #[test]
     fn validation_names_fields() {
         assert!(matches!(
-            validate_window(Some((5, 5))),
+            validate_window(Some((5, 5)), 0, Duration::from_secs(3600)),
             Err(ReservationError::Invalid { field: "window", .. })
         ));
         assert!(matches!(
@@ -217,6 +229,25 @@ mod tests {
         ));
         assert!(matches!(validate_request_id("has space"), Err(ReservationError::Invalid { .. })));
         assert!(validate_request_id("req-1").is_ok());
+    }
+
+    #[test]
+    fn windows_lie_between_now_and_the_horizon() {
+        let day = 86_400_000;
+        let year = Duration::from_secs(365 * 86_400);
+        let now = 1_000 * day;
+        assert_eq!(
+            validate_window(Some((now + day, now + 2 * day)), now, year).ok(),
+            Some((now + day, now + 2 * day))
+        );
+        // Ending now or before: in the past (1970 included).
+        assert!(validate_window(Some((now - 2 * day, now)), now, year).is_err());
+        assert!(validate_window(Some((0, day)), now, year).is_err());
+        // Beyond the horizon (year 9999 included).
+        assert!(validate_window(Some((now + 366 * day, now + 367 * day)), now, year).is_err());
+        assert!(validate_window(Some((253_402_200_000_000, 253_402_300_000_000)), now, year).is_err());
+        // Started already but not over: still bookable for the rest.
+        assert!(validate_window(Some((now - day, now + day)), now, year).is_ok());
     }
 
     #[test]

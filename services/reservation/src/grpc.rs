@@ -33,10 +33,7 @@ impl ReservationService for ReservationGrpc {
         let r = req.into_inner();
         let window = match &r.window {
             None => None,
-            Some(w) => Some(
-                w.to_ms()
-                    .ok_or_else(|| ReservationError::invalid("window", "start_time and end_time are required"))?,
-            ),
+            Some(w) => Some(w.to_ms_checked().map_err(|reason| ReservationError::invalid("window", reason))?),
         };
         let place = PlaceRequest {
             listing_id: r.listing_id,

@@ -40,6 +40,8 @@ pub const ENV_PAYMENT_ADDR: &str = "SHAREMESH_PAYMENT_ADDR";
 pub const ENV_AUTO_CONFIRM: &str = "SHAREMESH_AUTO_CONFIRM_KINDS";
 /// A PENDING reservation untouched this long is an interrupted saga; recovery finishes it (`30s`).
 pub const ENV_SAGA_STALE: &str = "SHAREMESH_SAGA_STALE";
+/// How far ahead a window may start (`43800h`, five years).
+pub const ENV_BOOKING_HORIZON: &str = "SHAREMESH_BOOKING_HORIZON";
 
 /// The reservation service's settings.
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct ReservationConfig {
     pub auto_confirm: Vec<String>,
     /// Age after which a PENDING saga is resumed by recovery.
     pub saga_stale: Duration,
+    /// How far ahead a window may start.
+    pub horizon: Duration,
 }
 
 impl ReservationConfig {
@@ -77,7 +81,16 @@ impl ReservationConfig {
                 "must be at least 100ms",
             ));
         }
+        let horizon = env.duration_or(ENV_BOOKING_HORIZON, Duration::from_secs(5 * 365 * 86_400))?;
+        if horizon < Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                ENV_BOOKING_HORIZON,
+                &format!("{horizon:?}"),
+                "must be at least 1h",
+            ));
+        }
         Ok(Self {
+            horizon,
             mesh: MeshConfig::from_env("reservation", env)?,
             catalog_addr: env.string_or(ENV_CATALOG_ADDR, "http://127.0.0.1:50051"),
             payment_addr: env.string_or(ENV_PAYMENT_ADDR, "http://127.0.0.1:50053"),
@@ -120,16 +133,18 @@ pub struct Reservations {
     upstreams: upstream::Upstreams,
     auto_confirm: Arc<[String]>,
     in_flight: InFlight,
+    horizon: Duration,
 }
 
 impl Reservations {
-    /// Reservations on `db`, calling `upstreams`.
-    pub fn new(db: Db, upstreams: upstream::Upstreams, auto_confirm: Vec<String>) -> Self {
+    /// Reservations on `db`, calling `upstreams`; windows may start up to `horizon` ahead.
+    pub fn new(db: Db, upstreams: upstream::Upstreams, auto_confirm: Vec<String>, horizon: Duration) -> Self {
         Self {
             db,
             upstreams,
             auto_confirm: auto_confirm.into(),
             in_flight: InFlight::default(),
+            horizon,
         }
     }
 
@@ -177,7 +192,7 @@ pub async fn run(config: ReservationConfig, shutdown: Shutdown) -> Result<(), Ru
         .map_err(|e| RunError::Config(format!("{ENV_CATALOG_ADDR} / {ENV_PAYMENT_ADDR}: {e}")))?;
     let stale = config.saga_stale;
     let mut rt = Runtime::start::<storage::Migrator>(config.mesh, shutdown.clone()).await?;
-    let reservations = Reservations::new(rt.db.clone(), upstreams, config.auto_confirm);
+    let reservations = Reservations::new(rt.db.clone(), upstreams, config.auto_confirm, config.horizon);
     rt.consume(
         "payment",
         Arc::new(events::PaymentEvents {

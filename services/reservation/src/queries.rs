@@ -58,7 +58,7 @@ impl Reservations {
             Role::Admin | Role::Service => {}
         }
         let fingerprint = format!("{filter:?}");
-        let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| ReservationError::invalid("page_token", e.to_string()))?;
+        let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| ReservationError::invalid(e.field(), e.to_string()))?;
         let mut rows = repo::list(self.db.conn(), &filter, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);

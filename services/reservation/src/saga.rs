@@ -61,7 +61,7 @@ impl Reservations {
             .require(&[Role::Customer, Role::Host, Role::Admin])
             .map_err(|s| ReservationError::PermissionDenied(s.message().to_owned()))?;
         domain::validate_id("listing_id", &req.listing_id)?;
-        let (start_ms, end_ms) = domain::validate_window(req.window)?;
+        let (start_ms, end_ms) = domain::validate_window(req.window, now_ms(), self.horizon)?;
         domain::validate_request_id(&req.request_id)?;
         let card = req.card.ok_or_else(|| ReservationError::invalid("card", "is required"))?;
         let previous = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await?;

@@ -100,7 +100,7 @@ impl Views {
         let kind = (kind != ListingKind::Unspecified).then(|| kind.as_str_name());
         let status = (status != ListingStatus::Unspecified).then(|| status.as_str_name());
         let fingerprint = format!("{kind:?}/{status:?}");
-        let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| ViewError::invalid("page_token", e.to_string()))?;
+        let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| ViewError::invalid(e.field(), e.to_string()))?;
         let mut rows = listing_views::list(self.db.conn(), kind, status, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
@@ -119,7 +119,7 @@ impl Views {
 
     /// The caller's own reservations with listing, reservation and payment state.
     pub async fn my_page(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<(MyPage, String), ViewError> {
-        let page = page::decode(page_size, page_token, &caller.id).map_err(|e| ViewError::invalid("page_token", e.to_string()))?;
+        let page = page::decode(page_size, page_token, &caller.id).map_err(|e| ViewError::invalid(e.field(), e.to_string()))?;
         let mut rows = reservation_views::for_customer(self.db.conn(), &caller.id, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
