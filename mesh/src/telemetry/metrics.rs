@@ -22,6 +22,17 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// The label a server's metrics use for a request no method or route serves: an unknown gRPC
+/// method, a REST path that matches no route. The request's own path is never a label there, so
+/// random paths cannot add series.
+pub const UNMATCHED: &str = "unmatched";
+
+/// The metrics label of a call, set by a service in its response's extensions when the request
+/// path is not the label to use: the edge labels REST calls with their route template
+/// (`GET /v1/listings/{listing_id}`) and everything it does not serve with [`UNMATCHED`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteLabel(pub String);
+
 /// Labels of a failed gRPC call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -260,6 +271,17 @@ where
                 };
                 let span = tracing::Span::current();
                 span.record("rpc.grpc.status_code", code as i32);
+                // The label: what the service says it served, else the method path, except for
+                // calls no method answered (UNIMPLEMENTED): any path a caller makes up would be
+                // its own series.
+                let method = match &res {
+                    Ok(r) => match r.extensions().get::<RouteLabel>() {
+                        Some(label) => label.0.clone(),
+                        None if code == tonic::Code::Unimplemented => UNMATCHED.to_owned(),
+                        None => method,
+                    },
+                    Err(_) => UNMATCHED.to_owned(),
+                };
                 let m = metrics();
                 let labels = MethodLabels { method };
                 m.server_requests.get_or_create(&labels).inc();
@@ -296,6 +318,34 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sharemesh_grpc_server_duration_seconds_bucket"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn labels_come_from_the_response_and_unknown_methods_share_one() {
+        use tower::ServiceExt;
+        let svc = tower::service_fn(|req: http::Request<()>| async move {
+            let mut res = http::Response::new(());
+            match req.uri().path() {
+                "/labelled/42" => {
+                    res.extensions_mut().insert(RouteLabel("GET /labelled/{id}".into()));
+                }
+                "/test.Label/Known" => {}
+                _ => {
+                    res.headers_mut().insert("grpc-status", "12".parse().expect("valid"));
+                }
+            }
+            Ok::<_, std::convert::Infallible>(res)
+        });
+        let layered = tower_layer::Layer::layer(&GrpcServerLayer, svc);
+        for path in ["/labelled/42", "/test.Label/Known", "/made/up/1", "/made/up/2"] {
+            let req = http::Request::builder().uri(path).body(()).expect("request");
+            layered.clone().oneshot(req).await.expect("infallible");
+        }
+        let text = metrics().encode();
+        assert!(text.contains("requests_total{method=\"GET /labelled/{id}\"} 1"), "{text}");
+        assert!(text.contains("requests_total{method=\"/test.Label/Known\"} 1"), "{text}");
+        assert!(!text.contains("/made/up"), "{text}");
+        assert!(text.contains("requests_total{method=\"unmatched\"}"), "{text}");
     }
 
     #[test]

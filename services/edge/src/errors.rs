@@ -97,6 +97,33 @@ pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
+/// INVALID_ARGUMENT for a request the edge cannot transcode; a named field also travels as a
+/// `BadRequest` violation. The message says what was expected, never what was sent.
+pub fn invalid_request(e: crate::transcode::TranscodeError) -> tonic::Status {
+    match e.1 {
+        Some(field) => {
+            let description = e.0.strip_prefix(&format!("{field}: ")).unwrap_or(&e.0).to_owned();
+            tonic::Status::with_error_details(
+                tonic::Code::InvalidArgument,
+                e.0,
+                tonic_types::ErrorDetails::with_bad_request_violation(field, description),
+            )
+        }
+        None => tonic::Status::invalid_argument(e.0),
+    }
+}
+
+/// A gRPC request body that is not one well-framed message (bad gRPC-Web base64, a truncated
+/// frame): the caller's INVALID_ARGUMENT, answered by the edge without calling the service.
+pub fn malformed_grpc_body(what: &str) -> tonic::Status {
+    tonic::Status::invalid_argument(format!("malformed gRPC request: {what}"))
+}
+
+/// A gRPC message over the edge's limit: OUT_OF_RANGE, as tonic answers an oversized message.
+pub fn message_too_large(limit: usize) -> tonic::Status {
+    tonic::Status::out_of_range(format!("the request message is larger than {limit} bytes"))
+}
+
 /// A status as the response the caller's protocol expects.
 pub fn respond(grpc_caller: bool, status: tonic::Status) -> Response {
     if grpc_caller { grpc(status) } else { rest(&status) }

@@ -71,9 +71,46 @@ async fn forward_grpc(edge: Edge, req: Request) -> Response {
     let Some(channel) = context_of(service).and_then(|c| edge.upstreams.get(c)) else {
         return errors::grpc(tonic::Status::unimplemented(format!("no upstream serves {service}")));
     };
-    match channel.oneshot(req.map(tonic::body::Body::new)).await {
+    // Every public method is unary: the edge reads the one message first, so a body that is not
+    // one well-framed message (bad gRPC-Web base64, a truncated frame, too large) is the
+    // caller's INVALID_ARGUMENT here and never reaches, or counts against, the shared upstream.
+    let (parts, body) = req.into_parts();
+    let message = match read_unary(body, edge.max_body).await {
+        Ok(m) => m,
+        Err(status) => return errors::grpc(status),
+    };
+    let req = http::Request::from_parts(parts, tonic::body::Body::new(http_body_util::Full::new(message)));
+    match channel.oneshot(req).await {
         Ok(res) => res.map(axum::body::Body::new),
         Err(e) => errors::grpc(tonic::Status::from_error(Box::new(e))),
+    }
+}
+
+/// The body of a unary gRPC call, checked to be exactly one length-prefixed message.
+async fn read_unary(body: axum::body::Body, limit: usize) -> Result<Bytes, tonic::Status> {
+    use http_body_util::BodyExt;
+    let bytes = match http_body_util::Limited::new(body, limit.saturating_add(5)).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(errors::message_too_large(limit));
+        }
+        Err(_) => {
+            return Err(errors::malformed_grpc_body(
+                "the request body could not be read (gRPC-Web text must be base64)",
+            ));
+        }
+    };
+    let Some(header) = bytes.get(..5) else {
+        return Err(errors::malformed_grpc_body("the request has no complete message"));
+    };
+    if header[0] > 1 {
+        return Err(errors::malformed_grpc_body("the message's compressed flag must be 0 or 1"));
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    match (bytes.len() - 5).cmp(&len) {
+        std::cmp::Ordering::Less => Err(errors::malformed_grpc_body("the message is shorter than its length prefix")),
+        std::cmp::Ordering::Greater => Err(errors::malformed_grpc_body("a unary call takes exactly one message")),
+        std::cmp::Ordering::Equal => Ok(bytes),
     }
 }
 
@@ -123,7 +160,7 @@ async fn rest(edge: Edge, req: Request) -> Response {
     };
     let message = match transcode::request(route, bound, query.as_deref(), &body) {
         Ok(m) => m,
-        Err(e) => return errors::rest(&tonic::Status::invalid_argument(e.0)),
+        Err(e) => return errors::rest(&errors::invalid_request(e)),
     };
     let mut request = tonic::Request::new(message);
     for name in [http::header::AUTHORIZATION.as_str(), REQUEST_ID] {

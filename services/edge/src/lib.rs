@@ -27,6 +27,7 @@ use sharemesh_mesh::auth::Verifier;
 use sharemesh_mesh::config::{ConfigError, Env, EnvExt, MeshConfig};
 use sharemesh_mesh::runtime::RunError;
 use sharemesh_mesh::server::{GrpcServer, Shutdown};
+use sharemesh_mesh::telemetry::metrics::RouteLabel;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -36,7 +37,7 @@ use crate::routes::RouteTable;
 
 /// Origins allowed by CORS: `*`, or a comma-separated list; unset disables CORS.
 pub const ENV_CORS_ORIGINS: &str = "SHAREMESH_CORS_ORIGINS";
-/// Requests per second one client (token subject, else IP) may make on average (`100`).
+/// Requests per second one client (verified token subject, else peer IP) may make on average (`100`).
 pub const ENV_RATE: &str = "SHAREMESH_EDGE_RATE";
 /// Requests one client may make in a burst (`200`).
 pub const ENV_BURST: &str = "SHAREMESH_EDGE_BURST";
@@ -44,6 +45,8 @@ pub const ENV_BURST: &str = "SHAREMESH_EDGE_BURST";
 pub const ENV_CONCURRENCY: &str = "SHAREMESH_EDGE_CONCURRENCY";
 /// Largest REST request body in bytes (`1048576`); larger ones get 413.
 pub const ENV_MAX_BODY: &str = "SHAREMESH_EDGE_MAX_BODY";
+/// Proxies whose `X-Forwarded-For` the edge believes: comma-separated IPs and CIDRs (none).
+pub const ENV_TRUSTED_PROXIES: &str = "SHAREMESH_TRUSTED_PROXIES";
 
 /// The edge's settings.
 #[derive(Debug, Clone)]
@@ -62,6 +65,8 @@ pub struct EdgeConfig {
     pub concurrency: usize,
     /// Body limit.
     pub max_body: usize,
+    /// Peers whose `X-Forwarded-For` names the client (empty: the peer is the client).
+    pub trusted_proxies: Vec<policy::IpNet>,
 }
 
 impl EdgeConfig {
@@ -83,6 +88,11 @@ impl EdgeConfig {
             burst: env.parse_or(ENV_BURST, 200.0)?,
             concurrency,
             max_body: env.parse_or(ENV_MAX_BODY, 1 << 20)?,
+            trusted_proxies: match env.get(ENV_TRUSTED_PROXIES) {
+                Some(list) => policy::IpNet::parse_list(&list)
+                    .map_err(|bad| ConfigError::invalid(ENV_TRUSTED_PROXIES, &bad, "expected IP addresses or CIDRs such as 10.0.0.0/8"))?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -125,16 +135,32 @@ fn cors(origins: &str) -> CorsLayer {
 /// policies; the gRPC server in front adds health, reflection and gRPC-Web.
 pub fn router(edge: Edge, policies: Policies, cors_origins: Option<&str>) -> axum::Router {
     use axum::routing::get;
+    let table = edge.table.clone();
     let router = axum::Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/openapi.json", get(handlers::openapi))
         .fallback(handlers::dispatch)
         .with_state(edge)
         .layer(axum::middleware::from_fn_with_state(policies, policy::admit));
-    match cors_origins {
+    let router = match cors_origins {
         Some(origins) => router.layer(cors(origins)),
         None => router,
-    }
+    };
+    // Outermost, so refusals and CORS preflights are labelled too.
+    router.layer(axum::middleware::from_fn_with_state(table, label_metrics))
+}
+
+/// Names the request for the server's metrics layer: its route or public method, else
+/// `unmatched` (see [`RouteTable::metric_label`]); the raw path is never a label.
+async fn label_metrics(
+    axum::extract::State(table): axum::extract::State<Arc<RouteTable>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let label = table.metric_label(req.method(), req.uri().path(), errors::is_grpc(&req));
+    let mut res = next.run(req).await;
+    res.extensions_mut().insert(RouteLabel(label));
+    res
 }
 
 /// The contracts' descriptors without internal methods, for the edge's server reflection.
@@ -169,6 +195,7 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), RunError>
         verifier: Verifier::new(&config.mesh.auth),
         permits: Arc::new(Semaphore::new(config.concurrency)),
         limiter: Arc::new(RateLimiter::new(config.rate, config.burst)),
+        trusted_proxies: config.trusted_proxies.clone().into(),
     };
     if let Some(addr) = config.mesh.metrics_addr {
         let s = shutdown.clone();
@@ -188,3 +215,6 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), RunError>
     tracing::info!(%addr, routes = table.routes().len(), "edge serving gRPC, gRPC-Web and REST");
     Ok(server.run(shutdown).await?)
 }
+
+#[cfg(test)]
+mod tests;

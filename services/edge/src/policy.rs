@@ -2,8 +2,14 @@
 //! load shedding (a concurrency limit that refuses instead of queueing), per-client rate limiting,
 //! and bearer-token verification (the verified caller travels in the request's extensions; the
 //! token itself is forwarded).
+//!
+//! Who "one client" is for the rate limit is decided by nothing a caller can choose: the subject of
+//! a token that verified, else the peer's address. `X-Forwarded-For` names the client only when
+//! the peer is one of `SHAREMESH_TRUSTED_PROXIES`. A request with a bad token counts against its
+//! peer before it is refused, so bad tokens are rate limited like everything else.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +63,55 @@ impl RateLimiter {
     }
 }
 
+/// An IP network: an address and a prefix length (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `ip` or `ip/prefix`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.trim().parse::<IpAddr>().ok()?, Some(p.trim().parse::<u8>().ok()?)),
+            None => (text.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Parses a comma-separated list; `Err` is the first entry that is not an IP or CIDR.
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| Self::parse(e).ok_or_else(|| e.to_owned()))
+            .collect()
+    }
+
+    /// Whether `ip` is in the network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let shift = |bits: u32, width: u32| width.saturating_sub(bits);
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let s = shift(u32::from(self.prefix), 32);
+                s == 32 || (u32::from(net) >> s) == (u32::from(ip) >> s)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let s = shift(u32::from(self.prefix), 128);
+                s == 128 || (u128::from(net) >> s) == (u128::from(ip) >> s)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What the policies need.
 #[derive(Clone)]
 pub struct Policies {
@@ -66,24 +121,48 @@ pub struct Policies {
     pub permits: Arc<Semaphore>,
     /// Per-client limits.
     pub limiter: Arc<RateLimiter>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpNet]>,
 }
 
-fn client_key(req: &Request, caller: Option<&Caller>) -> String {
-    if let Some(c) = caller {
-        return format!("sub:{}", c.id);
-    }
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(str::trim);
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address
+/// of `X-Forwarded-For` that is not a trusted proxy itself (every hop left of it is what the
+/// client claims, and the client can claim anything).
+pub fn client_ip(req: &Request, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = req
         .extensions()
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|i| i.remote_addr())
-        .map(|a| a.ip().to_string());
-    format!("ip:{}", forwarded.map(str::to_owned).or(peer).unwrap_or_default())
+        .map(|a| a.ip())?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer;
+    if !is_trusted(client) {
+        return Some(client);
+    }
+    let hops = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else { break };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+fn client_key(req: &Request, caller: Option<&Caller>, trusted: &[IpNet]) -> String {
+    match (caller, client_ip(req, trusted)) {
+        (Some(c), _) => format!("sub:{}", c.id),
+        (None, Some(ip)) => format!("ip:{ip}"),
+        (None, None) => "ip:unknown".to_owned(),
+    }
 }
 
 fn refuse(grpc: bool, status: tonic::Status, request_id: &HeaderValue) -> Response {
@@ -116,27 +195,24 @@ pub async fn admit(State(p): State<Policies>, mut req: Request, next: Next) -> R
         return res;
     };
 
-    let caller = match req.headers().get(http::header::AUTHORIZATION) {
-        None => None,
+    // A token that does not verify is refused, but only after the request counted against its
+    // peer's bucket: otherwise bad tokens would be the one kind of request never limited.
+    let caller: Result<Option<Caller>, tonic::Status> = match req.headers().get(http::header::AUTHORIZATION) {
+        None => Ok(None),
         Some(value) => {
             let token = value
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
             match token.map(|t| p.verifier.verify(t.trim())) {
-                Some(Ok(caller)) => Some(caller),
-                Some(Err(status)) => return refuse(grpc, status, &request_id),
-                None => {
-                    return refuse(
-                        grpc,
-                        tonic::Status::unauthenticated("authorization must be `Bearer <jwt>`"),
-                        &request_id,
-                    );
-                }
+                Some(Ok(caller)) => Ok(Some(caller)),
+                Some(Err(status)) => Err(status),
+                None => Err(tonic::Status::unauthenticated("authorization must be `Bearer <jwt>`")),
             }
         }
     };
-    if let Err(wait) = p.limiter.take(&client_key(&req, caller.as_ref()), Instant::now()) {
+    let key = client_key(&req, caller.as_ref().ok().and_then(Option::as_ref), &p.trusted_proxies);
+    if let Err(wait) = p.limiter.take(&key, Instant::now()) {
         let secs = wait.as_secs().max(1);
         let mut status = tonic::Status::resource_exhausted(format!("rate limit exceeded; retry in {secs}s"));
         if let Ok(v) = secs.to_string().parse() {
@@ -144,8 +220,12 @@ pub async fn admit(State(p): State<Policies>, mut req: Request, next: Next) -> R
         }
         return refuse(grpc, status, &request_id);
     }
-    if let Some(c) = caller {
-        req.extensions_mut().insert(c);
+    match caller {
+        Ok(Some(c)) => {
+            req.extensions_mut().insert(c);
+        }
+        Ok(None) => {}
+        Err(status) => return refuse(grpc, status, &request_id),
     }
     let mut res = next.run(req).await;
     drop(permit);

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use prost_reflect::{DescriptorPool, MethodDescriptor, Value};
 use sharemesh_contracts::google::api::{HttpRule, http_rule};
+use sharemesh_mesh::telemetry::metrics::UNMATCHED;
 
 use crate::template::PathTemplate;
 
@@ -158,6 +159,26 @@ impl RouteTable {
         v
     }
 
+    /// The metrics label of a request: the route (`GET /v1/listings/{listing_id}`) for REST, the
+    /// method (`/sharemesh.catalog.v1.CatalogService/GetListing`) for a public gRPC method, and
+    /// [`UNMATCHED`] for everything else, so no path a caller makes up becomes a series.
+    pub fn metric_label(&self, verb: &http::Method, path: &str, grpc: bool) -> String {
+        if grpc {
+            return if self.is_public(path) {
+                path.to_owned()
+            } else {
+                UNMATCHED.to_owned()
+            };
+        }
+        if *verb == http::Method::GET && matches!(path, "/healthz" | "/openapi.json") {
+            return format!("GET {path}");
+        }
+        match self.find(verb, path) {
+            Ok((route, _)) => format!("{} {}", route.verb, route.template.raw),
+            Err(_) => UNMATCHED.to_owned(),
+        }
+    }
+
     /// The route for a REST request, with the values its path binds.
     pub fn find(&self, verb: &http::Method, path: &str) -> Result<(&Route, Bindings), Miss> {
         let mut allowed = Vec::new();
@@ -285,6 +306,25 @@ mod tests {
             t.idempotent_methods()
                 .contains(&"/sharemesh.catalog.v1.CatalogService/GetListing".to_owned())
         );
+    }
+
+    #[test]
+    fn metric_labels_are_templates_methods_or_unmatched() {
+        let t = table();
+        let get = http::Method::GET;
+        assert_eq!(t.metric_label(&get, "/v1/listings/l-123", false), "GET /v1/listings/{listing_id}");
+        assert_eq!(
+            t.metric_label(&http::Method::POST, "/v1/reservations/r-9:cancel", false),
+            "POST /v1/reservations/{reservation_id}:cancel"
+        );
+        assert_eq!(t.metric_label(&get, "/healthz", false), "GET /healthz");
+        assert_eq!(t.metric_label(&get, "/v1/nothing/42", false), UNMATCHED);
+        assert_eq!(t.metric_label(&http::Method::PUT, "/v1/listings", false), UNMATCHED);
+        let method = "/sharemesh.catalog.v1.CatalogService/GetListing";
+        assert_eq!(t.metric_label(&http::Method::POST, method, true), method);
+        for unknown in ["/sharemesh.catalog.v1.CatalogService/HoldListing", "/x.Y/Z123"] {
+            assert_eq!(t.metric_label(&http::Method::POST, unknown, true), UNMATCHED);
+        }
     }
 
     #[test]

@@ -10,13 +10,21 @@ use serde_json::{Map, Value};
 
 use crate::routes::{BodyMapping, Route, resolve_path};
 
-/// A request or response that cannot be transcoded; answered as INVALID_ARGUMENT (400).
+/// A request or response that cannot be transcoded; answered as INVALID_ARGUMENT (400). The
+/// message names the field (the second part, when there is one: a `BadRequest` violation) and
+/// what was expected, never the value that was sent: a card number sent as a JSON number must
+/// not come back in an error body or a log line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
-pub struct TranscodeError(pub String);
+pub struct TranscodeError(pub String, pub Option<String>);
 
 fn bad(msg: impl Into<String>) -> TranscodeError {
-    TranscodeError(msg.into())
+    TranscodeError(msg.into(), None)
+}
+
+/// `field: expected ...`, with the field as the violation.
+fn bad_field(field: &str, expected: &str) -> TranscodeError {
+    TranscodeError(format!("{field}: expected {expected}"), Some(field.to_owned()))
 }
 
 /// The protobuf request for `route` from the bound path values, the query string and the body.
@@ -42,12 +50,7 @@ pub fn request(route: &Route, bound: Vec<(String, String)>, query: Option<&str>,
     };
     for (path, value) in bound {
         let fields = resolve_path(&input, &path).ok_or_else(|| bad(format!("unknown path field {path}")))?;
-        set(
-            &mut root,
-            &fields,
-            scalar(fields.last().ok_or_else(|| bad("empty path"))?, &value)?,
-            false,
-        );
+        set(&mut root, &fields, scalar(&fields, &value)?, false);
     }
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         if route.body == BodyMapping::All {
@@ -56,7 +59,7 @@ pub fn request(route: &Route, bound: Vec<(String, String)>, query: Option<&str>,
                 route.verb, route.template.raw
             )));
         }
-        for (key, value) in form_urlencoded::parse(q.as_bytes()) {
+        for (key, value) in parse_query(q)? {
             let fields = resolve_path(&input, &key).ok_or_else(|| bad(format!("unknown query parameter {key:?}")))?;
             let leaf = fields.last().ok_or_else(|| bad("empty query parameter"))?;
             if matches!(leaf.kind(), Kind::Message(ref m) if !is_scalar_message(m)) || leaf.is_map() {
@@ -64,13 +67,192 @@ pub fn request(route: &Route, bound: Vec<(String, String)>, query: Option<&str>,
                     "query parameter {key:?} names a message; set its fields (e.g. {key}.field=...)"
                 )));
             }
-            set(&mut root, &fields, scalar(leaf, &value)?, leaf.is_list());
+            set(&mut root, &fields, scalar(&fields, &value)?, leaf.is_list());
         }
     }
-    let options = DeserializeOptions::new().deny_unknown_fields(true);
-    let message =
-        DynamicMessage::deserialize_with_options(input.clone(), Value::Object(root), &options).map_err(|e| bad(clean(&e.to_string())))?;
+    let root = Value::Object(root);
+    let message = match DynamicMessage::deserialize_with_options(input.clone(), &root, &options()) {
+        Ok(m) => m,
+        // prost-reflect's (serde's) messages quote the value and do not say which field: find
+        // the field and say what it takes instead.
+        Err(_) => {
+            return Err(explain(&input, &root, "").unwrap_or_else(|| bad(format!("request does not match {}", input.full_name()))));
+        }
+    };
     Ok(message.encode_to_vec().into())
+}
+
+fn options() -> DeserializeOptions {
+    DeserializeOptions::new().deny_unknown_fields(true)
+}
+
+/// The query string's (name, value) pairs, `+` and percent-escapes decoded; a name or value that
+/// is not UTF-8 once decoded is an error naming the parameter (never replaced silently).
+fn parse_query(query: &str) -> Result<Vec<(String, String)>, TranscodeError> {
+    let mut out = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = form_decode(raw_key).ok_or_else(|| bad("a query parameter name is not valid UTF-8"))?;
+        let value = form_decode(raw_value)
+            .ok_or_else(|| TranscodeError(format!("query parameter {key:?}: the value is not valid UTF-8"), Some(key.clone())))?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte, a `%` without two
+/// hex digits stays as it is; `None` when the bytes are not UTF-8.
+fn form_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The first field of `value` that does not fit `message`, as `path: expected ...` (proto field
+/// names, dotted; list items as `path[i]`). Leaves are checked by prost-reflect itself, one field
+/// at a time, so this agrees with it exactly; the value is never part of the answer.
+fn explain(message: &MessageDescriptor, value: &Value, prefix: &str) -> Option<TranscodeError> {
+    let Value::Object(object) = value else {
+        return Some(bad_field(prefix.trim_end_matches('.'), "an object"));
+    };
+    let mut oneofs: Vec<(String, String)> = Vec::new();
+    for (key, v) in object {
+        let Some(field) = message.get_field_by_json_name(key).or_else(|| message.get_field_by_name(key)) else {
+            let shown: String = key.chars().take(64).collect();
+            return Some(TranscodeError(
+                format!("unknown field {prefix}{shown:?}"),
+                Some(format!("{prefix}{shown}")),
+            ));
+        };
+        let path = format!("{prefix}{}", field.name());
+        if v.is_null() {
+            continue;
+        }
+        if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+            if let Some((_, other)) = oneofs.iter().find(|(o, _)| o == oneof.name()) {
+                let members: Vec<String> = oneof.fields().map(|f| f.name().to_owned()).collect();
+                return Some(TranscodeError(
+                    format!(
+                        "{prefix}{}: set at most one of {} (got {other} and {})",
+                        oneof.name(),
+                        members.join(", "),
+                        field.name()
+                    ),
+                    Some(format!("{prefix}{}", oneof.name())),
+                ));
+            }
+            oneofs.push((oneof.name().to_owned(), field.name().to_owned()));
+        }
+        if field.is_map() {
+            let Value::Object(entries) = v else {
+                return Some(bad_field(&path, "an object"));
+            };
+            for (k, item) in entries {
+                let one = Value::Object(Map::from_iter([(k.clone(), item.clone())]));
+                if let Some(e) = leaf(&field, &one, &path) {
+                    return Some(e);
+                }
+            }
+        } else if field.is_list() {
+            let Value::Array(items) = v else {
+                return Some(bad_field(&path, "an array"));
+            };
+            for (i, item) in items.iter().enumerate() {
+                if let Some(e) = single(&field, item, &format!("{path}[{i}]"), true) {
+                    return Some(e);
+                }
+            }
+        } else if let Some(e) = single(&field, v, &path, false) {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// One value of `field` (an item, when `item`): a nested message is explained field by field, a
+/// scalar (or well-known type) is tried alone.
+fn single(field: &FieldDescriptor, value: &Value, path: &str, item: bool) -> Option<TranscodeError> {
+    match field.kind() {
+        Kind::Message(m) if well_known_json(&m).is_none() => explain(&m, value, &format!("{path}.")),
+        _ => leaf(field, &if item { Value::Array(vec![value.clone()]) } else { value.clone() }, path),
+    }
+}
+
+/// Tries `value` as the only field of its message; on failure, says what the field takes.
+fn leaf(field: &FieldDescriptor, value: &Value, path: &str) -> Option<TranscodeError> {
+    let alone = Value::Object(Map::from_iter([(field.json_name().to_owned(), value.clone())]));
+    match DynamicMessage::deserialize_with_options(field.parent_message().clone(), &alone, &options()) {
+        Ok(_) => None,
+        Err(_) => Some(bad_field(path, &expected(field))),
+    }
+}
+
+/// What a field's JSON value must be (for one item of a list or map).
+fn expected(field: &FieldDescriptor) -> String {
+    let kind = if field.is_map() {
+        match field.kind() {
+            Kind::Message(entry) => entry.map_entry_value_field().kind(),
+            k => k,
+        }
+    } else {
+        field.kind()
+    };
+    match kind {
+        Kind::Bool => "true or false".into(),
+        Kind::String => "a string".into(),
+        Kind::Bytes => "a base64 string".into(),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => "a 32-bit integer".into(),
+        Kind::Uint32 | Kind::Fixed32 => "an unsigned 32-bit integer".into(),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => "a 64-bit integer (as a string or a number)".into(),
+        Kind::Uint64 | Kind::Fixed64 => "an unsigned 64-bit integer (as a string or a number)".into(),
+        Kind::Float | Kind::Double => "a number".into(),
+        Kind::Enum(e) => format!(
+            "a {} name such as {:?}",
+            e.name(),
+            e.values().nth(1).unwrap_or_else(|| e.default_value()).name()
+        ),
+        Kind::Message(m) => well_known_json(&m).map_or_else(|| "an object".to_owned(), str::to_owned),
+    }
+}
+
+/// The JSON form of a well-known type that prost-reflect reads as one value.
+fn well_known_json(m: &MessageDescriptor) -> Option<&'static str> {
+    Some(match m.full_name() {
+        "google.protobuf.Timestamp" => "an RFC 3339 timestamp such as \"2030-01-01T09:00:00Z\"",
+        "google.protobuf.Duration" => "a duration in seconds such as \"1.5s\"",
+        "google.protobuf.FieldMask" => "comma-separated field paths",
+        "google.protobuf.Struct" => "an object",
+        "google.protobuf.Value" => "any JSON value",
+        "google.protobuf.ListValue" => "an array",
+        "google.protobuf.Any" => "an object with an @type",
+        "google.protobuf.Empty" => "an empty object",
+        "google.protobuf.StringValue" => "a string",
+        "google.protobuf.BytesValue" => "a base64 string",
+        "google.protobuf.BoolValue" => "true or false",
+        "google.protobuf.Int32Value" => "a 32-bit integer",
+        "google.protobuf.UInt32Value" => "an unsigned 32-bit integer",
+        "google.protobuf.Int64Value" => "a 64-bit integer (as a string or a number)",
+        "google.protobuf.UInt64Value" => "an unsigned 64-bit integer (as a string or a number)",
+        "google.protobuf.FloatValue" | "google.protobuf.DoubleValue" => "a number",
+        _ => return None,
+    })
 }
 
 /// The JSON answer for a protobuf response of `route`.
@@ -114,21 +296,14 @@ fn is_scalar_message(m: &MessageDescriptor) -> bool {
 }
 
 /// A URL text as the JSON value the field's JSON mapping accepts.
-fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, TranscodeError> {
-    let name = field.name();
+fn scalar(fields: &[FieldDescriptor], text: &str) -> Result<Value, TranscodeError> {
+    let field = fields.last().ok_or_else(|| bad("empty path"))?;
+    let path = fields.iter().map(FieldDescriptor::name).collect::<Vec<_>>().join(".");
+    let name = path.as_str();
     Ok(match field.kind() {
-        Kind::Bool => Value::Bool(
-            text.parse()
-                .map_err(|_| bad(format!("{name}: expected true or false, got {text:?}")))?,
-        ),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::from(
-            text.parse::<i32>()
-                .map_err(|_| bad(format!("{name}: expected a 32-bit integer, got {text:?}")))?,
-        ),
-        Kind::Uint32 | Kind::Fixed32 => Value::from(
-            text.parse::<u32>()
-                .map_err(|_| bad(format!("{name}: expected an unsigned 32-bit integer, got {text:?}")))?,
-        ),
+        Kind::Bool => Value::Bool(text.parse().map_err(|_| bad_field(name, "true or false"))?),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::from(text.parse::<i32>().map_err(|_| bad_field(name, "a 32-bit integer"))?),
+        Kind::Uint32 | Kind::Fixed32 => Value::from(text.parse::<u32>().map_err(|_| bad_field(name, "an unsigned 32-bit integer"))?),
         Kind::Double | Kind::Float => text
             .parse::<f64>()
             .map(Value::from)
@@ -166,11 +341,6 @@ fn set(root: &mut Map<String, Value>, fields: &[FieldDescriptor], value: Value, 
     } else {
         obj.insert(leaf.json_name().to_owned(), value);
     }
-}
-
-/// serde's messages mention internal types; keep the part a client can act on.
-fn clean(msg: &str) -> String {
-    msg.replace("prost_reflect::", "").replace(" at line 0 column 0", "")
 }
 
 #[cfg(test)]
