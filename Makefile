@@ -9,7 +9,7 @@ export NATS_SERVER_BIN := $(CURDIR)/.tools/nats-server-$(NATS_VERSION)/nats-serv
 # nextest when installed (it is on our machines), plain cargo test otherwise.
 TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo "$(CARGO) nextest run --profile ci"; else echo "$(CARGO) test"; fi)
 
-.PHONY: help deps build run test test-unit lint fmt clean clients fuzz-edge
+.PHONY: help deps build run test test-unit lint fmt clean clients fuzz-edge contracts-release
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,9 +30,14 @@ test: deps build clients helm-check ## run every test (unit, mesh integration, e
 	  if [ "$${CI:-}" = "true" ]; then exit 1; fi; }; \
 	RUST_BACKTRACE=0 SHAREMESH_TEST_POSTGRES="$$pg_url" SHAREMESH_BIN="$(abspath $(BIN))" $(TEST_RUNNER) --workspace --all-features
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: deps ## rustfmt, clippy with warnings as errors, buf lint and buf breaking on the contracts
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	cd proto && buf lint
+	buf breaking proto --against proto/released.binpb
+
+contracts-release: ## record the contracts as released: buf breaking compares against this image
+	buf build proto -o proto/released.binpb
 
 fmt: ## format the code
 	$(CARGO) fmt --all

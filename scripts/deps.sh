@@ -10,6 +10,8 @@
 set -euo pipefail
 
 NATS_VERSION=2.12.8
+# buf checks the contracts (`make lint`: buf lint, buf breaking).
+BUF_VERSION=1.75.0
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="$root/.tools/nats-server-$NATS_VERSION"
@@ -38,3 +40,9 @@ case "$version" in
   *) echo "deps: $bin reports '$version', expected v$NATS_VERSION; delete $dir and retry" >&2; exit 1 ;;
 esac
 echo "deps: ok ($version at $bin)" >&2
+
+if [ "$(buf --version 2>/dev/null)" != "$BUF_VERSION" ]; then
+  echo "deps: installing buf $BUF_VERSION" >&2
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet "buf-bin==$BUF_VERSION" >&2
+fi
+echo "deps: ok (buf $(buf --version 2>&1))" >&2
