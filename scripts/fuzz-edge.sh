@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 BIN=${SHAREMESH_BIN:-./target/debug/sharemesh}
 MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-50}
 TIMEOUT=${FUZZ_TIMEOUT:-900}
-CHECKS=${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance}
+CHECKS=${FUZZ_CHECKS:-all}
 REPORT_DIR=${FUZZ_REPORT_DIR:-target/fuzz-edge}
 
 say() { echo "fuzz-edge: $*" >&2; }

@@ -16,8 +16,93 @@ use crate::routes::{BodyMapping, Route, RouteTable};
 /// Name of the error schema in `components.schemas`.
 pub const ERROR_SCHEMA: &str = "sharemesh.Error";
 
+/// `google.api.FieldBehavior.REQUIRED`.
+const REQUIRED: i32 = 2;
 /// `google.api.FieldBehavior.OUTPUT_ONLY`.
 const OUTPUT_ONLY: i32 = 3;
+
+/// What the services check that the descriptors do not say (services/*/src/domain.rs, mesh's
+/// page tokens), as JSON Schema keywords merged into the property of `message.jsonName`. Rules
+/// JSON Schema cannot state are not here: the Luhn check, a card's expiry, a window's order and
+/// its distance from now, a page token's seal, and everything that depends on stored state.
+const CONSTRAINTS: &[(&str, &str)] = &[
+    (
+        "sharemesh.catalog.v1.RegisterListingRequest.title",
+        r#"{"maxLength":200,"pattern":"\\S"}"#,
+    ),
+    (
+        "sharemesh.catalog.v1.UpdateListingRequest.title",
+        r#"{"maxLength":200,"pattern":"\\S"}"#,
+    ),
+    ("sharemesh.catalog.v1.RegisterListingRequest.description", r#"{"maxLength":5000}"#),
+    ("sharemesh.catalog.v1.UpdateListingRequest.description", r#"{"maxLength":5000}"#),
+    ("sharemesh.common.v1.Money.amountMinor", r#"{"pattern":"^0*[1-9][0-9]{0,17}$"}"#),
+    ("sharemesh.common.v1.Money.currency", r#"{"pattern":"^[A-Z]{3}$"}"#),
+    ("sharemesh.catalog.v1.CarDetails.model", r#"{"pattern":"\\S"}"#),
+    ("sharemesh.catalog.v1.CarDetails.seats", r#"{"minimum":1,"maximum":60}"#),
+    ("sharemesh.catalog.v1.TalentDetails.category", r#"{"pattern":"\\S"}"#),
+    (
+        "sharemesh.catalog.v1.TalentDetails.sessionMinutes",
+        r#"{"minimum":5,"maximum":1440}"#,
+    ),
+    ("sharemesh.payment.v1.PaymentCard.number", r#"{"pattern":"^[0-9]{12,19}$"}"#),
+    ("sharemesh.payment.v1.PaymentCard.expMonth", r#"{"minimum":1,"maximum":12}"#),
+    ("sharemesh.payment.v1.PaymentCard.expYear", r#"{"minimum":1000,"maximum":9999}"#),
+    ("sharemesh.payment.v1.PaymentCard.cvc", r#"{"pattern":"^[0-9]{3,4}$"}"#),
+    ("sharemesh.payment.v1.PaymentCard.holderName", r#"{"maxLength":200}"#),
+    ("sharemesh.reservation.v1.PlaceReservationRequest.listingId", r#"{"maxLength":64}"#),
+    (
+        "sharemesh.reservation.v1.PlaceReservationRequest.requestId",
+        r#"{"maxLength":128,"pattern":"^[!-~]+$"}"#,
+    ),
+    ("sharemesh.reservation.v1.CancelReservationRequest.reason", r#"{"maxLength":500}"#),
+];
+
+/// Fields of shared messages the services require whenever the message is sent (the descriptors
+/// mark only request fields REQUIRED): a price's amount and currency, a car's or talent's details,
+/// a card's number, expiry and CVC, both ends of a window.
+const REQUIRED_FIELDS: &[&str] = &[
+    "sharemesh.common.v1.Money.amountMinor",
+    "sharemesh.common.v1.Money.currency",
+    "sharemesh.common.v1.TimeWindow.startTime",
+    "sharemesh.common.v1.TimeWindow.endTime",
+    "sharemesh.catalog.v1.CarDetails.model",
+    "sharemesh.catalog.v1.CarDetails.carType",
+    "sharemesh.catalog.v1.CarDetails.seats",
+    "sharemesh.catalog.v1.TalentDetails.category",
+    "sharemesh.catalog.v1.TalentDetails.sessionMinutes",
+    "sharemesh.payment.v1.PaymentCard.number",
+    "sharemesh.payment.v1.PaymentCard.expMonth",
+    "sharemesh.payment.v1.PaymentCard.expYear",
+    "sharemesh.payment.v1.PaymentCard.cvc",
+];
+
+/// Enum values a request field refuses (the UNSPECIFIED value where a kind must be named).
+const REFUSED_VALUES: &[(&str, &str)] = &[("sharemesh.catalog.v1.CarDetails.carType", "CAR_TYPE_UNSPECIFIED")];
+
+/// Oneofs the service requires one member of (the rest allow at most one).
+const REQUIRED_ONEOFS: &[&str] = &["sharemesh.catalog.v1.RegisterListingRequest.details"];
+
+/// The schema of a message field (or query parameter) with the constraints the services add.
+fn constrain(message: &MessageDescriptor, field: &FieldDescriptor, schema: &mut Json) {
+    let key = format!("{}.{}", message.full_name(), field.json_name());
+    let Some(object) = schema.as_object_mut() else { return };
+    if field.name() == "page_size" {
+        object.insert("minimum".into(), json!(0));
+    }
+    if let Some((_, extra)) = CONSTRAINTS.iter().find(|(k, _)| *k == key)
+        && let Ok(Json::Object(extra)) = serde_json::from_str::<Json>(extra)
+    {
+        object.extend(extra);
+    }
+    if let Some(Json::Array(values)) = object.get_mut("enum") {
+        values.retain(|v| !REFUSED_VALUES.iter().any(|(k, refused)| *k == key && v == refused));
+    }
+}
+/// 64-bit integers as strings, short enough to always fit (18 digits).
+const INT64_PATTERN: &str = "^-?[0-9]{1,18}$";
+/// Unsigned 64-bit integers as strings (19 digits).
+const UINT64_PATTERN: &str = "^[0-9]{1,19}$";
 /// How deep query parameters are flattened into nested messages (guards against recursion).
 const MAX_QUERY_DEPTH: usize = 6;
 
@@ -297,14 +382,18 @@ impl Generator {
             BodyMapping::None => {}
             BodyMapping::All => {
                 let schema = self.body_schema(&input, &path_fields);
-                op.insert("requestBody".into(), request_body(schema));
+                // An empty body is the empty message: required only when a field of it is.
+                let required = input
+                    .fields()
+                    .any(|f| self.has_behavior(&f, REQUIRED) && !path_fields.contains(&f.name()));
+                op.insert("requestBody".into(), request_body(schema, required));
             }
             BodyMapping::Field(f) => {
-                let schema = match input.get_field_by_name(f) {
-                    Some(field) => self.field_schema(&field),
-                    None => json!({}),
+                let (schema, required) = match input.get_field_by_name(f) {
+                    Some(field) => (self.field_schema(&field), self.has_behavior(&field, REQUIRED)),
+                    None => (json!({}), false),
                 };
-                op.insert("requestBody".into(), request_body(schema));
+                op.insert("requestBody".into(), request_body(schema, required));
             }
         }
 
@@ -360,6 +449,12 @@ impl Generator {
                 props.remove(f.json_name());
             }
         }
+        if let Some(required) = schema.get_mut("required").and_then(Json::as_array_mut) {
+            required.retain(|r| !top.iter().any(|f| r == f.json_name()));
+            if required.is_empty() {
+                schema.as_object_mut().map(|o| o.remove("required"));
+            }
+        }
         let names: Vec<String> = top.iter().map(|f| format!("`{}`", f.name())).collect();
         let mut text = schema.get("description").and_then(Json::as_str).unwrap_or_default().to_owned();
         append_line(
@@ -400,7 +495,11 @@ impl Generator {
                         continue;
                     }
                 },
-                _ => Self::scalar_schema(&field),
+                _ => {
+                    let mut schema = Self::scalar_schema(&field);
+                    constrain(message, &field, &mut schema);
+                    schema
+                }
             };
             let schema = if field.is_list() {
                 json!({ "type": "array", "items": schema })
@@ -426,17 +525,47 @@ impl Generator {
     /// A message's component schema.
     fn message_schema(&mut self, message: &MessageDescriptor) -> Json {
         let mut props = Map::new();
+        let mut required = Vec::new();
         for field in message.fields() {
-            let schema = self.field_schema(&field);
+            let mut schema = self.field_schema(&field);
+            if !field.is_list() && !field.is_map() {
+                constrain(message, &field, &mut schema);
+            }
+            let listed = REQUIRED_FIELDS.contains(&format!("{}.{}", message.full_name(), field.json_name()).as_str());
+            if listed || self.has_behavior(&field, REQUIRED) {
+                // proto3 cannot tell an empty string from an unset one: required means non-empty.
+                if field.kind() == Kind::String && !field.is_list() {
+                    schema["minLength"] = json!(1);
+                }
+                required.push(json!(field.json_name()));
+            }
             props.insert(field.json_name().to_owned(), schema);
         }
         let mut description = self.comments.message(message).unwrap_or_default();
+        let mut oneofs = Vec::new();
         for oneof in message.oneofs().filter(|o| !o.is_synthetic()) {
-            let members: Vec<String> = oneof.fields().map(|f| format!("`{}`", f.json_name())).collect();
+            let members: Vec<String> = oneof.fields().map(|f| f.json_name().to_owned()).collect();
+            let listed: Vec<String> = members.iter().map(|m| format!("`{m}`")).collect();
+            let exactly = REQUIRED_ONEOFS.contains(&format!("{}.{}", message.full_name(), oneof.name()).as_str());
             append_line(
                 &mut description,
-                &format!("Oneof `{}`: at most one of {} is set.", oneof.name(), members.join(", ")),
+                &format!(
+                    "Oneof `{}`: {} of {} is set.",
+                    oneof.name(),
+                    if exactly { "exactly one" } else { "at most one" },
+                    listed.join(", ")
+                ),
             );
+            if members.len() < 2 && !exactly {
+                continue;
+            }
+            let each: Vec<Json> = members.iter().map(|m| json!({ "required": [m] })).collect();
+            oneofs.push(if exactly {
+                json!({ "oneOf": each })
+            } else {
+                // At most one: not two of them at once.
+                json!({ "not": { "anyOf": pairs(&members) } })
+            });
         }
         let mut schema = Map::new();
         schema.insert("type".into(), json!("object"));
@@ -444,6 +573,22 @@ impl Generator {
             schema.insert("description".into(), json!(description));
         }
         schema.insert("properties".into(), Json::Object(props));
+        if !required.is_empty() {
+            schema.insert("required".into(), Json::Array(required));
+        }
+        // The edge refuses fields the message does not have.
+        schema.insert("additionalProperties".into(), json!(false));
+        match oneofs.len() {
+            0 => {}
+            1 => {
+                if let Some(Json::Object(one)) = oneofs.pop() {
+                    schema.extend(one);
+                }
+            }
+            _ => {
+                schema.insert("allOf".into(), Json::Array(oneofs));
+            }
+        }
         Json::Object(schema)
     }
 
@@ -497,10 +642,12 @@ impl Generator {
         match field.kind() {
             Kind::Double => json!({ "type": "number", "format": "double" }),
             Kind::Float => json!({ "type": "number", "format": "float" }),
-            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                json!({ "type": "integer", "format": "int32", "minimum": i32::MIN, "maximum": i32::MAX })
+            }
             Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": 4_294_967_295_u64 }),
-            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]+$" }),
-            Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]+$" }),
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({ "type": "string", "format": "int64", "pattern": INT64_PATTERN }),
+            Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": UINT64_PATTERN }),
             Kind::Bool => json!({ "type": "boolean" }),
             Kind::String => json!({ "type": "string" }),
             Kind::Bytes => json!({ "type": "string", "format": "byte" }),
@@ -516,16 +663,31 @@ impl Generator {
     }
 
     fn is_output_only(&self, field: &FieldDescriptor) -> bool {
+        self.has_behavior(field, OUTPUT_ONLY)
+    }
+
+    fn has_behavior(&self, field: &FieldDescriptor, behavior: i32) -> bool {
         let Some(ext) = &self.field_behavior else { return false };
         let options = field.options();
         if !options.has_extension(ext) {
             return false;
         }
         match options.get_extension(ext).as_ref() {
-            ProtoValue::List(values) => values.iter().any(|v| matches!(v, ProtoValue::EnumNumber(n) if *n == OUTPUT_ONLY)),
+            ProtoValue::List(values) => values.iter().any(|v| matches!(v, ProtoValue::EnumNumber(n) if *n == behavior)),
             _ => false,
         }
     }
+}
+
+/// `{"required": [a, b]}` for every pair of `members`.
+fn pairs(members: &[String]) -> Vec<Json> {
+    let mut out = Vec::new();
+    for (i, a) in members.iter().enumerate() {
+        for b in &members[i + 1..] {
+            out.push(json!({ "required": [a, b] }));
+        }
+    }
+    out
 }
 
 /// `available_during.` -> `availableDuring.`
@@ -551,8 +713,8 @@ fn camel_prefix(prefix: &str) -> String {
         .join(".")
 }
 
-fn request_body(schema: Json) -> Json {
-    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+fn request_body(schema: Json, required: bool) -> Json {
+    json!({ "required": required, "content": { "application/json": { "schema": schema } } })
 }
 
 fn error_response(description: &str) -> Json {
@@ -594,8 +756,8 @@ fn well_known(full_name: &str) -> Option<Json> {
         }),
         "google.protobuf.DoubleValue" => json!({ "type": "number", "format": "double" }),
         "google.protobuf.FloatValue" => json!({ "type": "number", "format": "float" }),
-        "google.protobuf.Int64Value" => json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]+$" }),
-        "google.protobuf.UInt64Value" => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]+$" }),
+        "google.protobuf.Int64Value" => json!({ "type": "string", "format": "int64", "pattern": INT64_PATTERN }),
+        "google.protobuf.UInt64Value" => json!({ "type": "string", "format": "uint64", "pattern": UINT64_PATTERN }),
         "google.protobuf.Int32Value" => json!({ "type": "integer", "format": "int32" }),
         "google.protobuf.UInt32Value" => json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": 4_294_967_295_u64 }),
         "google.protobuf.BoolValue" => json!({ "type": "boolean" }),
@@ -726,7 +888,7 @@ mod tests {
         );
         assert_eq!(
             s["sharemesh.catalog.v1.CarDetails"]["properties"]["seats"],
-            json!({ "type": "integer", "format": "int32", "description": "Number of seats, including the driver's; at least 1." })
+            json!({ "type": "integer", "format": "int32", "minimum": 1, "maximum": 60, "description": "Number of seats, including the driver's; at least 1." })
         );
         assert_eq!(s["sharemesh.view.v1.MyPageEntry"]["properties"]["cancelled"]["type"], "boolean");
         assert_eq!(
@@ -742,9 +904,57 @@ mod tests {
         ] {
             assert_eq!(error[k]["type"], t, "{k}");
         }
-        for schema in s.as_object().expect("schemas").values() {
-            assert!(schema.get("required").is_none(), "proto3 has no required fields");
+    }
+
+    #[test]
+    fn declares_the_constraints_the_services_enforce() {
+        let (_, doc) = doc();
+        let s = &doc["components"]["schemas"];
+        // Unknown fields are refused, so no schema allows them.
+        for (name, schema) in s.as_object().expect("schemas") {
+            if name.starts_with("sharemesh.") && name != ERROR_SCHEMA {
+                assert_eq!(schema["additionalProperties"], false, "{name}");
+            }
         }
+        // google.api.field_behavior REQUIRED -> required (and non-empty for strings).
+        let place = &s["sharemesh.reservation.v1.PlaceReservationRequest"];
+        assert_eq!(place["required"], json!(["listingId", "window", "card", "requestId"]));
+        assert_eq!(place["properties"]["requestId"]["minLength"], 1);
+        let register = &s["sharemesh.catalog.v1.RegisterListingRequest"];
+        assert_eq!(register["required"], json!(["title", "price"]));
+        // Proto oneofs: exactly one where the service requires it, else at most one.
+        assert_eq!(register["oneOf"], json!([{ "required": ["car"] }, { "required": ["talent"] }]));
+        let update = &s["sharemesh.catalog.v1.UpdateListingRequest"];
+        assert_eq!(update["not"], json!({ "anyOf": [{ "required": ["car", "talent"] }] }));
+        // A path field is not part of a body "*" and not required there.
+        let cancel =
+            &doc["paths"]["/v1/reservations/{reservation_id}:cancel"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        assert!(cancel.get("required").is_none(), "{cancel}");
+        // Page sizes are never negative, in every list operation.
+        for (path, verb, op) in operations(&doc) {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["name"] == "page_size" {
+                    assert_eq!(p["schema"]["minimum"], 0, "{verb} {path}");
+                }
+            }
+        }
+        // Domain rules the descriptors do not carry.
+        assert_eq!(s["sharemesh.common.v1.Money"]["properties"]["currency"]["pattern"], "^[A-Z]{3}$");
+        assert_eq!(
+            s["sharemesh.payment.v1.PaymentCard"]["properties"]["cvc"]["pattern"],
+            "^[0-9]{3,4}$"
+        );
+        assert_eq!(
+            s["sharemesh.catalog.v1.TalentDetails"]["properties"]["sessionMinutes"]["maximum"],
+            1440
+        );
+        let car_types = s["sharemesh.catalog.v1.CarDetails"]["properties"]["carType"]["enum"]
+            .as_array()
+            .expect("enum")
+            .clone();
+        assert!(!car_types.contains(&json!("CAR_TYPE_UNSPECIFIED")) && car_types.contains(&json!("CAR_TYPE_SEDAN")));
+        // Every 64-bit integer string fits.
+        assert_eq!(s["sharemesh.catalog.v1.Listing"]["properties"]["version"]["pattern"], INT64_PATTERN);
     }
 
     #[test]
