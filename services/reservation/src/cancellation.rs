@@ -15,6 +15,11 @@ impl Reservations {
     /// PAID or CONFIRMED -> CANCEL_REQUESTED, by the customer, the listing's host or an admin.
     /// Asking again answers the reservation as it stands.
     pub async fn cancel(&self, caller: &Caller, reservation_id: &str, reason: &str) -> Result<Reservation, ReservationError> {
+        // The request is checked before the state: a bad request is refused whatever state the
+        // reservation is in.
+        if reason.chars().count() > 500 {
+            return Err(ReservationError::invalid("reason", "must be at most 500 characters"));
+        }
         let mut row = self.load(reservation_id).await?;
         if !(caller.is_admin() || caller.id == row.customer_id || caller.id == row.host_id) {
             return Err(ReservationError::PermissionDenied(
@@ -29,9 +34,6 @@ impl Reservations {
                     "reservation is {other}; only PAID or CONFIRMED reservations can be cancelled"
                 )));
             }
-        }
-        if reason.chars().count() > 500 {
-            return Err(ReservationError::invalid("reason", "must be at most 500 characters"));
         }
         row.status = domain::CANCEL_REQUESTED.into();
         row.status_reason = if reason.trim().is_empty() {
