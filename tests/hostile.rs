@@ -555,3 +555,129 @@ async fn a_grpc_fuzz_of_every_public_method_gets_only_documented_answers() {
     others_can_browse(&m).await;
     assert_no_panic(&m);
 }
+
+/// Prometheus series (non-comment lines) of an endpoint, and the distinct `method` labels.
+async fn series(metrics: &str) -> (usize, std::collections::BTreeSet<String>) {
+    let text = reqwest_like_get(metrics).await;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+    let methods = lines
+        .iter()
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next().map(str::to_owned))
+        .collect();
+    (lines.len(), methods)
+}
+
+/// GET `url` over HTTP/1.1 and return the body as text.
+async fn reqwest_like_get(url: &str) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let res = client.request(req).await.expect("metrics answer");
+    String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
+#[tokio::test]
+async fn random_paths_add_a_bounded_number_of_metric_series() {
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let m = FullMesh::start(&[
+        ("SHAREMESH_METRICS_ADDR", metrics_addr.as_str()),
+        ("SHAREMESH_EDGE_RATE", "100000"),
+        ("SHAREMESH_EDGE_BURST", "100000"),
+    ])
+    .await;
+    let url = format!("http://{metrics_addr}/metrics");
+    let base = m.edge.uri();
+    let bob = token("bob", Role::Customer);
+    // Warm up the labels an ordinary client creates, then count what 1000 random paths add.
+    rest(&base, "GET", "/x/warm-up", None, None).await;
+    rest(&base, "GET", &format!("/v1/listings/{}", uuid::Uuid::new_v4()), Some(&bob), None).await;
+    let before = series(&url).await;
+    for i in 0..1000 {
+        let path = match i % 4 {
+            0 => format!("/x/{}", uuid::Uuid::new_v4()),
+            1 => format!("/v1/listings/{}", uuid::Uuid::new_v4()),
+            2 => format!("/sharemesh.catalog.v1.CatalogService/{}", uuid::Uuid::new_v4().simple()),
+            _ => format!("/v1/reservations/{}:frobnicate", uuid::Uuid::new_v4()),
+        };
+        let who = (i % 2 == 0).then_some(bob.as_str());
+        rest(&base, "GET", &path, who, None).await;
+    }
+    let after = series(&url).await;
+    let new: Vec<_> = after.1.difference(&before.1).collect();
+    eprintln!(
+        "metric series: {} before, {} after 1000 random paths; new method labels {new:?}",
+        before.0, after.0
+    );
+    // At most one new label value (`unmatched`) with its counters and histogram buckets.
+    assert!(new.len() <= 1, "1000 random paths added method labels {new:?}");
+    assert!(after.0 - before.0 <= 40, "1000 random paths added {} series", after.0 - before.0);
+    assert_no_panic(&m);
+}
+
+#[tokio::test]
+async fn bad_tokens_and_forged_forwarding_headers_do_not_escape_the_rate_limit() {
+    let m = FullMesh::start(&[("SHAREMESH_EDGE_RATE", "1"), ("SHAREMESH_EDGE_BURST", "5")]).await;
+    let base = m.edge.uri();
+    // Invalid tokens from one peer: limited by the peer's address.
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        codes.push(rest(&base, "GET", "/v1/listings", Some("not-a-token"), None).await.status);
+    }
+    assert!(
+        codes.contains(&401) && codes.contains(&429),
+        "bad tokens were never limited: {codes:?}"
+    );
+    // Anonymous callers cannot pick their own bucket with X-Forwarded-For (no trusted proxies).
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        let xff = format!("203.0.113.{i}");
+        codes.push(
+            rest_with(&base, "GET", "/openapi.json", None, None, &[("x-forwarded-for", &xff)])
+                .await
+                .status,
+        );
+    }
+    assert!(codes.contains(&429), "a forged X-Forwarded-For escaped the limit: {codes:?}");
+    assert_no_panic(&m);
+}
+
+#[tokio::test]
+async fn json_and_query_errors_name_the_field_and_never_echo_the_value() {
+    let m = FullMesh::start(&[]).await;
+    let listing = register_car(&m).await;
+    let base = m.edge.uri();
+    let alice = token("alice", Role::Customer);
+    let body = format!(
+        r#"{{"listingId":"{listing}","window":{{"startTime":"2030-01-01T09:00:00Z","endTime":"2030-01-01T11:00:00Z"}},"card":{{"number":4242424242424242,"expMonth":12,"expYear":2030,"cvc":"123"}},"requestId":"echo-1"}}"#
+    );
+    let res = rest(&base, "POST", "/v1/reservations", Some(&alice), Some(&body)).await;
+    assert_eq!(res.status, 400, "{}", res.json);
+    let text = res.json.to_string();
+    assert!(text.contains("card.number"), "{text}");
+    assert!(!text.contains("4242424242424242"), "the card number was echoed: {text}");
+    let res = rest(&base, "GET", "/v1/listings?category=%FF", Some(&alice), None).await;
+    assert_eq!(res.status, 400, "{}", res.json);
+    assert!(res.json["message"].as_str().unwrap_or("").contains("category"), "{}", res.json);
+    // A gRPC-Web text body that is not base64 is refused by the edge itself.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("{base}{GET_LISTING}"))
+        .header("content-type", "application/grpc-web-text")
+        .header("x-grpc-web", "1")
+        .header("authorization", format!("Bearer {alice}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"!!! not base64 !!!")))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let in_headers = headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // gRPC-Web puts a trailers-only status in the headers; otherwise it is in the (base64) body.
+    let in_body =
+        String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(&body).unwrap_or_default()).contains("grpc-status:3");
+    assert!(in_headers.as_deref() == Some("3") || in_body, "headers {headers:?}, body {body:?}");
+    others_can_browse(&m).await;
+    assert_no_panic(&m);
+}
