@@ -14,6 +14,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod events;
 pub mod ext;
 
 /// Every `.proto` of the product and its imports, as an encoded `FileDescriptorSet`, with

@@ -110,9 +110,10 @@ impl IncomingEvent {
         }
     }
 
-    /// Decodes the payload as `M`; a payload that does not decode is a permanent failure.
-    pub fn decode<M: prost::Message + Default>(&self) -> Result<M, HandleError> {
-        M::decode(self.payload.clone()).map_err(|e| HandleError::Permanent(format!("{} does not decode: {e}", self.event_type)))
+    /// Decodes the event as one of stream `E`'s events (the contracts' enums); `Ok(None)` for a
+    /// type that is not `E`'s. A payload that does not decode is a permanent failure.
+    pub fn decode_as<E: super::outbox::StreamEvent>(&self) -> Result<Option<E>, HandleError> {
+        E::decode(&self.event_type, &self.payload).map_err(|e| HandleError::Permanent(format!("{} does not decode: {e}", self.event_type)))
     }
 }
 

@@ -64,17 +64,67 @@ pub struct OutgoingEvent {
     pub occurred_at_ms: i64,
 }
 
-impl OutgoingEvent {
-    /// An event whose type is the protobuf full name of `message` (`sharemesh.catalog.v1.ListingRegistered`).
-    pub fn from_message<M: prost::Message + prost::Name>(message: &M, event_id: &str, aggregate_id: &str, occurred_at_ms: i64) -> Self {
-        Self {
-            event_id: event_id.to_owned(),
-            event_type: M::full_name(),
-            aggregate_id: aggregate_id.to_owned(),
-            payload: message.encode_to_vec(),
-            occurred_at_ms,
-        }
-    }
+/// What the outbox needs of an event: the contracts' stream enums
+/// ([`sharemesh_contracts::events`]) are events.
+pub trait StreamEvent: Sized {
+    /// Decodes an event of this stream from its type name and payload; `Ok(None)` for a type
+    /// the stream does not have.
+    fn decode(event_type: &str, payload: &[u8]) -> Result<Option<Self>, prost::DecodeError>;
+    /// The protobuf full name: `ce-type` and subject.
+    fn type_name(&self) -> String;
+    /// The protobuf encoding.
+    fn encode_to_vec(&self) -> Vec<u8>;
+    /// Id, aggregate and time of the event.
+    fn metadata(&self) -> Option<&sharemesh_contracts::common::v1::EventMetadata>;
+}
+
+macro_rules! stream_event {
+    ($($ty:ty),+) => {
+        $(
+            impl StreamEvent for $ty {
+                fn decode(event_type: &str, payload: &[u8]) -> Result<Option<Self>, prost::DecodeError> {
+                    <$ty>::decode(event_type, payload)
+                }
+                fn type_name(&self) -> String {
+                    <$ty>::type_name(self)
+                }
+                fn encode_to_vec(&self) -> Vec<u8> {
+                    <$ty>::encode_to_vec(self)
+                }
+                fn metadata(&self) -> Option<&sharemesh_contracts::common::v1::EventMetadata> {
+                    <$ty>::metadata(self)
+                }
+            }
+        )+
+    };
+}
+
+stream_event!(
+    sharemesh_contracts::events::CatalogEvent,
+    sharemesh_contracts::events::ReservationEvent,
+    sharemesh_contracts::events::PaymentEvent,
+    sharemesh_contracts::events::MessageEvent
+);
+
+/// Stores `event` in the caller's transaction (its id, aggregate and time come from its
+/// metadata); it is published after the commit. The one way services publish.
+pub async fn emit(tx: &WriteTxn, source: &str, event: &impl StreamEvent) -> Result<(), sea_orm::DbErr> {
+    let meta = event
+        .metadata()
+        .ok_or_else(|| sea_orm::DbErr::Custom(format!("{} has no metadata", event.type_name())))?;
+    let occurred = meta
+        .occurred_time
+        .as_ref()
+        .map(sharemesh_contracts::ext::timestamp_to_ms)
+        .unwrap_or_else(super::now_ms);
+    let outgoing = OutgoingEvent {
+        event_id: meta.event_id.clone(),
+        event_type: event.type_name(),
+        aggregate_id: meta.aggregate_id.clone(),
+        payload: event.encode_to_vec(),
+        occurred_at_ms: occurred,
+    };
+    enqueue(tx, source, outgoing).await
 }
 
 /// Stores `event` in the caller's transaction; it is published after the commit.

@@ -1,12 +1,12 @@
 //! The catalog's events: what it publishes (through the outbox, in the command's transaction)
 //! and what it consumes (a cancelled or rejected reservation releases its hold or booking).
 
-use prost::Name;
 use sharemesh_contracts::catalog::v1::{Hold, Listing, ListingBooked, ListingDeleted, ListingRegistered, ListingReleased, ListingUpdated};
 use sharemesh_contracts::common::v1::EventMetadata;
-use sharemesh_contracts::reservation::v1::{Reservation, ReservationCancelled, ReservationRejected};
+use sharemesh_contracts::events::{CatalogEvent, ReservationEvent};
+use sharemesh_contracts::reservation::v1::Reservation;
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
-use sharemesh_mesh::events::outbox::{OutgoingEvent, enqueue};
+use sharemesh_mesh::events::outbox::emit;
 use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Catalog;
@@ -16,20 +16,10 @@ pub const SOURCE: &str = "sharemesh/catalog";
 
 pub use sharemesh_contracts::ext::Cause;
 
-fn metadata(aggregate_id: &str, version: i64, cause: &Cause, now_ms: i64) -> (String, EventMetadata) {
+/// Metadata of a new event about `aggregate_id`.
+fn metadata(aggregate_id: &str, version: i64, cause: &Cause, now_ms: i64) -> Option<EventMetadata> {
     let event_id = uuid::Uuid::now_v7().to_string();
-    let meta = EventMetadata::caused_by(&event_id, aggregate_id, version, cause, now_ms);
-    (event_id, meta)
-}
-
-async fn emit<M: prost::Message + Name>(
-    tx: &WriteTxn,
-    message: &M,
-    event_id: &str,
-    aggregate_id: &str,
-    now_ms: i64,
-) -> Result<(), sea_orm::DbErr> {
-    enqueue(tx, SOURCE, OutgoingEvent::from_message(message, event_id, aggregate_id, now_ms)).await
+    Some(EventMetadata::caused_by(&event_id, aggregate_id, version, cause, now_ms))
 }
 
 /// Which listing event to emit.
@@ -51,50 +41,35 @@ pub async fn listing_changed(
     cause: &Cause,
     now_ms: i64,
 ) -> Result<(), sea_orm::DbErr> {
-    let id = listing.listing_id.clone();
-    let (event_id, meta) = metadata(&id, listing.version, cause, now_ms);
-    let metadata = Some(meta);
+    let metadata = metadata(&listing.listing_id, listing.version, cause, now_ms);
     let listing = Some(listing);
-    match change {
-        ListingChange::Registered => emit(tx, &ListingRegistered { metadata, listing }, &event_id, &id, now_ms).await,
-        ListingChange::Updated => emit(tx, &ListingUpdated { metadata, listing }, &event_id, &id, now_ms).await,
-        ListingChange::Deleted => emit(tx, &ListingDeleted { metadata, listing }, &event_id, &id, now_ms).await,
-    }
+    let event = match change {
+        ListingChange::Registered => CatalogEvent::Registered(ListingRegistered { metadata, listing }),
+        ListingChange::Updated => CatalogEvent::Updated(ListingUpdated { metadata, listing }),
+        ListingChange::Deleted => CatalogEvent::Deleted(ListingDeleted { metadata, listing }),
+    };
+    emit(tx, SOURCE, &event).await
 }
 
 /// Emits ListingBooked.
 pub async fn booked(tx: &WriteTxn, booking: Hold, cause: &Cause, now_ms: i64) -> Result<(), sea_orm::DbErr> {
-    let id = booking.listing_id.clone();
-    let (event_id, metadata) = metadata(&id, 0, cause, now_ms);
-    emit(
-        tx,
-        &ListingBooked {
-            metadata: Some(metadata),
-            booking: Some(booking),
-        },
-        &event_id,
-        &id,
-        now_ms,
-    )
-    .await
+    let metadata = metadata(&booking.listing_id, 0, cause, now_ms);
+    let event = CatalogEvent::Booked(ListingBooked {
+        metadata,
+        booking: Some(booking),
+    });
+    emit(tx, SOURCE, &event).await
 }
 
 /// Emits ListingReleased.
 pub async fn released(tx: &WriteTxn, booking: Hold, reason: &str, cause: &Cause, now_ms: i64) -> Result<(), sea_orm::DbErr> {
-    let id = booking.listing_id.clone();
-    let (event_id, metadata) = metadata(&id, 0, cause, now_ms);
-    emit(
-        tx,
-        &ListingReleased {
-            metadata: Some(metadata),
-            booking: Some(booking),
-            reason: reason.to_owned(),
-        },
-        &event_id,
-        &id,
-        now_ms,
-    )
-    .await
+    let metadata = metadata(&booking.listing_id, 0, cause, now_ms);
+    let event = CatalogEvent::Released(ListingReleased {
+        metadata,
+        booking: Some(booking),
+        reason: reason.to_owned(),
+    });
+    emit(tx, SOURCE, &event).await
 }
 
 /// Consumes the reservation stream: `ReservationCancelled` releases the reservation's booking;
@@ -134,16 +109,18 @@ impl ReservationEvents {
 impl EventHandler for ReservationEvents {
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
         Box::pin(async move {
-            let t = event.event_type.as_str();
-            if t == ReservationCancelled::full_name() {
-                let reservation = event.decode::<ReservationCancelled>()?.reservation;
-                self.release(tx, event, reservation, "reservation cancelled").await
-            } else if t == ReservationRejected::full_name() {
-                let reservation = event.decode::<ReservationRejected>()?.reservation;
-                self.release(tx, event, reservation, "reservation rejected").await
-            } else {
-                Ok(())
-            }
+            let Some(reservation_event) = event.decode_as::<ReservationEvent>()? else {
+                return Ok(());
+            };
+            let reason = match &reservation_event {
+                ReservationEvent::Cancelled(_) => "reservation cancelled",
+                ReservationEvent::Rejected(_) => "reservation rejected",
+                ReservationEvent::Placed(_)
+                | ReservationEvent::Paid(_)
+                | ReservationEvent::Confirmed(_)
+                | ReservationEvent::CancelRequested(_) => return Ok(()),
+            };
+            self.release(tx, event, reservation_event.reservation().cloned(), reason).await
         })
     }
 }

@@ -19,12 +19,10 @@ use chrono::SecondsFormat;
 use prost::Name;
 use sharemesh_contracts::catalog::v1::{Listing, ListingRegistered};
 use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
+use sharemesh_contracts::events::ReservationChange;
 use sharemesh_contracts::ext::timestamp_to_ms;
 use sharemesh_contracts::message::v1::RecipientRole;
-use sharemesh_contracts::reservation::v1::{
-    Reservation, ReservationCancelRequested, ReservationCancelled, ReservationConfirmed, ReservationPaid, ReservationPlaced,
-    ReservationRejected,
-};
+use sharemesh_contracts::reservation::v1::Reservation;
 
 /// A message to record: who gets it, in which role, about what, and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,54 +46,8 @@ pub struct Draft {
 /// A message's subject and body.
 type Text = (String, String);
 
-/// The reservation events that notify somebody.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReservationEvent {
-    /// ReservationPlaced.
-    Placed,
-    /// ReservationPaid.
-    Paid,
-    /// ReservationConfirmed.
-    Confirmed,
-    /// ReservationRejected.
-    Rejected,
-    /// ReservationCancelRequested.
-    CancelRequested,
-    /// ReservationCancelled.
-    Cancelled,
-}
-
-impl ReservationEvent {
-    /// Every kind, in saga order.
-    pub const ALL: [ReservationEvent; 6] = [
-        Self::Placed,
-        Self::Paid,
-        Self::Confirmed,
-        Self::Rejected,
-        Self::CancelRequested,
-        Self::Cancelled,
-    ];
-
-    /// The protobuf full name of the event (its type and subject).
-    pub fn full_name(self) -> String {
-        match self {
-            Self::Placed => ReservationPlaced::full_name(),
-            Self::Paid => ReservationPaid::full_name(),
-            Self::Confirmed => ReservationConfirmed::full_name(),
-            Self::Rejected => ReservationRejected::full_name(),
-            Self::CancelRequested => ReservationCancelRequested::full_name(),
-            Self::Cancelled => ReservationCancelled::full_name(),
-        }
-    }
-
-    /// The kind of an event type; `None` for types that notify nobody.
-    pub fn from_type(event_type: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.full_name() == event_type)
-    }
-}
-
 /// The messages a reservation event sends, given the reservation after the change.
-pub fn reservation_messages(kind: ReservationEvent, r: &Reservation) -> Vec<Draft> {
+pub fn reservation_messages(kind: ReservationChange, r: &Reservation) -> Vec<Draft> {
     let title = title_of(&r.listing_title, &r.listing_id);
     let window = window_text(r.window.as_ref());
     let id = &r.reservation_id;
@@ -112,7 +64,7 @@ pub fn reservation_messages(kind: ReservationEvent, r: &Reservation) -> Vec<Draf
     };
     let amount = money_text(r.amount.as_ref());
     let (to_customer, to_host): (Option<Text>, Option<Text>) = match kind {
-        ReservationEvent::Placed => (
+        ReservationChange::Placed => (
             Some((
                 format!("We received your reservation of {title}"),
                 format!(
@@ -122,7 +74,7 @@ pub fn reservation_messages(kind: ReservationEvent, r: &Reservation) -> Vec<Draf
             )),
             None,
         ),
-        ReservationEvent::Paid => (
+        ReservationChange::Paid => (
             Some((
                 format!("Your reservation of {title} is paid"),
                 match &amount {
@@ -138,7 +90,7 @@ pub fn reservation_messages(kind: ReservationEvent, r: &Reservation) -> Vec<Draf
                 },
             )),
         ),
-        ReservationEvent::Confirmed => (
+        ReservationChange::Confirmed => (
             Some((
                 format!("Your reservation of {title} is confirmed"),
                 format!("Your reservation {id} of {title} for {window} is confirmed."),
@@ -148,14 +100,14 @@ pub fn reservation_messages(kind: ReservationEvent, r: &Reservation) -> Vec<Draf
                 format!("The booking of {title} by {customer} for {window} is confirmed (reservation {id})."),
             )),
         ),
-        ReservationEvent::Rejected => (
+        ReservationChange::Rejected => (
             Some((
                 format!("Your reservation of {title} was rejected"),
                 format!("Your reservation {id} of {title} for {window} could not be completed{reason_colon}. You have not been charged."),
             )),
             None,
         ),
-        ReservationEvent::CancelRequested => (
+        ReservationChange::CancelRequested => (
             Some((
                 format!("Your reservation of {title} is being cancelled"),
                 format!(
@@ -171,7 +123,7 @@ pub fn reservation_messages(kind: ReservationEvent, r: &Reservation) -> Vec<Draf
                 format!("The booking of {title} by {customer} for {window} is being cancelled{reason_paren} (reservation {id})."),
             )),
         ),
-        ReservationEvent::Cancelled => (
+        ReservationChange::Cancelled => (
             Some((
                 format!("Your reservation of {title} is cancelled"),
                 match &amount {
@@ -190,7 +142,7 @@ pub fn reservation_messages(kind: ReservationEvent, r: &Reservation) -> Vec<Draf
         role,
         reservation_id: r.reservation_id.clone(),
         listing_id: r.listing_id.clone(),
-        topic: kind.full_name(),
+        topic: kind.type_name(),
         subject,
         body,
     };
@@ -291,35 +243,23 @@ mod tests {
     }
 
     #[test]
-    fn event_types_map_to_kinds() {
-        for kind in ReservationEvent::ALL {
-            assert_eq!(ReservationEvent::from_type(&kind.full_name()), Some(kind));
-        }
-        assert_eq!(
-            ReservationEvent::from_type("sharemesh.reservation.v1.ReservationPaid"),
-            Some(ReservationEvent::Paid)
-        );
-        assert_eq!(ReservationEvent::from_type("sharemesh.payment.v1.PaymentApproved"), None);
-    }
-
-    #[test]
     fn who_hears_of_what() {
         use RecipientRole::{Customer, Host};
         let r = reservation();
         let both = vec![(Customer, "alice"), (Host, "host-1")];
         let customer = vec![(Customer, "alice")];
         for (kind, expected) in [
-            (ReservationEvent::Placed, &customer),
-            (ReservationEvent::Paid, &both),
-            (ReservationEvent::Confirmed, &both),
-            (ReservationEvent::Rejected, &customer),
-            (ReservationEvent::CancelRequested, &both),
-            (ReservationEvent::Cancelled, &both),
+            (ReservationChange::Placed, &customer),
+            (ReservationChange::Paid, &both),
+            (ReservationChange::Confirmed, &both),
+            (ReservationChange::Rejected, &customer),
+            (ReservationChange::CancelRequested, &both),
+            (ReservationChange::Cancelled, &both),
         ] {
             let drafts = reservation_messages(kind, &r);
             assert_eq!(&roles(&drafts), expected, "{kind:?}");
             for d in &drafts {
-                assert_eq!(d.topic, kind.full_name());
+                assert_eq!(d.topic, kind.type_name());
                 assert_eq!((d.reservation_id.as_str(), d.listing_id.as_str()), ("r-1", "l-1"));
                 assert!(!d.subject.is_empty() && !d.subject.contains('\n'), "{d:?}");
                 assert!(d.body.contains("r-1"), "{d:?}");
@@ -333,7 +273,7 @@ mod tests {
             host_id: String::new(),
             ..reservation()
         };
-        for kind in ReservationEvent::ALL {
+        for kind in ReservationChange::ALL {
             assert!(reservation_messages(kind, &r).iter().all(|d| d.role == RecipientRole::Customer));
         }
         let nobody = Reservation {
@@ -341,7 +281,7 @@ mod tests {
             host_id: String::new(),
             ..reservation()
         };
-        assert!(reservation_messages(ReservationEvent::Cancelled, &nobody).is_empty());
+        assert!(reservation_messages(ReservationChange::Cancelled, &nobody).is_empty());
     }
 
     #[test]
@@ -353,7 +293,7 @@ mod tests {
             amount: None,
             ..reservation()
         };
-        let drafts = reservation_messages(ReservationEvent::Placed, &placed);
+        let drafts = reservation_messages(ReservationChange::Placed, &placed);
         assert_eq!(drafts.len(), 1);
         assert_eq!(drafts[0].subject, "We received your reservation of listing l-1");
         assert!(
@@ -361,14 +301,14 @@ mod tests {
             "{}",
             drafts[0].body
         );
-        let with_title = reservation_messages(ReservationEvent::Placed, &reservation());
+        let with_title = reservation_messages(ReservationChange::Placed, &reservation());
         assert_eq!(with_title[0].subject, "We received your reservation of Avante 2030");
     }
 
     #[test]
     fn texts_name_the_listing_window_amount_and_reason() {
         let r = reservation();
-        let paid = reservation_messages(ReservationEvent::Paid, &r);
+        let paid = reservation_messages(ReservationChange::Paid, &r);
         assert_eq!(paid[0].subject, "Your reservation of Avante 2030 is paid");
         assert_eq!(
             paid[0].body,
@@ -384,7 +324,7 @@ mod tests {
             status_reason: "card declined by the issuer".into(),
             ..reservation()
         };
-        let drafts = reservation_messages(ReservationEvent::Rejected, &rejected);
+        let drafts = reservation_messages(ReservationChange::Rejected, &rejected);
         assert_eq!(drafts[0].subject, "Your reservation of Avante 2030 was rejected");
         assert!(
             drafts[0]
@@ -393,14 +333,14 @@ mod tests {
             "{}",
             drafts[0].body
         );
-        let no_reason = reservation_messages(ReservationEvent::Rejected, &reservation());
+        let no_reason = reservation_messages(ReservationChange::Rejected, &reservation());
         assert!(no_reason[0].body.contains("could not be completed. "), "{}", no_reason[0].body);
 
         let cancelling = Reservation {
             status_reason: "plans changed".into(),
             ..reservation()
         };
-        let drafts = reservation_messages(ReservationEvent::CancelRequested, &cancelling);
+        let drafts = reservation_messages(ReservationChange::CancelRequested, &cancelling);
         assert!(
             drafts[0]
                 .body
@@ -413,7 +353,7 @@ mod tests {
             "{}",
             drafts[1].body
         );
-        let cancelled = reservation_messages(ReservationEvent::Cancelled, &reservation());
+        let cancelled = reservation_messages(ReservationChange::Cancelled, &reservation());
         assert!(
             cancelled[0].body.ends_with("is cancelled and 24000 KRW was refunded."),
             "{}",

@@ -5,20 +5,16 @@
 //! Recording is idempotent twice over: the inbox applies an event id once per consumer, and the
 //! unique key `(event_id, recipient_role)` keeps a replayed event from recording a second message.
 
-use prost::Name;
-use sharemesh_contracts::catalog::v1::ListingRegistered;
 use sharemesh_contracts::common::v1::EventMetadata;
+use sharemesh_contracts::events::{CatalogEvent, MessageEvent, ReservationEvent};
 use sharemesh_contracts::message::v1::{Message, MessageSent};
-use sharemesh_contracts::reservation::v1::{
-    ReservationCancelRequested, ReservationCancelled, ReservationConfirmed, ReservationPaid, ReservationPlaced, ReservationRejected,
-};
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
 use sharemesh_mesh::events::now_ms;
-use sharemesh_mesh::events::outbox::{OutgoingEvent, enqueue};
+use sharemesh_mesh::events::outbox::emit;
 use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Messages;
-use crate::compose::{self, Draft, ReservationEvent};
+use crate::compose::{self, Draft};
 use crate::storage::messages::{self as repo, MessageRow, PENDING};
 
 /// `ce-source` of message events.
@@ -74,19 +70,14 @@ pub struct ReservationEvents {
 impl EventHandler for ReservationEvents {
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
         Box::pin(async move {
-            let Some(kind) = ReservationEvent::from_type(&event.event_type) else {
+            // Every reservation event notifies somebody (see [`compose`]).
+            let Some(reservation_event) = event.decode_as::<ReservationEvent>()? else {
                 return Ok(());
             };
-            let reservation = match kind {
-                ReservationEvent::Placed => event.decode::<ReservationPlaced>()?.reservation,
-                ReservationEvent::Paid => event.decode::<ReservationPaid>()?.reservation,
-                ReservationEvent::Confirmed => event.decode::<ReservationConfirmed>()?.reservation,
-                ReservationEvent::Rejected => event.decode::<ReservationRejected>()?.reservation,
-                ReservationEvent::CancelRequested => event.decode::<ReservationCancelRequested>()?.reservation,
-                ReservationEvent::Cancelled => event.decode::<ReservationCancelled>()?.reservation,
-            }
-            .ok_or_else(|| HandleError::Permanent(format!("{} without a reservation", event.event_type)))?;
-            let drafts = compose::reservation_messages(kind, &reservation);
+            let reservation = reservation_event
+                .reservation()
+                .ok_or_else(|| HandleError::Permanent(format!("{} without a reservation", event.event_type)))?;
+            let drafts = compose::reservation_messages(reservation_event.change(), reservation);
             self.messages.record_in(tx, event, drafts).await?;
             Ok(())
         })
@@ -103,11 +94,13 @@ pub struct CatalogEvents {
 impl EventHandler for CatalogEvents {
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
         Box::pin(async move {
-            if event.event_type != ListingRegistered::full_name() {
-                return Ok(());
-            }
-            let listing = event
-                .decode::<ListingRegistered>()?
+            let registered = match event.decode_as::<CatalogEvent>()? {
+                Some(CatalogEvent::Registered(registered)) => registered,
+                Some(CatalogEvent::Updated(_) | CatalogEvent::Deleted(_) | CatalogEvent::Booked(_) | CatalogEvent::Released(_)) | None => {
+                    return Ok(());
+                }
+            };
+            let listing = registered
                 .listing
                 .ok_or_else(|| HandleError::Permanent("ListingRegistered without a listing".into()))?;
             self.messages.record_in(tx, event, compose::listing_registered(&listing)).await?;
@@ -136,9 +129,9 @@ pub async fn sent(tx: &WriteTxn, message: Message, caused_by_event: &str, now_ms
         "",
         now_ms,
     );
-    let event = MessageSent {
+    let event = MessageEvent::Sent(MessageSent {
         metadata: Some(metadata),
         message: Some(message),
-    };
-    enqueue(tx, SOURCE, OutgoingEvent::from_message(&event, &event_id, &id, now_ms)).await
+    });
+    emit(tx, SOURCE, &event).await
 }

@@ -3,12 +3,11 @@
 //!
 //! Published payloads carry a [`Payment`], whose card is brand and last four digits only.
 
-use prost::Name;
 use sharemesh_contracts::common::v1::EventMetadata;
+use sharemesh_contracts::events::{PaymentEvent, ReservationEvent};
 use sharemesh_contracts::payment::v1::{Payment, PaymentApproved, PaymentCancelled, PaymentDeclined, PaymentStatus};
-use sharemesh_contracts::reservation::v1::{ReservationCancelRequested, ReservationRejected};
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
-use sharemesh_mesh::events::outbox::{OutgoingEvent, enqueue};
+use sharemesh_mesh::events::outbox::emit;
 use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Payments;
@@ -29,52 +28,39 @@ pub fn cause_of_event(reservation_id: &str, event: &IncomingEvent) -> Cause {
     }
 }
 
-fn metadata(aggregate_id: &str, version: i64, cause: &Cause, now_ms: i64) -> (String, EventMetadata) {
+/// Metadata of a new event about `payment`.
+fn metadata(payment: &Payment, cause: &Cause, now_ms: i64) -> Option<EventMetadata> {
     let event_id = uuid::Uuid::now_v7().to_string();
-    let meta = EventMetadata::caused_by(&event_id, aggregate_id, version, cause, now_ms);
-    (event_id, meta)
-}
-
-async fn emit<M: prost::Message + Name>(
-    tx: &WriteTxn,
-    message: &M,
-    event_id: &str,
-    aggregate_id: &str,
-    now_ms: i64,
-) -> Result<(), sea_orm::DbErr> {
-    enqueue(tx, SOURCE, OutgoingEvent::from_message(message, event_id, aggregate_id, now_ms)).await
+    Some(EventMetadata::caused_by(
+        &event_id,
+        &payment.payment_id,
+        payment.version,
+        cause,
+        now_ms,
+    ))
 }
 
 /// Emits the outcome of an approval: PaymentApproved or PaymentDeclined, by the payment's status.
 pub async fn decided(tx: &WriteTxn, payment: Payment, cause: &Cause, now_ms: i64) -> Result<(), sea_orm::DbErr> {
-    let id = payment.payment_id.clone();
-    let (event_id, meta) = metadata(&id, payment.version, cause, now_ms);
-    let metadata = Some(meta);
+    let metadata = metadata(&payment, cause, now_ms);
     let approved = payment.status == PaymentStatus::Approved as i32;
     let payment = Some(payment);
-    if approved {
-        emit(tx, &PaymentApproved { metadata, payment }, &event_id, &id, now_ms).await
+    let event = if approved {
+        PaymentEvent::Approved(PaymentApproved { metadata, payment })
     } else {
-        emit(tx, &PaymentDeclined { metadata, payment }, &event_id, &id, now_ms).await
-    }
+        PaymentEvent::Declined(PaymentDeclined { metadata, payment })
+    };
+    emit(tx, SOURCE, &event).await
 }
 
 /// Emits PaymentCancelled (a refund).
 pub async fn cancelled(tx: &WriteTxn, payment: Payment, reason: &str, cause: &Cause, now_ms: i64) -> Result<(), sea_orm::DbErr> {
-    let id = payment.payment_id.clone();
-    let (event_id, metadata) = metadata(&id, payment.version, cause, now_ms);
-    emit(
-        tx,
-        &PaymentCancelled {
-            metadata: Some(metadata),
-            payment: Some(payment),
-            reason: reason.to_owned(),
-        },
-        &event_id,
-        &id,
-        now_ms,
-    )
-    .await
+    let event = PaymentEvent::Cancelled(PaymentCancelled {
+        metadata: metadata(&payment, cause, now_ms),
+        payment: Some(payment),
+        reason: reason.to_owned(),
+    });
+    emit(tx, SOURCE, &event).await
 }
 
 /// Consumes the reservation stream: `ReservationCancelRequested` refunds the reservation's
@@ -94,38 +80,42 @@ fn handle_error(e: PaymentError) -> HandleError {
 impl EventHandler for ReservationEvents {
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
         Box::pin(async move {
-            if event.event_type == ReservationCancelRequested::full_name() {
-                let requested: ReservationCancelRequested = event.decode()?;
-                let reservation = requested
-                    .reservation
-                    .ok_or_else(|| HandleError::Permanent("ReservationCancelRequested without a reservation".into()))?;
-                let cause = cause_of_event(&reservation.reservation_id, event);
+            let Some(reservation_event) = event.decode_as::<ReservationEvent>()? else {
+                return Ok(());
+            };
+            match &reservation_event {
+                ReservationEvent::CancelRequested(_) | ReservationEvent::Rejected(_) => {}
+                ReservationEvent::Placed(_)
+                | ReservationEvent::Paid(_)
+                | ReservationEvent::Confirmed(_)
+                | ReservationEvent::Cancelled(_) => {
+                    return Ok(());
+                }
+            }
+            let reservation = reservation_event
+                .reservation()
+                .ok_or_else(|| HandleError::Permanent(format!("{} without a reservation", event.event_type)))?;
+            let cause = cause_of_event(&reservation.reservation_id, event);
+            if let ReservationEvent::CancelRequested(_) = reservation_event {
                 // A cancel request for a reservation that was never paid is a bug upstream: the
                 // error is permanent, so the event is dead-lettered and logged, not dropped.
-                self.payments
+                return self
+                    .payments
                     .refund_in(tx, &reservation.reservation_id, "reservation cancelled", &cause)
                     .await
                     .map(|_| ())
-                    .map_err(handle_error)
-            } else if event.event_type == ReservationRejected::full_name() {
-                let rejected: ReservationRejected = event.decode()?;
-                let reservation = rejected
-                    .reservation
-                    .ok_or_else(|| HandleError::Permanent("ReservationRejected without a reservation".into()))?;
-                // The saga calls payment only after the hold priced the window: a reservation
-                // rejected without a price never reached payment, so there is nothing to void.
-                if reservation.amount.as_ref().is_none_or(|a| a.amount_minor == 0) {
-                    return Ok(());
-                }
-                let cause = cause_of_event(&reservation.reservation_id, event);
-                self.payments
-                    .void_for_reservation(tx, &reservation.reservation_id, &reservation.status_reason, &cause)
-                    .await
-                    .map(|_| ())
-                    .map_err(handle_error)
-            } else {
-                Ok(())
+                    .map_err(handle_error);
             }
+            // Rejected. The saga calls payment only after the hold priced the window: a
+            // reservation rejected without a price never reached payment: nothing to void.
+            if reservation.amount.as_ref().is_none_or(|a| a.amount_minor == 0) {
+                return Ok(());
+            }
+            self.payments
+                .void_for_reservation(tx, &reservation.reservation_id, &reservation.status_reason, &cause)
+                .await
+                .map(|_| ())
+                .map_err(handle_error)
         })
     }
 }

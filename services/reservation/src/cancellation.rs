@@ -8,8 +8,8 @@ use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Reservations;
 use crate::domain::{self, ReservationError};
-use crate::events::Kind;
 use crate::storage::reservations as repo;
+use sharemesh_contracts::events::ReservationChange;
 
 impl Reservations {
     /// PAID or CONFIRMED -> CANCEL_REQUESTED, by the customer, the listing's host or an admin.
@@ -41,7 +41,7 @@ impl Reservations {
         } else {
             reason.trim().to_owned()
         };
-        self.commit(&mut row, Some(Kind::CancelRequested), &caller.id).await?;
+        self.commit(&mut row, Some(ReservationChange::CancelRequested), &caller.id).await?;
         Ok(row.to_proto())
     }
 
@@ -57,7 +57,8 @@ impl Reservations {
         row.payment_status = "CANCELLED".into();
         if row.status == domain::CANCEL_REQUESTED {
             row.status = domain::CANCELLED.into();
-            self.apply_in(tx, &mut row, Some(Kind::Cancelled), Some(event_id), "").await
+            self.apply_in(tx, &mut row, Some(ReservationChange::Cancelled), Some(event_id), "")
+                .await
         } else {
             self.apply_in(tx, &mut row, None, None, "").await
         }

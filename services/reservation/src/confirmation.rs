@@ -5,7 +5,7 @@ use sharemesh_mesh::auth::Caller;
 
 use crate::Reservations;
 use crate::domain::{self, ReservationError};
-use crate::events::Kind;
+use sharemesh_contracts::events::ReservationChange;
 
 impl Reservations {
     /// PAID -> CONFIRMED, by the listing's host or an admin; CONFIRMED again is a no-op.
@@ -26,7 +26,7 @@ impl Reservations {
             }
         }
         row.status = domain::CONFIRMED.into();
-        self.commit(&mut row, Some(Kind::Confirmed), &caller.id).await?;
+        self.commit(&mut row, Some(ReservationChange::Confirmed), &caller.id).await?;
         Ok(row.to_proto())
     }
 }

@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sharemesh_contracts::events::ReservationChange;
 use sharemesh_contracts::reservation::v1::reservation_service_server::ReservationServiceServer;
 use sharemesh_mesh::auth::Verifier;
 use sharemesh_mesh::config::{ConfigError, Env, EnvExt, MeshConfig};
@@ -155,7 +156,7 @@ impl Reservations {
         &self,
         tx: &WriteTxn,
         row: &mut ReservationRow,
-        event: Option<events::Kind>,
+        event: Option<ReservationChange>,
         causation: Option<&str>,
         actor: &str,
     ) -> Result<(), ReservationError> {
@@ -177,7 +178,12 @@ impl Reservations {
     }
 
     /// [`Reservations::apply_in`] in a transaction of its own.
-    pub(crate) async fn commit(&self, row: &mut ReservationRow, event: Option<events::Kind>, actor: &str) -> Result<(), ReservationError> {
+    pub(crate) async fn commit(
+        &self,
+        row: &mut ReservationRow,
+        event: Option<ReservationChange>,
+        actor: &str,
+    ) -> Result<(), ReservationError> {
         let tx = self.db.begin_write().await?;
         self.apply_in(&tx, row, event, None, actor).await?;
         tx.commit().await?;

@@ -27,7 +27,9 @@ use sharemesh_mesh::storage::is_unique_violation;
 
 use crate::Reservations;
 use crate::domain::{self, ReservationError, Step};
-use crate::events::{self, Kind};
+use sharemesh_contracts::events::ReservationChange;
+
+use crate::events;
 use crate::storage::reservations::{self as repo, ReservationRow};
 use crate::upstream::is_outage;
 
@@ -101,7 +103,7 @@ impl Reservations {
         };
         let _in_flight = self.in_flight.try_enter(&row.reservation_id);
         let tx = self.db.begin_write().await?;
-        row.last_event_id = events::emit(&tx, Kind::Placed, row.to_proto(), &req.request_id, &caller.id, now).await?;
+        row.last_event_id = events::emit(&tx, ReservationChange::Placed, row.to_proto(), &req.request_id, &caller.id, now).await?;
         match repo::insert(&*tx, row.clone()).await {
             Ok(()) => tx.commit().await?,
             Err(e) if is_unique_violation(&e) => {
@@ -239,10 +241,10 @@ impl Reservations {
                 let tx = self.db.begin_write().await?;
                 row.status = domain::PAID.into();
                 row.saga_step = Step::Done.as_str().into();
-                self.apply_in(&tx, row, Some(Kind::Paid), None, "").await?;
+                self.apply_in(&tx, row, Some(ReservationChange::Paid), None, "").await?;
                 if self.auto_confirm.contains(&row.listing_kind) {
                     row.status = domain::CONFIRMED.into();
-                    self.apply_in(&tx, row, Some(Kind::Confirmed), None, "").await?;
+                    self.apply_in(&tx, row, Some(ReservationChange::Confirmed), None, "").await?;
                 }
                 tx.commit().await?;
                 tracing::info!(reservation_id = %row.reservation_id, status = %row.status, "reservation paid");
@@ -268,7 +270,7 @@ impl Reservations {
         row.status = domain::REJECTED.into();
         row.status_reason = reason.to_owned();
         row.saga_step = Step::Done.as_str().into();
-        if let Err(e) = self.commit(row, Some(Kind::Rejected), "").await {
+        if let Err(e) = self.commit(row, Some(ReservationChange::Rejected), "").await {
             tracing::warn!(reservation_id = %row.reservation_id, error = %e, "rejection not recorded; whoever holds the saga now finishes it");
             return e;
         }
