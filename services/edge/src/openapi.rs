@@ -77,6 +77,78 @@ const REQUIRED_FIELDS: &[&str] = &[
     "sharemesh.payment.v1.PaymentCard.cvc",
 ];
 
+/// Page tokens as `mesh::page` issues them: base64url without padding of 24 bytes (an 8-byte offset
+/// and a 16-byte truncated HMAC), i.e. exactly 32 characters; empty asks for the first page (in a
+/// request) and means "last page" (in a response).
+const PAGE_TOKEN_PATTERN: &str = "^([A-Za-z0-9_-]{32})?$";
+
+/// What a `page_token` is; only the seal (a MAC over the offset and the filters) is beyond JSON Schema.
+const PAGE_TOKEN_NOTE: &str = "Only a token returned as `nextPageToken` by this operation, with the same filters, is accepted: \
+    32 characters of base64url (sealed with a MAC over the position and the filters), or empty for the first page. \
+    Any other value, including one of the right shape, is refused with 400 INVALID_ARGUMENT.";
+
+/// Rules the services enforce that no schema keyword states, added to the description of the
+/// field `message.jsonName` (and of the query parameters flattened from it), so a client can
+/// read why a schema-valid request is refused with 400.
+const NOTES: &[(&str, &str)] = &[
+    (
+        "sharemesh.common.v1.TimeWindow.startTime",
+        "end_time must be after start_time (refused with 400 INVALID_ARGUMENT otherwise).",
+    ),
+    (
+        "sharemesh.common.v1.TimeWindow.endTime",
+        "end_time must be after start_time (refused with 400 INVALID_ARGUMENT otherwise).",
+    ),
+    (
+        "sharemesh.reservation.v1.PlaceReservationRequest.window",
+        "end_time must be after start_time, the window must not end in the past, and it must start within the \
+         booking horizon (SHAREMESH_BOOKING_HORIZON, 5 years by default); refused with 400 INVALID_ARGUMENT otherwise.",
+    ),
+    (
+        "sharemesh.catalog.v1.ListListingsRequest.availableDuring",
+        "end_time must be after start_time and the window at most 90 days long; refused with 400 INVALID_ARGUMENT otherwise.",
+    ),
+];
+
+/// What an operation answers for stored state no schema can describe, appended to its description
+/// (by method full name).
+const OPERATION_NOTES: &[(&str, &str)] = &[
+    (
+        "sharemesh.catalog.v1.CatalogService.DeleteListing",
+        "A soft delete, by design: the listing stays readable afterwards (`GET /v1/listings/{listing_id}` \
+         answers it with `status: LISTING_STATUS_DELETED`) so that past reservations can still show it; \
+         lists leave it out unless `include_deleted` is set. Deleting a deleted listing is refused with \
+         400 FAILED_PRECONDITION.",
+    ),
+    (
+        "sharemesh.catalog.v1.CatalogService.UpdateListing",
+        "A deleted listing cannot be updated: 400 FAILED_PRECONDITION.",
+    ),
+    (
+        "sharemesh.reservation.v1.ReservationService.PlaceReservation",
+        "FAILED_PRECONDITION is answered as 400 (e.g. a deleted listing, or a window already held or booked).",
+    ),
+    (
+        "sharemesh.reservation.v1.ReservationService.CancelReservation",
+        "A reservation in any other status (PENDING, REJECTED) is refused with 400 FAILED_PRECONDITION.",
+    ),
+    (
+        "sharemesh.reservation.v1.ReservationService.ConfirmReservation",
+        "FAILED_PRECONDITION (a status other than PAID or CONFIRMED) is answered as 400.",
+    ),
+];
+
+/// The rule a field's description adds for what no schema keyword states, if any.
+fn note(message: &MessageDescriptor, field: &FieldDescriptor) -> Option<&'static str> {
+    match field.name() {
+        "page_token" => return Some(PAGE_TOKEN_NOTE),
+        "next_page_token" => return Some("32 characters of base64url; pass it as `page_token` with the same filters."),
+        _ => {}
+    }
+    let key = format!("{}.{}", message.full_name(), field.json_name());
+    NOTES.iter().find(|(k, _)| *k == key).map(|(_, text)| *text)
+}
+
 /// Enum values a request field refuses (the UNSPECIFIED value where a kind must be named).
 const REFUSED_VALUES: &[(&str, &str)] = &[("sharemesh.catalog.v1.CarDetails.carType", "CAR_TYPE_UNSPECIFIED")];
 
@@ -87,8 +159,14 @@ const REQUIRED_ONEOFS: &[&str] = &["sharemesh.catalog.v1.RegisterListingRequest.
 fn constrain(message: &MessageDescriptor, field: &FieldDescriptor, schema: &mut Json) {
     let key = format!("{}.{}", message.full_name(), field.json_name());
     let Some(object) = schema.as_object_mut() else { return };
-    if field.name() == "page_size" {
-        object.insert("minimum".into(), json!(0));
+    match field.name() {
+        "page_size" => {
+            object.insert("minimum".into(), json!(0));
+        }
+        "page_token" | "next_page_token" => {
+            object.insert("pattern".into(), json!(PAGE_TOKEN_PATTERN));
+        }
+        _ => {}
     }
     if let Some((_, extra)) = CONSTRAINTS.iter().find(|(k, _)| *k == key)
         && let Ok(Json::Object(extra)) = serde_json::from_str::<Json>(extra)
@@ -342,6 +420,9 @@ impl Generator {
         let mut description = comment.clone().unwrap_or_default();
         let summary = comment.as_deref().map_or_else(|| method.name().to_owned(), summary_of);
         op.insert("summary".into(), json!(summary));
+        if let Some((_, text)) = OPERATION_NOTES.iter().find(|(k, _)| *k == method.full_name()) {
+            append_line(&mut description, text);
+        }
         append_line(&mut description, &format!("gRPC: `{}`.", route.grpc_path()));
         op.insert("description".into(), json!(description));
 
@@ -510,6 +591,9 @@ impl Generator {
             p.insert("name".into(), json!(name));
             p.insert("in".into(), json!("query"));
             let mut description = text.unwrap_or_default();
+            if let Some(text) = note(message, &field) {
+                append_line(&mut description, text);
+            }
             if field.name() != field.json_name() || !prefix.is_empty() {
                 let camel = format!("{}{}", camel_prefix(prefix), field.json_name());
                 append_line(&mut description, &format!("Also accepted as `{camel}`."));
@@ -538,6 +622,10 @@ impl Generator {
                     schema["minLength"] = json!(1);
                 }
                 required.push(json!(field.json_name()));
+            } else {
+                // proto3 JSON reads `null` as "unset" for every field (the edge accepts it), so an
+                // optional field may be null; a required one may not (unset is what it forbids).
+                nullable(&field, &mut schema);
             }
             props.insert(field.json_name().to_owned(), schema);
         }
@@ -559,12 +647,22 @@ impl Generator {
             if members.len() < 2 && !exactly {
                 continue;
             }
-            let each: Vec<Json> = members.iter().map(|m| json!({ "required": [m] })).collect();
+            // A member counts as set when it is present and not null (null is unset).
+            let set: Vec<(String, Json)> = oneof
+                .fields()
+                .map(|f| {
+                    (
+                        f.json_name().to_owned(),
+                        json_type(&f).map_or_else(|| json!({}), |t| json!({ "type": t })),
+                    )
+                })
+                .collect();
+            let each: Vec<Json> = set.iter().map(|one| present(std::slice::from_ref(one))).collect();
             oneofs.push(if exactly {
                 json!({ "oneOf": each })
             } else {
                 // At most one: not two of them at once.
-                json!({ "not": { "anyOf": pairs(&members) } })
+                json!({ "not": { "anyOf": pairs(&set) } })
             });
         }
         let mut schema = Map::new();
@@ -609,6 +707,9 @@ impl Generator {
             self.kind_schema(field)
         };
         let mut description = self.comments.field(field).unwrap_or_default();
+        if let Some(text) = note(field.parent_message(), field) {
+            append_line(&mut description, text);
+        }
         if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
             append_line(&mut description, &format!("Member of oneof `{}`.", oneof.name()));
         }
@@ -679,15 +780,83 @@ impl Generator {
     }
 }
 
-/// `{"required": [a, b]}` for every pair of `members`.
-fn pairs(members: &[String]) -> Vec<Json> {
+/// Every pair of `members` set at once.
+fn pairs(members: &[(String, Json)]) -> Vec<Json> {
     let mut out = Vec::new();
     for (i, a) in members.iter().enumerate() {
         for b in &members[i + 1..] {
-            out.push(json!({ "required": [a, b] }));
+            out.push(present(&[a.clone(), b.clone()]));
         }
     }
     out
+}
+
+/// `{"required": [names], "properties": {name: {"type": ..}}}`: every member present and not null.
+fn present(members: &[(String, Json)]) -> Json {
+    let names: Vec<&String> = members.iter().map(|(name, _)| name).collect();
+    let typed: Map<String, Json> = members
+        .iter()
+        .filter(|(_, t)| t.as_object().is_some_and(|o| !o.is_empty()))
+        .map(|(name, t)| (name.clone(), t.clone()))
+        .collect();
+    let mut out = json!({ "required": names });
+    if !typed.is_empty() {
+        out["properties"] = Json::Object(typed);
+    }
+    out
+}
+
+/// The JSON type of a (non-null) field value, as the proto3 JSON mapping writes it; `None` for
+/// `google.protobuf.Value`, which is any JSON value.
+fn json_type(field: &FieldDescriptor) -> Option<&'static str> {
+    if field.is_list() {
+        return Some("array");
+    }
+    if field.is_map() {
+        return Some("object");
+    }
+    Some(match field.kind() {
+        Kind::Double | Kind::Float => "number",
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => "integer",
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => "string",
+        Kind::Bool => "boolean",
+        Kind::String | Kind::Bytes => "string",
+        Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => return None,
+        Kind::Enum(_) => "string",
+        Kind::Message(m) => match well_known(m.full_name())
+            .as_ref()
+            .and_then(|inline| inline.get("type"))
+            .and_then(Json::as_str)
+        {
+            Some("string") => "string",
+            Some("integer") => "integer",
+            Some("number") => "number",
+            Some("boolean") => "boolean",
+            Some("array") => "array",
+            Some(_) => "object",
+            None if m.full_name() == "google.protobuf.Value" => return None,
+            None => "object",
+        },
+    })
+}
+
+/// Marks an optional field's schema as accepting `null` (OpenAPI 3.0 `nullable`; an enum lists
+/// null too, and a `$ref` is wrapped, since its siblings are ignored). `google.protobuf.Value`
+/// takes any JSON value already, null included.
+fn nullable(field: &FieldDescriptor, schema: &mut Json) {
+    if json_type(field).is_none() {
+        return;
+    }
+    if schema.get("$ref").is_some() {
+        *schema = json!({ "allOf": [schema.take()] });
+    }
+    let Some(object) = schema.as_object_mut() else { return };
+    object.insert("nullable".into(), json!(true));
+    if let Some(Json::Array(values)) = object.get_mut("enum")
+        && !values.contains(&Json::Null)
+    {
+        values.push(Json::Null);
+    }
 }
 
 /// `available_during.` -> `availableDuring.`
@@ -874,7 +1043,7 @@ mod tests {
         );
         assert_eq!(
             listing["kind"]["enum"],
-            json!(["LISTING_KIND_UNSPECIFIED", "LISTING_KIND_CAR", "LISTING_KIND_TALENT"])
+            json!(["LISTING_KIND_UNSPECIFIED", "LISTING_KIND_CAR", "LISTING_KIND_TALENT", null])
         );
         assert!(
             listing.get("listing_id").is_none() && listing.get("listingId").is_some(),
@@ -923,9 +1092,19 @@ mod tests {
         let register = &s["sharemesh.catalog.v1.RegisterListingRequest"];
         assert_eq!(register["required"], json!(["title", "price"]));
         // Proto oneofs: exactly one where the service requires it, else at most one.
-        assert_eq!(register["oneOf"], json!([{ "required": ["car"] }, { "required": ["talent"] }]));
+        // A member counts when present and not null (null is unset).
+        assert_eq!(
+            register["oneOf"],
+            json!([
+                { "required": ["car"], "properties": { "car": { "type": "object" } } },
+                { "required": ["talent"], "properties": { "talent": { "type": "object" } } },
+            ])
+        );
         let update = &s["sharemesh.catalog.v1.UpdateListingRequest"];
-        assert_eq!(update["not"], json!({ "anyOf": [{ "required": ["car", "talent"] }] }));
+        assert_eq!(
+            update["not"],
+            json!({ "anyOf": [{ "required": ["car", "talent"], "properties": { "car": { "type": "object" }, "talent": { "type": "object" } } }] })
+        );
         // A path field is not part of a body "*" and not required there.
         let cancel =
             &doc["paths"]["/v1/reservations/{reservation_id}:cancel"]["post"]["requestBody"]["content"]["application/json"]["schema"];
@@ -955,6 +1134,109 @@ mod tests {
         assert!(!car_types.contains(&json!("CAR_TYPE_UNSPECIFIED")) && car_types.contains(&json!("CAR_TYPE_SEDAN")));
         // Every 64-bit integer string fits.
         assert_eq!(s["sharemesh.catalog.v1.Listing"]["properties"]["version"]["pattern"], INT64_PATTERN);
+    }
+
+    #[test]
+    fn page_tokens_are_described_as_issued() {
+        let (_, doc) = doc();
+        let mut list_operations = 0;
+        for (path, verb, op) in operations(&doc) {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["name"] == "page_token" {
+                    list_operations += 1;
+                    assert_eq!(p["schema"]["pattern"], PAGE_TOKEN_PATTERN, "{verb} {path}");
+                    let text = p["description"].as_str().expect("description");
+                    assert!(text.contains("Only a token returned as `nextPageToken`"), "{verb} {path}: {text}");
+                }
+            }
+        }
+        assert_eq!(list_operations, 6);
+        let listings = &doc["components"]["schemas"]["sharemesh.catalog.v1.ListListingsResponse"]["properties"];
+        assert_eq!(listings["nextPageToken"]["pattern"], PAGE_TOKEN_PATTERN);
+
+        // What mesh::page issues (and the empty first page) fits the pattern; a token one character
+        // short or with a character outside base64url does not.
+        let fits = |t: &str| t.is_empty() || (t.len() == 32 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(PAGE_TOKEN_PATTERN, "^([A-Za-z0-9_-]{32})?$", "the check above mirrors the pattern");
+        let first = sharemesh_mesh::page::decode(0, "", "f").expect("first page");
+        for has_more in [true, false] {
+            let token = sharemesh_mesh::page::next_token(first, has_more, "f");
+            assert!(fits(&token), "{token:?}");
+        }
+        assert!(!fits(&"A".repeat(31)) && !fits(&format!("{}+", "A".repeat(31))));
+    }
+
+    #[test]
+    fn rules_beyond_json_schema_are_described() {
+        let (_, doc) = doc();
+        let s = &doc["components"]["schemas"];
+        let window = &s["sharemesh.common.v1.TimeWindow"]["properties"];
+        for end in ["startTime", "endTime"] {
+            let text = window[end]["description"].as_str().expect("description");
+            assert!(text.contains("end_time must be after start_time"), "{end}: {text}");
+        }
+        let list = &doc["paths"]["/v1/listings"]["get"]["parameters"];
+        for p in list.as_array().expect("parameters") {
+            if p["name"].as_str().is_some_and(|n| n.starts_with("available_during.")) {
+                assert!(
+                    p["description"]
+                        .as_str()
+                        .expect("description")
+                        .contains("end_time must be after start_time")
+                );
+            }
+        }
+        let place = s["sharemesh.reservation.v1.PlaceReservationRequest"]["properties"]["window"]["description"]
+            .as_str()
+            .expect("description");
+        assert!(
+            place.contains("must not end in the past") && place.contains("SHAREMESH_BOOKING_HORIZON"),
+            "{place}"
+        );
+        let delete = doc["paths"]["/v1/listings/{listing_id}"]["delete"]["description"]
+            .as_str()
+            .expect("description");
+        assert!(
+            delete.contains("soft delete") && delete.contains("LISTING_STATUS_DELETED"),
+            "{delete}"
+        );
+        let cancel = doc["paths"]["/v1/reservations/{reservation_id}:cancel"]["post"]["description"]
+            .as_str()
+            .expect("description");
+        assert!(cancel.contains("400 FAILED_PRECONDITION"), "{cancel}");
+    }
+
+    #[test]
+    fn optional_fields_accept_null_as_unset() {
+        let (_, doc) = doc();
+        let s = &doc["components"]["schemas"];
+        let register = &s["sharemesh.catalog.v1.RegisterListingRequest"]["properties"];
+        // Optional scalar: null is unset, as proto3 JSON reads it.
+        assert_eq!(register["description"]["nullable"], true);
+        assert_eq!(register["description"]["type"], "string");
+        // Required: null would be unset, which is what required forbids.
+        assert!(register["title"].get("nullable").is_none());
+        assert!(register["price"].get("nullable").is_none());
+        // Optional message: wrapped, since siblings of a $ref are ignored.
+        let update = &s["sharemesh.catalog.v1.UpdateListingRequest"]["properties"];
+        assert_eq!(update["price"]["nullable"], true);
+        assert_eq!(
+            update["price"]["allOf"][0]["$ref"],
+            "#/components/schemas/sharemesh.common.v1.Money"
+        );
+        // Optional enum: null is one of its values.
+        let kind = &s["sharemesh.catalog.v1.Listing"]["properties"]["kind"];
+        assert_eq!(kind["nullable"], true);
+        assert!(kind["enum"].as_array().expect("enum").contains(&Json::Null));
+        let card = &s["sharemesh.payment.v1.PaymentCard"]["properties"];
+        assert_eq!(card["holderName"]["nullable"], true);
+        assert!(card["number"].get("nullable").is_none());
+
+        // The transcoder agrees: null on an optional field is accepted as unset.
+        let table = RouteTable::from_descriptor_set(sharemesh_contracts::FILE_DESCRIPTOR_SET).expect("routes");
+        let (route, bound) = table.find(&http::Method::POST, "/v1/listings").expect("route");
+        let body = r#"{"title":"Avante","description":null,"price":{"amountMinor":"12000","currency":"KRW"},"car":{"model":"Avante","carType":"CAR_TYPE_SEDAN","seats":5},"talent":null}"#;
+        crate::transcode::request(route, bound, None, body.as_bytes()).expect("null is unset");
     }
 
     #[test]
