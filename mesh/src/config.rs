@@ -20,6 +20,9 @@ pub const ENV_REUSE_PORT: &str = "SHAREMESH_REUSE_PORT";
 pub const ENV_METRICS_ADDR: &str = "SHAREMESH_METRICS_ADDR";
 /// Database URL (`sqlite://<data dir>/<context>.db?mode=rwc`); `postgres://...` for PostgreSQL.
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
+/// Pooled database connections of one process, at least 1 (`16` on PostgreSQL, `8` on SQLite).
+/// On PostgreSQL keep replicas × services × pool below the server's `max_connections`.
+pub const ENV_DB_POOL: &str = "SHAREMESH_DB_POOL";
 /// NATS server URL (`nats://127.0.0.1:4222`).
 pub const ENV_NATS_URL: &str = "NATS_URL";
 /// HS256 secret that signs and verifies bearer tokens (at least 16 bytes).
@@ -240,6 +243,8 @@ pub struct MeshConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Database URL.
     pub database_url: String,
+    /// Pooled database connections (`None`: the backend's default).
+    pub db_pool: Option<u32>,
     /// NATS URL.
     pub nats_url: String,
     /// JWT settings.
@@ -286,6 +291,19 @@ impl MeshConfig {
             reuse_port: env.parse_or(ENV_REUSE_PORT, false)?,
             metrics_addr,
             database_url,
+            db_pool: match env.get(ENV_DB_POOL) {
+                None => None,
+                Some(v) => match v.trim().parse::<u32>() {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            ENV_DB_POOL,
+                            &v,
+                            "expected a whole number of connections, at least 1",
+                        ));
+                    }
+                },
+            },
             nats_url,
             auth: crate::auth::AuthConfig::from_env(env)?,
             shutdown: crate::server::ShutdownConfig {

@@ -73,7 +73,7 @@ impl Runtime {
             source,
         };
         crate::page::set_key(&config.auth.secret);
-        let db = Db::connect(&config.database_url).await.map_err(db_err)?;
+        let db = Db::connect_with(&config.database_url, config.db_pool).await.map_err(db_err)?;
         db.migrate::<M>().await.map_err(db_err)?;
         let client = crate::events::connect(&config.nats_url, &format!("sharemesh-{}", config.context)).await?;
         let js = jetstream::new(client);

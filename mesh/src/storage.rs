@@ -30,9 +30,16 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://...`), creating a SQLite
-    /// file's directory if needed.
+    /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://...`) with the default pool
+    /// size, creating a SQLite file's directory if needed.
     pub async fn connect(url: &str) -> Result<Self, DbErr> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`Db::connect`] with at most `max_connections` pooled connections (default: 16 on
+    /// PostgreSQL, 8 on SQLite). On PostgreSQL every replica of every service holds up to this
+    /// many: keep replicas × pool below the server's `max_connections`.
+    pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<Self, DbErr> {
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -42,7 +49,7 @@ impl Db {
             if let Some(dir) = sqlite_dir(url) {
                 std::fs::create_dir_all(&dir).map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
             }
-            opts.max_connections(8).min_connections(1);
+            opts.max_connections(max_connections.unwrap_or(8)).min_connections(1);
             opts.map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
@@ -50,7 +57,7 @@ impl Db {
                     .foreign_keys(true)
             });
         } else {
-            opts.max_connections(16).min_connections(1);
+            opts.max_connections(max_connections.unwrap_or(16)).min_connections(1);
         }
         let conn = sea_orm::Database::connect(opts).await?;
         Ok(Self {
