@@ -68,24 +68,13 @@ struct Args {
     quick: bool,
 }
 
-/// `8`, `8s`, `500ms`, `2m`.
+/// `8` (seconds), `8s`, `500ms`, `2m`: the mesh's duration syntax, with bare numbers as seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 8s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} must be a positive duration"));
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return sharemesh_mesh::config::parse_duration(&format!("{s}s"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    sharemesh_mesh::config::parse_duration(s)
 }
 
 /// The flags with every default resolved.
@@ -423,7 +412,7 @@ mod tests {
         assert_eq!(parse_duration("8s"), Ok(Duration::from_secs(8)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2h").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("x").is_err());
     }
 }

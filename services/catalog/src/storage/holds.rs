@@ -2,7 +2,7 @@
 //! RELEASED / EXPIRED).
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter};
 use sharemesh_contracts::catalog::v1::{Hold, HoldStatus};
 use sharemesh_contracts::common::v1::TimeWindow;
 use sharemesh_contracts::ext::timestamp_from_ms;
@@ -120,14 +120,4 @@ pub async fn expire_lapsed(db: &impl ConnectionTrait, listing_id: Option<&str>, 
         q = q.filter(entity::Column::ListingId.eq(id));
     }
     Ok(q.exec(db).await?.rows_affected)
-}
-
-/// Active holds and bookings of a listing, by start.
-pub async fn active_for_listing(db: &impl ConnectionTrait, listing_id: &str) -> Result<Vec<HoldRow>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::ListingId.eq(listing_id))
-        .filter(entity::Column::Status.is_in([HELD, BOOKED]))
-        .order_by_asc(entity::Column::StartMs)
-        .all(db)
-        .await
 }
