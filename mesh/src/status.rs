@@ -1,8 +1,131 @@
-//! The two answers every service builds the same way: a field violation (INVALID_ARGUMENT with a
-//! `google.rpc.BadRequest` detail naming the field) and a storage failure (INTERNAL, logged here
-//! with its cause, shown to the caller without it; ABORTED when a concurrent transaction won).
+//! Every service's refusals, as one type: [`Rejection`], mapped to `tonic::Status` once, here.
+//! A field violation is INVALID_ARGUMENT with a `google.rpc.BadRequest` detail naming the field;
+//! a storage failure is INTERNAL, logged here with its cause and shown to the caller without it
+//! (ABORTED when a concurrent transaction won); an upstream outage is UNAVAILABLE with a
+//! `RetryInfo` detail and a `retry-after` header. The shared request checks live here too.
 
+use std::time::Duration;
+
+use sharemesh_contracts::common::v1::Money;
 use tonic_types::{ErrorDetails, StatusExt};
+
+/// Why a service refused a request. Each service names it after itself
+/// (`pub type CatalogError = Rejection;`).
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// A request field is missing or wrong.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as named in the proto (`price.amount_minor`).
+        field: &'static str,
+        /// What is wrong with it (never the value of a card field).
+        reason: String,
+    },
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The state does not allow it (window taken, deleted listing, payment declined).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A concurrent change won; retry the whole request.
+    #[error("{0}")]
+    Aborted(String),
+    /// An upstream is down or its circuit is open.
+    #[error("{upstream} is unavailable; retry in {}s", retry_after.as_secs().max(1))]
+    Unavailable {
+        /// Which upstream (`payment`).
+        upstream: &'static str,
+        /// When a retry may succeed.
+        retry_after: Duration,
+    },
+    /// An upstream refused a call made for this request: its code, message and details pass on.
+    #[error("{}", .0.message())]
+    Refused(tonic::Status),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sea_orm::DbErr),
+}
+
+impl Rejection {
+    /// A field violation.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The database error inside, if this is one (for [`crate::storage::retry_conflicts`]).
+    pub fn db_err(&self) -> Option<&sea_orm::DbErr> {
+        match self {
+            Self::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<Rejection> for tonic::Status {
+    fn from(e: Rejection) -> Self {
+        let message = e.to_string();
+        match e {
+            Rejection::Invalid { field, reason } => invalid_field(field, reason),
+            Rejection::NotFound(m) => tonic::Status::not_found(m),
+            Rejection::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            Rejection::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            Rejection::Aborted(m) => tonic::Status::aborted(m),
+            Rejection::Unavailable { retry_after, .. } => {
+                let secs = retry_after.as_secs().max(1);
+                let mut status = tonic::Status::with_error_details(
+                    tonic::Code::Unavailable,
+                    message,
+                    ErrorDetails::with_retry_info(Some(Duration::from_secs(secs))),
+                );
+                if let Ok(v) = secs.to_string().parse() {
+                    status.metadata_mut().insert("retry-after", v);
+                }
+                status
+            }
+            // The upstream's code, message and details (e.g. a BadRequest naming
+            // `card.number`), without its transport metadata.
+            Rejection::Refused(status) => tonic::Status::with_details(status.code(), status.message(), status.details().to_vec().into()),
+            Rejection::Storage(e) => storage_failure(&e),
+        }
+    }
+}
+
+/// Longest id a request may carry.
+pub const MAX_ID: usize = 64;
+
+/// Checks an id field: present (not blank), at most [`MAX_ID`] bytes.
+pub fn validate_id(field: &'static str, id: &str) -> Result<(), Rejection> {
+    if id.trim().is_empty() {
+        return Err(Rejection::invalid(field, "is required"));
+    }
+    if id.len() > MAX_ID {
+        return Err(Rejection::invalid(field, format!("must be at most {MAX_ID} characters")));
+    }
+    Ok(())
+}
+
+/// Checks an amount of money (`field`: `price`, `amount`): present, positive, a three-letter
+/// upper-case currency code.
+pub fn validate_money<'a>(field: &'static str, money: Option<&'a Money>) -> Result<&'a Money, Rejection> {
+    let (amount_field, currency_field) = match field {
+        "price" => ("price.amount_minor", "price.currency"),
+        _ => ("amount.amount_minor", "amount.currency"),
+    };
+    let money = money.ok_or_else(|| Rejection::invalid(field, "is required"))?;
+    if money.amount_minor <= 0 {
+        return Err(Rejection::invalid(amount_field, "must be greater than zero"));
+    }
+    if money.currency.len() != 3 || !money.currency.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(Rejection::invalid(currency_field, "must be an ISO 4217 code such as KRW or USD"));
+    }
+    Ok(money)
+}
 
 /// INVALID_ARGUMENT `"<field>: <reason>"` with a `BadRequest` field violation.
 pub fn invalid_field(field: &str, reason: impl Into<String>) -> tonic::Status {
@@ -14,20 +137,62 @@ pub fn invalid_field(field: &str, reason: impl Into<String>) -> tonic::Status {
     )
 }
 
-/// INTERNAL for a database failure of `service`; the cause is logged, not sent. A transaction
-/// aborted by a concurrent one is ABORTED (the google.rpc code for "retry the whole request").
-pub fn storage_failure(service: &str, cause: &sea_orm::DbErr) -> tonic::Status {
+/// INTERNAL for a database failure; the cause is logged (inside the request's span, which names
+/// the method), not sent. A transaction aborted by a concurrent one is ABORTED (the google.rpc
+/// code for "retry the whole request").
+pub fn storage_failure(cause: &sea_orm::DbErr) -> tonic::Status {
     if crate::storage::is_transient_conflict(cause) {
-        tracing::warn!(error = %cause, service, "transaction aborted by a concurrent one");
+        tracing::warn!(error = %cause, "transaction aborted by a concurrent one");
         return tonic::Status::aborted("the request met a concurrent update; retry it");
     }
-    tracing::error!(error = %cause, service, "storage error");
+    tracing::error!(error = %cause, "storage error");
     tonic::Status::internal("internal storage error")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_checks_name_the_field() {
+        assert!(matches!(
+            validate_id("listing_id", " "),
+            Err(Rejection::Invalid { field: "listing_id", .. })
+        ));
+        assert!(validate_id("listing_id", &"x".repeat(65)).is_err());
+        assert!(validate_id("listing_id", "l-1").is_ok());
+        let krw = |amount_minor, currency: &str| Money::new(amount_minor, currency);
+        assert!(matches!(
+            validate_money("price", None),
+            Err(Rejection::Invalid { field: "price", .. })
+        ));
+        assert!(matches!(
+            validate_money("amount", Some(&krw(0, "KRW"))),
+            Err(Rejection::Invalid {
+                field: "amount.amount_minor",
+                ..
+            })
+        ));
+        assert!(matches!(
+            validate_money("price", Some(&krw(1, "krw"))),
+            Err(Rejection::Invalid {
+                field: "price.currency",
+                ..
+            })
+        ));
+        assert!(validate_money("amount", Some(&krw(1, "KRW"))).is_ok());
+    }
+
+    #[test]
+    fn outages_carry_a_retry_hint() {
+        let status = tonic::Status::from(Rejection::Unavailable {
+            upstream: "payment",
+            retry_after: Duration::from_secs(4),
+        });
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "payment is unavailable; retry in 4s");
+        assert_eq!(status.metadata().get("retry-after").and_then(|v| v.to_str().ok()), Some("4"));
+    }
 
     #[test]
     fn field_violations_name_the_field_twice() {
@@ -40,7 +205,7 @@ mod tests {
             Some("price.amount_minor")
         );
         assert_eq!(
-            storage_failure("test", &sea_orm::DbErr::Custom("disk".into())).message(),
+            storage_failure(&sea_orm::DbErr::Custom("disk".into())).message(),
             "internal storage error"
         );
     }

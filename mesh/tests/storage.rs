@@ -45,7 +45,7 @@ async fn sqlite_busy_is_transient() {
         .await
         .expect_err("a second writer is refused while the first holds the lock");
     assert!(is_transient_conflict(&err), "{err}");
-    assert_eq!(storage_failure("test", &err).code(), tonic::Code::Aborted);
+    assert_eq!(storage_failure(&err).code(), tonic::Code::Aborted);
     assert!(!is_transient_conflict(&DbErr::Custom("disk full".into())));
 }
 
@@ -74,7 +74,7 @@ async fn a_postgres_deadlock_is_transient_and_retried() {
         other => panic!("expected exactly one deadlock victim, got {other:?}"),
     };
     assert!(is_transient_conflict(&err), "{err}");
-    assert_eq!(storage_failure("test", &err).code(), tonic::Code::Aborted);
+    assert_eq!(storage_failure(&err).code(), tonic::Code::Aborted);
     drop((a, b));
 
     // The victim runs again and succeeds; a conflict that never ends stops after the budget;

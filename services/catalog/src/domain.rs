@@ -11,60 +11,8 @@ pub const MAX_DESCRIPTION: usize = 5000;
 /// Longest window one hold may cover (90 days).
 pub const MAX_WINDOW_MS: i64 = 90 * 24 * 3600 * 1000;
 
-/// Everything the catalog answers besides success.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    /// A request field is missing or wrong.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field, as named in the proto (`price.amount_minor`).
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// No such listing or hold.
-    #[error("{0}")]
-    NotFound(String),
-    /// The caller may not do this.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The state does not allow it (deleted listing, window taken, hold released).
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The database failed.
-    #[error("storage: {0}")]
-    Storage(#[from] sea_orm::DbErr),
-}
-
-impl CatalogError {
-    /// The database error inside, if this is one.
-    pub fn db_err(&self) -> Option<&sea_orm::DbErr> {
-        match self {
-            Self::Storage(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    /// A field violation.
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<CatalogError> for tonic::Status {
-    fn from(e: CatalogError) -> Self {
-        match e {
-            CatalogError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
-            CatalogError::NotFound(m) => tonic::Status::not_found(m),
-            CatalogError::PermissionDenied(m) => tonic::Status::permission_denied(m),
-            CatalogError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            CatalogError::Storage(e) => sharemesh_mesh::status::storage_failure("catalog", &e),
-        }
-    }
-}
+/// Everything the catalog service answers besides success: the mesh's one rejection type.
+pub type CatalogError = sharemesh_mesh::status::Rejection;
 
 /// Checks a title.
 pub fn validate_title(title: &str) -> Result<(), CatalogError> {
@@ -90,17 +38,7 @@ pub fn validate_description(description: &str) -> Result<(), CatalogError> {
 
 /// Checks a price: present, positive, a three-letter upper-case currency code.
 pub fn validate_price(price: Option<&Money>) -> Result<&Money, CatalogError> {
-    let price = price.ok_or_else(|| CatalogError::invalid("price", "is required"))?;
-    if price.amount_minor <= 0 {
-        return Err(CatalogError::invalid("price.amount_minor", "must be greater than zero"));
-    }
-    if price.currency.len() != 3 || !price.currency.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(CatalogError::invalid(
-            "price.currency",
-            "must be an ISO 4217 code such as KRW or USD",
-        ));
-    }
-    Ok(price)
+    sharemesh_mesh::status::validate_money("price", price)
 }
 
 /// Checks listing details and returns the kind they imply.

@@ -181,7 +181,7 @@ impl Catalog {
 
     /// One listing (deleted ones too: reservations still refer to them).
     pub async fn get(&self, listing_id: &str) -> Result<Listing, CatalogError> {
-        validate_id(listing_id)?;
+        sharemesh_mesh::status::validate_id("listing_id", listing_id)?;
         repo::find(self.db.conn(), listing_id)
             .await?
             .map(|r| r.to_proto())
@@ -210,7 +210,7 @@ impl Catalog {
         db: &impl sea_orm::ConnectionTrait,
         listing_id: &str,
     ) -> Result<ListingRow, CatalogError> {
-        validate_id(listing_id)?;
+        sharemesh_mesh::status::validate_id("listing_id", listing_id)?;
         let row = repo::find_for_update(db, listing_id)
             .await?
             .ok_or_else(|| CatalogError::NotFound(format!("listing {listing_id} not found")))?;
@@ -219,17 +219,6 @@ impl Catalog {
         }
         Ok(row)
     }
-}
-
-/// Checks an id field.
-pub fn validate_id(id: &str) -> Result<(), CatalogError> {
-    if id.is_empty() {
-        return Err(CatalogError::invalid("listing_id", "is required"));
-    }
-    if id.len() > 64 {
-        return Err(CatalogError::invalid("listing_id", "is too long"));
-    }
-    Ok(())
 }
 
 /// The kind filter as stored.

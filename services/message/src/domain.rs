@@ -9,40 +9,8 @@ pub const MAX_FAILURE_REASON: usize = 500;
 /// Longest delay between two delivery attempts of one message.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5 * 60);
 
-/// Everything the message service answers besides success.
-#[derive(Debug, thiserror::Error)]
-pub enum MessageError {
-    /// A request field is wrong.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field, as named in the proto (`page_token`).
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The database failed.
-    #[error("storage: {0}")]
-    Storage(#[from] sea_orm::DbErr),
-}
-
-impl MessageError {
-    /// A field violation.
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<MessageError> for tonic::Status {
-    fn from(e: MessageError) -> Self {
-        match e {
-            MessageError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
-            MessageError::Storage(e) => sharemesh_mesh::status::storage_failure("message", &e),
-        }
-    }
-}
+/// Everything the message service answers besides success: the mesh's one rejection type.
+pub type MessageError = sharemesh_mesh::status::Rejection;
 
 /// `reason` on one line and at most [`MAX_FAILURE_REASON`] characters.
 pub fn failure_reason(reason: &str) -> String {

@@ -8,8 +8,6 @@ use chrono::TimeZone;
 use sharemesh_contracts::common::v1::Money;
 use sharemesh_contracts::payment::v1::{CardSummary, PaymentCard};
 
-/// Longest id accepted (reservation, customer, payment).
-pub const MAX_ID: usize = 64;
 /// Longest card holder name accepted.
 pub const MAX_HOLDER_NAME: usize = 200;
 /// Cards whose number ends in these digits are always declined (a rule tests and users rely on).
@@ -25,77 +23,14 @@ pub const BRAND_AMEX: &str = "amex";
 /// Brand of any other card.
 pub const BRAND_UNKNOWN: &str = "unknown";
 
-/// Everything the payment service answers besides success. A declined card is not an error.
-#[derive(Debug, thiserror::Error)]
-pub enum PaymentError {
-    /// A request field is missing or wrong.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field, as named in the proto (`card.number`).
-        field: &'static str,
-        /// What is wrong with it (never the value of a card field).
-        reason: String,
-    },
-    /// No such payment.
-    #[error("{0}")]
-    NotFound(String),
-    /// The caller may not do this.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The state does not allow it.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The database failed.
-    #[error("storage: {0}")]
-    Storage(#[from] sea_orm::DbErr),
-}
+/// Everything the payment service answers besides success: the mesh's one rejection type.
+pub type PaymentError = sharemesh_mesh::status::Rejection;
 
-impl PaymentError {
-    /// A field violation.
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<PaymentError> for tonic::Status {
-    fn from(e: PaymentError) -> Self {
-        match e {
-            PaymentError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
-            PaymentError::NotFound(m) => tonic::Status::not_found(m),
-            PaymentError::PermissionDenied(m) => tonic::Status::permission_denied(m),
-            PaymentError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            PaymentError::Storage(e) => sharemesh_mesh::status::storage_failure("payment", &e),
-        }
-    }
-}
-
-/// Checks an id field: present, at most [`MAX_ID`] characters.
-pub fn validate_id(field: &'static str, id: &str) -> Result<(), PaymentError> {
-    if id.trim().is_empty() {
-        return Err(PaymentError::invalid(field, "is required"));
-    }
-    if id.len() > MAX_ID {
-        return Err(PaymentError::invalid(field, format!("must be at most {MAX_ID} characters")));
-    }
-    Ok(())
-}
+pub use sharemesh_mesh::status::{MAX_ID, validate_id};
 
 /// Checks an amount: present, positive, a three-letter upper-case currency code.
 pub fn validate_amount(amount: Option<&Money>) -> Result<&Money, PaymentError> {
-    let amount = amount.ok_or_else(|| PaymentError::invalid("amount", "is required"))?;
-    if amount.amount_minor <= 0 {
-        return Err(PaymentError::invalid("amount.amount_minor", "must be greater than zero"));
-    }
-    if amount.currency.len() != 3 || !amount.currency.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(PaymentError::invalid(
-            "amount.currency",
-            "must be an ISO 4217 code such as KRW or USD",
-        ));
-    }
-    Ok(amount)
+    sharemesh_mesh::status::validate_money("amount", amount)
 }
 
 /// Checks a card at `now_ms` and returns what may be kept of it: brand and last four digits.

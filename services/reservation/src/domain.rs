@@ -79,98 +79,10 @@ impl Step {
     }
 }
 
-/// Everything the reservation service answers besides success.
-#[derive(Debug, thiserror::Error)]
-pub enum ReservationError {
-    /// A request field is missing or wrong.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field, as named in the proto.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// No such reservation (or listing).
-    #[error("{0}")]
-    NotFound(String),
-    /// The caller may not do this.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The state does not allow it: window taken, payment declined, wrong status.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// A concurrent change won; retry.
-    #[error("{0}")]
-    Aborted(String),
-    /// An upstream (catalog, payment) cannot be reached; nothing was left held or charged.
-    #[error("{upstream} is unavailable; retry in {}s", retry_after.as_secs().max(1))]
-    Unavailable {
-        /// Which upstream.
-        upstream: &'static str,
-        /// When to try again.
-        retry_after: Duration,
-    },
-    /// An upstream's answer about the request itself (unknown listing, window taken, bad card),
-    /// passed on with its code and message.
-    #[error("{}", .0.message())]
-    Refused(tonic::Status),
-    /// The database failed.
-    #[error("storage: {0}")]
-    Storage(#[from] sea_orm::DbErr),
-}
+/// Everything the reservation service answers besides success: the mesh's one rejection type.
+pub type ReservationError = sharemesh_mesh::status::Rejection;
 
-impl ReservationError {
-    /// A field violation.
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<ReservationError> for tonic::Status {
-    fn from(e: ReservationError) -> Self {
-        use tonic_types::{ErrorDetails, StatusExt};
-        let message = e.to_string();
-        match e {
-            ReservationError::Invalid { field, reason } => sharemesh_mesh::status::invalid_field(field, reason),
-            ReservationError::NotFound(m) => tonic::Status::not_found(m),
-            ReservationError::PermissionDenied(m) => tonic::Status::permission_denied(m),
-            ReservationError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            ReservationError::Aborted(m) => tonic::Status::aborted(m),
-            ReservationError::Unavailable { retry_after, .. } => {
-                let secs = retry_after.as_secs().max(1);
-                let mut status = tonic::Status::with_error_details(
-                    tonic::Code::Unavailable,
-                    message,
-                    ErrorDetails::with_retry_info(Some(Duration::from_secs(secs))),
-                );
-                if let Ok(v) = secs.to_string().parse() {
-                    status.metadata_mut().insert("retry-after", v);
-                }
-                status
-            }
-            // The upstream's code, message and details (e.g. a BadRequest naming `card.number`),
-            // without its transport metadata.
-            ReservationError::Refused(status) => {
-                tonic::Status::with_details(status.code(), status.message(), status.details().to_vec().into())
-            }
-            ReservationError::Storage(e) => sharemesh_mesh::status::storage_failure("reservation", &e),
-        }
-    }
-}
-
-/// Checks an id field.
-pub fn validate_id(field: &'static str, id: &str) -> Result<(), ReservationError> {
-    if id.is_empty() {
-        return Err(ReservationError::invalid(field, "is required"));
-    }
-    if id.len() > 64 {
-        return Err(ReservationError::invalid(field, "must be at most 64 characters"));
-    }
-    Ok(())
-}
+pub use sharemesh_mesh::status::validate_id;
 
 /// Checks a client idempotency key.
 pub fn validate_request_id(id: &str) -> Result<(), ReservationError> {
