@@ -24,8 +24,29 @@ fn is_decode_failure(headers: &http::HeaderMap) -> bool {
     internal
         && headers
             .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| DECODE_FAILURES.iter().any(|prefix| m.starts_with(prefix)))
+            .map(|v| percent_decode(v.as_bytes()))
+            .is_some_and(|m| DECODE_FAILURES.iter().any(|prefix| m.starts_with(prefix.as_bytes())))
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2: every byte outside printable ASCII, and
+/// `%`, as `%XX`; tonic also encodes spaces).
+fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Rewrites INTERNAL answers to undecodable requests as INVALID_ARGUMENT.
