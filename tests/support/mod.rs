@@ -4,6 +4,7 @@
 //! The binary is `$SHAREMESH_BIN` or `target/debug/sharemesh` (`make test` builds it first).
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod reconcile;
 
 use std::path::PathBuf;
@@ -62,6 +63,20 @@ impl Service {
     /// Starts `context` with a fresh SQLite file (unless `env` sets DATABASE_URL) against `nats`,
     /// and waits until its health reports SERVING.
     pub async fn start(context: &'static str, nats: &NatsServer, env: &[(&str, &str)]) -> Self {
+        Self::start_at(context, &nats.url(), env).await
+    }
+
+    /// [`Service::start`] against the NATS server(s) at `nats_url` (comma-separated for a
+    /// cluster).
+    pub async fn start_at(context: &'static str, nats_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut svc = Self::launch_at(context, nats_url, env);
+        svc.wait_serving(Duration::from_secs(30)).await;
+        svc
+    }
+
+    /// Spawns the process like [`Service::start_at`] but returns at once, without waiting for it
+    /// to serve (see [`Service::wait_until_serving`]): for starting several at the same instant.
+    pub fn launch_at(context: &'static str, nats_url: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut all: Vec<(String, String)> = vec![
@@ -71,7 +86,7 @@ impl Service {
                 "DATABASE_URL".into(),
                 format!("sqlite://{}/{context}.db?mode=rwc", dir.path().display()),
             ),
-            ("NATS_URL".into(), nats.url()),
+            ("NATS_URL".into(), nats_url.to_owned()),
             ("SHAREMESH_JWT_SECRET".into(), SECRET.into()),
             ("SHAREMESH_LOG".into(), "info,sqlx=warn,async_nats=warn".into()),
             ("SHAREMESH_OUTBOX_POLL".into(), "100ms".into()),
@@ -89,11 +104,16 @@ impl Service {
             child: None,
             _dir: dir,
         };
-        svc.spawn().await;
+        svc.spawn_process();
         svc
     }
 
     async fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_serving(Duration::from_secs(30)).await;
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = tokio::process::Command::new(binary())
             .args(["serve", self.context])
@@ -104,7 +124,12 @@ impl Service {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_serving(Duration::from_secs(30)).await;
+    }
+
+    /// Waits until a process from [`Service::launch_at`] reports SERVING; panics with the log's
+    /// tail if it exits first or `limit` passes.
+    pub async fn wait_until_serving(&mut self, limit: Duration) {
+        self.wait_serving(limit).await;
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -285,19 +310,37 @@ where
 
 /// Every message currently in `stream`, as (subject, headers, payload).
 pub async fn stream_messages(nats: &NatsServer, stream: &str) -> Vec<(String, async_nats::HeaderMap, bytes::Bytes)> {
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    stream_messages_at(&nats.url(), stream).await
+}
+
+/// [`stream_messages`] from the server(s) at `nats_url` (comma-separated for a cluster), in
+/// stream order.
+pub async fn stream_messages_at(nats_url: &str, stream: &str) -> Vec<(String, async_nats::HeaderMap, bytes::Bytes)> {
+    use futures::StreamExt as _;
+    let client = nats_connect(nats_url).await;
     let js = async_nats::jetstream::new(client);
     let Ok(mut s) = js.get_stream(stream).await else {
         return Vec::new();
     };
     let last = s.info().await.unwrap().state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        if let Ok(m) = s.get_raw_message(seq).await {
-            out.push((m.subject.to_string(), m.headers, m.payload));
-        }
-    }
-    out
+    // Many lookups in flight, answers kept in sequence order.
+    let s = &s;
+    futures::stream::iter(1..=last)
+        .map(|seq| async move { s.get_raw_message(seq).await.ok() })
+        .buffered(32)
+        .filter_map(|m| async move { m.map(|m| (m.subject.to_string(), m.headers, m.payload)) })
+        .collect()
+        .await
+}
+
+/// A NATS client for `nats_url`: one server, or several comma-separated (a cluster).
+pub async fn nats_connect(nats_url: &str) -> async_nats::Client {
+    let servers: Vec<&str> = nats_url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(servers)
+        .await
+        .unwrap_or_else(|e| panic!("connect to NATS at {nats_url}: {e}"))
 }
 
 /// NATS plus catalog, payment and reservation, wired together as in production.
