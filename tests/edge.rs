@@ -32,7 +32,32 @@ fn reservation_body(listing: &str, day: u32, card: &str, request_id: &str) -> St
 
 #[tokio::test]
 async fn the_whole_journey_in_rest_only() {
-    rest_journey(&FullMesh::start(&[]).await).await;
+    rest_journey(&FullMesh::start(&[]).await, &token).await;
+}
+
+/// The same journey with user tokens from an identity provider: RS256 tokens of the test's
+/// keys, published as a JWKS, with Keycloak's claim layout (`realm_access.roles`) and audience;
+/// the services call each other with the separate service key.
+#[tokio::test]
+async fn the_whole_journey_in_rest_with_an_identity_providers_rs256_tokens() {
+    let jwks = oidc::fixture_path("jwks-1.json");
+    let oidc_env = [
+        ("SHAREMESH_JWT_SECRET", ""),
+        ("SHAREMESH_OIDC_ISSUER", oidc::ISSUER),
+        ("SHAREMESH_OIDC_JWKS_URI", jwks.as_str()),
+        ("SHAREMESH_OIDC_AUDIENCE", oidc::AUDIENCE),
+        ("SHAREMESH_OIDC_ROLES_CLAIM", "realm_access.roles"),
+        (
+            "SHAREMESH_OIDC_ROLE_MAP",
+            "sharemesh-customer=customer,sharemesh-host=host,sharemesh-admin=admin",
+        ),
+        ("SHAREMESH_SERVICE_SECRET", "e2e-service-key-0123456789"),
+    ];
+    let m = FullMesh::start_with(&oidc_env, &[]).await;
+    rest_journey(&m, &oidc::token).await;
+    // An HS256 token of the old kind is refused everywhere now.
+    let res = rest(&m.edge.uri(), "GET", "/v1/mypage", Some(&token("alice", Role::Customer)), None).await;
+    assert_eq!(res.status, 401, "{}", res.json);
 }
 
 /// The same journey with every service on its own PostgreSQL database: each context's
@@ -44,14 +69,14 @@ async fn the_whole_journey_in_rest_on_postgres() {
         return;
     };
     let m = FullMesh::start_on(Some(&databases), &[], &[]).await;
-    rest_journey(&m).await;
+    rest_journey(&m, &token).await;
     drop(m);
     databases.drop_now().await;
 }
 
 /// Registers a car and a talent, reserves, pays, declines, confirms, cancels, reads carview,
 /// mypage, messages and payments: all in REST/JSON through the edge.
-async fn rest_journey(m: &FullMesh) {
+async fn rest_journey(m: &FullMesh, token: &dyn Fn(&str, Role) -> String) {
     let base = m.edge.uri();
     let (host1, host2) = (token("host-1", Role::Host), token("host-2", Role::Host));
     let (alice, bob) = (token("alice", Role::Customer), token("bob", Role::Customer));

@@ -295,6 +295,29 @@ async fn internal_rpcs_are_for_services_only_admins_included() {
         .await
         .expect_err("admin hold");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A user token that claims the service role (signed with the users' key, as anyone holding
+    // a user token's key could) is no service token: refused on the service port and the edge.
+    let now_s = chrono::Utc::now().timestamp();
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "mallory", "role": "service", "iss": "sharemesh", "iat": now_s, "exp": now_s + 300}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    for channel in [m.mesh.catalog.channel().await, m.edge.channel().await] {
+        let err = CatalogServiceClient::new(channel)
+            .hold_listing(authed(
+                HoldListingRequest {
+                    listing_id: "l".into(),
+                    reservation_id: "made-up".into(),
+                    window: Some(TimeWindow::from_ms(now + 3_600_000, now + 7_200_000)),
+                },
+                &forged,
+            ))
+            .await
+            .expect_err("a user token claiming the service role");
+        assert!(matches!(err.code(), Code::Unauthenticated | Code::Unimplemented), "{err:?}");
+    }
     assert!(reconcile::payments(&m.mesh.payment).await.is_empty(), "no charge was created");
     assert_no_panic(&m);
 }

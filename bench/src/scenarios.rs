@@ -42,10 +42,7 @@ pub(crate) struct Tokens(Minter);
 impl Tokens {
     /// A minter for [`SECRET`] and the default issuer.
     pub(crate) fn new() -> Self {
-        Self(Minter::new(&AuthConfig {
-            secret: SECRET.into(),
-            issuer: "sharemesh".into(),
-        }))
+        Self(Minter::new(&AuthConfig::hs256(SECRET, "sharemesh")))
     }
 
     /// A raw token for `sub` with `role`, valid for two hours.

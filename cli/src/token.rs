@@ -11,7 +11,8 @@ pub(crate) struct TokenArgs {
     /// Subject: the user id (alice, bob, ...).
     #[arg(long)]
     sub: String,
-    /// Role: customer, host or admin.
+    /// Role: customer, host or admin (or service: a token of the service key, for operators
+    /// calling an internal RPC by hand).
     #[arg(long, default_value = "customer")]
     role: String,
     /// Lifetime, such as 30m, 24h.
@@ -27,9 +28,7 @@ pub(crate) fn run(args: TokenArgs) -> Result<(), String> {
     let role: Role = args.role.parse()?;
     let ttl: Duration = parse_duration(&args.ttl).map_err(|e| format!("--ttl: {e}"))?;
     let config = AuthConfig::from_env(&ProcessEnv).map_err(|e| e.to_string())?;
-    let token = Minter::new(&config)
-        .mint(&args.sub, role, ttl)
-        .map_err(|e| format!("cannot sign: {e}"))?;
+    let token = Minter::new(&config).mint(&args.sub, role, ttl).map_err(|e| e.to_string())?;
     #[allow(clippy::print_stdout)]
     {
         println!("{token}");

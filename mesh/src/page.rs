@@ -2,8 +2,9 @@
 //! the request's filters, so a token cannot be forged or edited (a huge offset, another filter)
 //! and is refused when reused with different filters.
 //!
-//! The MAC key is derived from the JWT secret ([`set_key`], called by the runtime at start), so
-//! every replica of a service accepts the tokens any replica issued.
+//! The MAC key is derived from the service key, the secret every replica shares ([`set_key`],
+//! called by the runtime at start), so every replica of a service accepts the tokens any replica
+//! issued.
 
 use std::sync::OnceLock;
 
@@ -61,7 +62,7 @@ impl From<PageError> for tonic::Status {
 
 static KEY: OnceLock<Vec<u8>> = OnceLock::new();
 
-/// Sets the MAC key from `secret` (the JWT secret every replica shares). The first call wins;
+/// Sets the MAC key from `secret` (the service key every replica shares). The first call wins;
 /// without any, a random per-process key is used (tokens then work within one process only).
 pub fn set_key(secret: &str) {
     let _ = KEY.set(derive(secret.as_bytes()));

@@ -72,7 +72,7 @@ impl Runtime {
             url: redact(&config.database_url),
             source,
         };
-        crate::page::set_key(&config.auth.secret);
+        crate::page::set_key(&config.auth.service_secret);
         let db = Db::connect_with(&config.database_url, config.db_pool).await.map_err(db_err)?;
         db.migrate::<M>().await.map_err(db_err)?;
         let client = crate::events::connect(&config.nats_url, &format!("sharemesh-{}", config.context)).await?;

@@ -136,10 +136,7 @@ async fn internal_calls_carry_a_verifiable_service_token() {
     let svc = TestService::default();
     let state = svc.state.clone();
     let server = common::serve(loopback(0), svc, ShutdownConfig::default()).await;
-    let cfg = AuthConfig {
-        secret: "a-test-secret-of-enough-length".into(),
-        issuer: "sharemesh".into(),
-    };
+    let cfg = AuthConfig::hs256("a-test-secret-of-enough-length", "sharemesh");
     let mut up = upstream(server.addr, &[]);
     up.identity = Some((Minter::new(&cfg), "reservation".into()));
     let (channel, _) = connect(up, ClientPolicy::default()).expect("stack");

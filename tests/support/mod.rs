@@ -5,6 +5,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod oidc;
 pub mod reconcile;
 
 use std::path::PathBuf;
@@ -34,10 +35,7 @@ pub fn binary() -> PathBuf {
 
 /// A bearer token for `sub` with `role`.
 pub fn token(sub: &str, role: Role) -> String {
-    let config = AuthConfig {
-        secret: SECRET.into(),
-        issuer: "sharemesh".into(),
-    };
+    let config = AuthConfig::hs256(SECRET, "sharemesh");
     Minter::new(&config).mint(sub, role, Duration::from_secs(3600)).unwrap()
 }
 

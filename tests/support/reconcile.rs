@@ -157,10 +157,17 @@ pub async fn read_models_match(reservation: &Service, view: &Service) -> Result<
                 .iter()
                 .find(|e| &e.reservation_id == id)
                 .ok_or_else(|| format!("{id} is missing from {customer}'s page"))?;
+            // A reservation rejected before its hold never learnt its listing; the page names
+            // it from the listing's own view.
+            let listing_named = if r.listing_title.is_empty() {
+                !e.listing_title.is_empty() && e.listing_kind != sharemesh_contracts::common::v1::ListingKind::Unspecified as i32
+            } else {
+                e.listing_title == r.listing_title
+            };
             let same = e.reservation_status == r.status
                 && e.payment_status == r.payment_status
                 && e.listing_id == r.listing_id
-                && e.listing_title == r.listing_title
+                && listing_named
                 && e.window == r.window
                 && e.amount == r.amount;
             if !same {

@@ -41,14 +41,22 @@ pub fn stream_subjects(context: &str) -> String {
 
 /// Connects to NATS. The client keeps reconnecting, also when the server is down at start, so
 /// a service serves gRPC whether or not NATS is up; its relay and consumers catch up later.
+///
+/// `url` may list several servers of a cluster, comma-separated (`nats://a:4222,nats://b:4222`):
+/// the client connects to any that answers and fails over to the others.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None)
-        .connect(url)
+        .connect(server_list(url))
         .await
+}
+
+/// The servers of a comma-separated NATS URL list.
+pub fn server_list(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
 }
 
 /// How the services' streams are kept: replicas (a JetStream cluster keeps each stream on this
@@ -198,6 +206,14 @@ pub fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_is_a_comma_separated_list() {
+        assert_eq!(server_list("nats://a:1, nats://b:2,"), vec!["nats://a:1", "nats://b:2"]);
+        assert_eq!(server_list("nats://a:1"), vec!["nats://a:1"]);
+        let parsed: Result<Vec<async_nats::ServerAddr>, _> = server_list("nats://a:1,nats://b:2").iter().map(|s| s.parse()).collect();
+        assert!(parsed.is_ok());
+    }
 
     #[test]
     fn names_follow_the_context() {

@@ -26,10 +26,7 @@ use crate::{EdgeConfig, openapi, router, upstream};
 const SECRET: &str = "edge-test-secret";
 
 fn auth() -> AuthConfig {
-    AuthConfig {
-        secret: SECRET.into(),
-        issuer: "sharemesh".into(),
-    }
+    AuthConfig::hs256(SECRET, "sharemesh")
 }
 
 fn token(sub: &str) -> String {
@@ -123,7 +120,7 @@ fn series(text: &str) -> usize {
 // Row 6: every path a caller makes up must not become its own Prometheus series.
 #[tokio::test]
 async fn a_thousand_random_paths_add_a_bounded_number_of_series() {
-    let server = GrpcServerLayer.layer(edge(Options::default()));
+    let server = GrpcServerLayer::for_context("edge").layer(edge(Options::default()));
     let before = series(&metrics().encode());
     let mut sent = Vec::new();
     for i in 0..1000 {

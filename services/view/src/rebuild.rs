@@ -49,7 +49,8 @@ pub async fn rebuild(database_url: &str, nats_url: &str) -> Result<RebuildReport
             "{database_url} already holds {existing} read-model rows: rebuild into a fresh database"
         ));
     }
-    let client = async_nats::connect(nats_url).await.map_err(|e| format!("nats {nats_url}: {e}"))?;
+    let servers = sharemesh_mesh::events::server_list(nats_url);
+    let client = async_nats::connect(servers).await.map_err(|e| format!("nats {nats_url}: {e}"))?;
     let js = jetstream::new(client);
     let mut report = RebuildReport::default();
     for context in SOURCES {
