@@ -120,7 +120,8 @@ impl Runtime {
         Ok(GrpcServer::bind_with(addr, self.config.reuse_port)
             .await
             .map_err(|source| RunError::Bind { addr, source })?
-            .shutdown_config(self.config.shutdown))
+            .shutdown_config(self.config.shutdown)
+            .context(&self.config.context))
     }
 
     /// Serves `server` until shutdown, then waits for background tasks to stop.

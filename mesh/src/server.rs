@@ -114,6 +114,7 @@ pub struct GrpcServer {
     descriptors: Vec<&'static [u8]>,
     shutdown: ShutdownConfig,
     fallback: Option<axum::Router>,
+    context: Option<String>,
 }
 
 impl GrpcServer {
@@ -146,6 +147,7 @@ impl GrpcServer {
             descriptors: Vec::new(),
             shutdown: ShutdownConfig::default(),
             fallback: None,
+            context: None,
         })
     }
 
@@ -179,6 +181,28 @@ impl GrpcServer {
         self
     }
 
+    /// Names the context this server serves (`catalog`): its spans are exported as
+    /// `sharemesh-catalog`. Unset, the name comes from the first added service's package
+    /// (`sharemesh.catalog.v1`), or is `edge` for a server with a fallback router.
+    pub fn context(mut self, context: &str) -> Self {
+        self.context = Some(context.to_owned());
+        self
+    }
+
+    fn context_name(&self) -> Option<String> {
+        if let Some(c) = &self.context {
+            return Some(c.clone());
+        }
+        let from_package = self.names.iter().find_map(|n| {
+            let mut parts = n.split('.');
+            (parts.next() == Some("sharemesh"))
+                .then(|| parts.next())
+                .flatten()
+                .map(str::to_owned)
+        });
+        from_package.or_else(|| self.fallback.is_some().then(|| "edge".to_owned()))
+    }
+
     /// Sets the drain timings.
     pub fn shutdown_config(mut self, config: ShutdownConfig) -> Self {
         self.shutdown = config;
@@ -187,6 +211,10 @@ impl GrpcServer {
 
     /// Serves until `shutdown` fires, then drains (see the module docs).
     pub async fn run(self, shutdown: Shutdown) -> Result<(), tonic::transport::Error> {
+        let telemetry = match self.context_name() {
+            Some(context) => crate::telemetry::metrics::GrpcServerLayer::for_context(&context),
+            None => crate::telemetry::metrics::GrpcServerLayer::default(),
+        };
         let (reporter, health) = tonic_health::server::health_reporter();
         for name in &self.names {
             reporter.set_service_status(*name, ServingStatus::Serving).await;
@@ -228,7 +256,7 @@ impl GrpcServer {
         let incoming = tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
-            .layer(crate::telemetry::metrics::GrpcServerLayer)
+            .layer(telemetry)
             .layer(crate::grpc_web::GrpcWebLayer)
             .layer(crate::caller_errors::CallerErrorsLayer)
             .add_routes(routes)

@@ -38,12 +38,29 @@ pub struct Breaker {
 impl Breaker {
     /// Opens after `threshold` consecutive failures, for `open_for`.
     pub fn new(name: &str, threshold: u32, open_for: Duration) -> Self {
-        Self {
+        let breaker = Self {
             name: name.to_owned(),
             threshold: threshold.max(1),
             open_for,
             state: Mutex::new(State::Closed { failures: 0 }),
-        }
+        };
+        breaker.publish(&State::Closed { failures: 0 });
+        breaker
+    }
+
+    /// Sets `client_circuit_state` for this upstream: 0 closed, 1 half-open, 2 open.
+    fn publish(&self, state: &State) {
+        let value = match state {
+            State::Closed { .. } => 0,
+            State::HalfOpen => 1,
+            State::Open { .. } => 2,
+        };
+        crate::telemetry::metrics::metrics()
+            .circuit_state
+            .get_or_create(&crate::telemetry::metrics::UpstreamLabels {
+                upstream: self.name.clone(),
+            })
+            .set(value);
     }
 
     /// The current state.
@@ -63,6 +80,7 @@ impl Breaker {
             State::Open { until } if now < until => Err(until - now),
             State::Open { .. } => {
                 *s = State::HalfOpen;
+                self.publish(&s);
                 Ok(())
             }
             State::HalfOpen => Err(self.open_for),
@@ -86,6 +104,9 @@ impl Breaker {
         if matches!(next, State::Closed { .. }) && !matches!(*s, State::Closed { .. }) {
             tracing::info!(upstream = %self.name, "circuit closed");
         }
+        if std::mem::discriminant(&next) != std::mem::discriminant(&*s) {
+            self.publish(&next);
+        }
         *s = next;
     }
 
@@ -95,6 +116,7 @@ impl Breaker {
         let mut s = self.lock();
         if *s == State::HalfOpen {
             *s = State::Open { until: now };
+            self.publish(&s);
         }
     }
 }

@@ -144,7 +144,7 @@ pub fn connect(upstream: Upstream, policy: ClientPolicy) -> Result<(ResilientCha
             policy.retries,
             policy.retry_budget,
         ))
-        .layer(outbound::OutboundLayer::new(upstream.identity.clone()))
+        .layer(outbound::OutboundLayer::new(upstream.identity.clone()).with_target(&upstream.uri))
         .service(channel);
     Ok((BoxCloneSyncService::new(tower::ServiceExt::map_err(stack, ClientError)), breaker))
 }

@@ -1,5 +1,7 @@
-//! Decorates every outgoing call: the current trace context (`traceparent`), this service's
-//! own bearer token for internal RPCs, and client metrics.
+//! Decorates every outgoing call: a client span (RPC conventions: `rpc.service`, `rpc.method`,
+//! `server.address`, `server.port`, `rpc.grpc.status_code`, status ERROR for every code but OK)
+//! whose trace context (`traceparent`, `tracestate`) travels with the call, this service's own
+//! bearer token for internal RPCs, and client metrics.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +42,14 @@ impl Identity {
 #[derive(Clone)]
 pub struct OutboundLayer {
     identity: Option<Arc<Identity>>,
+    target: Arc<Target>,
+}
+
+/// `server.address` and `server.port` of the upstream.
+#[derive(Debug, Default)]
+struct Target {
+    address: String,
+    port: Option<u16>,
 }
 
 impl OutboundLayer {
@@ -53,7 +63,22 @@ impl OutboundLayer {
                     cached: Mutex::new(None),
                 })
             }),
+            target: Arc::default(),
         }
+    }
+
+    /// Names the upstream (`http://catalog:50051`) on the client spans.
+    pub fn with_target(mut self, uri: &str) -> Self {
+        if let Ok(uri) = uri.parse::<http::Uri>() {
+            self.target = Arc::new(Target {
+                address: uri.host().unwrap_or_default().to_owned(),
+                port: uri.port_u16().or(match uri.scheme_str() {
+                    Some("https") => Some(443),
+                    _ => Some(80),
+                }),
+            });
+        }
+        self
     }
 }
 
@@ -63,6 +88,7 @@ impl<S> tower_layer::Layer<S> for OutboundLayer {
         OutboundService {
             inner,
             identity: self.identity.clone(),
+            target: self.target.clone(),
         }
     }
 }
@@ -72,6 +98,7 @@ impl<S> tower_layer::Layer<S> for OutboundLayer {
 pub struct OutboundService<S> {
     inner: S,
     identity: Option<Arc<Identity>>,
+    target: Arc<Target>,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for OutboundService<S>
@@ -90,7 +117,19 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_owned();
-        let span = tracing::info_span!("grpc.client", otel.name = %method, otel.kind = "client", rpc.system = "grpc", rpc.method = %method);
+        let (rpc_service, rpc_method) = crate::telemetry::semconv::split_grpc_path(&method).unwrap_or(("", ""));
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %format!("{rpc_service}/{rpc_method}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            server.address = %self.target.address,
+            server.port = self.target.port,
+        );
         {
             let _entered = span.enter();
             crate::telemetry::propagation::inject_current(req.headers_mut());
@@ -111,6 +150,11 @@ where
                     Ok(r) => response_code(r.headers()),
                     Err(_) => tonic::Code::Unavailable,
                 };
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code as i32);
+                if !crate::telemetry::semconv::grpc_client_status(code).is_empty() {
+                    span.record("otel.status_code", "error");
+                }
                 if code != tonic::Code::Ok {
                     m.client_errors
                         .get_or_create(&ErrorLabels {

@@ -231,9 +231,24 @@ impl Inbox {
             .await?;
         let mut messages = consumer.messages().await?;
         tracing::info!(consumer = %name, stream = %super::stream_name(&self.source_context), "consuming events");
+        let mut consumer = consumer;
+        let mut sample = tokio::time::interval(PENDING_SAMPLE);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 next = messages.next() => next,
+                _ = sample.tick() => {
+                    // Delivered-but-unacknowledged plus not-yet-delivered: what this consumer
+                    // still owes the stream.
+                    if let Ok(info) = consumer.info().await {
+                        let pending = info.num_pending.saturating_add(info.num_ack_pending as u64);
+                        metrics()
+                            .inbox_pending
+                            .get_or_create(&EventLabels { name: name.clone() })
+                            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+                    }
+                    continue;
+                }
                 _ = shutdown.wait() => return Ok(()),
             };
             match next {
@@ -249,15 +264,24 @@ impl Inbox {
         let delivered = event.delivered;
         let span = tracing::info_span!(
             "event.consume",
-            otel.name = %format!("consume {}", event.event_type),
+            otel.name = %format!("process {}", msg.subject),
             otel.kind = "consumer",
-            consumer = %self.consumer,
-            event_id = %event.event_id,
-            delivered,
+            otel.status_code = tracing::field::Empty,
+            messaging.system = crate::telemetry::semconv::MESSAGING_SYSTEM,
+            messaging.destination.name = %msg.subject,
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.message.id = %event.event_id,
+            messaging.consumer.group.name = %self.durable_name(),
+            messaging.message.body.size = msg.payload.len(),
+            sharemesh.event.type = %event.event_type,
+            sharemesh.event.delivered = delivered,
         );
-        if let Some(h) = &msg.headers {
-            crate::telemetry::propagation::set_parent_from_nats(&span, h);
-        }
+        crate::telemetry::propagation::set_parent_from_nats(
+            &span,
+            msg.headers.as_ref(),
+            Some(&crate::telemetry::service_name(&self.consumer)),
+        );
         self.settle(&msg, &event).instrument(span).await;
     }
 
@@ -269,6 +293,9 @@ impl Inbox {
             Ok(outcome) => {
                 if outcome == Outcome::Applied {
                     metrics().inbox_handled.get_or_create(&labels).inc();
+                    if let Some(lag) = lag(msg) {
+                        metrics().inbox_lag.get_or_create(&labels).observe(lag);
+                    }
                 }
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, "ack failed; the event will be redelivered and skipped as a duplicate");
@@ -276,6 +303,7 @@ impl Inbox {
             }
             Err(err) => {
                 metrics().inbox_failed.get_or_create(&labels).inc();
+                tracing::Span::current().record("otel.status_code", "error");
                 let permanent = matches!(err, HandleError::Permanent(_));
                 if permanent || event.delivered >= i64::from(self.policy.max_deliver) {
                     match self.dead_letter(msg, event, &err).await {
@@ -316,6 +344,17 @@ impl Inbox {
         self.js.publish_with_headers(subject, headers, msg.payload.clone()).await?.await?;
         Ok(())
     }
+}
+
+/// How often a consumer asks the broker how many events it still owes (`inbox_pending`).
+const PENDING_SAMPLE: Duration = Duration::from_secs(5);
+
+/// Seconds from the event's `ce-time` to now, if it has one.
+fn lag(msg: &jetstream::Message) -> Option<f64> {
+    let time = msg.headers.as_ref()?.get(super::CE_TIME)?.as_str();
+    let at = chrono::DateTime::parse_from_rfc3339(time).ok()?;
+    let ms = chrono::Utc::now().timestamp_millis() - at.timestamp_millis();
+    Some(ms.max(0) as f64 / 1000.0)
 }
 
 /// Applies `event` through `handler` unless `consumer` has applied it before.

@@ -3,7 +3,7 @@
 //!
 //! Subjects are `sharemesh.<context>.v1.<EventName>` (the protobuf full name of the payload);
 //! headers follow the CloudEvents NATS binding (`ce-id`, `ce-type`, `ce-source`, `ce-time`) and
-//! carry the W3C `traceparent`.
+//! carry the W3C `traceparent` and `tracestate` of the producer span.
 
 pub mod inbox;
 pub mod outbox;
@@ -148,9 +148,10 @@ async fn provision(js: &jetstream::Context, config: stream::Config) -> Result<st
 }
 
 /// Migrations of the mesh's own tables (outbox, inbox); every service runs them.
-pub const MIGRATIONS: &[crate::storage::SqlMigration] = &[crate::storage::SqlMigration {
-    name: "m0000_mesh_outbox_inbox",
-    sqlite: "CREATE TABLE IF NOT EXISTS mesh_outbox (
+pub const MIGRATIONS: &[crate::storage::SqlMigration] = &[
+    crate::storage::SqlMigration {
+        name: "m0000_mesh_outbox_inbox",
+        sqlite: "CREATE TABLE IF NOT EXISTS mesh_outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         event_id TEXT NOT NULL UNIQUE,
         subject TEXT NOT NULL,
@@ -169,7 +170,7 @@ pub const MIGRATIONS: &[crate::storage::SqlMigration] = &[crate::storage::SqlMig
         handled_at_ms BIGINT NOT NULL,
         PRIMARY KEY (consumer, event_id)
     )",
-    postgres: "CREATE TABLE IF NOT EXISTS mesh_outbox (
+        postgres: "CREATE TABLE IF NOT EXISTS mesh_outbox (
         seq BIGSERIAL PRIMARY KEY,
         event_id TEXT NOT NULL UNIQUE,
         subject TEXT NOT NULL,
@@ -188,7 +189,13 @@ pub const MIGRATIONS: &[crate::storage::SqlMigration] = &[crate::storage::SqlMig
         handled_at_ms BIGINT NOT NULL,
         PRIMARY KEY (consumer, event_id)
     )",
-}];
+    },
+    crate::storage::SqlMigration {
+        name: "m0001_mesh_outbox_tracestate",
+        sqlite: "ALTER TABLE mesh_outbox ADD COLUMN tracestate TEXT",
+        postgres: "ALTER TABLE mesh_outbox ADD COLUMN IF NOT EXISTS tracestate TEXT",
+    },
+];
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

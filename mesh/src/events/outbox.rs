@@ -1,6 +1,12 @@
 //! The transactional outbox: events are rows written in the command's own transaction; the
 //! [`Relay`] publishes them to JetStream (`Nats-Msg-Id` = event id, so a re-publish after a
 //! crash is dropped by the broker) and marks them published.
+//!
+//! Each row keeps the trace context (`traceparent`, `tracestate`) of the command that wrote it.
+//! Publishing one is a producer span (`publish <subject>`, messaging conventions), a child of
+//! that command's span, that starts when the event occurred and ends with the broker's ack, so
+//! the wait between commit and publish shows in the trace; the message carries the producer
+//! span's context, so consumers are its children.
 
 use std::time::Duration;
 
@@ -36,6 +42,8 @@ pub mod entity {
         pub payload: Vec<u8>,
         /// W3C trace context of the command that produced it.
         pub traceparent: Option<String>,
+        /// W3C `tracestate` of that command, if its trace has one.
+        pub tracestate: Option<String>,
         /// When it happened (ms since the epoch).
         pub occurred_at_ms: i64,
         /// When the broker acknowledged it; `None` while pending.
@@ -137,6 +145,7 @@ pub async fn enqueue(tx: &WriteTxn, source: &str, event: OutgoingEvent) -> Resul
         aggregate_id: Set(event.aggregate_id),
         payload: Set(event.payload),
         traceparent: Set(crate::telemetry::propagation::current_traceparent()),
+        tracestate: Set(crate::telemetry::propagation::current_tracestate()),
         occurred_at_ms: Set(event.occurred_at_ms),
         published_at_ms: Set(None),
     };
@@ -160,7 +169,50 @@ pub fn headers(row: &entity::Model) -> HeaderMap {
     if let Some(tp) = &row.traceparent {
         h.insert("traceparent", tp.as_str());
     }
+    if let Some(ts) = &row.tracestate {
+        h.insert("tracestate", ts.as_str());
+    }
     h
+}
+
+/// Starts the producer span of publishing `row` (a child of the span that wrote it, exported
+/// as `context`'s) and returns its context.
+fn producer_span(row: &entity::Model, context: &str) -> opentelemetry::Context {
+    use crate::telemetry::semconv::MESSAGING_SYSTEM;
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+    let parent = crate::telemetry::propagation::stored_context(row.traceparent.as_deref(), row.tracestate.as_deref());
+    let parent = crate::telemetry::export::tag(parent, &crate::telemetry::service_name(context));
+    let occurred = u64::try_from(row.occurred_at_ms)
+        .ok()
+        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        .filter(|t| *t <= std::time::SystemTime::now())
+        .unwrap_or_else(std::time::SystemTime::now);
+    let tracer = opentelemetry::global::tracer("sharemesh");
+    let span = tracer
+        .span_builder(format!("publish {}", row.subject))
+        .with_kind(SpanKind::Producer)
+        .with_start_time(occurred)
+        .with_attributes([
+            KeyValue::new("messaging.system", MESSAGING_SYSTEM),
+            KeyValue::new("messaging.destination.name", row.subject.clone()),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.operation.name", "publish"),
+            KeyValue::new("messaging.message.id", row.event_id.clone()),
+            KeyValue::new("messaging.message.body.size", row.payload.len() as i64),
+        ])
+        .start_with_context(&tracer, &parent);
+    parent.with_span(span)
+}
+
+/// Ends a producer span: ERROR with `error` when the broker did not take the event.
+fn end_producer_span(cx: &opentelemetry::Context, error: Option<&dyn std::fmt::Display>) {
+    use opentelemetry::trace::{Status, TraceContextExt};
+    let span = cx.span();
+    if let Some(e) = error {
+        span.set_status(Status::error(e.to_string()));
+    }
+    span.end();
 }
 
 /// Publishes committed outbox rows, in commit order, until shutdown.
@@ -209,8 +261,14 @@ impl Relay {
             }
         }
         attempt = 0;
+        let mut sampled: Option<std::time::Instant> = None;
         loop {
-            let wait = match self.publish_pending().await {
+            let pass = self.publish_pending().await;
+            if sampled.is_none_or(|at| at.elapsed() >= PENDING_SAMPLE) {
+                sampled = Some(std::time::Instant::now());
+                self.sample_pending().await;
+            }
+            let wait = match pass {
                 Ok(Pass::Published(n)) if n as u64 >= self.batch => {
                     attempt = 0;
                     continue;
@@ -240,6 +298,27 @@ impl Relay {
                     return;
                 }
             }
+        }
+    }
+
+    /// Sets `outbox_pending` for this context: committed rows not yet published.
+    async fn sample_pending(&self) {
+        use sea_orm::PaginatorTrait;
+        match entity::Entity::find()
+            .filter(entity::Column::PublishedAtMs.is_null())
+            .count(self.db.conn())
+            .await
+        {
+            Ok(n) => {
+                let labels = EventLabels {
+                    name: self.context.clone(),
+                };
+                metrics()
+                    .outbox_pending
+                    .get_or_create(&labels)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot count pending outbox rows"),
         }
     }
 
@@ -296,18 +375,30 @@ impl Relay {
     async fn publish(&self, rows: &[entity::Model]) -> (Vec<i64>, Option<async_nats::Error>) {
         let mut acks = Vec::with_capacity(rows.len());
         for row in rows {
+            let cx = producer_span(row, &self.context);
+            let mut h = headers(row);
+            crate::telemetry::propagation::inject_nats(&cx, &mut h);
             match self
                 .js
-                .publish_with_headers(row.subject.clone(), headers(row), row.payload.clone().into())
+                .publish_with_headers(row.subject.clone(), h, row.payload.clone().into())
                 .await
             {
-                Ok(ack) => acks.push(ack),
-                Err(e) => return (Vec::new(), Some(e.into())),
+                Ok(ack) => acks.push((ack, cx)),
+                Err(e) => {
+                    end_producer_span(&cx, Some(&e));
+                    for (_, cx) in &acks {
+                        end_producer_span(cx, Some(&"an earlier event of the batch was not published"));
+                    }
+                    return (Vec::new(), Some(e.into()));
+                }
             }
         }
         let mut done = Vec::with_capacity(rows.len());
-        for (row, ack) in rows.iter().zip(acks) {
-            match ack.await {
+        let mut acks = acks.into_iter();
+        for (row, (ack, cx)) in rows.iter().zip(acks.by_ref()) {
+            let ack = ack.await;
+            end_producer_span(&cx, ack.as_ref().err().map(|e| e as &dyn std::fmt::Display));
+            match ack {
                 Ok(ack) => {
                     let labels = EventLabels { name: row.subject.clone() };
                     if ack.duplicate {
@@ -318,7 +409,12 @@ impl Relay {
                     }
                     done.push(row.seq);
                 }
-                Err(e) => return (done, Some(e.into())),
+                Err(e) => {
+                    for (_, cx) in acks {
+                        end_producer_span(&cx, Some(&"an earlier event of the batch was not acknowledged"));
+                    }
+                    return (done, Some(e.into()));
+                }
             }
         }
         (done, None)
@@ -336,6 +432,9 @@ pub enum Pass {
 
 /// Key of the PostgreSQL advisory lock one relay pass holds (`"SHOUTBOX"` as an integer).
 pub const OUTBOX_LOCK: i64 = 0x5348_4f55_5442_4f58;
+
+/// How often the relay counts its pending rows (`outbox_pending`).
+const PENDING_SAMPLE: Duration = Duration::from_secs(1);
 
 /// How soon a relay that found another replica publishing looks again.
 const OTHER_REPLICA_RECHECK: Duration = Duration::from_millis(25);

@@ -4,13 +4,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::Instrument;
@@ -49,6 +50,20 @@ pub struct EventLabels {
     pub name: String,
 }
 
+/// Labels of a circuit breaker: the upstream it guards.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Upstream name (`catalog`).
+    pub upstream: String,
+}
+
+/// Labels of a saga's end.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `paid`, `confirmed`, `rejected`.
+    pub outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -80,6 +95,17 @@ pub struct Metrics {
     pub inbox_failed: Family<EventLabels, Counter>,
     /// Events moved to the dead-letter subject, per consumer.
     pub inbox_dead_lettered: Family<EventLabels, Counter>,
+    /// Committed events not yet published, per context (sampled by the relay).
+    pub outbox_pending: Family<EventLabels, Gauge>,
+    /// Events the broker holds for a consumer, not yet delivered or not yet acknowledged, per
+    /// durable consumer (`payment-from-reservation`; sampled every few seconds).
+    pub inbox_pending: Family<EventLabels, Gauge>,
+    /// Time from an event's occurrence to its consumer applying it, per consumer.
+    pub inbox_lag: HistogramFamily<EventLabels>,
+    /// Circuit state per upstream: 0 closed, 1 half-open (one probe), 2 open (failing fast).
+    pub circuit_state: Family<UpstreamLabels, Gauge>,
+    /// Booking sagas ended, per outcome (`paid`, `confirmed`, `rejected`).
+    pub saga_outcomes: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -96,6 +122,11 @@ impl Metrics {
             inbox_handled: Family::default(),
             inbox_failed: Family::default(),
             inbox_dead_lettered: Family::default(),
+            outbox_pending: Family::default(),
+            inbox_pending: Family::default(),
+            inbox_lag: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            circuit_state: Family::default(),
+            saga_outcomes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("grpc_server_requests", "gRPC calls served", m.server_requests.clone());
@@ -136,6 +167,27 @@ impl Metrics {
             "events moved to the dead-letter subject",
             m.inbox_dead_lettered.clone(),
         );
+        registry.register(
+            "outbox_pending",
+            "committed events the outbox relay has not published yet",
+            m.outbox_pending.clone(),
+        );
+        registry.register(
+            "inbox_pending",
+            "events the broker holds for a durable consumer: not yet delivered or not yet acknowledged",
+            m.inbox_pending.clone(),
+        );
+        registry.register(
+            "inbox_lag_seconds",
+            "time from an event's occurrence to its consumer applying it",
+            m.inbox_lag.clone(),
+        );
+        registry.register(
+            "client_circuit_state",
+            "circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
+            m.circuit_state.clone(),
+        );
+        registry.register("saga_outcomes", "booking sagas ended, per outcome", m.saga_outcomes.clone());
         Self { registry, ..m }
     }
 
@@ -212,15 +264,30 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// A tower layer for gRPC servers: a span per call (child of the caller's `traceparent`) and
-/// the call's count, error code and latency.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcServerLayer;
+/// A tower layer for servers: a span per call (child of the caller's `traceparent`) following
+/// the RPC conventions for gRPC and the HTTP ones for REST (see [`super::semconv`]), and the
+/// call's count, error code and latency. Health checks are counted but not traced.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcServerLayer {
+    service: Option<Arc<str>>,
+}
+
+impl GrpcServerLayer {
+    /// Spans of this server are exported as `context`'s service (`sharemesh-catalog`).
+    pub fn for_context(context: &str) -> Self {
+        Self {
+            service: Some(Arc::from(super::service_name(context))),
+        }
+    }
+}
 
 impl<S> tower_layer::Layer<S> for GrpcServerLayer {
     type Service = GrpcServerService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcServerService { inner }
+        GrpcServerService {
+            inner,
+            service: self.service.clone(),
+        }
     }
 }
 
@@ -228,9 +295,60 @@ impl<S> tower_layer::Layer<S> for GrpcServerLayer {
 #[derive(Debug, Clone)]
 pub struct GrpcServerService<S> {
     inner: S,
+    service: Option<Arc<str>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// gRPC (and gRPC-Web) requests say so in their content type; everything else is HTTP.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// Health checks (the kubelet's, load balancers') are not traced: they would be most roots.
+fn is_health_check(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path == "/healthz"
+}
+
+fn server_span(req: &http::Request<impl Sized>, grpc: bool) -> tracing::Span {
+    let path = req.uri().path();
+    if is_health_check(path) {
+        return tracing::Span::none();
+    }
+    if grpc {
+        let (service, method) = super::semconv::split_grpc_path(path).unwrap_or((UNMATCHED, UNMATCHED));
+        let name = if service == UNMATCHED {
+            UNMATCHED.to_owned()
+        } else {
+            format!("{service}/{method}")
+        };
+        tracing::info_span!(
+            "grpc.server",
+            otel.name = %name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            "http.server",
+            otel.name = %req.method(),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %req.method(),
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            url.path = %path,
+            url.scheme = "http",
+        )
+    }
+}
 
 impl<S, B, RB> tower_service::Service<http::Request<B>> for GrpcServerService<S>
 where
@@ -248,15 +366,12 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_owned();
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = %method,
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.method = %method,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
-        super::propagation::set_parent_from_headers(&span, req.headers());
+        let http_method = req.method().clone();
+        let grpc = is_grpc(req.headers());
+        let span = server_span(&req, grpc);
+        if !span.is_none() {
+            super::propagation::set_parent_from_headers_for(&span, req.headers(), self.service.as_deref());
+        }
         let start = Instant::now();
         let fut = {
             let _entered = span.enter();
@@ -265,19 +380,50 @@ where
         Box::pin(
             async move {
                 let res = fut.await;
-                let code = match &res {
-                    Ok(r) => response_code(r.headers()),
-                    Err(_) => tonic::Code::Unknown,
-                };
                 let span = tracing::Span::current();
-                span.record("rpc.grpc.status_code", code as i32);
+                // What failed, by the conventions of the protocol the caller spoke: a gRPC code
+                // name, or an HTTP status of 400 and above.
+                let error = match &res {
+                    Ok(r) if grpc => {
+                        let code = response_code(r.headers());
+                        span.record("rpc.grpc.status_code", code as i32);
+                        let status = super::semconv::grpc_server_status(code);
+                        if !status.is_empty() {
+                            span.record("otel.status_code", status);
+                        }
+                        (code != tonic::Code::Ok).then(|| code_name(code).to_owned())
+                    }
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        span.record("http.response.status_code", status);
+                        if let Some(route) = r
+                            .extensions()
+                            .get::<RouteLabel>()
+                            .and_then(|l| l.0.strip_prefix(http_method.as_str()))
+                            .and_then(|l| l.strip_prefix(' '))
+                        {
+                            span.record("http.route", route);
+                            span.record("otel.name", format!("{http_method} {route}"));
+                        }
+                        let status_code = super::semconv::http_server_status(status);
+                        if !status_code.is_empty() {
+                            span.record("otel.status_code", status_code);
+                        }
+                        (status >= 400).then(|| status.to_string())
+                    }
+                    Err(_) => {
+                        span.record("otel.status_code", "error");
+                        Some(code_name(tonic::Code::Unknown).to_owned())
+                    }
+                };
                 // The label: what the service says it served, else the method path, except for
                 // calls no method answered (UNIMPLEMENTED): any path a caller makes up would be
                 // its own series.
                 let method = match &res {
                     Ok(r) => match r.extensions().get::<RouteLabel>() {
                         Some(label) => label.0.clone(),
-                        None if code == tonic::Code::Unimplemented => UNMATCHED.to_owned(),
+                        None if error.as_deref() == Some("UNIMPLEMENTED") => UNMATCHED.to_owned(),
+                        None if !grpc && !is_health_check(&method) => UNMATCHED.to_owned(),
                         None => method,
                     },
                     Err(_) => UNMATCHED.to_owned(),
@@ -286,11 +432,11 @@ where
                 let labels = MethodLabels { method };
                 m.server_requests.get_or_create(&labels).inc();
                 m.server_latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
-                if code != tonic::Code::Ok {
+                if let Some(code) = error {
                     m.server_errors
                         .get_or_create(&ErrorLabels {
                             method: labels.method,
-                            code: code_name(code).into(),
+                            code,
                         })
                         .inc();
                 }
@@ -336,9 +482,13 @@ mod tests {
             }
             Ok::<_, std::convert::Infallible>(res)
         });
-        let layered = tower_layer::Layer::layer(&GrpcServerLayer, svc);
+        let layered = tower_layer::Layer::layer(&GrpcServerLayer::default(), svc);
         for path in ["/labelled/42", "/test.Label/Known", "/made/up/1", "/made/up/2"] {
-            let req = http::Request::builder().uri(path).body(()).expect("request");
+            let req = http::Request::builder()
+                .uri(path)
+                .header("content-type", "application/grpc")
+                .body(())
+                .expect("request");
             layered.clone().oneshot(req).await.expect("infallible");
         }
         let text = metrics().encode();

@@ -35,20 +35,76 @@ impl Extractor for NatsExtractor<'_> {
         self.0.get(key).map(|v| v.as_str())
     }
     fn keys(&self) -> Vec<&str> {
-        Vec::new()
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
     }
 }
 
 /// Makes `span` a child of the trace context carried by gRPC `headers`, if any.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    let _ = span.set_parent(cx);
+    set_parent_from_headers_for(span, headers, None);
 }
 
-/// Makes `span` a child of the trace context carried by NATS `headers`, if any.
-pub fn set_parent_from_nats(span: &tracing::Span, headers: &async_nats::HeaderMap) {
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsExtractor(headers)));
-    let _ = span.set_parent(cx);
+/// [`set_parent_from_headers`], and `span` and its children are exported as `service`'s
+/// (`sharemesh-catalog`; see [`super::export`]).
+pub fn set_parent_from_headers_for(span: &tracing::Span, headers: &http::HeaderMap, service: Option<&str>) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let _ = span.set_parent(tagged(cx, service));
+}
+
+/// Makes `span` a child of the trace context carried by NATS `headers`, if any; `span` and its
+/// children are exported as `service`'s.
+pub fn set_parent_from_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>, service: Option<&str>) {
+    let _ = span.set_parent(nats_context(headers, service));
+}
+
+/// The trace context carried by NATS `headers` (`traceparent`, `tracestate`), tagged with
+/// `service`.
+pub fn nats_context(headers: Option<&async_nats::HeaderMap>, service: Option<&str>) -> opentelemetry::Context {
+    let cx = match headers {
+        Some(h) => opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsExtractor(h))),
+        None => opentelemetry::Context::new(),
+    };
+    tagged(cx, service)
+}
+
+fn tagged(cx: opentelemetry::Context, service: Option<&str>) -> opentelemetry::Context {
+    match service {
+        Some(s) => super::export::tag(cx, s),
+        None => cx,
+    }
+}
+
+/// Writes trace context (`traceparent`, `tracestate`) into NATS `headers`.
+pub fn inject_nats(cx: &opentelemetry::Context, headers: &mut async_nats::HeaderMap) {
+    let mut h = http::HeaderMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeaderInjector(&mut h)));
+    for (k, v) in &h {
+        if let Ok(v) = v.to_str() {
+            headers.insert(k.as_str(), v);
+        }
+    }
+}
+
+/// The current span's W3C `tracestate`, if it has one (stored with outbox rows).
+pub fn current_tracestate() -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject_current(&mut headers);
+    headers
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// The trace context of an outbox row: its stored `traceparent` and `tracestate`.
+pub fn stored_context(traceparent: Option<&str>, tracestate: Option<&str>) -> opentelemetry::Context {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in [("traceparent", traceparent), ("tracestate", tracestate)] {
+        if let Some(v) = v.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            h.insert(k, v);
+        }
+    }
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&h)))
 }
 
 /// Writes the current span's trace context into gRPC `headers`.

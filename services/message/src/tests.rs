@@ -742,6 +742,7 @@ mod service {
             aggregate_id: "r-1".into(),
             payload: event.payload.to_vec(),
             traceparent: None,
+            tracestate: None,
             occurred_at_ms: START,
             published_at_ms: None,
         };

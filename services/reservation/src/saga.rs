@@ -247,6 +247,7 @@ impl Reservations {
                     self.apply_in(&tx, row, Some(ReservationChange::Confirmed), None, "").await?;
                 }
                 tx.commit().await?;
+                saga_outcome(&row.status);
                 tracing::info!(reservation_id = %row.reservation_id, status = %row.status, "reservation paid");
                 Ok(())
             }
@@ -274,6 +275,7 @@ impl Reservations {
             tracing::warn!(reservation_id = %row.reservation_id, error = %e, "rejection not recorded; whoever holds the saga now finishes it");
             return e;
         }
+        saga_outcome(&row.status);
         tracing::info!(reservation_id = %row.reservation_id, %reason, "reservation rejected");
         if compensate == Compensate::ReleaseHold {
             self.release(row, reason).await;
@@ -339,4 +341,15 @@ pub(crate) enum Compensate {
     Nothing,
     /// Release the hold (payment voids or refunds on the event by itself).
     ReleaseHold,
+}
+
+/// Counts a saga that ended (`sharemesh_saga_outcomes_total{outcome}`: `paid`, `confirmed`,
+/// `rejected`).
+fn saga_outcome(status: &str) {
+    sharemesh_mesh::telemetry::metrics::metrics()
+        .saga_outcomes
+        .get_or_create(&sharemesh_mesh::telemetry::metrics::OutcomeLabels {
+            outcome: status.to_ascii_lowercase(),
+        })
+        .inc();
 }
