@@ -139,8 +139,16 @@ pub fn invalid_field(field: &str, reason: impl Into<String>) -> tonic::Status {
 
 /// INTERNAL for a database failure; the cause is logged (inside the request's span, which names
 /// the method), not sent. A transaction aborted by a concurrent one is ABORTED (the google.rpc
-/// code for "retry the whole request").
+/// code for "retry the whole request"); no pooled connection in time is UNAVAILABLE.
 pub fn storage_failure(cause: &sea_orm::DbErr) -> tonic::Status {
+    if let sea_orm::DbErr::ConnectionAcquire(_) = cause {
+        // Every pooled connection busy (or the database unreachable): an overload or outage of
+        // this service, not a bug, and retrying elsewhere or later can succeed.
+        tracing::warn!(error = %cause, "no database connection available");
+        let mut status = tonic::Status::unavailable("the service's database is busy or unreachable; retry");
+        status.metadata_mut().insert("retry-after", tonic::metadata::MetadataValue::from_static("1"));
+        return status;
+    }
     if crate::storage::is_transient_conflict(cause) {
         tracing::warn!(error = %cause, "transaction aborted by a concurrent one");
         return tonic::Status::aborted("the request met a concurrent update; retry it");
@@ -208,5 +216,7 @@ mod tests {
             storage_failure(&sea_orm::DbErr::Custom("disk".into())).message(),
             "internal storage error"
         );
+        let busy = sea_orm::DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
+        assert_eq!(storage_failure(&busy).code(), tonic::Code::Unavailable);
     }
 }
