@@ -403,7 +403,10 @@ where
                             .and_then(|l| l.strip_prefix(' '))
                         {
                             span.record("http.route", route);
-                            span.record("otel.name", format!("{http_method} {route}"));
+                            // `otel.name` is read only until the span starts; rename it directly.
+                            use opentelemetry::trace::TraceContextExt;
+                            use tracing_opentelemetry::OpenTelemetrySpanExt;
+                            span.context().span().update_name(format!("{http_method} {route}"));
                         }
                         let status_code = super::semconv::http_server_status(status);
                         if !status_code.is_empty() {
