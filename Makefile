@@ -74,7 +74,10 @@ image: ## build the container image (IMAGE=sharemesh:dev; needs a running Docker
 helm-check: ## validate the Helm chart offline: every values combination, schema, chart tests
 	@scripts/helm-check.sh
 
-.PHONY: bench
+.PHONY: bench ghz
+
+ghz: ## run bench/ghz/*.json with ghz against a running mesh (GHZ_HOST, default the edge of make run)
+	SHAREMESH_BIN="$(abspath $(BIN))" scripts/ghz.sh
 
 bench: deps ## load-test the whole mesh on this machine (release build): a table and target/bench/bench.json
 	$(CARGO) build --release --bin sharemesh -p sharemesh-cli
