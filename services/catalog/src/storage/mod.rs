@@ -13,78 +13,83 @@ use sharemesh_mesh::storage::{SqlMigration, with_mesh_tables};
 /// Name of the constraint (PostgreSQL) and trigger error (SQLite) that forbids overlaps.
 pub const NO_OVERLAP: &str = "holds_no_overlap";
 
+/// The listings table and its index: the same on both backends.
+macro_rules! listings {
+    () => {
+        "CREATE TABLE listings (
+        listing_id TEXT PRIMARY KEY,
+        host_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        price_minor BIGINT NOT NULL,
+        currency TEXT NOT NULL,
+        car_model TEXT,
+        car_type INTEGER,
+        seats INTEGER,
+        category TEXT,
+        session_minutes INTEGER,
+        status TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX listings_by_created ON listings (created_at_ms DESC, listing_id);
+    "
+    };
+}
+
+/// The columns of holds: the same on both backends; the overlap rule differs.
+macro_rules! hold_columns {
+    () => {
+        "CREATE TABLE holds (
+        hold_id TEXT PRIMARY KEY,
+        listing_id TEXT NOT NULL REFERENCES listings (listing_id),
+        reservation_id TEXT NOT NULL UNIQUE,
+        start_ms BIGINT NOT NULL,
+        end_ms BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        CHECK (end_ms > start_ms)"
+    };
+}
+
+/// The indexes of holds.
+macro_rules! hold_indexes {
+    () => {
+        "CREATE INDEX holds_by_listing ON holds (listing_id, status, start_ms);
+    CREATE INDEX holds_expiring ON holds (status, expires_at_ms)"
+    };
+}
+
 const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
     name: "m0001_catalog_listings_holds",
-    sqlite: "CREATE TABLE listings (
-        listing_id TEXT PRIMARY KEY,
-        host_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        title TEXT NOT NULL,
-        description TEXT NOT NULL,
-        price_minor BIGINT NOT NULL,
-        currency TEXT NOT NULL,
-        car_model TEXT,
-        car_type INTEGER,
-        seats INTEGER,
-        category TEXT,
-        session_minutes INTEGER,
-        status TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        updated_at_ms BIGINT NOT NULL
+    // SQLite: triggers (its single writer makes the check atomic).
+    sqlite: concat!(
+        listings!(),
+        hold_columns!(),
+        "
     );
-    CREATE INDEX listings_by_created ON listings (created_at_ms DESC, listing_id);
-    CREATE TABLE holds (
-        hold_id TEXT PRIMARY KEY,
-        listing_id TEXT NOT NULL REFERENCES listings (listing_id),
-        reservation_id TEXT NOT NULL UNIQUE,
-        start_ms BIGINT NOT NULL,
-        end_ms BIGINT NOT NULL,
-        status TEXT NOT NULL,
-        expires_at_ms BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        updated_at_ms BIGINT NOT NULL,
-        CHECK (end_ms > start_ms)
-    );
-    CREATE INDEX holds_by_listing ON holds (listing_id, status, start_ms);
-    CREATE INDEX holds_expiring ON holds (status, expires_at_ms);
+    ",
+        hold_indexes!(),
+        ";
     CREATE TRIGGER holds_no_overlap_insert BEFORE INSERT ON holds WHEN NEW.status IN ('HELD', 'BOOKED') AND EXISTS (SELECT 1 FROM holds h WHERE h.listing_id = NEW.listing_id AND h.status IN ('HELD', 'BOOKED') AND h.start_ms < NEW.end_ms AND NEW.start_ms < h.end_ms) BEGIN SELECT RAISE(ABORT, 'holds_no_overlap'); END;
-    CREATE TRIGGER holds_no_overlap_update BEFORE UPDATE OF status, start_ms, end_ms ON holds WHEN NEW.status IN ('HELD', 'BOOKED') AND EXISTS (SELECT 1 FROM holds h WHERE h.hold_id <> NEW.hold_id AND h.listing_id = NEW.listing_id AND h.status IN ('HELD', 'BOOKED') AND h.start_ms < NEW.end_ms AND NEW.start_ms < h.end_ms) BEGIN SELECT RAISE(ABORT, 'holds_no_overlap'); END",
-    postgres: "CREATE EXTENSION IF NOT EXISTS btree_gist;
-    CREATE TABLE listings (
-        listing_id TEXT PRIMARY KEY,
-        host_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        title TEXT NOT NULL,
-        description TEXT NOT NULL,
-        price_minor BIGINT NOT NULL,
-        currency TEXT NOT NULL,
-        car_model TEXT,
-        car_type INTEGER,
-        seats INTEGER,
-        category TEXT,
-        session_minutes INTEGER,
-        status TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        updated_at_ms BIGINT NOT NULL
-    );
-    CREATE INDEX listings_by_created ON listings (created_at_ms DESC, listing_id);
-    CREATE TABLE holds (
-        hold_id TEXT PRIMARY KEY,
-        listing_id TEXT NOT NULL REFERENCES listings (listing_id),
-        reservation_id TEXT NOT NULL UNIQUE,
-        start_ms BIGINT NOT NULL,
-        end_ms BIGINT NOT NULL,
-        status TEXT NOT NULL,
-        expires_at_ms BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        updated_at_ms BIGINT NOT NULL,
-        CHECK (end_ms > start_ms),
+    CREATE TRIGGER holds_no_overlap_update BEFORE UPDATE OF status, start_ms, end_ms ON holds WHEN NEW.status IN ('HELD', 'BOOKED') AND EXISTS (SELECT 1 FROM holds h WHERE h.hold_id <> NEW.hold_id AND h.listing_id = NEW.listing_id AND h.status IN ('HELD', 'BOOKED') AND h.start_ms < NEW.end_ms AND NEW.start_ms < h.end_ms) BEGIN SELECT RAISE(ABORT, 'holds_no_overlap'); END"
+    ),
+    // PostgreSQL: an exclusion constraint.
+    postgres: concat!(
+        "CREATE EXTENSION IF NOT EXISTS btree_gist;
+    ",
+        listings!(),
+        hold_columns!(),
+        ",
         CONSTRAINT holds_no_overlap EXCLUDE USING gist (listing_id WITH =, int8range(start_ms, end_ms) WITH &&) WHERE (status IN ('HELD', 'BOOKED'))
     );
-    CREATE INDEX holds_by_listing ON holds (listing_id, status, start_ms);
-    CREATE INDEX holds_expiring ON holds (status, expires_at_ms);",
+    ",
+        hold_indexes!()
+    ),
 }];
 
 /// The catalog's migrations: the mesh's outbox and inbox, then the catalog's own tables.
