@@ -146,7 +146,9 @@ pub fn storage_failure(cause: &sea_orm::DbErr) -> tonic::Status {
         // this service, not a bug, and retrying elsewhere or later can succeed.
         tracing::warn!(error = %cause, "no database connection available");
         let mut status = tonic::Status::unavailable("the service's database is busy or unreachable; retry");
-        status.metadata_mut().insert("retry-after", tonic::metadata::MetadataValue::from_static("1"));
+        status
+            .metadata_mut()
+            .insert("retry-after", tonic::metadata::MetadataValue::from_static("1"));
         return status;
     }
     if crate::storage::is_transient_conflict(cause) {
