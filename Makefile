@@ -30,6 +30,13 @@ test: deps build clients helm-check ## run every test (unit, mesh integration, e
 	  if [ "$${CI:-}" = "true" ]; then exit 1; fi; }; \
 	RUST_BACKTRACE=0 SHAREMESH_TEST_POSTGRES="$$pg_url" SHAREMESH_BIN="$(abspath $(BIN))" $(TEST_RUNNER) --workspace --all-features
 	@$(MAKE) --no-print-directory readme-test
+	@$(MAKE) --no-print-directory observability-check
+
+.PHONY: observability-check
+# The Grafana dashboard and the alert rules as the chart renders them, against Debian's prometheus
+# and promtool (installed when missing) scraping a private `sharemesh dev` after a journey.
+observability-check: deps build ## check the dashboard's and alerts' PromQL against a real Prometheus scraping a mesh
+	SHAREMESH_BIN="$(abspath $(BIN))" python3 scripts/observability-check.py
 
 .PHONY: readme-test
 # The README's "Try it" commands, literally (curl, grpcurl 1.8.6 from PyPI), against a private mesh.

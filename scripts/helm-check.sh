@@ -39,6 +39,8 @@ COMBOS=(
   "istio+mesh-retries|--set mesh.provider=istio --set mesh.retries.internal=mesh"
   "linkerd+mesh-retries|--set mesh.provider=linkerd --set mesh.retries.internal=mesh --set nats.replicas=3"
   "external-nats-list|--set nats.external.url=nats://a:4222\,nats://b:4223 --set nats.streams.replicas=3"
+  "istio+keycloak|-f helm/examples/identity-provider-keycloak.yaml"
+  "linkerd+oidc+pool|--set mesh.provider=linkerd --set storage.default=postgres --set auth.issuer=https://sso.example.com/realms/sharemesh --set auth.jwksUri=https://sso.example.com/realms/sharemesh/protocol/openid-connect/certs --set database.pool=8 --set postgresql.maxConnections=300"
 )
 
 indent() { sed 's/^/    /'; }
@@ -55,6 +57,17 @@ run_chart_tests() {
     return
   fi
   CHART_CHECK="$KIT" python3 helm/tests/chart_test.py
+  case $? in
+    0) passed_combos=$((passed_combos + 1)) ;;
+    3) skipped=$((skipped + 1)) ;;
+    *) failed_combos=$((failed_combos + 1)) ;;
+  esac
+}
+
+# The operators' view (observability.*): dashboard ConfigMap, PrometheusRule, ServiceMonitor.
+run_observability_tests() {
+  echo "== observability chart tests (helm/tests/observability_test.py)"
+  CHART_CHECK="$KIT" python3 helm/tests/observability_test.py
   case $? in
     0) passed_combos=$((passed_combos + 1)) ;;
     3) skipped=$((skipped + 1)) ;;
@@ -85,6 +98,7 @@ if [ -e "$KIT" ]; then
     fi
   done
   run_chart_tests
+  run_observability_tests
 elif command -v helm >/dev/null 2>&1; then
   echo "helm-check: chart-check kit not found at $KIT: falling back to helm lint + helm template ($(helm version --short 2>/dev/null))"
   echo "SKIPPED schema validation of rendered objects against Kubernetes/Istio/Linkerd schemas (needs the chart-check kit)"
@@ -103,6 +117,7 @@ elif command -v helm >/dev/null 2>&1; then
     fi
   done
   run_chart_tests
+  run_observability_tests
 else
   echo "SKIPPED helm-check: no chart-check kit at $KIT and no helm binary: the chart was NOT validated"
   echo "        (install helm, or put the shared kit beside the project, then run make helm-check)"

@@ -352,6 +352,19 @@ SCHEMA = {
             **SCHEDULING,
         }),
         "tests": obj({"enabled": BOOL, "image": IMAGE}),
+        "observability": obj({
+            "dashboard": obj({"enabled": BOOL, "labels": STR_MAP, "annotations": STR_MAP}),
+            "prometheusRule": obj({
+                "enabled": BOOL,
+                "labels": STR_MAP,
+                "for": DURATION,
+                "errorRatio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "p99Seconds": {"type": "number", "exclusiveMinimum": 0},
+                "outboxBacklog": POS_INT,
+                "consumerPending": POS_INT,
+            }),
+            "serviceMonitor": obj({"enabled": BOOL, "labels": STR_MAP, "interval": DURATION}),
+        }),
     }),
     "allOf": [sqlite_single_replica(ctx) for ctx in CONTEXTS],
 }

@@ -232,6 +232,17 @@ impl Inbox {
         let mut messages = consumer.messages().await?;
         tracing::info!(consumer = %name, stream = %super::stream_name(&self.source_context), "consuming events");
         let mut consumer = consumer;
+        // Every consumer's series exist from the start, at zero: dashboards and alerts see
+        // "no failures" rather than "no data".
+        let labels = EventLabels {
+            name: self.consumer.clone(),
+        };
+        let m = metrics();
+        let _ = (
+            m.inbox_handled.get_or_create(&labels),
+            m.inbox_failed.get_or_create(&labels),
+            m.inbox_dead_lettered.get_or_create(&labels),
+        );
         let mut sample = tokio::time::interval(PENDING_SAMPLE);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
