@@ -10,6 +10,10 @@
             the worst-case attempts of one client call (mesh + services' retries, retrymodel)
             stay within mesh.retries.maxAttemptsPerCall.
   deploy    issue #12's items 3-6 and the scale-out pieces of #10 (image, secrets, NATS, ...).
+  identity  issue #14: HS256 mode and identity-provider mode (SHAREMESH_OIDC_*, no JWT key, the
+            service key for all), the edge's Istio RequestAuthentication, the refusals, egress to
+            the provider.
+  database  SHAREMESH_DB_POOL and the in-chart PostgreSQL's connection budget.
 
 chart_test.py runs them; they use its render() and proto readers.
 """
@@ -37,6 +41,21 @@ RESERVATION_CALLS = [
     ("payment", "/sharemesh.payment.v1.PaymentService/ListPayments"),
 ]
 HEALTH = "/grpc.health.v1.Health/Check"
+# The identity provider of the provider-mode tests: Keycloak's realm URL (README "Identity"), at an
+# address outside the cluster (TEST-NET-3).
+KEYCLOAK = "https://sso.example.com/realms/sharemesh"
+KEYCLOAK_ROLE_MAP = "sharemesh-customer=customer,sharemesh-host=host,sharemesh-admin=admin"
+IDP_IP = "203.0.113.10"
+
+
+def env_of(docs) -> dict:
+    """The shared environment ConfigMap (<release>-env) of a rendering."""
+    return next(d for d in ct.kinds(docs, "ConfigMap") if ct.name(d).endswith("-env"))["data"]
+
+
+def idp_port(url: str) -> int:
+    u = urllib.parse.urlsplit(url)
+    return u.port or (443 if u.scheme == "https" else 80)
 
 
 # ----------------------------------------------------------------------------- the contracts
@@ -113,6 +132,15 @@ def calls(docs, provider: str) -> tuple[list[mg.Call], list[mg.Call]]:
             need.append(mg.Call(p[ctx], "nats", "client"))
         if "postgresql" in pods:
             need.append(mg.Call(p[ctx], "postgresql", "postgresql"))
+    # The identity provider (an address outside the cluster): every service fetches its discovery
+    # document and keys in provider mode; in HS256 mode no service reaches the internet.
+    issuer = env_of(docs).get("SHAREMESH_OIDC_ISSUER")
+    for svc in ct.SERVICES:
+        if issuer:
+            need.append(mg.Call(p[svc], "identity-provider", idp_port(issuer), ip=IDP_IP))
+            refuse.append(mg.Call(p[svc], "identity-provider", 22, ip=IDP_IP))  # only the provider's port
+        else:
+            refuse.append(mg.Call(p[svc], "internet", 443, ip=IDP_IP))
     need.append(mg.Call(p["test"], "edge", "http", "/healthz"))
     need.append(mg.Call(p["ingress"], "edge", "http", "/v1/listings"))
     refuse += [
@@ -139,20 +167,21 @@ def _mesh_port(call: mg.Call) -> bool:
     return isinstance(call.port, int)  # 15020 / 4191: the proxy's own port
 
 
-def check_allow_graph(provider: str) -> list[str]:
-    docs = ct.render(f"mesh.provider={provider}", files=(GRAPH_VALUES,))
+def check_allow_graph(provider: str, *sets: str) -> list[str]:
+    docs = ct.render(f"mesh.provider={provider}", *sets, files=(GRAPH_VALUES,))
     need, refuse = calls(docs, provider)
     judges = _judges(docs, provider)
     problems = []
     for call in need:
         for jname, judge in judges.items():
-            if jname != "NetworkPolicy" and (_mesh_port(call) or call.target in ("nats", "postgresql")):
+            if jname != "NetworkPolicy" and (_mesh_port(call) or call.target in ("nats", "postgresql") or call.external):
                 continue
             ok, why = judge.allows(call)
             if not ok:
                 problems.append(f"needed call refused by {jname}: {call}: {why}")
     for call in refuse:
-        verdicts = {j: judge.allows(call) for j, judge in judges.items()}
+        # Outbound to an address outside the cluster: only the client's NetworkPolicy egress decides.
+        verdicts = {j: judge.allows(call) for j, judge in judges.items() if j == "NetworkPolicy" or not call.external}
         method_level = call.client.name == "edge" or call.client.name == "view"
         if method_level and provider == "none":
             continue  # L4 cannot tell methods apart: without a mesh the services' role checks refuse these
@@ -490,4 +519,313 @@ def check_sqlite_refused_by_template() -> list[str]:
         svc = values["services"][ctx]
         if svc.get("replicas") is not None or svc["autoscaling"].get("enabled") is not None:
             problems.append(f"values.yaml services.{ctx}: replicas/autoscaling.enabled must default to null (decided by storage)")
+    return problems
+
+
+# ----------------------------------------------------------------------------- identity (issue #14)
+OIDC_VARS = ("SHAREMESH_OIDC_ISSUER", "SHAREMESH_OIDC_ROLES_CLAIM", "SHAREMESH_OIDC_ROLE_MAP",
+             "SHAREMESH_OIDC_SUBJECT_CLAIM", "SHAREMESH_OIDC_LEEWAY", "SHAREMESH_OIDC_REFRESH")
+
+
+def service_env(docs) -> dict[str, dict]:
+    """Per service: the environment its container gets, as the kubelet builds it: the ConfigMaps of
+    envFrom (in order), then env; a value from a Secret is ("secret", name, key, optional)."""
+    cms = {ct.name(d): d.get("data") or {} for d in ct.kinds(docs, "ConfigMap")}
+    out = {}
+    for w in ct.workloads(docs):
+        if ct.component(w) not in ct.SERVICES:
+            continue
+        c = w["spec"]["template"]["spec"]["containers"][0]
+        env: dict = {}
+        for src in c.get("envFrom") or []:
+            env.update(cms.get(src["configMapRef"]["name"], {"<missing ConfigMap>": src["configMapRef"]["name"]}))
+        for e in c.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            env[e["name"]] = ("secret", ref["name"], ref["key"], bool(ref.get("optional"))) if ref else e.get("value")
+        out[ct.component(w)] = env
+    return out
+
+
+def _secret_data(docs) -> dict:
+    secrets = ct.kinds(docs, "Secret")
+    return secrets[0]["stringData"] if secrets else {}
+
+
+def check_identity_provider_mode() -> list[str]:
+    """auth.issuer set: every service (the edge too) gets the SHAREMESH_OIDC_* settings and the
+    service key, and neither a SHAREMESH_JWT_SECRET (the services refuse both modes at once) nor the
+    HS256 issuer; the Secret holds the service key and no JWT key."""
+    problems = []
+    for sets in ((), ("storage.default=postgres",), ("secrets.existingSecret=byo",)):
+        docs = ct.render(f"auth.issuer={KEYCLOAK}", "auth.audience=sharemesh-web", "auth.rolesClaim=realm_access.roles",
+                         f"auth.roleMap={KEYCLOAK_ROLE_MAP.replace(',', chr(92) + ',')}", *sets)
+        label = f"[{' '.join(sets) or 'default'}]"
+        envs = service_env(docs)
+        if sorted(envs) != sorted(ct.SERVICES):
+            problems.append(f"{label} services rendered: {sorted(envs)}")
+        want = {"SHAREMESH_OIDC_ISSUER": KEYCLOAK, "SHAREMESH_OIDC_AUDIENCE": "sharemesh-web",
+                "SHAREMESH_OIDC_ROLES_CLAIM": "realm_access.roles", "SHAREMESH_OIDC_ROLE_MAP": KEYCLOAK_ROLE_MAP,
+                "SHAREMESH_OIDC_SUBJECT_CLAIM": "sub", "SHAREMESH_OIDC_LEEWAY": "30s", "SHAREMESH_OIDC_REFRESH": "10m"}
+        secret_name = "byo" if "secrets.existingSecret=byo" in sets else f"{ct.full('secrets')}"
+        for svc, env in envs.items():
+            for k, v in want.items():
+                if env.get(k) != v:
+                    problems.append(f"{label} {svc}: {k} = {env.get(k)!r}, want {v!r}")
+            for k in ("SHAREMESH_JWT_SECRET", "SHAREMESH_JWT_ISSUER"):
+                if k in env:
+                    problems.append(f"{label} {svc}: {k} is set in provider mode ({env[k]!r}): the services refuse it")
+            ref = env.get("SHAREMESH_SERVICE_SECRET")
+            if ref != ("secret", secret_name, "SHAREMESH_SERVICE_SECRET", False):
+                problems.append(f"{label} {svc}: SHAREMESH_SERVICE_SECRET = {ref!r}, want required, from Secret {secret_name}")
+        data = _secret_data(docs)
+        if "secrets.existingSecret=byo" in sets:
+            if data:
+                problems.append(f"{label} a Secret is rendered although secrets.existingSecret is set")
+            continue
+        if "SHAREMESH_JWT_SECRET" in data:
+            problems.append(f"{label} the Secret holds SHAREMESH_JWT_SECRET in provider mode")
+        if len(data.get("SHAREMESH_SERVICE_SECRET", "")) < 16:
+            problems.append(f"{label} the Secret's SHAREMESH_SERVICE_SECRET is missing or shorter than 16 bytes")
+    # The service key is hashed into checksum/secret like the JWT key: every replica restarts together.
+    sums = []
+    for key in ("0123456789abcdef-one", "0123456789abcdef-two"):
+        docs = ct.render(f"auth.issuer={KEYCLOAK}", f"auth.serviceSecret={key}")
+        sums.append({w["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+                     for w in ct.workloads(docs) if ct.component(w) in ct.SERVICES})
+        if _secret_data(docs).get("SHAREMESH_SERVICE_SECRET") != key:
+            problems.append(f"auth.serviceSecret={key} is not what the Secret holds")
+    if len(sums[0]) != 1 or sums[0] == sums[1]:
+        problems.append(f"checksum/secret does not follow the service key: {sums}")
+    # jwksUri rendered when set (and only then).
+    env = service_env(ct.render(f"auth.issuer={KEYCLOAK}", f"auth.jwksUri={KEYCLOAK}/protocol/openid-connect/certs"))["edge"]
+    if env.get("SHAREMESH_OIDC_JWKS_URI") != f"{KEYCLOAK}/protocol/openid-connect/certs":
+        problems.append(f"SHAREMESH_OIDC_JWKS_URI = {env.get('SHAREMESH_OIDC_JWKS_URI')!r}")
+    if "SHAREMESH_OIDC_JWKS_URI" in service_env(ct.render(f"auth.issuer={KEYCLOAK}"))["edge"]:
+        problems.append("SHAREMESH_OIDC_JWKS_URI rendered without auth.jwksUri (it must come from discovery then)")
+    return problems
+
+
+def check_hs256_mode() -> list[str]:
+    """No auth.issuer: as before (SHAREMESH_JWT_SECRET and SHAREMESH_JWT_ISSUER, no SHAREMESH_OIDC_*),
+    plus the generated service key for every service, a different secret from the JWT key."""
+    problems = []
+    for sets in ((), ("storage.default=postgres",)):
+        docs = ct.render(*sets)
+        label = f"[{' '.join(sets) or 'default'}]"
+        secret = ct.full("secrets")
+        for svc, env in service_env(docs).items():
+            if env.get("SHAREMESH_JWT_SECRET") != ("secret", secret, "SHAREMESH_JWT_SECRET", False):
+                problems.append(f"{label} {svc}: SHAREMESH_JWT_SECRET = {env.get('SHAREMESH_JWT_SECRET')!r}")
+            if env.get("SHAREMESH_SERVICE_SECRET") != ("secret", secret, "SHAREMESH_SERVICE_SECRET", False):
+                problems.append(f"{label} {svc}: SHAREMESH_SERVICE_SECRET = {env.get('SHAREMESH_SERVICE_SECRET')!r}")
+            if env.get("SHAREMESH_JWT_ISSUER") != "sharemesh":
+                problems.append(f"{label} {svc}: SHAREMESH_JWT_ISSUER = {env.get('SHAREMESH_JWT_ISSUER')!r}")
+            oidc = sorted(k for k in env if k.startswith("SHAREMESH_OIDC_"))
+            if oidc:
+                problems.append(f"{label} {svc}: OIDC settings in HS256 mode: {oidc}")
+        data = _secret_data(docs)
+        jwt, svc_key = data.get("SHAREMESH_JWT_SECRET", ""), data.get("SHAREMESH_SERVICE_SECRET", "")
+        if len(jwt) < 16 or len(svc_key) < 16:
+            problems.append(f"{label} the Secret must hold both keys, 16+ bytes each: {sorted(data)}")
+        elif jwt == svc_key:
+            problems.append(f"{label} the service key equals the JWT key")
+    # An existing Secret from before the service key: optional in HS256 mode (the services derive it).
+    for svc, env in service_env(ct.render("secrets.existingSecret=byo")).items():
+        if env.get("SHAREMESH_SERVICE_SECRET") != ("secret", "byo", "SHAREMESH_SERVICE_SECRET", True):
+            problems.append(f"existingSecret, HS256: {svc}: SHAREMESH_SERVICE_SECRET = {env.get('SHAREMESH_SERVICE_SECRET')!r}, want optional")
+        if env.get("SHAREMESH_JWT_SECRET") != ("secret", "byo", "SHAREMESH_JWT_SECRET", False):
+            problems.append(f"existingSecret, HS256: {svc}: SHAREMESH_JWT_SECRET = {env.get('SHAREMESH_JWT_SECRET')!r}")
+    return problems
+
+
+def check_request_authentication() -> list[str]:
+    """The edge's Istio RequestAuthentication: only with auth.istioRequestAuthentication=true, only
+    with mesh.provider=istio and auth.issuer (refused otherwise), from the same values."""
+    problems = []
+    ra = lambda docs: [d for d in docs if d.get("kind") == "RequestAuthentication"]  # noqa: E731
+    for sets in (("mesh.provider=istio",), ("mesh.provider=istio", f"auth.issuer={KEYCLOAK}"),
+                 ("mesh.provider=linkerd", f"auth.issuer={KEYCLOAK}"), (f"auth.issuer={KEYCLOAK}",)):
+        if ra(ct.render(*sets)):
+            problems.append(f"RequestAuthentication rendered without being asked for: {sets}")
+    docs = ct.render("mesh.provider=istio", f"auth.issuer={KEYCLOAK}", "auth.audience=sharemesh-web",
+                     f"auth.jwksUri={KEYCLOAK}/protocol/openid-connect/certs", "auth.istioRequestAuthentication=true")
+    objs = ra(docs)
+    if len(objs) != 1:
+        return problems + [f"want one RequestAuthentication, got {len(objs)}"]
+    obj = objs[0]
+    if obj["apiVersion"] != "security.istio.io/v1":
+        problems.append(f"apiVersion {obj['apiVersion']}")
+    edge = mg.pods_of(docs)["edge"]
+    sel = obj["spec"].get("selector")
+    if not sel or not mg.selects(sel, edge.labels):
+        problems.append(f"selector {sel} does not select the edge's pods")
+    for comp, pod in mg.pods_of(docs).items():
+        if comp != "edge" and sel and mg.selects(sel, pod.labels):
+            problems.append(f"the RequestAuthentication also selects {comp}")
+    want = {"issuer": KEYCLOAK, "jwksUri": f"{KEYCLOAK}/protocol/openid-connect/certs",
+            "audiences": ["sharemesh-web"], "forwardOriginalToken": True}
+    if obj["spec"].get("jwtRules") != [want]:
+        problems.append(f"jwtRules {obj['spec'].get('jwtRules')}, want [{want}]")
+    # Without jwksUri / audience: discovery from the issuer, any audience.
+    rules = ra(ct.render("mesh.provider=istio", f"auth.issuer={KEYCLOAK}", "auth.istioRequestAuthentication=true"))[0]["spec"]["jwtRules"]
+    if rules != [{"issuer": KEYCLOAK, "forwardOriginalToken": True}]:
+        problems.append(f"without jwksUri/audience: jwtRules {rules}")
+    problems += expect_refusal(("mesh.provider=linkerd", f"auth.issuer={KEYCLOAK}", "auth.istioRequestAuthentication=true"),
+                               says="auth.istioRequestAuthentication=true needs mesh.provider=istio")
+    problems += expect_refusal((f"auth.issuer={KEYCLOAK}", "auth.istioRequestAuthentication=true"),
+                               says="needs mesh.provider=istio")
+    problems += expect_refusal(("mesh.provider=istio", "auth.istioRequestAuthentication=true"),
+                               says="/auth/istioRequestAuthentication")
+    return problems
+
+
+def _without_schema(fn):
+    """Runs fn with ct.CHART pointing at a copy of the chart without values.schema.json (renders that skip it)."""
+    import shutil
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, "sharemesh")
+        shutil.copytree(ct.CHART, copy)
+        os.remove(os.path.join(copy, "values.schema.json"))
+        saved, ct.CHART = ct.CHART, copy
+        try:
+            return fn()
+        finally:
+            ct.CHART = saved
+
+
+def check_identity_refused_by_template() -> list[str]:
+    """The schema refuses these (bad-values/oidc-*.yaml); the templates refuse them too, with a message."""
+    cases = [
+        (("auth.jwksUri=https://sso.example.com/certs",), "auth.jwksUri is set but auth.issuer is not"),
+        (("auth.audience=sharemesh-web",), "auth.audience is set but auth.issuer is not"),
+        ((f"auth.issuer={KEYCLOAK}", "auth.roleMap=sharemesh-admin=admin\\,sharemesh-robot=service"),
+         'auth.roleMap maps "sharemesh-robot" to service'),
+        ((f"auth.issuer={KEYCLOAK}", "auth.jwtSecret=0123456789abcdef-x"), "auth.jwtSecret is set together with auth.issuer"),
+        (("mesh.provider=istio", "auth.istioRequestAuthentication=true"), "auth.istioRequestAuthentication=true needs auth.issuer"),
+    ]
+    return _without_schema(lambda: [p for sets, says in cases for p in expect_refusal(sets, says=says)])
+
+
+def check_identity_provider_egress() -> list[str]:
+    """NetworkPolicies: in provider mode every service may reach the provider on its port (443 for
+    https://, the URL's port, or networkPolicies.identityProvider.ports), to anywhere or only
+    networkPolicies.identityProvider.to; in HS256 mode no egress to outside addresses at all."""
+    problems = []
+
+    def judge(sets, ip, port):
+        docs = ct.render("storage.default=postgres", *sets)
+        net = mg.NetPol(docs, NS, "none")
+        pods = mg.pods_of(docs)
+        out = {}
+        for svc in ct.SERVICES:
+            peer = mg.Peer(svc, NS, tuple(sorted(pods[svc].labels.items())), pods[svc].service_account)
+            out[svc] = net.allows(mg.Call(peer, "identity-provider", port, ip=ip))
+        return out
+
+    cases = [  # (sets, ip, port, allowed)
+        ((), IDP_IP, 443, False),
+        ((f"auth.issuer={KEYCLOAK}",), IDP_IP, 443, True),
+        ((f"auth.issuer={KEYCLOAK}",), IDP_IP, 80, False),
+        (("auth.issuer=http://keycloak.sso.svc:8080/realms/sharemesh",), "10.96.0.20", 8080, True),
+        (("auth.issuer=http://keycloak.sso.svc:8080/realms/sharemesh",), "10.96.0.20", 443, False),
+        ((f"auth.issuer={KEYCLOAK}", "auth.jwksUri=https://keys.example.com:8443/certs"), IDP_IP, 8443, True),
+        ((f"auth.issuer={KEYCLOAK}", "networkPolicies.identityProvider.ports[0]=9443"), IDP_IP, 9443, True),
+        ((f"auth.issuer={KEYCLOAK}", "networkPolicies.identityProvider.ports[0]=9443"), IDP_IP, 443, False),
+        ((f"auth.issuer={KEYCLOAK}", "networkPolicies.identityProvider.to[0].ipBlock.cidr=198.51.100.0/24"), "198.51.100.7", 443, True),
+        ((f"auth.issuer={KEYCLOAK}", "networkPolicies.identityProvider.to[0].ipBlock.cidr=198.51.100.0/24"), IDP_IP, 443, False),
+    ]
+    for sets, ip, port, allowed in cases:
+        for svc, (ok, why) in judge(sets, ip, port).items():
+            if ok != allowed:
+                problems.append(f"{' '.join(sets) or 'HS256'}: {svc} -> {ip}:{port} {'allowed' if ok else 'refused'} ({why}), want {'allowed' if allowed else 'refused'}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- PostgreSQL connections
+def _max_connections(docs) -> int | None:
+    pg = next((w for w in ct.workloads(docs) if ct.component(w) == "postgresql"), None)
+    if pg is None:
+        return None
+    args = pg["spec"]["template"]["spec"]["containers"][0].get("args") or []
+    found = [a.split("=", 1)[1] for a in args if a.startswith("max_connections=")]
+    return int(found[0]) if found else None
+
+
+def worst_case_connections(docs) -> int:
+    """From the rendered objects: per service on PostgreSQL, (HPA maxReplicas, or the Deployment's
+    replicas) + 1 pod a rolling update surges (maxSurge), x its SHAREMESH_DB_POOL."""
+    hpas = {d["spec"]["scaleTargetRef"]["name"]: d["spec"]["maxReplicas"] for d in ct.kinds(docs, "HorizontalPodAutoscaler")}
+    envs = service_env(docs)
+    total = 0
+    for w in ct.kinds(docs, "Deployment"):
+        svc = ct.component(w)
+        env = envs.get(svc, {})
+        if svc not in ct.CONTEXTS or not isinstance(env.get("DATABASE_URL"), tuple):
+            continue  # only services whose DATABASE_URL is a PostgreSQL URL from the Secret
+        most = hpas.get(ct.name(w), w["spec"].get("replicas", 1))
+        surge = ((w["spec"].get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", 1)
+        total += (most + int(surge)) * int(env["SHAREMESH_DB_POOL"])
+    return total
+
+
+def check_db_pool() -> list[str]:
+    """SHAREMESH_DB_POOL = database.pool on every service on PostgreSQL (not on SQLite, not the
+    edge); the in-chart PostgreSQL runs with max_connections = postgresql.maxConnections."""
+    problems = []
+    for sets, pool, maxc in (((), "5", 200), (("database.pool=3", "postgresql.maxConnections=300"), "3", 300)):
+        docs = ct.render("storage.default=postgres", "services.view.storage=sqlite", *sets)
+        for svc, env in service_env(docs).items():
+            on_pg = svc in ct.CONTEXTS and svc != "view"
+            got = env.get("SHAREMESH_DB_POOL")
+            if on_pg and got != pool:
+                problems.append(f"[{' '.join(sets) or 'default'}] {svc} on PostgreSQL: SHAREMESH_DB_POOL = {got!r}, want {pool!r}")
+            if not on_pg and got is not None:
+                problems.append(f"{svc} (not on PostgreSQL) has SHAREMESH_DB_POOL = {got!r}")
+        if _max_connections(docs) != maxc:
+            problems.append(f"in-chart PostgreSQL max_connections = {_max_connections(docs)}, want {maxc}")
+    # External PostgreSQL: the pool is rendered; the budget is yours (no in-chart server to check).
+    docs = ct.render("storage.default=postgres", "postgresql.mode=external", "postgresql.external.host=pg",
+                     "postgresql.auth.password=pw", "database.pool=50")
+    if {e.get("SHAREMESH_DB_POOL") for s, e in service_env(docs).items() if s in ct.CONTEXTS} != {"50"}:
+        problems.append("external PostgreSQL: SHAREMESH_DB_POOL not rendered as database.pool")
+    return problems
+
+
+def check_connection_budget() -> list[str]:
+    """The services' worst case (recomputed from the rendered HPAs, Deployments and SHAREMESH_DB_POOL)
+    + postgresql.connectionMargin fits the in-chart max_connections in every accepted rendering, and
+    the chart refuses, with a message, the values where it does not - exactly at the boundary."""
+    problems = []
+    margin = 10
+    for sets in (("storage.default=postgres",),
+                 ("storage.default=postgres", "services.catalog.autoscaling.enabled=false", "services.catalog.replicas=3"),
+                 ("storage.default=postgres", "services.message.storage=sqlite", "database.pool=6")):
+        docs = ct.render(*sets)
+        worst, maxc = worst_case_connections(docs), _max_connections(docs)
+        if maxc is None or worst + margin > maxc:
+            problems.append(f"{sets}: worst case {worst} + margin {margin} > max_connections {maxc}")
+    # The default all-PostgreSQL install: (7+7+7+5+7) pods x 5 = 165, + 10 = 175.
+    worst = worst_case_connections(ct.render("storage.default=postgres"))
+    if worst != 165:
+        problems.append(f"default worst case {worst}, want 165 ((6+1)x4 + (4+1) pods x 5)")
+    try:
+        ct.render("storage.default=postgres", "postgresql.maxConnections=175")
+    except ct.RenderError as exc:
+        problems.append(f"an exact fit (165 + 10 = 175) was refused: {exc}")
+    problems += expect_refusal(("storage.default=postgres", "postgresql.maxConnections=174"),
+                               says="could open 165 connections")
+    problems += expect_refusal(("storage.default=postgres", "database.pool=10"),
+                               says="above postgresql.maxConnections=200: lower database.pool")
+    problems += expect_refusal(("storage.default=postgres", "services.edge.autoscaling.maxReplicas=50",
+                                "services.catalog.autoscaling.maxReplicas=20"), says="catalog 21 + reservation 7")
+    # The edge keeps no database; SQLite services and an external server are not counted.
+    for sets in (("storage.default=postgres", "services.edge.autoscaling.maxReplicas=100"),
+                 ("database.pool=100",),
+                 ("storage.default=postgres", "postgresql.mode=external", "postgresql.external.host=pg",
+                  "postgresql.auth.password=pw", "database.pool=100")):
+        try:
+            ct.render(*sets)
+        except ct.RenderError as exc:
+            problems.append(f"{sets} refused: {exc}")
     return problems

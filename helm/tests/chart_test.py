@@ -517,6 +517,9 @@ def main() -> int:
     for provider in ("none", "istio", "linkerd"):
         rep.run(f"graph [{provider}]: needed calls allowed, unneeded refused (mesh policy + NetworkPolicy)",
                 lambda p=provider: b.check_allow_graph(p))
+    for provider, sets in (("none", ()), ("istio", ("auth.istioRequestAuthentication=true",)), ("linkerd", ())):
+        rep.run(f"graph [{provider}, identity provider]: the same, plus every service -> the provider's HTTPS port only",
+                lambda p=provider, s=sets: b.check_allow_graph(p, f"auth.issuer={b.KEYCLOAK}", *s))
     for provider in ("istio", "linkerd"):
         rep.run(f"retries [{provider}]: no route retries load shedding (503/429/RESOURCE_EXHAUSTED)",
                 lambda p=provider: b.check_shedding_not_retried(p) + b.check_shedding_not_retried(p, "mesh.retries.internal=mesh"))
@@ -550,6 +553,20 @@ def main() -> int:
     rep.run("nats [external]: comma-separated URLs -> egress to every port (never 0); stream settings explicit",
             b.check_nats_external)
     rep.run("shutdown: Linkerd and Istio proxies both wait drainDelay + shutdownGrace", b.check_drain_waits)
+    rep.run("identity [provider]: auth.issuer -> SHAREMESH_OIDC_* and the service key for every service (edge too); no JWT key in env or Secret",
+            b.check_identity_provider_mode)
+    rep.run("identity [HS256]: no issuer -> JWT key and issuer as before, plus a separate generated service key; optional with an older existingSecret",
+            b.check_hs256_mode)
+    rep.run("identity: the edge's Istio RequestAuthentication only when asked, only with istio and an issuer; from the same values",
+            b.check_request_authentication)
+    rep.run("identity: jwksUri/audience without issuer, roleMap to service, JWT key with issuer refused by the templates too",
+            b.check_identity_refused_by_template)
+    rep.run("identity: NetworkPolicy egress to the provider's port only in provider mode (ports from the URLs, or set; to narrows)",
+            b.check_identity_provider_egress)
+    rep.run("database: SHAREMESH_DB_POOL on every PostgreSQL service; in-chart max_connections from postgresql.maxConnections",
+            b.check_db_pool)
+    rep.run("database: worst-case connections (max replicas + surge) x pool + margin fit max_connections; refused with a message otherwise",
+            b.check_connection_budget)
     print(f"{rep.passed} passed, {rep.failed} failed")
     return 1 if rep.failed else 0
 

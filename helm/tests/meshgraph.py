@@ -23,6 +23,10 @@ independent judges about each one:
                  peers by podSelector in the policy's namespace, namespaceSelector, ipBlock); traffic
                  from the pod's own node (the kubelet) is always allowed. With Linkerd, a meshed
                  client's proxy connects to the meshed target's inbound port 4143, not the app port.
+                 A call to an address outside the cluster (the identity provider) is judged by the
+                 client's egress alone: only an ipBlock peer (or a rule without peers) matches it,
+                 never a podSelector or namespaceSelector. The meshes' inbound policies do not
+                 govern it.
 
 Nothing here knows the chart's intent: it reads only the rendered objects.
 """
@@ -58,10 +62,16 @@ class Call:
     port: str | int
     path: str | None = None  # gRPC "/pkg.Service/Method"; None for plain TCP (NATS, PostgreSQL)
     probe: bool = False  # a kubelet probe (gRPC health check)
+    ip: str | None = None  # set: `target` is outside the cluster (e.g. the identity provider) at this address
+
+    @property
+    def external(self) -> bool:
+        return self.ip is not None
 
     def __str__(self) -> str:
         what = self.path or f"tcp:{self.port}"
-        return f"{self.client.name} -> {self.target} {what}"
+        where = f" ({self.ip})" if self.ip else ""
+        return f"{self.client.name} -> {self.target}{where} {what}"
 
 
 @dataclass
@@ -411,7 +421,30 @@ class NetPol:
                 return True
         return False
 
+    def _egress(self, client_pod: Pod) -> list[dict]:
+        return [p for p in self.docs if p["metadata"]["namespace"] == client_pod.namespace
+                and selects(p["spec"].get("podSelector"), client_pod.labels) and "Egress" in p["spec"].get("policyTypes", [])]
+
+    def _allows_external(self, call: Call) -> tuple[bool, str]:
+        client_pod = self.pods.get(call.client.name) if call.client.namespace == self.ns else None
+        if client_pod is None:
+            return True, "client outside the release: not governed here"
+        outside = Peer(call.target, "", ip=call.ip)  # no namespace, no labels: only ipBlocks select it
+        for p in self._egress(client_pod):
+            for r in p["spec"].get("egress") or []:
+                peers = r.get("to")
+                ip_peers = [x for x in peers or [] if "ipBlock" in x]
+                if peers and not ip_peers:
+                    continue  # pod/namespace selectors match pods, never an outside address
+                if self._port_ok(r.get("ports"), int(call.port), {}) and (not peers or self._peer_ok(ip_peers, "", outside, call.ip)):
+                    return True, "allowed"
+        if not self._egress(client_pod):
+            return True, "no egress policy selects the client"
+        return False, f"egress of {call.client.name}: no rule allows {call.ip} port {call.port}"
+
     def allows(self, call: Call) -> tuple[bool, str]:
+        if call.external:
+            return self._allows_external(call)
         pod = self.pods[call.target]
         c = call.client
         if c.node:

@@ -213,6 +213,31 @@ def sqlite_single_replica(ctx: str) -> dict:
 
 RETRY_CONDITIONS = {"type": "string", "pattern": r"^[a-z0-9-]+(,[a-z0-9-]+)*$"}
 
+# A secret value: empty (generated once and kept) or at least 16 bytes.
+SECRET_16 = {"type": "string", "anyOf": [{"maxLength": 0}, {"minLength": 16}],
+             "description": "empty (generated) or at least 16 bytes"}
+# SHAREMESH_OIDC_ROLE_MAP: provider-role=sharemesh-role pairs; the target is customer, host or
+# admin - never service (that role belongs to the calls between services; the services refuse it).
+_ROLE_PAIR = r"\s*[^=,\s][^=,]*=\s*(customer|host|admin)\s*"
+ROLE_MAP = rf"^{_ROLE_PAIR}(,{_ROLE_PAIR})*$"
+
+
+def oidc_needs_issuer() -> dict:
+    """auth.jwksUri and auth.audience only with auth.issuer (the services refuse them without it);
+    auth.jwtSecret only without it (the services refuse both modes at once)."""
+    hs256 = {"properties": {"auth": {"properties": {"issuer": {"const": ""}}}}}
+    return {
+        "if": hs256,
+        "then": {"properties": {"auth": {"properties": {
+            "jwksUri": {"maxLength": 0, "description": "auth.jwksUri needs auth.issuer"},
+            "audience": {"maxLength": 0, "description": "auth.audience needs auth.issuer"},
+            "istioRequestAuthentication": {"const": False, "description": "needs auth.issuer"},
+        }}}},
+        "else": {"properties": {"auth": {"properties": {
+            "jwtSecret": {"maxLength": 0, "description": "HS256 mode only: leave it empty with auth.issuer"},
+        }}}},
+    }
+
 # ----------------------------------------------------------------------------- the values
 SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -266,6 +291,10 @@ SCHEMA = {
             "metricsFrom": array(NETWORK_PEER),
             "otlpPort": {"type": "integer", "minimum": 1, "maximum": 65535},
             "extraEgress": array(EGRESS_RULE),
+            "identityProvider": obj({
+                "ports": array({"type": "integer", "minimum": 1, "maximum": 65535}),
+                "to": array(NETWORK_PEER),
+            }),
         }),
         "clusterDomain": STR,
         "nameOverride": STR,
@@ -302,11 +331,26 @@ SCHEMA = {
             "extraEnv": ENV_MAP,
         }),
         "auth": obj({
-            "jwtSecret": {"type": "string", "anyOf": [{"maxLength": 0}, {"minLength": 16}],
-                          "description": "empty (generated) or at least 16 bytes"},
+            "jwtSecret": SECRET_16,
             "jwtIssuer": STR,
+            "serviceSecret": SECRET_16,
+            "issuer": {"type": "string", "pattern": r"^(|https?://[^\s]+)$",
+                       "description": "empty (HS256 mode) or the identity provider's https:// issuer URL"},
+            "jwksUri": {"type": "string", "pattern": r"^(|https?://[^\s]+|file:///[^\s]*|/[^\s]*)$",
+                        "description": "empty (from the issuer's discovery document), https://, http://, file:/// or an absolute path"},
+            "audience": STR,
+            "rolesClaim": {"type": "string", "pattern": r"^[^.\s]+(\.[^.\s]+)*$", "description": "a dotted claim path"},
+            "roleMap": {"type": "string", "pattern": ROLE_MAP,
+                        "description": "provider-role=sharemesh-role pairs, comma-separated; the sharemesh roles are customer, host and admin (never service)"},
+            "subjectClaim": {"type": "string", "minLength": 1},
+            "leeway": DURATION,
+            "refresh": DURATION,
+            "refetch": DURATION,
+            "istioRequestAuthentication": BOOL,
         }),
         "secrets": obj({"existingSecret": STR}),
+        "database": obj({"pool": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                  "description": "SHAREMESH_DB_POOL: pooled connections per process"}}, ["pool"]),
         "services": obj({
             "catalog": service({"holdTtl": DURATION}),
             "reservation": service({
@@ -327,6 +371,10 @@ SCHEMA = {
                 "adminPassword": STR,
             }),
             "external": obj({"host": STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535}, "params": STR}),
+            "maxConnections": {"type": "integer", "minimum": 20, "maximum": 10000,
+                               "description": "the in-chart server's max_connections"},
+            "connectionMargin": {"type": "integer", "minimum": 3,
+                                 "description": "connections kept free beyond the services' worst case (at least superuser_reserved_connections, 3)"},
             "image": IMAGE,
             "persistence": PERSISTENCE,
             "resources": RESOURCES,
@@ -366,7 +414,7 @@ SCHEMA = {
             "serviceMonitor": obj({"enabled": BOOL, "labels": STR_MAP, "interval": DURATION}),
         }),
     }),
-    "allOf": [sqlite_single_replica(ctx) for ctx in CONTEXTS],
+    "allOf": [sqlite_single_replica(ctx) for ctx in CONTEXTS] + [oidc_needs_issuer()],
 }
 
 

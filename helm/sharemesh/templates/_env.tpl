@@ -1,6 +1,6 @@
 {{/*
-Environment of the sharemesh services. Non-secret values only: SHAREMESH_JWT_SECRET and
-PostgreSQL URLs come from the Secret (see _service.tpl).
+Environment of the sharemesh services. Non-secret values only: SHAREMESH_JWT_SECRET (HS256 mode),
+SHAREMESH_SERVICE_SECRET and the PostgreSQL URLs come from the Secret (see _service.tpl).
 */}}
 
 {{- define "sharemesh.sharedEnv" -}}
@@ -23,7 +23,25 @@ SHAREMESH_CLIENT_RETRY_BUDGET: {{ $c.client.retryBudget | quote }}
 SHAREMESH_CLIENT_BREAKER_FAILURES: {{ $c.client.breakerFailures | quote }}
 SHAREMESH_CLIENT_BREAKER_OPEN: {{ $c.client.breakerOpen | quote }}
 SHAREMESH_CLIENT_CONCURRENCY: {{ $c.client.concurrency | quote }}
-SHAREMESH_JWT_ISSUER: {{ .Values.auth.jwtIssuer | quote }}
+{{- with .Values.auth }}
+{{- if .issuer }}
+SHAREMESH_OIDC_ISSUER: {{ .issuer | quote }}
+{{- with .jwksUri }}
+SHAREMESH_OIDC_JWKS_URI: {{ . | quote }}
+{{- end }}
+{{- with .audience }}
+SHAREMESH_OIDC_AUDIENCE: {{ . | quote }}
+{{- end }}
+SHAREMESH_OIDC_ROLES_CLAIM: {{ .rolesClaim | quote }}
+SHAREMESH_OIDC_ROLE_MAP: {{ .roleMap | quote }}
+SHAREMESH_OIDC_SUBJECT_CLAIM: {{ .subjectClaim | quote }}
+SHAREMESH_OIDC_LEEWAY: {{ .leeway | quote }}
+SHAREMESH_OIDC_REFRESH: {{ .refresh | quote }}
+SHAREMESH_OIDC_REFETCH: {{ .refetch | quote }}
+{{- else }}
+SHAREMESH_JWT_ISSUER: {{ .jwtIssuer | quote }}
+{{- end }}
+{{- end }}
 NATS_URL: {{ include "sharemesh.natsUrl" . | quote }}
 SHAREMESH_STREAM_REPLICAS: {{ include "sharemesh.streamReplicas" . | quote }}
 SHAREMESH_STREAM_MAX_AGE: {{ .Values.nats.streams.maxAge | toString | quote }}
@@ -43,6 +61,8 @@ SHAREMESH_{{ upper $up }}_ADDR: {{ printf "http://%s:50051" (include "sharemesh.
 {{- end }}
 {{- if eq (include "sharemesh.storage" .) "sqlite" }}
 DATABASE_URL: {{ printf "sqlite:///data/%s.db?mode=rwc" .name | quote }}
+{{- else if eq (include "sharemesh.storage" .) "postgres" }}
+SHAREMESH_DB_POOL: {{ $root.Values.database.pool | int | toString | quote }}
 {{- end }}
 {{- if eq .name "catalog" }}
 SHAREMESH_HOLD_TTL: {{ $svc.holdTtl | quote }}

@@ -92,6 +92,51 @@ matchExpressions:
 {{- if and (include "sharemesh.usesPostgres" .) (eq .Values.postgresql.mode "internal") -}}true{{- end -}}
 {{- end -}}
 
+{{/* "true" in identity-provider mode (auth.issuer set): user tokens from an OIDC provider, no SHAREMESH_JWT_SECRET. */}}
+{{- define "sharemesh.oidc" -}}
+{{- if .Values.auth.issuer -}}true{{- end -}}
+{{- end -}}
+
+{{/* TCP ports of the identity provider (networkPolicies.identityProvider.ports, else those of auth.issuer and auth.jwksUri), as JSON. */}}
+{{- define "sharemesh.identityProviderPorts" -}}
+{{- $ports := list -}}
+{{- range $p := .Values.networkPolicies.identityProvider.ports -}}
+{{- $ports = append $ports (int $p) -}}
+{{- end -}}
+{{- if not $ports -}}
+{{- range $u := list .Values.auth.issuer .Values.auth.jwksUri -}}
+{{- if or (hasPrefix "https://" $u) (hasPrefix "http://" $u) -}}
+{{- $hostPort := splitList ":" (urlParse $u).host -}}
+{{- $ports = append $ports (ternary (last $hostPort) (ternary "443" "80" (hasPrefix "https://" $u)) (gt (len $hostPort) 1) | int) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (uniq $ports) -}}
+{{- end -}}
+
+{{/*
+The most PostgreSQL connections the services on the in-chart PostgreSQL can hold at once, as JSON
+{"total": N, "terms": ["catalog 7 pods", ...]}: per service on it, (its most replicas - the HPA's
+maxReplicas, or replicas - plus the one pod a rolling update surges) x database.pool.
+*/}}
+{{- define "sharemesh.pgWorstCase" -}}
+{{- $root := . -}}
+{{- $pool := int .Values.database.pool -}}
+{{- $total := 0 -}}
+{{- $terms := list -}}
+{{- range $name := include "sharemesh.contexts" . | splitList " " -}}
+{{- $svc := index $root.Values.services $name -}}
+{{- $ctx := dict "root" $root "name" $name -}}
+{{- if and $svc.enabled (eq (include "sharemesh.storage" $ctx) "postgres") -}}
+{{- $most := ternary (int $svc.autoscaling.maxReplicas) (include "sharemesh.replicas" $ctx | int) (eq (include "sharemesh.hpa" $ctx) "true") -}}
+{{- $pods := add $most 1 -}}
+{{- $total = add $total (mul $pods $pool) -}}
+{{- $terms = append $terms (printf "%s %d" $name $pods) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (dict "total" $total "terms" $terms) -}}
+{{- end -}}
+
 {{- define "sharemesh.natsInternal" -}}
 {{- if not .Values.nats.external.url -}}true{{- end -}}
 {{- end -}}
@@ -189,6 +234,41 @@ matchExpressions:
 {{- fail (printf "services.%s.enabled=false, but services.%s calls it (SHAREMESH_%s_ADDR): disable %s too, or keep %s" $up $name (upper $up) $name $up) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* Identity: the services' own refusals, at render time (the schema says so too). */ -}}
+{{- $a := .Values.auth -}}
+{{- if $a.issuer -}}
+{{- if $a.jwtSecret -}}
+{{- fail "auth.jwtSecret is set together with auth.issuer: user tokens come either from the identity provider or from the HS256 key (the services refuse both); leave auth.jwtSecret empty" -}}
+{{- end -}}
+{{- else -}}
+{{- range $k := list "jwksUri" "audience" -}}
+{{- if get $a $k -}}
+{{- fail (printf "auth.%s is set but auth.issuer is not: set the identity provider's issuer too (or leave auth.%s empty for HS256 mode)" $k $k) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $pair := splitList "," $a.roleMap -}}
+{{- if eq (trim (last (splitList "=" $pair))) "service" -}}
+{{- fail (printf "auth.roleMap maps %q to service: no provider role may become the service role (it belongs to the calls between services); map to customer, host or admin" (trim (first (splitList "=" $pair)))) -}}
+{{- end -}}
+{{- end -}}
+{{- if $a.istioRequestAuthentication -}}
+{{- if ne .Values.mesh.provider "istio" -}}
+{{- fail (printf "auth.istioRequestAuthentication=true needs mesh.provider=istio (it renders an Istio RequestAuthentication; mesh.provider is %s): the services verify the provider's tokens themselves, leave it false" .Values.mesh.provider) -}}
+{{- end -}}
+{{- if not $a.issuer -}}
+{{- fail "auth.istioRequestAuthentication=true needs auth.issuer (the identity provider whose tokens the edge's sidecar verifies)" -}}
+{{- end -}}
+{{- end -}}
+{{- /* PostgreSQL connections: the services' worst case must fit the in-chart server. */ -}}
+{{- if include "sharemesh.postgresInternal" . -}}
+{{- $worst := include "sharemesh.pgWorstCase" . | fromJson -}}
+{{- $pg := .Values.postgresql -}}
+{{- $need := add (int $worst.total) (int $pg.connectionMargin) -}}
+{{- if gt $need (int $pg.maxConnections) -}}
+{{- fail (printf "the services on the in-chart PostgreSQL could open %d connections ((%s) pods x database.pool=%d; per service its most replicas + 1 rolling-update surge pod) + postgresql.connectionMargin=%d = %d, above postgresql.maxConnections=%d: lower database.pool or the services' autoscaling.maxReplicas / replicas, or raise postgresql.maxConnections" (int $worst.total) (join " + " $worst.terms) (int .Values.database.pool) (int $pg.connectionMargin) $need (int $pg.maxConnections)) -}}
 {{- end -}}
 {{- end -}}
 {{- /* Retries: never retry load shedding; keep the worst case bounded. */ -}}

@@ -1,8 +1,8 @@
 {{/*
 Istio objects of one service: DestinationRule (connection pool + outlier detection from
 mesh.circuitBreaker), VirtualService (timeout; retries by exactly one layer per hop),
-PeerAuthentication (STRICT for internal services) and AuthorizationPolicy (each RPC for exactly
-its callers).
+PeerAuthentication (STRICT for internal services), AuthorizationPolicy (each RPC for exactly
+its callers) and, with auth.istioRequestAuthentication, the edge's RequestAuthentication.
 
 Every route states its retries: a route without `retries` gets Istio's default policy (2 retries
 on connect-failure,refused-stream,unavailable,cancelled,503), which would stack on the services'
@@ -128,6 +128,36 @@ spec:
     9090:
       mode: PERMISSIVE
   {{- end }}
+{{- if and $edge $root.Values.auth.istioRequestAuthentication $root.Values.auth.issuer }}
+---
+# The identity provider's tokens, verified by the edge's sidecar too: a request carrying a token
+# that is invalid for the provider (signature, issuer, audience, expiry) is refused with 401 before
+# it reaches the edge; a request without a token passes (no AuthorizationPolicy requires one: the
+# edge answers 401 itself where a token is needed). The token is forwarded, so the edge and the
+# services still verify it and read its roles.
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: {{ $full }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "sharemesh.labels" . | nindent 4 }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "sharemesh.selectorLabels" . | nindent 6 }}
+  jwtRules:
+    - issuer: {{ $root.Values.auth.issuer | quote }}
+      {{- /* Unset: istiod reads jwks_uri from the issuer's OpenID discovery document. */}}
+      {{- with $root.Values.auth.jwksUri }}
+      jwksUri: {{ . | quote }}
+      {{- end }}
+      {{- with $root.Values.auth.audience }}
+      audiences:
+        - {{ . | quote }}
+      {{- end }}
+      forwardOriginalToken: true
+{{- end }}
 {{- if and $m.authorizationPolicies (not $edge) }}
 ---
 apiVersion: security.istio.io/v1

@@ -3,7 +3,8 @@ NetworkPolicy of one sharemesh service: only the edge accepts traffic from outsi
 namespace; every service accepts the release's own services (on any port: mesh proxies use
 extra ones, e.g. Linkerd's inbound 4143) and /metrics scrapers (plus the mesh's metrics port:
 Istio's merged 15020, the Linkerd proxy's 4191); egress is DNS, the release's pods, NATS,
-PostgreSQL, the mesh control plane, the OTLP collector and networkPolicies.extraEgress. The
+PostgreSQL, the mesh control plane, the OTLP collector, the identity provider (auth.issuer) and
+networkPolicies.extraEgress. The
 kubelet's probes come from the pod's node, which NetworkPolicies always allow.
 */}}
 {{/* The ports scrapers may reach: the app's metrics and the mesh's own. */}}
@@ -126,6 +127,18 @@ spec:
     - ports:
         - port: {{ $np.otlpPort }}
           protocol: TCP
+    {{- end }}
+    {{- if include "sharemesh.oidc" $root }}
+    # The identity provider (auth.issuer): its discovery document and signing keys.
+    - ports:
+        {{- range $p := include "sharemesh.identityProviderPorts" $root | fromJsonArray }}
+        - port: {{ int $p }}
+          protocol: TCP
+        {{- end }}
+      {{- with $np.identityProvider.to }}
+      to:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
     {{- end }}
     {{- with $np.extraEgress }}
     {{- toYaml . | nindent 4 }}

@@ -1,5 +1,5 @@
 {{/*
-The data of the Secret <release>-secrets: the JWT key and, when a service keeps PostgreSQL, the
+The data of the Secret <release>-secrets: the JWT key (HS256 mode), the service key and, when a service keeps PostgreSQL, the
 passwords and URLs. Each value comes from values.yaml, else from the live Secret (lookup, so
 upgrades keep generated values), else is generated. Computed once per render and remembered, so
 the Secret and every pod's checksum/secret see the same values (even where lookup cannot read
@@ -13,7 +13,12 @@ the cluster and the values are freshly generated, e.g. `helm template`).
 {{- $liveData := (get $live "data") | default dict -}}
 {{- $pg := .Values.postgresql -}}
 {{- $data := dict -}}
+{{- /* HS256 mode only: with an identity provider the services refuse a JWT key. */ -}}
+{{- if not (include "sharemesh.oidc" .) -}}
 {{- $_ := set $data "SHAREMESH_JWT_SECRET" (.Values.auth.jwtSecret | default ((get $liveData "SHAREMESH_JWT_SECRET") | default "" | b64dec) | default (randAlphaNum 48)) -}}
+{{- end -}}
+{{- /* Both modes: the key of the calls between services (and of page tokens), one for every replica. */ -}}
+{{- $_ := set $data "SHAREMESH_SERVICE_SECRET" (.Values.auth.serviceSecret | default ((get $liveData "SHAREMESH_SERVICE_SECRET") | default "" | b64dec) | default (randAlphaNum 48)) -}}
 {{- if include "sharemesh.usesPostgres" . -}}
 {{- if eq $pg.mode "internal" -}}
 {{- $_ := set $data "POSTGRES_PASSWORD" ($pg.auth.adminPassword | default ((get $liveData "POSTGRES_PASSWORD") | default "" | b64dec) | default (randAlphaNum 32)) -}}

@@ -132,11 +132,24 @@ spec:
             - configMapRef:
                 name: {{ $full }}
           env:
+            {{- $oidc := include "sharemesh.oidc" $root }}
+            {{- if not $oidc }}
             - name: SHAREMESH_JWT_SECRET
               valueFrom:
                 secretKeyRef:
                   name: {{ include "sharemesh.secretName" $root }}
                   key: SHAREMESH_JWT_SECRET
+            {{- end }}
+            - name: SHAREMESH_SERVICE_SECRET
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "sharemesh.secretName" $root }}
+                  key: SHAREMESH_SERVICE_SECRET
+                  {{- if and $root.Values.secrets.existingSecret (not $oidc) }}
+                  # HS256 mode: an existing Secret without this key still works (the services
+                  # derive the service key from SHAREMESH_JWT_SECRET).
+                  optional: true
+                  {{- end }}
             {{- if eq $storage "postgres" }}
             - name: DATABASE_URL
               valueFrom:
