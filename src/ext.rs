@@ -92,6 +92,42 @@ impl TimeWindow {
     }
 }
 
+/// The stored form of the contracts' enums: the name without the enum's prefix (`CAR` for
+/// `LISTING_KIND_CAR`), written once here for every service's tables; UNSPECIFIED is `""`.
+macro_rules! stored_form {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The name a table stores (`""` for UNSPECIFIED).
+            pub const fn stored(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                    Self::Unspecified => "",
+                }
+            }
+
+            /// The value a table stored; UNSPECIFIED for anything else.
+            pub fn from_stored(stored: &str) -> Self {
+                match stored {
+                    $($name => Self::$variant,)+
+                    _ => Self::Unspecified,
+                }
+            }
+        }
+    };
+}
+
+stored_form!(crate::common::v1::ListingKind { Car => "CAR", Talent => "TALENT" });
+stored_form!(crate::payment::v1::PaymentStatus { Approved => "APPROVED", Declined => "DECLINED", Cancelled => "CANCELLED" });
+stored_form!(crate::catalog::v1::ListingStatus { Active => "ACTIVE", Deleted => "DELETED" });
+stored_form!(crate::reservation::v1::ReservationStatus {
+    Pending => "PENDING",
+    Paid => "PAID",
+    Confirmed => "CONFIRMED",
+    Rejected => "REJECTED",
+    CancelRequested => "CANCEL_REQUESTED",
+    Cancelled => "CANCELLED",
+});
+
 impl Money {
     /// `amount_minor` units of `currency`.
     pub fn new(amount_minor: i64, currency: &str) -> Self {
@@ -185,6 +221,22 @@ mod tests {
             (m.correlation_id.as_str(), m.causation_id.as_str(), m.actor_id.as_str()),
             ("r-1", "e-0", "alice")
         );
+    }
+
+    #[test]
+    fn stored_forms_roundtrip() {
+        use crate::common::v1::ListingKind;
+        use crate::payment::v1::PaymentStatus;
+        use crate::reservation::v1::ReservationStatus;
+        for kind in [ListingKind::Car, ListingKind::Talent, ListingKind::Unspecified] {
+            assert_eq!(ListingKind::from_stored(kind.stored()), kind);
+        }
+        for s in [PaymentStatus::Approved, PaymentStatus::Declined, PaymentStatus::Cancelled] {
+            assert_eq!(PaymentStatus::from_stored(s.stored()), s);
+            assert_eq!(format!("PAYMENT_STATUS_{}", s.stored()), s.as_str_name());
+        }
+        assert_eq!(ReservationStatus::CancelRequested.stored(), "CANCEL_REQUESTED");
+        assert_eq!(ReservationStatus::from_stored("garbage"), ReservationStatus::Unspecified);
     }
 
     #[test]

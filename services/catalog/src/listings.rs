@@ -224,8 +224,7 @@ impl Catalog {
 /// The kind filter as stored.
 pub fn kind_filter(kind: ListingKind) -> Option<&'static str> {
     match kind {
-        ListingKind::Car => Some("CAR"),
-        ListingKind::Talent => Some("TALENT"),
+        ListingKind::Car | ListingKind::Talent => Some(kind.stored()),
         ListingKind::Unspecified => None,
     }
 }

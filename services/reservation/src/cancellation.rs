@@ -2,6 +2,7 @@
 //! (`ReservationCancelRequested`) -> payment refunds (`PaymentCancelled`) -> CANCELLED
 //! (`ReservationCancelled`) -> catalog releases the booking (`ListingReleased`).
 
+use sharemesh_contracts::payment::v1::PaymentStatus;
 use sharemesh_contracts::reservation::v1::Reservation;
 use sharemesh_mesh::auth::Caller;
 use sharemesh_mesh::storage::WriteTxn;
@@ -51,10 +52,11 @@ impl Reservations {
         let Some(mut row) = repo::find(&**tx, reservation_id).await? else {
             return Err(ReservationError::NotFound(format!("reservation {reservation_id} not found")));
         };
-        if row.payment_status == "CANCELLED" && row.status != domain::CANCEL_REQUESTED {
+        let refunded = PaymentStatus::Cancelled.stored();
+        if row.payment_status == refunded && row.status != domain::CANCEL_REQUESTED {
             return Ok(());
         }
-        row.payment_status = "CANCELLED".into();
+        row.payment_status = refunded.into();
         if row.status == domain::CANCEL_REQUESTED {
             row.status = domain::CANCELLED.into();
             self.apply_in(tx, &mut row, Some(ReservationChange::Cancelled), Some(event_id), "")

@@ -6,42 +6,26 @@ use std::time::Duration;
 use sharemesh_contracts::reservation::v1::ReservationStatus;
 
 /// Waiting for the saga: hold, payment, booking.
-pub const PENDING: &str = "PENDING";
+pub const PENDING: &str = ReservationStatus::Pending.stored();
 /// Paid; waits for the host unless the listing's kind auto-confirms.
-pub const PAID: &str = "PAID";
+pub const PAID: &str = ReservationStatus::Paid.stored();
 /// Confirmed by the host (or at once).
-pub const CONFIRMED: &str = "CONFIRMED";
+pub const CONFIRMED: &str = ReservationStatus::Confirmed.stored();
 /// Refused: window taken, payment declined or unavailable; nothing held or charged.
-pub const REJECTED: &str = "REJECTED";
+pub const REJECTED: &str = ReservationStatus::Rejected.stored();
 /// The customer or host asked to cancel; the refund is under way.
-pub const CANCEL_REQUESTED: &str = "CANCEL_REQUESTED";
+pub const CANCEL_REQUESTED: &str = ReservationStatus::CancelRequested.stored();
 /// Refunded and released.
-pub const CANCELLED: &str = "CANCELLED";
+pub const CANCELLED: &str = ReservationStatus::Cancelled.stored();
 
 /// The status as the proto enum.
 pub fn status_of(s: &str) -> ReservationStatus {
-    match s {
-        PENDING => ReservationStatus::Pending,
-        PAID => ReservationStatus::Paid,
-        CONFIRMED => ReservationStatus::Confirmed,
-        REJECTED => ReservationStatus::Rejected,
-        CANCEL_REQUESTED => ReservationStatus::CancelRequested,
-        CANCELLED => ReservationStatus::Cancelled,
-        _ => ReservationStatus::Unspecified,
-    }
+    ReservationStatus::from_stored(s)
 }
 
 /// The stored name of a proto status (`None` for UNSPECIFIED).
 pub fn status_name(s: ReservationStatus) -> Option<&'static str> {
-    Some(match s {
-        ReservationStatus::Pending => PENDING,
-        ReservationStatus::Paid => PAID,
-        ReservationStatus::Confirmed => CONFIRMED,
-        ReservationStatus::Rejected => REJECTED,
-        ReservationStatus::CancelRequested => CANCEL_REQUESTED,
-        ReservationStatus::Cancelled => CANCELLED,
-        ReservationStatus::Unspecified => return None,
-    })
+    Some(s.stored()).filter(|name| !name.is_empty())
 }
 
 /// Where a PENDING reservation's saga stands; what recovery resumes from.

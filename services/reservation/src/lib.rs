@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sharemesh_contracts::common::v1::ListingKind;
 use sharemesh_contracts::events::ReservationChange;
 use sharemesh_contracts::reservation::v1::reservation_service_server::ReservationServiceServer;
 use sharemesh_mesh::auth::Verifier;
@@ -68,7 +69,7 @@ impl ReservationConfig {
         let mut auto_confirm = Vec::new();
         if !auto.eq_ignore_ascii_case("none") {
             for kind in auto.split(',').map(|k| k.trim().to_ascii_uppercase()).filter(|k| !k.is_empty()) {
-                if kind != "CAR" && kind != "TALENT" {
+                if ListingKind::from_stored(&kind) == ListingKind::Unspecified {
                     return Err(ConfigError::invalid(ENV_AUTO_CONFIRM, &auto, "use CAR, TALENT, CAR,TALENT or none"));
                 }
                 auto_confirm.push(kind);

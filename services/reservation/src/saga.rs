@@ -149,11 +149,7 @@ impl Reservations {
                 let res = res.into_inner();
                 let listing = res.listing.unwrap_or_default();
                 let amount = res.amount.unwrap_or_default();
-                row.listing_kind = match ListingKind::try_from(listing.kind) {
-                    Ok(ListingKind::Car) => "CAR".into(),
-                    Ok(ListingKind::Talent) => "TALENT".into(),
-                    _ => String::new(),
-                };
+                row.listing_kind = ListingKind::try_from(listing.kind).unwrap_or_default().stored().into();
                 row.listing_title = listing.title;
                 row.host_id = listing.host_id;
                 row.amount_minor = amount.amount_minor;
@@ -196,7 +192,7 @@ impl Reservations {
     async fn settle_payment(&self, row: &mut ReservationRow, payment: Payment) -> Result<(), ReservationError> {
         let status = PaymentStatus::try_from(payment.status).unwrap_or(PaymentStatus::Unspecified);
         row.payment_id = payment.payment_id;
-        row.payment_status = status.as_str_name().trim_start_matches("PAYMENT_STATUS_").to_owned();
+        row.payment_status = status.stored().to_owned();
         if let Some(card) = payment.card {
             row.card_brand = card.brand;
             row.card_last4 = card.last4;

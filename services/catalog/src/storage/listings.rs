@@ -61,25 +61,21 @@ pub mod entity {
 pub use entity::Model as ListingRow;
 
 /// `ACTIVE`.
-pub const ACTIVE: &str = "ACTIVE";
+pub const ACTIVE: &str = ListingStatus::Active.stored();
 /// `DELETED`.
-pub const DELETED: &str = "DELETED";
+pub const DELETED: &str = ListingStatus::Deleted.stored();
 
 impl ListingRow {
     /// The kind as the proto enum.
     pub fn kind(&self) -> ListingKind {
-        match self.kind.as_str() {
-            "CAR" => ListingKind::Car,
-            "TALENT" => ListingKind::Talent,
-            _ => ListingKind::Unspecified,
-        }
+        ListingKind::from_stored(&self.kind)
     }
 
     /// Sets the details columns from proto details (the other kind's columns are cleared).
     pub fn set_details(&mut self, details: &listing::Details) {
         match details {
             listing::Details::Car(car) => {
-                self.kind = "CAR".into();
+                self.kind = ListingKind::Car.stored().into();
                 self.car_model = Some(car.model.clone());
                 self.car_type = Some(car.car_type);
                 self.seats = Some(car.seats);
@@ -87,7 +83,7 @@ impl ListingRow {
                 self.session_minutes = None;
             }
             listing::Details::Talent(t) => {
-                self.kind = "TALENT".into();
+                self.kind = ListingKind::Talent.stored().into();
                 self.category = Some(t.category.clone());
                 self.session_minutes = Some(t.session_minutes);
                 self.car_model = None;

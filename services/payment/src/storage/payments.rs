@@ -50,21 +50,16 @@ pub mod entity {
 pub use entity::Model as PaymentRow;
 
 /// The card was charged.
-pub const APPROVED: &str = "APPROVED";
+pub const APPROVED: &str = PaymentStatus::Approved.stored();
 /// The card was declined; nothing was charged.
-pub const DECLINED: &str = "DECLINED";
+pub const DECLINED: &str = PaymentStatus::Declined.stored();
 /// Refunded, or voided before any charge.
-pub const CANCELLED: &str = "CANCELLED";
+pub const CANCELLED: &str = PaymentStatus::Cancelled.stored();
 
 impl PaymentRow {
     /// The status as the proto enum.
     pub fn status(&self) -> PaymentStatus {
-        match self.status.as_str() {
-            APPROVED => PaymentStatus::Approved,
-            DECLINED => PaymentStatus::Declined,
-            CANCELLED => PaymentStatus::Cancelled,
-            _ => PaymentStatus::Unspecified,
-        }
+        PaymentStatus::from_stored(&self.status)
     }
 
     /// The row as the API's `Payment`.

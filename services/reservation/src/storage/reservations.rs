@@ -87,17 +87,8 @@ impl ReservationRow {
 
     /// The row as the API's `Reservation`.
     pub fn to_proto(&self) -> Reservation {
-        let kind = match self.listing_kind.as_str() {
-            "CAR" => ListingKind::Car,
-            "TALENT" => ListingKind::Talent,
-            _ => ListingKind::Unspecified,
-        };
-        let payment_status = match self.payment_status.as_str() {
-            "APPROVED" => PaymentStatus::Approved,
-            "DECLINED" => PaymentStatus::Declined,
-            "CANCELLED" => PaymentStatus::Cancelled,
-            _ => PaymentStatus::Unspecified,
-        };
+        let kind = ListingKind::from_stored(&self.listing_kind);
+        let payment_status = PaymentStatus::from_stored(&self.payment_status);
         Reservation {
             reservation_id: self.reservation_id.clone(),
             request_id: self.request_id.clone(),
