@@ -6,11 +6,13 @@
 //! - [`config`]: environment variables, validated at start, errors naming the variable;
 //! - [`telemetry`]: `tracing`, OpenTelemetry export and W3C propagation, Prometheus metrics;
 //! - [`auth`]: bearer JWTs, roles, the [`auth::Caller`] of a request;
-//! - [`server`]: gRPC server bootstrap with health, reflection, gRPC-Web and graceful drain;
+//! - [`server`]: gRPC server bootstrap with health, reflection, gRPC-Web ([`grpc_web`]) and
+//!   graceful drain;
 //! - [`caller_errors`]: a request tonic cannot decode is answered INVALID_ARGUMENT, not INTERNAL;
 //! - [`storage`]: sea-orm connections (SQLite or PostgreSQL) and SQL migrations;
 //! - [`events`]: JetStream streams, the transactional outbox relay and the inbox consumer;
 //! - [`client`]: the resilient service-to-service client stack;
+//! - [`status`]: the one rejection type every service answers with, mapped to gRPC once;
 //! - [`page`]: opaque page tokens;
 //! - [`runtime`]: the start-up sequence every service shares;
 //! - [`failpoint`]: named crash points that fault tests arm.

@@ -3,9 +3,10 @@
 //! has a `google.api.http` annotation; no route is written by hand.
 //!
 //! Read in this order: [`template`] and [`routes`] (the route table from the descriptors) ->
-//! [`transcode`] (JSON <-> protobuf) -> [`handlers`] (REST, gRPC pass-through) -> [`policy`]
-//! (request ids, load shedding, rate limits, tokens) -> [`errors`] (every error, once) ->
-//! [`openapi`] (the document generated from the same descriptors).
+//! [`transcode`] (JSON <-> protobuf) -> [`codec`] (gRPC framing) -> [`handlers`] (REST, gRPC
+//! pass-through) -> [`upstream`] (the clients of the services) -> [`policy`] (request ids, load
+//! shedding, rate limits, tokens) -> [`errors`] (every error, once) -> [`openapi`] (the document
+//! generated from the same descriptors).
 #![forbid(unsafe_code)]
 
 pub mod codec;
