@@ -3,7 +3,7 @@
 //! has a `google.api.http` annotation; no route is written by hand.
 //!
 //! Read in this order: [`template`] and [`routes`] (the route table from the descriptors) ->
-//! [`transcode`] (JSON <-> protobuf) -> [`codec`] (gRPC framing) -> [`handlers`] (REST, gRPC
+//! [`transcode`] (JSON <-> protobuf) -> [`codec`] (those bytes through tonic) -> [`handlers`] (REST, gRPC
 //! pass-through) -> [`upstream`] (the clients of the services) -> [`policy`] (request ids, load
 //! shedding, rate limits, tokens) -> [`errors`] (every error, once) -> [`openapi`] (the document
 //! generated from the same descriptors).
