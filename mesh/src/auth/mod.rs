@@ -296,7 +296,7 @@ fn unauthenticated(reason: impl fmt::Display) -> Status {
 /// How user tokens are checked.
 enum Users {
     /// HS256 with the shared secret.
-    Hs256 { key: DecodingKey, validation: Validation },
+    Hs256 { key: DecodingKey, validation: Box<Validation> },
     /// An identity provider's keys.
     Oidc(oidc::Keys),
 }
@@ -328,7 +328,7 @@ impl Verifier {
                 validation.leeway = 5;
                 Users::Hs256 {
                     key: DecodingKey::from_secret(config.secret.as_bytes()),
-                    validation,
+                    validation: Box::new(validation),
                 }
             }
         };
