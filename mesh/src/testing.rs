@@ -155,3 +155,53 @@ impl PgDatabase {
         }
     }
 }
+
+/// A gRPC server in this process, reached over in-memory pipes (`tokio::io::duplex`) instead of
+/// sockets: for tests of one service against real others without ports or processes, as tonic's
+/// own `mock` example does. [`InMemory::set_down`] makes every call answer UNAVAILABLE, as an
+/// unreachable upstream would.
+pub struct InMemory {
+    /// A channel to the server.
+    pub channel: tonic::transport::Channel,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl InMemory {
+    /// Serves `routes` (inside a tokio runtime).
+    pub fn serve(routes: tonic::service::Routes) -> Self {
+        use std::sync::atomic::Ordering;
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<tokio::io::DuplexStream, std::io::Error>>();
+        let switch = down.clone();
+        let outage = tonic::service::InterceptorLayer::new(move |req: tonic::Request<()>| {
+            if switch.load(Ordering::Relaxed) {
+                Err(tonic::Status::unavailable("in-memory upstream is down"))
+            } else {
+                Ok(req)
+            }
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(outage)
+                .add_routes(routes)
+                .serve_with_incoming(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)),
+        );
+        let channel = tonic::transport::Endpoint::from_static("http://in-memory.test").connect_with_connector_lazy(tower::service_fn(
+            move |_: http::Uri| {
+                let tx = tx.clone();
+                async move {
+                    let (client, server) = tokio::io::duplex(1 << 16);
+                    tx.send(Ok(server))
+                        .map_err(|_| std::io::Error::other("the in-memory server stopped"))?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
+                }
+            },
+        ));
+        Self { channel, down }
+    }
+
+    /// Makes every call answer UNAVAILABLE (`true`) or be served again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Relaxed);
+    }
+}

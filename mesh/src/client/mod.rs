@@ -128,12 +128,24 @@ pub struct Upstream {
 /// Builds the stack for `upstream`. The connection is lazy: building never fails because the
 /// upstream is down; calls do, with UNAVAILABLE.
 pub fn connect(upstream: Upstream, policy: ClientPolicy) -> Result<(ResilientChannel, Arc<breaker::Breaker>), tonic::transport::Error> {
-    let endpoint = tonic::transport::Endpoint::from_shared(upstream.uri.clone())?
+    let channel = lazy_channel(&upstream.uri, policy)?;
+    Ok(over(upstream, policy, channel))
+}
+
+/// A lazily connecting HTTP/2 channel to `uri` (connect timeout within the call deadline,
+/// TCP_NODELAY, keep-alive pings): what [`connect`] puts under the stack.
+pub fn lazy_channel(uri: &str, policy: ClientPolicy) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(uri.to_owned())?
         .connect_timeout(policy.timeout.min(Duration::from_secs(1)))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    let channel = endpoint.connect_lazy();
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// The stack for `upstream` over a channel made elsewhere — an in-memory one in tests (tonic's
+/// `Endpoint::connect_with_connector` over `tokio::io::duplex`), or one with TLS.
+pub fn over(upstream: Upstream, policy: ClientPolicy, channel: tonic::transport::Channel) -> (ResilientChannel, Arc<breaker::Breaker>) {
     let breaker = Arc::new(breaker::Breaker::new(&upstream.name, policy.breaker_failures, policy.breaker_open));
     let stack = ServiceBuilder::new()
         .layer(shed::ShedLayer::new(&upstream.name, policy.concurrency))
@@ -146,7 +158,7 @@ pub fn connect(upstream: Upstream, policy: ClientPolicy) -> Result<(ResilientCha
         ))
         .layer(outbound::OutboundLayer::new(upstream.identity.clone()).with_target(&upstream.uri))
         .service(channel);
-    Ok((BoxCloneSyncService::new(tower::ServiceExt::map_err(stack, ClientError)), breaker))
+    (BoxCloneSyncService::new(tower::ServiceExt::map_err(stack, ClientError)), breaker)
 }
 
 /// A `tonic::Status` as a stack error.

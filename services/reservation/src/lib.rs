@@ -17,6 +17,9 @@ pub mod saga;
 pub mod storage;
 pub mod upstream;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

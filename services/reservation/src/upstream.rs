@@ -9,7 +9,8 @@ use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClie
 use sharemesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
 use sharemesh_mesh::auth::{AuthConfig, Minter};
 use sharemesh_mesh::client::breaker::{Breaker, State};
-use sharemesh_mesh::client::{ClientPolicy, ResilientChannel, Upstream, connect};
+use sharemesh_mesh::client::{ClientPolicy, ResilientChannel, Upstream, lazy_channel, over};
+use tonic::transport::Channel;
 
 use crate::domain::ReservationError;
 
@@ -27,6 +28,17 @@ pub struct Upstreams {
 impl Upstreams {
     /// Clients of `catalog_uri` and `payment_uri` (connections are lazy).
     pub fn new(catalog_uri: &str, payment_uri: &str, policy: ClientPolicy, auth: &AuthConfig) -> Result<Self, tonic::transport::Error> {
+        Ok(Self::over(
+            (catalog_uri, lazy_channel(catalog_uri, policy)?),
+            (payment_uri, lazy_channel(payment_uri, policy)?),
+            policy,
+            auth,
+        ))
+    }
+
+    /// Clients over channels made elsewhere (in-memory ones in tests); the URIs name the
+    /// upstreams in spans.
+    pub fn over(catalog: (&str, Channel), payment: (&str, Channel), policy: ClientPolicy, auth: &AuthConfig) -> Self {
         let identity = Some((Minter::new(auth), "reservation".to_owned()));
         // Retried only where the contracts declare the call idempotent (all the saga's calls are).
         let idempotent = |service: &str| -> Arc<[String]> {
@@ -35,30 +47,28 @@ impl Upstreams {
                 .filter(|m| m.starts_with(service))
                 .collect()
         };
-        let (catalog, catalog_breaker) = connect(
-            Upstream {
-                name: "catalog".into(),
-                uri: catalog_uri.into(),
-                idempotent: idempotent("/sharemesh.catalog.v1.CatalogService/"),
-                identity: identity.clone(),
-            },
+        let upstream = |name: &str, uri: &str, service: &str| Upstream {
+            name: name.into(),
+            uri: uri.into(),
+            idempotent: idempotent(service),
+            identity: identity.clone(),
+        };
+        let (catalog_channel, catalog_breaker) = over(
+            upstream("catalog", catalog.0, "/sharemesh.catalog.v1.CatalogService/"),
             policy,
-        )?;
-        let (payment, payment_breaker) = connect(
-            Upstream {
-                name: "payment".into(),
-                uri: payment_uri.into(),
-                idempotent: idempotent("/sharemesh.payment.v1.PaymentService/"),
-                identity,
-            },
+            catalog.1,
+        );
+        let (payment_channel, payment_breaker) = over(
+            upstream("payment", payment.0, "/sharemesh.payment.v1.PaymentService/"),
             policy,
-        )?;
-        Ok(Self {
-            catalog: CatalogServiceClient::new(catalog),
-            payment: PaymentServiceClient::new(payment),
+            payment.1,
+        );
+        Self {
+            catalog: CatalogServiceClient::new(catalog_channel),
+            payment: PaymentServiceClient::new(payment_channel),
             catalog_breaker,
             payment_breaker,
-        })
+        }
     }
 
     fn breaker(&self, upstream: &str) -> Option<&Breaker> {
