@@ -113,11 +113,17 @@ pub(crate) fn grpc_code(status: &tonic::Status) -> String {
     format!("{:?}", status.code())
 }
 
-/// The REST client every worker shares: HTTP/1.1 with a keep-alive pool as big as the load.
-pub(crate) type RestClient = Client<HttpConnector, Empty<Bytes>>;
+/// The REST client every worker shares: HTTP/1.1 with a keep-alive pool as big as the load
+/// (request bodies of type `B`: empty for reads).
+pub(crate) type RestClient<B = Empty<Bytes>> = Client<HttpConnector, B>;
 
 /// A pooled HTTP/1.1 client keeping up to `idle` connections per host.
-pub(crate) fn rest_client(idle: usize) -> RestClient {
+pub(crate) fn rest_client<B>(idle: usize) -> RestClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())

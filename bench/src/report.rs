@@ -95,6 +95,23 @@ pub(crate) struct Row {
     pub(crate) cpu_percent: Vec<(String, f64)>,
     /// Seconds after the window until every event consumer had caught up (writes only).
     pub(crate) backlog_drained_s: Option<f64>,
+    /// CPU of the mesh's processes (services and NATS, not the load generator) per successful
+    /// operation, ms (writes only).
+    pub(crate) cpu_ms_per_op: Option<f64>,
+}
+
+impl Row {
+    /// Fills [`Row::cpu_ms_per_op`] from the row's CPU use and throughput.
+    pub(crate) fn with_cpu_per_op(mut self) -> Self {
+        let mesh_percent: f64 = self
+            .cpu_percent
+            .iter()
+            .filter(|(name, _)| name != "bench" && name != "other")
+            .map(|(_, p)| p)
+            .sum();
+        self.cpu_ms_per_op = (self.summary.rps > 0.0).then(|| mesh_percent / 100.0 / self.summary.rps * 1000.0);
+        self
+    }
 }
 
 /// Resident memory of one service.
@@ -224,6 +241,12 @@ impl Report {
                 line(&mut out, format!("{:<44}   errors by code: {}", "", codes.join(", ")));
             }
             line(&mut out, format!("{:<44}   {}", "", cpu_line(&r.cpu_percent)));
+            if let Some(ms) = r.cpu_ms_per_op {
+                line(
+                    &mut out,
+                    format!("{:<44}   CPU of the mesh (services + NATS) per operation: {ms:.2} ms", ""),
+                );
+            }
             if let Some(drained) = r.backlog_drained_s {
                 line(
                     &mut out,

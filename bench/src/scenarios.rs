@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use serde::Serialize;
 use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClient;
 use sharemesh_contracts::catalog::v1::{CarDetails, CarType, GetListingRequest, RegisterListingRequest, register_listing_request};
@@ -239,6 +239,36 @@ pub(crate) async fn get_listing_rest(base: &str, cfg: LoadConfig, listing_id: &s
             // Read the whole body: the JSON is part of the cost, and the connection goes back to the pool.
             let body = res.into_body().collect().await.map_err(|_| "http body".to_owned())?;
             if status == http::StatusCode::OK && !body.to_bytes().is_empty() {
+                Ok(())
+            } else {
+                Err(format!("http {}", status.as_u16()))
+            }
+        }
+    })
+    .await)
+}
+
+/// Scenario 7, `POST /v1/listings` on the edge: a host registering cars as JSON over a shared
+/// HTTP/1.1 keep-alive pool (what the seeds' `siege -c100 -b` did to their `/rooms`).
+pub(crate) async fn register_listing_rest(base: &str, cfg: LoadConfig, token: &str) -> Result<Summary, String> {
+    let client: RestClient<Full<Bytes>> = load::rest_client(cfg.concurrency);
+    let uri: http::Uri = format!("{base}/v1/listings").parse().map_err(|e| format!("REST uri: {e}"))?;
+    let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| format!("token header: {e}"))?;
+    let body = Bytes::from_static(
+        br#"{"title":"Siege car","price":{"amountMinor":"12000","currency":"KRW"},"car":{"model":"Avante","carType":"CAR_TYPE_SEDAN","seats":5}}"#,
+    );
+    Ok(load::run(cfg, move |_, _| {
+        let client = client.clone();
+        let req = http::Request::post(uri.clone())
+            .header(http::header::AUTHORIZATION, auth.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()));
+        async move {
+            let req = req.map_err(|e| format!("request: {e}"))?;
+            let res = client.request(req).await.map_err(|_| "http transport".to_owned())?;
+            let status = res.status();
+            res.into_body().collect().await.map_err(|_| "http body".to_owned())?;
+            if status == http::StatusCode::OK {
                 Ok(())
             } else {
                 Err(format!("http {}", status.as_u16()))
