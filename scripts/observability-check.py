@@ -92,6 +92,15 @@ def http(method: str, url: str, token: str | None = None, body: str | None = Non
         return e.code, parse(e.read())
 
 
+def listening(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def wait(what: str, f, limit: float = 60.0):
     end = time.time() + limit
     while time.time() < end:
@@ -165,6 +174,9 @@ def main() -> int:
         procs.append(subprocess.Popen([BIN, "dev"], env=env, stdout=subprocess.DEVNULL, stderr=log))
         edge = f"http://127.0.0.1:{base}"
         wait("sharemesh dev serving", lambda: http("GET", f"{edge}/healthz")[0] == 200)
+        # Each service listens only after its migrations; the edge binds first.
+        for port in range(base, base + 6):
+            wait(f"port {port} listening", lambda port=port: listening(port))
 
         config = os.path.join(work, "prometheus.yml")
         with open(config, "w") as f:

@@ -60,17 +60,21 @@ impl Dev {
             child,
             _dir: dir,
         };
-        let addr = format!("127.0.0.1:{base}");
-        let log = dev.log.clone();
-        eventually(
-            Duration::from_secs(60),
-            &format!("sharemesh dev listening (log: {})", log.display()),
-            || {
-                let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ()) }
-            },
-        )
-        .await;
+        // Every service listens only after its migrations: wait for all six, not just the edge
+        // (the edge binds first and would answer `tcp connect error` for a catalog still starting).
+        for port in base..base + 6 {
+            let addr = format!("127.0.0.1:{port}");
+            let log = dev.log.clone();
+            eventually(
+                Duration::from_secs(60),
+                &format!("sharemesh dev listening on {addr} (log: {})", log.display()),
+                || {
+                    let addr = addr.clone();
+                    async move { tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ()) }
+                },
+            )
+            .await;
+        }
         assert_eq!(rest(&dev.edge, "GET", "/healthz", None, None).await.status, 200);
         dev
     }
