@@ -94,6 +94,14 @@ for i in $(seq 1 120); do
   [ "$i" -lt 120 ] || { tail -n 30 "$DATA_DIR/dev.log" >&2; die "GET $BASE_URL/healthz did not answer 200 within 60s"; }
   sleep 0.5
 done
+# Every service listens only after its migrations; the edge binds first.
+for port in $(seq "$EDGE_PORT" $((EDGE_PORT + 5))); do
+  for i in $(seq 1 120); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    [ "$i" -lt 120 ] || die "port $port did not listen within 60s"
+    sleep 0.5
+  done
+done
 say "edge is up"
 
 # The document must be valid OpenAPI before it is worth fuzzing from.
