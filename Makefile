@@ -12,7 +12,7 @@ TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo 
 .PHONY: help deps build run test test-unit lint fmt clean clients fuzz-edge contracts-release
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 deps: ## install what a fresh machine lacks (nats-server, the pinned version, under .tools/)
 	@scripts/deps.sh
