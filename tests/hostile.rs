@@ -10,9 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http_body_util::BodyExt;
 use prost::Message;
 use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClient;
-use sharemesh_contracts::catalog::v1::{
-    CarDetails, CarType, GetListingRequest, HoldListingRequest, ListListingsRequest, RegisterListingRequest, register_listing_request,
-};
+use sharemesh_contracts::catalog::v1::{GetListingRequest, HoldListingRequest, ListListingsRequest};
 use sharemesh_contracts::common::v1::{Money, TimeWindow};
 use sharemesh_contracts::payment::v1::ApprovePaymentRequest;
 use sharemesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
@@ -27,22 +25,9 @@ use tower::ServiceExt;
 const GET_LISTING: &str = "/sharemesh.catalog.v1.CatalogService/GetListing";
 const DAY: i64 = 86_400;
 
-fn car() -> RegisterListingRequest {
-    RegisterListingRequest {
-        title: "Avante 2030".into(),
-        description: String::new(),
-        price: Some(Money::new(10_000, "KRW")),
-        details: Some(register_listing_request::Details::Car(CarDetails {
-            model: "Avante".into(),
-            car_type: CarType::Sedan as i32,
-            seats: 5,
-        })),
-    }
-}
-
 async fn register_car(m: &FullMesh) -> String {
     CatalogServiceClient::new(m.mesh.catalog.channel().await)
-        .register_listing(authed(car(), &token("host-1", Role::Host)))
+        .register_listing(authed(car_listing("Avante 2030"), &token("host-1", Role::Host)))
         .await
         .unwrap()
         .into_inner()

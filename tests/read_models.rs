@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClient;
-use sharemesh_contracts::catalog::v1::{CarDetails, CarType, RegisterListingRequest, TalentDetails, register_listing_request};
+use sharemesh_contracts::catalog::v1::{RegisterListingRequest, TalentDetails, register_listing_request};
 use sharemesh_contracts::common::v1::{Money, TimeWindow};
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message};
 use sharemesh_contracts::payment::v1::PaymentStatus;
@@ -22,19 +22,6 @@ use tonic::transport::Channel;
 
 const HOUR: i64 = 3_600_000;
 const T0: i64 = 1_893_456_000_000;
-
-fn car(title: &str) -> RegisterListingRequest {
-    RegisterListingRequest {
-        title: title.into(),
-        description: String::new(),
-        price: Some(Money::new(10_000, "KRW")),
-        details: Some(register_listing_request::Details::Car(CarDetails {
-            model: "Avante".into(),
-            car_type: CarType::Sedan as i32,
-            seats: 5,
-        })),
-    }
-}
 
 fn talent(title: &str) -> RegisterListingRequest {
     RegisterListingRequest {
@@ -84,7 +71,7 @@ async fn read_models_and_messages_follow_every_flow() {
     let view = mesh.add("view", &[]).await;
     let message = mesh.add("message", &[]).await;
     let mut r = ReservationServiceClient::new(mesh.reservation.channel().await);
-    let car_id = register(&mesh, "host-1", car("Avante 2030")).await;
+    let car_id = register(&mesh, "host-1", car_listing("Avante 2030")).await;
     let talent_id = register(&mesh, "host-2", talent("Bookkeeping")).await;
 
     let booked = place(&mut r, "alice", &car_id, 0, true).await.unwrap();
@@ -219,7 +206,7 @@ async fn reservations_go_on_while_message_and_view_are_down() {
     let mut message = mesh.add("message", &[("SHAREMESH_INBOX_ACK_WAIT", "2s")]).await;
     let mut listings = Vec::new();
     for i in 0..10 {
-        listings.push(register(&mesh, "host-1", car(&format!("Car {i}"))).await);
+        listings.push(register(&mesh, "host-1", car_listing(&format!("Car {i}"))).await);
     }
     view.kill().await;
     message.kill().await;
@@ -268,7 +255,7 @@ async fn rebuild_replays_the_streams_into_the_same_rows() {
     let mesh = Mesh::start(&[]).await;
     let view = mesh.add("view", &[]).await;
     let mut r = ReservationServiceClient::new(mesh.reservation.channel().await);
-    let car_id = register(&mesh, "host-1", car("Avante")).await;
+    let car_id = register(&mesh, "host-1", car_listing("Avante")).await;
     let talent_id = register(&mesh, "host-2", talent("Bookkeeping")).await;
     let a = place(&mut r, "alice", &car_id, 0, true).await.unwrap();
     place(&mut r, "bob", &talent_id, 0, true).await.unwrap();

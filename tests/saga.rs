@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClient;
-use sharemesh_contracts::catalog::v1::{
-    CarDetails, CarType, ListListingsRequest, RegisterListingRequest, TalentDetails, register_listing_request,
-};
+use sharemesh_contracts::catalog::v1::{ListListingsRequest, RegisterListingRequest, TalentDetails, register_listing_request};
 use sharemesh_contracts::common::v1::{Money, TimeWindow};
 use sharemesh_contracts::payment::v1::{PaymentCancelled, PaymentStatus};
 use sharemesh_contracts::reservation::v1::reservation_service_client::ReservationServiceClient;
@@ -24,19 +22,6 @@ use tonic::transport::Channel;
 
 const HOUR: i64 = 3_600_000;
 const T0: i64 = 1_893_456_000_000; // 2030-01-01
-
-fn car() -> RegisterListingRequest {
-    RegisterListingRequest {
-        title: "Avante 2030".into(),
-        description: String::new(),
-        price: Some(Money::new(10_000, "KRW")),
-        details: Some(register_listing_request::Details::Car(CarDetails {
-            model: "Avante".into(),
-            car_type: CarType::Sedan as i32,
-            seats: 5,
-        })),
-    }
-}
 
 fn talent() -> RegisterListingRequest {
     RegisterListingRequest {
@@ -109,7 +94,7 @@ fn status(r: &Reservation) -> ReservationStatus {
 async fn approve_decline_confirm_and_cancel() {
     let mesh = Mesh::start(&[]).await;
     let mut c = clients(&mesh).await;
-    let car_id = register(&mut c, "host-1", car()).await;
+    let car_id = register(&mut c, "host-1", car_listing("Avante 2030")).await;
     let talent_id = register(&mut c, "host-2", talent()).await;
 
     // A car auto-confirms; the same request id returns the same reservation, no second saga.
@@ -256,7 +241,7 @@ async fn approve_decline_confirm_and_cancel() {
 async fn five_hundred_customers_one_window_one_winner() {
     let mesh = Mesh::start(&[("SHAREMESH_CLIENT_CONCURRENCY", "1000"), ("SHAREMESH_CLIENT_TIMEOUT", "20s")]).await;
     let mut c = clients(&mesh).await;
-    let car_id = register(&mut c, "host-1", car()).await;
+    let car_id = register(&mut c, "host-1", car_listing("Avante 2030")).await;
     let channel = mesh.reservation.channel().await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..500i64 {
@@ -294,7 +279,7 @@ async fn payment_outage_fails_fast_opens_the_circuit_and_recovers() {
     ])
     .await;
     let mut c = clients(&mesh).await;
-    let car_id = register(&mut c, "host-1", car()).await;
+    let car_id = register(&mut c, "host-1", car_listing("Avante 2030")).await;
     let payment_pid = mesh.payment.pid().unwrap();
 
     // Payment hangs: each call ends UNAVAILABLE within the deadline, with a retry hint.
@@ -379,7 +364,7 @@ async fn sigkill_mid_saga_every_saga_ends_booked_or_rejected() {
     let mut c = clients(&mesh).await;
     let mut listings = Vec::new();
     for _ in 0..8 {
-        listings.push(register(&mut c, "host-1", car()).await);
+        listings.push(register(&mut c, "host-1", car_listing("Avante 2030")).await);
     }
     // Eight customers book one listing each, slot after slot, until the process dies: at the
     // kill some sagas are done and others stand at every step.
@@ -489,7 +474,7 @@ async fn sagas_killed_after_booking_while_catalog_is_down_are_finished_by_exactl
         reservation: ReservationServiceClient::new(crasher.channel().await),
     };
     for i in 0..3 {
-        let listing = register(&mut c, "host-1", car()).await;
+        let listing = register(&mut c, "host-1", car_listing("Avante 2030")).await;
         let err = place(&mut c, "alice", place_req(&listing, T0, T0 + HOUR, &format!("killed-{i}")))
             .await
             .expect_err("the process dies mid-call");
@@ -561,7 +546,7 @@ async fn sagas_killed_after_booking_while_catalog_is_down_are_finished_by_exactl
 async fn a_request_refused_for_an_outage_runs_again_with_the_same_request_id() {
     let mut mesh = Mesh::start(&[("SHAREMESH_CLIENT_TIMEOUT", "1s"), ("SHAREMESH_CLIENT_BREAKER_OPEN", "1s")]).await;
     let mut c = clients(&mesh).await;
-    let car_id = register(&mut c, "host-1", car()).await;
+    let car_id = register(&mut c, "host-1", car_listing("Avante 2030")).await;
     mesh.catalog.kill().await;
     for _ in 0..2 {
         let err = place(&mut c, "alice", place_req(&car_id, T0, T0 + HOUR, "outage-1"))

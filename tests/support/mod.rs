@@ -33,6 +33,21 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// A car listing to register: `title`, an Avante sedan with five seats at 10,000 KRW an hour.
+pub fn car_listing(title: &str) -> sharemesh_contracts::catalog::v1::RegisterListingRequest {
+    use sharemesh_contracts::catalog::v1::{CarDetails, CarType, RegisterListingRequest, register_listing_request};
+    RegisterListingRequest {
+        title: title.into(),
+        description: String::new(),
+        price: Some(sharemesh_contracts::common::v1::Money::new(10_000, "KRW")),
+        details: Some(register_listing_request::Details::Car(CarDetails {
+            model: "Avante".into(),
+            car_type: CarType::Sedan as i32,
+            seats: 5,
+        })),
+    }
+}
+
 /// A bearer token for `sub` with `role`.
 pub fn token(sub: &str, role: Role) -> String {
     let config = AuthConfig::hs256(SECRET, "sharemesh");

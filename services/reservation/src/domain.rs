@@ -145,15 +145,4 @@ mod tests {
         // Started already but not over: still bookable for the rest.
         assert!(validate_window(Some((now - day, now + day)), now, year).is_ok());
     }
-
-    #[test]
-    fn unavailable_carries_a_retry_hint() {
-        let status = tonic::Status::from(ReservationError::Unavailable {
-            upstream: "payment",
-            retry_after: Duration::from_secs(4),
-        });
-        assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert_eq!(status.message(), "payment is unavailable; retry in 4s");
-        assert_eq!(status.metadata().get("retry-after").and_then(|v| v.to_str().ok()), Some("4"));
-    }
 }

@@ -260,10 +260,17 @@ impl Reservations {
         }
     }
 
-    /// Ends the saga REJECTED with `reason`, then compensates; returns the refusal to answer
-    /// with. The rejection commits first, version-checked: a driver that lost the saga to another
-    /// (recovery on another replica) gets ABORTED and compensates nothing.
-    pub(crate) async fn reject(&self, row: &mut ReservationRow, reason: &str, compensate: Compensate) -> ReservationError {
+    /// Ends the saga REJECTED with `reason`, then compensates, and returns `answer` — the
+    /// refusal the caller gets. The rejection commits first, version-checked: a driver that lost
+    /// the saga to another (recovery on another replica) gets that ABORTED instead, and
+    /// compensates nothing.
+    async fn reject_with(
+        &self,
+        row: &mut ReservationRow,
+        reason: &str,
+        compensate: Compensate,
+        answer: ReservationError,
+    ) -> ReservationError {
         row.status = domain::REJECTED.into();
         row.status_reason = reason.to_owned();
         row.saga_step = Step::Done.as_str().into();
@@ -276,11 +283,17 @@ impl Reservations {
         if compensate == Compensate::ReleaseHold {
             self.release(row, reason).await;
         }
-        ReservationError::FailedPrecondition(reason.to_owned())
+        answer
     }
 
-    /// [`Self::reject`] for a refusal by an upstream: answers with the upstream's own status
-    /// (and its details) once the rejection is recorded.
+    /// [`Self::reject_with`] answering FAILED_PRECONDITION with the reason.
+    pub(crate) async fn reject(&self, row: &mut ReservationRow, reason: &str, compensate: Compensate) -> ReservationError {
+        let answer = ReservationError::FailedPrecondition(reason.to_owned());
+        self.reject_with(row, reason, compensate, answer).await
+    }
+
+    /// [`Self::reject_with`] for a refusal by an upstream: answers with the upstream's own status
+    /// (and its details).
     async fn refuse(
         &self,
         row: &mut ReservationRow,
@@ -288,13 +301,10 @@ impl Reservations {
         compensate: Compensate,
         status: tonic::Status,
     ) -> Result<(), ReservationError> {
-        match self.reject(row, reason, compensate).await {
-            ReservationError::FailedPrecondition(_) => Err(ReservationError::Refused(status)),
-            other => Err(other),
-        }
+        Err(self.reject_with(row, reason, compensate, ReservationError::Refused(status)).await)
     }
 
-    /// [`Self::reject`] for an outage before anything was charged: the rejection is marked
+    /// [`Self::reject_with`] for an outage before anything was charged: the rejection is marked
     /// retryable, so the same request id runs again, and the answer is UNAVAILABLE.
     async fn reject_retryable(
         &self,
@@ -303,12 +313,9 @@ impl Reservations {
         status: &tonic::Status,
         reason: &str,
     ) -> Result<(), ReservationError> {
-        let err = self.upstreams.unavailable(upstream, status);
+        let answer = self.upstreams.unavailable(upstream, status);
         row.retryable = true;
-        match self.reject(row, reason, Compensate::ReleaseHold).await {
-            ReservationError::FailedPrecondition(_) => Err(err),
-            other => Err(other),
-        }
+        Err(self.reject_with(row, reason, Compensate::ReleaseHold, answer).await)
     }
 
     /// Gives the hold back now if catalog answers. A failure is only logged: catalog also
