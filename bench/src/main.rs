@@ -66,6 +66,10 @@ struct Args {
     /// Short windows for a smoke run (about 40 s in all).
     #[arg(long)]
     quick: bool,
+    /// Serve each service's `/metrics` on a free port and write their addresses to this file as
+    /// Prometheus file_sd targets (`job` = `sharemesh-<context>`); metrics are off without it.
+    #[arg(long)]
+    metrics_targets: Option<PathBuf>,
 }
 
 /// `8` (seconds), `8s`, `500ms`, `2m`: the mesh's duration syntax, with bare numbers as seconds.
@@ -200,13 +204,13 @@ async fn register_listings_rest(
     Ok(row)
 }
 
-async fn run(settings: Settings, json: PathBuf) -> Result<Report, String> {
+async fn run(settings: Settings, json: PathBuf, metrics_targets: Option<PathBuf>) -> Result<Report, String> {
     let started = Instant::now();
     let machine = Machine::detect();
     let bin = mesh::binary()?;
     eprintln!("bench: {}", Report::machine_line(&machine));
     eprintln!("bench: starting nats-server and 6 services from {}", bin.display());
-    let mesh = mesh::Mesh::start(&bin).await?;
+    let mesh = mesh::Mesh::start(&bin, metrics_targets.as_deref()).await?;
     let tokens = Arc::new(Tokens::new());
     let host = tokens.bearer("bench-host", Role::Host)?;
     let customer_token = tokens.token("bench-reader", Role::Customer)?;
@@ -428,7 +432,7 @@ async fn main() -> ExitCode {
     let json = args.json.clone();
     // Ctrl-C drops the run: every child process is killed on drop.
     let outcome = tokio::select! {
-        res = run(settings, json.clone()) => res,
+        res = run(settings, json.clone(), args.metrics_targets.clone()) => res,
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
     };
     match outcome {

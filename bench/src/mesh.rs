@@ -68,8 +68,11 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
-    /// Starts nats-server, then each service one after the other, waiting for SERVING.
-    pub(crate) async fn start(bin: &Path) -> Result<Self, String> {
+    /// Starts nats-server, then each service one after the other, waiting for SERVING. With
+    /// `metrics_targets`, each service serves `/metrics` on a free port and the file gets their
+    /// addresses as Prometheus file_sd targets, `job` = `sharemesh-<context>` as the chart's
+    /// ServiceMonitor labels them (`make bench-panels` scrapes them); else metrics are off.
+    pub(crate) async fn start(bin: &Path, metrics_targets: Option<&Path>) -> Result<Self, String> {
         let nats = tokio::task::spawn_blocking(NatsServer::spawn)
             .await
             .map_err(|_| "nats-server could not start (see above); `make deps` installs it".to_owned())?;
@@ -87,10 +90,19 @@ impl Mesh {
             services: Vec::new(),
             dir,
         };
+        let mut scrape = Vec::new();
         for &(context, port) in &ports {
+            let metrics = match metrics_targets {
+                Some(_) => {
+                    let addr = format!("127.0.0.1:{}", free_port());
+                    scrape.push(serde_json::json!({"targets": [addr], "labels": {"job": format!("sharemesh-{context}")}}));
+                    addr
+                }
+                None => "off".into(),
+            };
             let mut env: Vec<(String, String)> = vec![
                 ("SHAREMESH_GRPC_ADDR".into(), format!("127.0.0.1:{port}")),
-                ("SHAREMESH_METRICS_ADDR".into(), "off".into()),
+                ("SHAREMESH_METRICS_ADDR".into(), metrics),
                 (
                     "DATABASE_URL".into(),
                     format!("sqlite://{}/{context}.db?mode=rwc", mesh.dir.path().display()),
@@ -117,6 +129,13 @@ impl Mesh {
             }
             let svc = spawn(bin, context, port, &env, &mesh.dir.path().join(format!("{context}.log"))).await?;
             mesh.services.push(svc);
+        }
+        if let Some(path) = metrics_targets {
+            // Written aside, then renamed: Prometheus never reads half a file.
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, serde_json::Value::Array(scrape).to_string())
+                .and_then(|()| std::fs::rename(&partial, path))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
         Ok(mesh)
     }
