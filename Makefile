@@ -9,7 +9,7 @@ export NATS_SERVER_BIN := $(CURDIR)/.tools/nats-server-$(NATS_VERSION)/nats-serv
 # nextest when installed (it is on our machines), plain cargo test otherwise.
 TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo "$(CARGO) nextest run --profile ci"; else echo "$(CARGO) test"; fi)
 
-.PHONY: help deps build run test test-unit lint fmt clean clients fuzz-edge contracts-release
+.PHONY: help deps build run test test-unit lint fmt clean clients fuzz-edge contracts-release topology
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ lint: deps ## rustfmt, clippy with warnings as errors, buf lint and buf breaking
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	cd proto && buf lint
 	buf breaking proto --against proto/released.binpb
+
+topology: build ## rewrite the chart's copy of the topology (helm/sharemesh/files/topology.json) from mesh/src/topology.rs
+	$(BIN) topology > helm/sharemesh/files/topology.json
 
 contracts-release: ## record the contracts as released: buf breaking compares against this image
 	buf build proto -o proto/released.binpb

@@ -9,14 +9,16 @@ use sharemesh_mesh::config::{
     ENV_DATA_DIR, ENV_DATABASE_URL, ENV_GRPC_ADDR, ENV_METRICS_ADDR, ENV_NATS_URL, Env, EnvExt, Layered, MapEnv, ProcessEnv,
 };
 use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::topology::{Context, TABLE};
+use tokio::task::JoinSet;
 
-use crate::serve::{self, Context};
+use crate::serve;
 
 /// Arguments of `sharemesh dev`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevArgs {
-    /// First port: the edge listens on PORT, catalog on PORT+1, reservation +2, payment +3, message +4, view +5.
-    #[arg(long, env = "SHAREMESH_DEV_PORT", default_value_t = 50050)]
+    /// First port: the edge listens on PORT, the other contexts on the next ones (in `sharemesh topology` order).
+    #[arg(long, env = "SHAREMESH_DEV_PORT", default_value_t = TABLE[0].port)]
     port: u16,
     /// Port of the local nats-server started when NATS_URL is unset.
     #[arg(long, env = "SHAREMESH_DEV_NATS_PORT", default_value_t = 14222)]
@@ -24,10 +26,6 @@ pub(crate) struct DevArgs {
     /// Port of `/metrics` for the whole process.
     #[arg(long, env = "SHAREMESH_DEV_METRICS_PORT", default_value_t = 9090)]
     metrics_port: u16,
-}
-
-fn port_of(context: Context, base: u16) -> u16 {
-    base + Context::ALL.iter().position(|c| *c == context).unwrap_or(0) as u16
 }
 
 /// `sharemesh dev`.
@@ -47,66 +45,17 @@ pub(crate) async fn run(args: DevArgs) -> Result<(), String> {
 
     let shutdown = Shutdown::on_signals();
     let mut services = tokio::task::JoinSet::new();
-    let mut lines = Vec::new();
-    for (i, context) in Context::ALL.into_iter().enumerate() {
-        let port = port_of(context, args.port);
-        let db = format!("sqlite://{}/{}.db?mode=rwc", data_dir.display(), context.name());
-        let metrics = if i == 0 {
-            format!("127.0.0.1:{}", args.metrics_port)
-        } else {
-            "off".into()
-        };
-        let mut overrides = MapEnv::default()
-            .with(ENV_GRPC_ADDR, format!("127.0.0.1:{port}"))
-            .with(ENV_DATABASE_URL, db)
-            .with(ENV_METRICS_ADDR, metrics)
-            .with(ENV_NATS_URL, nats_url.clone())
-            .with("SHAREMESH_CORS_ORIGINS", "*");
-        for upstream in Context::ALL.into_iter().filter(|c| *c != Context::Edge) {
-            overrides = overrides.with(
-                &upstream_var(upstream),
-                format!("http://127.0.0.1:{}", port_of(upstream, args.port)),
-            );
-        }
+    for context in Context::all() {
         let env = Layered {
-            overrides,
+            overrides: overrides(context, &args, &data_dir, &nats_url),
             base: ProcessEnv,
         };
         let s = shutdown.clone();
         services.spawn(async move { (context, serve::run_with(context, &env, s).await) });
-        let what = if context == Context::Edge {
-            "  (the public door: gRPC, gRPC-Web, REST/JSON, /openapi.json)"
-        } else {
-            ""
-        };
-        lines.push(format!("{:<12} 127.0.0.1:{port}{what}", context.name()));
     }
-    #[allow(clippy::print_stdout)]
-    {
-        println!("sharemesh dev: services (plaintext)");
-        for line in &lines {
-            println!("  {line}");
-        }
-        println!("  {:<12} {nats_url}", "nats");
-        println!("  {:<12} http://127.0.0.1:{}/metrics", "metrics", args.metrics_port);
-        println!("  {:<12} {}", "data", data_dir.display());
-    }
+    print_addresses(&args, &nats_url, &data_dir);
 
-    let mut failure = None;
-    while let Some(done) = services.join_next().await {
-        match done {
-            Ok((context, Err(e))) => {
-                tracing::error!(service = context.name(), error = %e, "service stopped");
-                failure.get_or_insert(e);
-                shutdown.trigger();
-            }
-            Ok((_, Ok(()))) => shutdown.trigger(),
-            Err(e) => {
-                failure.get_or_insert(format!("service task failed: {e}"));
-                shutdown.trigger();
-            }
-        }
-    }
+    let failure = wait_all(services, &shutdown).await;
     if let Some(mut child) = nats_child {
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -114,9 +63,63 @@ pub(crate) async fn run(args: DevArgs) -> Result<(), String> {
     failure.map_or(Ok(()), Err)
 }
 
-/// `SHAREMESH_<CONTEXT>_ADDR`: where a service finds another.
-pub(crate) fn upstream_var(context: Context) -> String {
-    format!("SHAREMESH_{}_ADDR", context.name().to_ascii_uppercase())
+/// The settings `dev` gives `context`: its port, SQLite file and peers' addresses from the
+/// topology, the shared NATS; `/metrics` on the first context (one registry per process).
+fn overrides(context: Context, args: &DevArgs, data_dir: &Path, nats_url: &str) -> MapEnv {
+    let metrics = if Context::all().next() == Some(context) {
+        format!("127.0.0.1:{}", args.metrics_port)
+    } else {
+        "off".into()
+    };
+    let mut env = MapEnv::default()
+        .with(ENV_GRPC_ADDR, format!("127.0.0.1:{}", context.port_from(args.port)))
+        .with(ENV_DATABASE_URL, format!("sqlite://{}/{context}.db?mode=rwc", data_dir.display()))
+        .with(ENV_METRICS_ADDR, metrics)
+        .with(ENV_NATS_URL, nats_url)
+        .with("SHAREMESH_CORS_ORIGINS", "*");
+    for (var, uri) in context.upstream_env(|up| format!("http://127.0.0.1:{}", up.port_from(args.port))) {
+        env = env.with(&var, uri);
+    }
+    env
+}
+
+/// The banner `make run` shows (the README quotes it).
+fn print_addresses(args: &DevArgs, nats_url: &str, data_dir: &Path) {
+    #[allow(clippy::print_stdout)]
+    {
+        println!("sharemesh dev: services (plaintext)");
+        for context in Context::all() {
+            let what = if context == Context::Edge {
+                "  (the public door: gRPC, gRPC-Web, REST/JSON, /openapi.json)"
+            } else {
+                ""
+            };
+            println!("  {:<12} 127.0.0.1:{}{what}", context.name(), context.port_from(args.port));
+        }
+        println!("  {:<12} {nats_url}", "nats");
+        println!("  {:<12} http://127.0.0.1:{}/metrics", "metrics", args.metrics_port);
+        println!("  {:<12} {}", "data", data_dir.display());
+    }
+}
+
+/// Waits for every service; the first to stop (or fail) stops the others. Returns the first
+/// failure.
+async fn wait_all(mut services: JoinSet<(Context, Result<(), String>)>, shutdown: &Shutdown) -> Option<String> {
+    let mut failure = None;
+    while let Some(done) = services.join_next().await {
+        match done {
+            Ok((context, Err(e))) => {
+                tracing::error!(service = context.name(), error = %e, "service stopped");
+                failure.get_or_insert(e);
+            }
+            Ok((_, Ok(()))) => {}
+            Err(e) => {
+                failure.get_or_insert(format!("service task failed: {e}"));
+            }
+        }
+        shutdown.trigger();
+    }
+    failure
 }
 
 async fn start_nats(data_dir: &Path, port: u16) -> Result<tokio::process::Child, String> {

@@ -3,6 +3,8 @@
 //! - `sharemesh serve <context>` runs one service, configured by environment variables;
 //! - `sharemesh dev` runs every service on its own port, with SQLite files and a nats-server
 //!   under `./data`, and prints the ports;
+//! - `sharemesh topology` prints the contexts, ports, calls and streams as the Helm chart reads
+//!   them;
 //! - `sharemesh view rebuild` replays the event streams into a fresh read-model database;
 //! - `sharemesh token --sub alice --role host` mints a bearer token.
 #![forbid(unsafe_code)]
@@ -26,15 +28,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one service (edge, catalog, reservation, payment, message or view).
+    /// Run one service of the mesh.
     Serve {
         /// The bounded context to serve.
-        context: serve::Context,
+        #[arg(value_parser = serve::context_arg())]
+        context: sharemesh_mesh::topology::Context,
     },
     /// Run every service locally, each on its own port, with a local nats-server.
     Dev(dev::DevArgs),
     /// Mint a bearer token (HS256, signed with SHAREMESH_JWT_SECRET).
     Token(token::TokenArgs),
+    /// Print the mesh's topology (contexts, ports, calls, streams) as the JSON the Helm chart
+    /// reads (helm/sharemesh/files/topology.json).
+    Topology,
     /// Operate the view read models.
     View {
         #[command(subcommand)]
@@ -56,6 +62,13 @@ fn main() -> ExitCode {
             Command::Serve { context } => serve::run(context).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::Topology => {
+                #[allow(clippy::print_stdout)]
+                {
+                    print!("{}", sharemesh_mesh::topology::json());
+                }
+                Ok(())
+            }
             Command::View { command } => view::run(command).await,
         }
     });

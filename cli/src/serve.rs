@@ -2,46 +2,14 @@
 
 use sharemesh_mesh::config::ProcessEnv;
 use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::topology::Context;
 
-/// The services this binary can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Context {
-    /// The public door: gRPC, gRPC-Web and REST/JSON for every public RPC.
-    Edge,
-    /// Listings and their availability.
-    Catalog,
-    /// Payments: approvals and refunds.
-    Payment,
-    /// Reservations: the booking saga.
-    Reservation,
-    /// Notifications to customers and hosts.
-    Message,
-    /// Read models: ListingView and MyPage.
-    View,
-}
-
-impl Context {
-    /// Every context, in port order (`dev` gives the edge the first port).
-    pub(crate) const ALL: [Context; 6] = [
-        Context::Edge,
-        Context::Catalog,
-        Context::Reservation,
-        Context::Payment,
-        Context::Message,
-        Context::View,
-    ];
-
-    /// The context's name (`catalog`).
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Context::Edge => "edge",
-            Context::Catalog => "catalog",
-            Context::Reservation => "reservation",
-            Context::Payment => "payment",
-            Context::Message => "message",
-            Context::View => "view",
-        }
-    }
+/// The argument of `sharemesh serve`: a context of [`sharemesh_mesh::topology::TABLE`], with its
+/// one-line description as help.
+pub(crate) fn context_arg() -> impl clap::builder::TypedValueParser<Value = Context> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(Context::all().map(|c| PossibleValue::new(c.name()).help(c.node().about)))
+        .map(|name| Context::from_name(&name).expect("clap admits only the table's names"))
 }
 
 /// Runs `context` with its configuration read from `env`, until `shutdown`.

@@ -34,3 +34,4 @@ pub mod storage;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod topology;

@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use sharemesh_e2e::*;
 use sharemesh_mesh::auth::Role;
+use sharemesh_mesh::topology::Context;
 
-/// Six consecutive free ports (edge, catalog, reservation, payment, message, view).
+/// A free base port for `sharemesh dev`: every service's port from it is free too.
 fn free_block() -> u16 {
     for _ in 0..200 {
         let base = free_port();
-        if base < 65_000 && (0..6).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        if base < 65_000 && Context::all().all(|c| std::net::TcpListener::bind(("127.0.0.1", c.port_from(base))).is_ok()) {
             return base;
         }
     }
-    panic!("no six consecutive free ports");
+    panic!("no block of free ports for every service");
 }
 
 /// A running `sharemesh dev`.
@@ -60,9 +61,9 @@ impl Dev {
             child,
             _dir: dir,
         };
-        // Every service listens only after its migrations: wait for all six, not just the edge
+        // Every service listens only after its migrations: wait for all of them, not just the edge
         // (the edge binds first and would answer `tcp connect error` for a catalog still starting).
-        for port in base..base + 6 {
+        for port in Context::all().map(|c| c.port_from(base)) {
             let addr = format!("127.0.0.1:{port}");
             let log = dev.log.clone();
             eventually(

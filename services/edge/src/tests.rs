@@ -75,9 +75,11 @@ impl Default for Options {
 
 fn edge(o: Options) -> axum::Router {
     let table = Arc::new(RouteTable::from_descriptor_set(sharemesh_contracts::FILE_DESCRIPTOR_SET).expect("routes"));
-    let addresses: HashMap<String, String> = upstream::CONTEXTS
+    let addresses: HashMap<String, String> = sharemesh_mesh::topology::Context::Edge
+        .node()
+        .calls
         .iter()
-        .map(|(c, _)| ((*c).to_owned(), o.upstream.clone()))
+        .map(|c| (c.name().to_owned(), o.upstream.clone()))
         .collect();
     let upstreams = upstream::Upstreams::new(&addresses, &table, ClientPolicy::default()).expect("upstreams");
     let edge = Edge {

@@ -1,40 +1,24 @@
 //! The services behind the edge: one resilient channel per context (deadline, retries of GET-mapped
-//! methods, circuit breaker, load shedding), addressed by `SHAREMESH_<CONTEXT>_ADDR`.
+//! methods, circuit breaker, load shedding), at the addresses [`sharemesh_mesh::topology`] reads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use sharemesh_mesh::client::{ClientPolicy, ResilientChannel, Upstream, connect};
-use sharemesh_mesh::config::{ConfigError, Env, EnvExt};
+use sharemesh_mesh::config::{ConfigError, Env};
+use sharemesh_mesh::topology::Context;
 
 use crate::routes::RouteTable;
 
-/// Contexts the edge forwards to, with their default addresses (the `sharemesh dev` ports).
-pub const CONTEXTS: [(&str, &str); 5] = [
-    ("catalog", "http://127.0.0.1:50051"),
-    ("reservation", "http://127.0.0.1:50052"),
-    ("payment", "http://127.0.0.1:50053"),
-    ("message", "http://127.0.0.1:50054"),
-    ("view", "http://127.0.0.1:50055"),
-];
-
-/// `SHAREMESH_<CONTEXT>_ADDR`.
-pub fn addr_var(context: &str) -> String {
-    format!("SHAREMESH_{}_ADDR", context.to_ascii_uppercase())
-}
-
-/// The configured upstream address of every context.
+/// The configured address of every context the edge calls ([`Context::Edge`]'s row of the
+/// topology), by name.
 pub fn addresses(env: &impl Env) -> Result<HashMap<String, String>, ConfigError> {
-    let mut out = HashMap::new();
-    for (context, default) in CONTEXTS {
-        let var = addr_var(context);
-        let uri = env.string_or(&var, default);
-        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-            return Err(ConfigError::invalid(&var, &uri, "expected http://host:port"));
-        }
-        out.insert(context.to_owned(), uri);
-    }
-    Ok(out)
+    Context::Edge
+        .node()
+        .calls
+        .iter()
+        .map(|c| Ok((c.name().to_owned(), c.address(env)?)))
+        .collect()
 }
 
 /// Channels to every context.

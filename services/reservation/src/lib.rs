@@ -33,14 +33,11 @@ use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::runtime::{RunError, Runtime};
 use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::storage::{Db, WriteTxn};
+use sharemesh_mesh::topology::Context;
 
 use crate::domain::ReservationError;
 use crate::storage::reservations::{self as repo, ReservationRow};
 
-/// Address of the catalog service (`http://127.0.0.1:50051`).
-pub const ENV_CATALOG_ADDR: &str = "SHAREMESH_CATALOG_ADDR";
-/// Address of the payment service (`http://127.0.0.1:50053`).
-pub const ENV_PAYMENT_ADDR: &str = "SHAREMESH_PAYMENT_ADDR";
 /// Listing kinds confirmed at once when paid: `CAR`, `TALENT`, both comma-separated, or `none` (`CAR`).
 pub const ENV_AUTO_CONFIRM: &str = "SHAREMESH_AUTO_CONFIRM_KINDS";
 /// A PENDING reservation untouched this long is an interrupted saga; recovery finishes it (`30s`).
@@ -53,9 +50,9 @@ pub const ENV_BOOKING_HORIZON: &str = "SHAREMESH_BOOKING_HORIZON";
 pub struct ReservationConfig {
     /// Shared settings.
     pub mesh: MeshConfig,
-    /// catalog's URI.
+    /// catalog's URI (`SHAREMESH_CATALOG_ADDR`, see [`sharemesh_mesh::topology`]).
     pub catalog_addr: String,
-    /// payment's URI.
+    /// payment's URI (`SHAREMESH_PAYMENT_ADDR`).
     pub payment_addr: String,
     /// Kinds (`CAR`, `TALENT`) confirmed at once when paid.
     pub auto_confirm: Vec<String>,
@@ -97,8 +94,8 @@ impl ReservationConfig {
         Ok(Self {
             horizon,
             mesh: MeshConfig::from_env("reservation", env)?,
-            catalog_addr: env.string_or(ENV_CATALOG_ADDR, "http://127.0.0.1:50051"),
-            payment_addr: env.string_or(ENV_PAYMENT_ADDR, "http://127.0.0.1:50053"),
+            catalog_addr: Context::Catalog.address(env)?,
+            payment_addr: Context::Payment.address(env)?,
             auto_confirm,
             saga_stale,
         })
@@ -199,7 +196,7 @@ impl Reservations {
 pub async fn run(config: ReservationConfig, shutdown: Shutdown) -> Result<(), RunError> {
     let verifier = Verifier::new(&config.mesh.auth);
     let upstreams = upstream::Upstreams::new(&config.catalog_addr, &config.payment_addr, config.mesh.client, &config.mesh.auth)
-        .map_err(|e| RunError::Config(format!("{ENV_CATALOG_ADDR} / {ENV_PAYMENT_ADDR}: {e}")))?;
+        .map_err(|e| RunError::Config(format!("{} / {}: {e}", Context::Catalog.addr_var(), Context::Payment.addr_var())))?;
     let stale = config.saga_stale;
     let mut rt = Runtime::start::<storage::Migrator>(config.mesh, shutdown.clone()).await?;
     let reservations = Reservations::new(rt.db.clone(), upstreams, config.auto_confirm, config.horizon);

@@ -60,7 +60,7 @@ impl Views {
 pub async fn run(config: ViewConfig, shutdown: Shutdown) -> Result<(), RunError> {
     let verifier = Verifier::new(&config.mesh.auth);
     let mut rt = Runtime::start::<storage::Migrator>(config.mesh, shutdown).await?;
-    for source in rebuild::SOURCES {
+    for source in rebuild::sources() {
         rt.consume(source, Arc::new(events::Projector));
     }
     let views = Views::new(rt.db.clone());

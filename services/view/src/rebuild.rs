@@ -28,8 +28,11 @@ pub struct RebuildReport {
     pub reservation_views: u64,
 }
 
-/// The streams the view is built from, in the order they are replayed.
-pub const SOURCES: [&str; 3] = ["catalog", "reservation", "payment"];
+/// The contexts whose streams the view is built from (its row of the topology), in the order
+/// they are replayed.
+pub fn sources() -> impl Iterator<Item = &'static str> {
+    sharemesh_mesh::topology::Context::View.node().consumes.iter().map(|c| c.name())
+}
 
 /// Rebuilds the read models into the database at `database_url` (which must hold none yet)
 /// from the streams on `nats_url`.
@@ -53,7 +56,7 @@ pub async fn rebuild(database_url: &str, nats_url: &str) -> Result<RebuildReport
     let client = async_nats::connect(servers).await.map_err(|e| format!("nats {nats_url}: {e}"))?;
     let js = jetstream::new(client);
     let mut report = RebuildReport::default();
-    for context in SOURCES {
+    for context in sources() {
         let Ok(mut stream) = js.get_stream(stream_name(context)).await else {
             tracing::info!(stream = %stream_name(context), "no such stream yet; nothing to replay");
             continue;
