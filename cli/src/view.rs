@@ -23,7 +23,8 @@ pub(crate) async fn run(command: ViewCommand) -> Result<(), String> {
             let target = database_url
                 .or_else(|| std::env::var(ENV_DATABASE_URL).ok().filter(|u| !u.is_empty()))
                 .unwrap_or_else(|| format!("sqlite://{}/view-rebuilt.db?mode=rwc", config.mesh.data_dir.display()));
-            let report = sharemesh_view::rebuild::rebuild(&target, &config.mesh.nats_url).await?;
+            let data = config.mesh.data.as_ref().ok_or("view keeps data, but its configuration has none")?;
+            let report = sharemesh_view::rebuild::rebuild(&target, &data.nats_url).await?;
             #[allow(clippy::print_stdout)]
             {
                 println!(

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -241,28 +241,38 @@ pub struct MeshConfig {
     pub reuse_port: bool,
     /// `/metrics` listen address; `None` when disabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// JWT settings.
+    pub auth: crate::auth::AuthConfig,
+    /// Shutdown timings.
+    pub shutdown: crate::server::ShutdownConfig,
+    /// Service-to-service client policy.
+    pub client: crate::client::ClientPolicy,
+    /// Database and events; `None` for a context that keeps no data (the edge: see
+    /// [`crate::topology::Node::keeps_data`]), which reads none of their variables.
+    pub data: Option<DataConfig>,
+}
+
+/// Where a context keeps its data, and how it publishes and consumes events.
+#[derive(Debug, Clone)]
+pub struct DataConfig {
     /// Database URL.
     pub database_url: String,
     /// Pooled database connections (`None`: the backend's default).
     pub db_pool: Option<u32>,
     /// NATS URL.
     pub nats_url: String,
-    /// JWT settings.
-    pub auth: crate::auth::AuthConfig,
-    /// Shutdown timings.
-    pub shutdown: crate::server::ShutdownConfig,
     /// Outbox relay poll interval.
     pub outbox_poll: Duration,
     /// Inbox retry policy.
     pub inbox: crate::events::inbox::InboxPolicy,
-    /// Service-to-service client policy.
-    pub client: crate::client::ClientPolicy,
     /// Replicas and limits of the streams this service creates.
     pub streams: crate::events::StreamSettings,
 }
 
 impl MeshConfig {
-    /// Reads and validates the shared settings of the service `context`.
+    /// Reads and validates the shared settings of the service `context`; the database and
+    /// event settings only when it keeps data ([`crate::topology`]; a context not in the table
+    /// is taken to keep data).
     pub fn from_env(context: &str, env: &impl Env) -> Result<Self, ConfigError> {
         let data_dir = PathBuf::from(env.string_or(ENV_DATA_DIR, "./data"));
         let metrics = env.string_or(ENV_METRICS_ADDR, "0.0.0.0:9090");
@@ -271,6 +281,31 @@ impl MeshConfig {
         } else {
             Some(metrics.parse().map_err(|e| ConfigError::invalid(ENV_METRICS_ADDR, &metrics, e))?)
         };
+        let keeps_data = crate::topology::Context::from_name(context).is_none_or(|c| c.node().keeps_data);
+        Ok(Self {
+            context: context.to_owned(),
+            grpc_addr: env.addr_or(ENV_GRPC_ADDR, "0.0.0.0:50051")?,
+            reuse_port: env.parse_or(ENV_REUSE_PORT, false)?,
+            metrics_addr,
+            auth: crate::auth::AuthConfig::from_env(env)?,
+            shutdown: crate::server::ShutdownConfig {
+                drain_delay: env.duration_or(ENV_DRAIN_DELAY, Duration::ZERO)?,
+                grace: env.duration_or(ENV_SHUTDOWN_GRACE, Duration::from_secs(20))?,
+            },
+            client: crate::client::ClientPolicy::from_env(env)?,
+            data: if keeps_data {
+                Some(DataConfig::from_env(context, &data_dir, env)?)
+            } else {
+                None
+            },
+            data_dir,
+        })
+    }
+}
+
+impl DataConfig {
+    /// Reads and validates the database and event settings of `context`.
+    pub fn from_env(context: &str, data_dir: &Path, env: &impl Env) -> Result<Self, ConfigError> {
         let default_db = format!("sqlite://{}/{context}.db?mode=rwc", data_dir.display());
         let database_url = env.string_or(ENV_DATABASE_URL, &default_db);
         if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
@@ -285,11 +320,6 @@ impl MeshConfig {
             return Err(ConfigError::invalid(ENV_NATS_URL, &nats_url, "expected nats://host:port"));
         }
         Ok(Self {
-            context: context.to_owned(),
-            data_dir,
-            grpc_addr: env.addr_or(ENV_GRPC_ADDR, "0.0.0.0:50051")?,
-            reuse_port: env.parse_or(ENV_REUSE_PORT, false)?,
-            metrics_addr,
             database_url,
             db_pool: match env.get(ENV_DB_POOL) {
                 None => None,
@@ -305,14 +335,8 @@ impl MeshConfig {
                 },
             },
             nats_url,
-            auth: crate::auth::AuthConfig::from_env(env)?,
-            shutdown: crate::server::ShutdownConfig {
-                drain_delay: env.duration_or(ENV_DRAIN_DELAY, Duration::ZERO)?,
-                grace: env.duration_or(ENV_SHUTDOWN_GRACE, Duration::from_secs(20))?,
-            },
             outbox_poll: env.duration_or(ENV_OUTBOX_POLL, Duration::from_millis(500))?,
             inbox: crate::events::inbox::InboxPolicy::from_env(env)?,
-            client: crate::client::ClientPolicy::from_env(env)?,
             streams: stream_settings(env)?,
         })
     }
@@ -353,8 +377,19 @@ mod tests {
     fn defaults_are_valid() {
         let cfg = MeshConfig::from_env("catalog", &MapEnv::default()).expect("defaults");
         assert_eq!(cfg.grpc_addr.port(), 50051);
-        assert_eq!(cfg.database_url, "sqlite://./data/catalog.db?mode=rwc");
+        assert_eq!(
+            cfg.data.expect("catalog keeps data").database_url,
+            "sqlite://./data/catalog.db?mode=rwc"
+        );
         assert_eq!(cfg.auth.secret, DEV_JWT_SECRET);
+    }
+
+    #[test]
+    fn a_context_that_keeps_no_data_reads_no_database_or_nats_settings() {
+        let env = MapEnv::from_pairs([(ENV_DATABASE_URL, "mysql://x"), (ENV_NATS_URL, "nowhere")]);
+        let cfg = MeshConfig::from_env("edge", &env).expect("the edge ignores them");
+        assert!(cfg.data.is_none());
+        assert!(MeshConfig::from_env("catalog", &env).is_err());
     }
 
     #[test]
@@ -381,29 +416,29 @@ mod tests {
 
     #[test]
     fn stream_settings_are_checked() {
-        let cfg = MeshConfig::from_env("catalog", &MapEnv::default()).expect("defaults");
-        assert_eq!(cfg.streams, crate::events::StreamSettings::default());
+        let streams = |env: &MapEnv| MeshConfig::from_env("catalog", env).map(|c| c.data.expect("catalog keeps data").streams);
+        assert_eq!(
+            streams(&MapEnv::default()).expect("defaults"),
+            crate::events::StreamSettings::default()
+        );
         let env = MapEnv::from_pairs([
             (ENV_STREAM_REPLICAS, "3"),
             (ENV_STREAM_MAX_AGE, "720h"),
             (ENV_STREAM_MAX_BYTES, "1073741824"),
         ]);
-        let cfg = MeshConfig::from_env("catalog", &env).expect("valid");
-        assert_eq!(cfg.streams.replicas, 3);
-        assert_eq!(cfg.streams.max_age, Duration::from_secs(720 * 3600));
-        assert_eq!(cfg.streams.max_bytes, 1 << 30);
+        let set = streams(&env).expect("valid");
+        assert_eq!(set.replicas, 3);
+        assert_eq!(set.max_age, Duration::from_secs(720 * 3600));
+        assert_eq!(set.max_bytes, 1 << 30);
         let env = MapEnv::from_pairs([(ENV_STREAM_MAX_AGE, "0")]);
-        assert_eq!(
-            MeshConfig::from_env("catalog", &env).expect("valid").streams.max_age,
-            Duration::ZERO
-        );
+        assert_eq!(streams(&env).expect("valid").max_age, Duration::ZERO);
         for (key, value) in [
             (ENV_STREAM_REPLICAS, "0"),
             (ENV_STREAM_REPLICAS, "7"),
             (ENV_STREAM_MAX_AGE, "5s"),
             (ENV_STREAM_MAX_BYTES, "-1"),
         ] {
-            let err = MeshConfig::from_env("catalog", &MapEnv::from_pairs([(key, value)])).expect_err(value);
+            let err = streams(&MapEnv::from_pairs([(key, value)])).expect_err(value);
             assert!(err.to_string().contains(key), "{err}");
         }
     }

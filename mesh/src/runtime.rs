@@ -1,5 +1,6 @@
-//! The start-up every service shares: database + migrations, NATS + the outbox relay,
-//! `/metrics`, event consumers, then the gRPC server until shutdown.
+//! The start-up every process shares ([`Process`]: `/metrics`, the gRPC server until shutdown,
+//! then the drain) and what a service that keeps data adds ([`Runtime`]: database + migrations,
+//! NATS + the outbox relay, event consumers).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use async_nats::jetstream;
 use sea_orm_migration::MigratorTrait;
 use tokio::task::JoinSet;
 
-use crate::config::MeshConfig;
+use crate::config::{DataConfig, MeshConfig};
 use crate::events::inbox::{EventHandler, Inbox};
 use crate::events::outbox::Relay;
 use crate::server::{GrpcServer, Shutdown};
@@ -51,34 +52,22 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// A started service's shared parts; background tasks stop with the shutdown signal.
-pub struct Runtime {
+/// What every process of the mesh starts with, the edge included: its settings, the stop
+/// signal, the page-token key, `/metrics` and background tasks; it binds the gRPC address and
+/// serves until shutdown, then drains. The edge runs on this alone; [`Runtime`] adds a database
+/// and events.
+pub struct Process {
     /// Settings.
     pub config: MeshConfig,
-    /// The service's database.
-    pub db: Db,
-    /// JetStream context.
-    pub js: jetstream::Context,
     /// The stop signal.
     pub shutdown: Shutdown,
     tasks: JoinSet<()>,
 }
 
-impl Runtime {
-    /// Opens and migrates the database (`M`), connects to NATS (without waiting for it) and
-    /// starts the outbox relay and the metrics endpoint.
-    pub async fn start<M: MigratorTrait>(config: MeshConfig, shutdown: Shutdown) -> Result<Self, RunError> {
-        let db_err = |source| RunError::Database {
-            url: redact(&config.database_url),
-            source,
-        };
+impl Process {
+    /// Keys page tokens and starts the metrics endpoint.
+    pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<Self, RunError> {
         crate::page::set_key(&config.auth.service_secret);
-        let db = Db::connect_with(&config.database_url, config.db_pool).await.map_err(db_err)?;
-        db.migrate::<M>().await.map_err(db_err)?;
-        let client = crate::events::connect(&config.nats_url, &format!("sharemesh-{}", config.context)).await?;
-        let js = jetstream::new(client);
-        let mut tasks = JoinSet::new();
-        tasks.spawn(Relay::new(db.clone(), js.clone(), &config.context, config.outbox_poll, config.streams).run(shutdown.clone()));
         if let Some(addr) = config.metrics_addr {
             let s = shutdown.clone();
             let local = crate::telemetry::metrics::serve(addr, async move { s.wait().await })
@@ -88,25 +77,9 @@ impl Runtime {
         }
         Ok(Self {
             config,
-            db,
-            js,
             shutdown,
-            tasks,
+            tasks: JoinSet::new(),
         })
-    }
-
-    /// Consumes the stream of `source_context` with `handler` through the inbox.
-    pub fn consume(&mut self, source_context: &str, handler: Arc<dyn EventHandler>) {
-        let inbox = Inbox::new(
-            self.db.clone(),
-            self.js.clone(),
-            &self.config.context,
-            source_context,
-            handler,
-            self.config.inbox,
-        )
-        .with_streams(self.config.streams);
-        self.tasks.spawn(inbox.run(self.shutdown.clone()));
     }
 
     /// Runs a background task until shutdown.
@@ -139,6 +112,68 @@ impl Runtime {
         }
         tracing::info!(context = %self.config.context, "stopped");
         Ok(result?)
+    }
+}
+
+/// A started service that keeps data: a [`Process`] with its database, NATS and the outbox
+/// relay; background tasks stop with the shutdown signal.
+pub struct Runtime {
+    /// The service's database.
+    pub db: Db,
+    /// JetStream context.
+    pub js: jetstream::Context,
+    data: DataConfig,
+    process: Process,
+}
+
+impl Runtime {
+    /// Starts the [`Process`], opens and migrates the database (`M`), connects to NATS (without
+    /// waiting for it) and starts the outbox relay.
+    pub async fn start<M: MigratorTrait>(config: MeshConfig, shutdown: Shutdown) -> Result<Self, RunError> {
+        let data = config
+            .data
+            .clone()
+            .ok_or_else(|| RunError::Config(format!("{} keeps no data: it has no database to open", config.context)))?;
+        let mut process = Process::start(config, shutdown).await?;
+        let db_err = |source| RunError::Database {
+            url: redact(&data.database_url),
+            source,
+        };
+        let db = Db::connect_with(&data.database_url, data.db_pool).await.map_err(db_err)?;
+        db.migrate::<M>().await.map_err(db_err)?;
+        let context = process.config.context.clone();
+        let client = crate::events::connect(&data.nats_url, &format!("sharemesh-{context}")).await?;
+        let js = jetstream::new(client);
+        let relay = Relay::new(db.clone(), js.clone(), &context, data.outbox_poll, data.streams);
+        process.spawn(relay.run(process.shutdown.clone()));
+        Ok(Self { db, js, data, process })
+    }
+
+    /// Consumes the stream of `source_context` with `handler` through the inbox.
+    pub fn consume(&mut self, source_context: &str, handler: Arc<dyn EventHandler>) {
+        let context = &self.process.config.context;
+        debug_assert!(
+            crate::topology::Context::from_name(context).is_none_or(|c| c.node().consumes.iter().any(|s| s.name() == source_context)),
+            "{context} consumes {source_context}: add it to mesh::topology::TABLE"
+        );
+        let inbox =
+            Inbox::new(self.db.clone(), self.js.clone(), context, source_context, handler, self.data.inbox).with_streams(self.data.streams);
+        self.process.spawn(inbox.run(self.process.shutdown.clone()));
+    }
+
+    /// Runs a background task until shutdown.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.process.spawn(task);
+    }
+
+    /// Binds the configured gRPC address.
+    pub async fn bind(&self) -> Result<GrpcServer, RunError> {
+        self.process.bind().await
+    }
+
+    /// Serves `server` until shutdown, then waits for background tasks to stop.
+    pub async fn serve(self, server: GrpcServer) -> Result<(), RunError> {
+        self.process.serve(server).await
     }
 }
 

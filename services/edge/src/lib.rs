@@ -26,8 +26,8 @@ use std::time::Duration;
 use prost::Message;
 use sharemesh_mesh::auth::Verifier;
 use sharemesh_mesh::config::{ConfigError, Env, EnvExt, MeshConfig};
-use sharemesh_mesh::runtime::RunError;
-use sharemesh_mesh::server::{GrpcServer, Shutdown};
+use sharemesh_mesh::runtime::{Process, RunError};
+use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::telemetry::metrics::RouteLabel;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -180,7 +180,8 @@ pub fn public_descriptors(table: &RouteTable) -> Vec<u8> {
     set.encode_to_vec()
 }
 
-/// Runs the edge until `shutdown`.
+/// Runs the edge until `shutdown`: a [`Process`] (metrics, bind, drain) with the route table,
+/// the upstream clients and the REST router in front.
 pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), RunError> {
     let table =
         Arc::new(RouteTable::from_descriptor_set(sharemesh_contracts::FILE_DESCRIPTOR_SET).map_err(|e| RunError::Config(e.to_string()))?);
@@ -198,23 +199,16 @@ pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), RunError>
         limiter: Arc::new(RateLimiter::new(config.rate, config.burst)),
         trusted_proxies: config.trusted_proxies.clone().into(),
     };
-    if let Some(addr) = config.mesh.metrics_addr {
-        let s = shutdown.clone();
-        sharemesh_mesh::telemetry::metrics::serve(addr, async move { s.wait().await })
-            .await
-            .map_err(|source| RunError::Bind { addr, source })?;
-    }
+    let process = Process::start(config.mesh, shutdown).await?;
     // Reflection needs `'static` bytes; the edge builds them once per process.
     let descriptors: &'static [u8] = Box::leak(public_descriptors(&table).into_boxed_slice());
-    let addr = config.mesh.grpc_addr;
-    let server = GrpcServer::bind_with(addr, config.mesh.reuse_port)
-        .await
-        .map_err(|source| RunError::Bind { addr, source })?
-        .shutdown_config(config.mesh.shutdown)
+    let server = process
+        .bind()
+        .await?
         .reflect(descriptors)
         .fallback(router(edge, policies, config.cors.as_deref()));
-    tracing::info!(%addr, routes = table.routes().len(), "edge serving gRPC, gRPC-Web and REST");
-    Ok(server.run(shutdown).await?)
+    tracing::info!(routes = table.routes().len(), "edge: gRPC, gRPC-Web and REST on one port");
+    process.serve(server).await
 }
 
 #[cfg(test)]
