@@ -34,28 +34,9 @@ say "installing schemathesis and openapi-spec-validator"
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet schemathesis openapi-spec-validator >&2
 say "schemathesis $(python3 -m schemathesis.cli --version | awk '{print $NF}')"
 
-# Six consecutive free ports (edge, then catalog..view) and two more for nats and metrics.
-read -r EDGE_PORT NATS_PORT METRICS_PORT < <(python3 - <<'EOF'
-import random, socket
-
-def free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-for _ in range(500):
-    base = random.randrange(20000, 32000)
-    ports = list(range(base, base + 6)) + [base + 10, base + 11]
-    if all(free(p) for p in ports):
-        print(base, base + 10, base + 11)
-        break
-else:
-    raise SystemExit("no free ports")
-EOF
-)
+# One free port per service, consecutive (scripts/devports.py reads the topology), and two more
+# for nats and metrics.
+read -r EDGE_PORT NATS_PORT METRICS_PORT < <(python3 scripts/devports.py 20000 32000)
 BASE_URL="http://127.0.0.1:$EDGE_PORT"
 
 DATA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sharemesh-fuzz.XXXXXX")
@@ -95,7 +76,7 @@ for i in $(seq 1 120); do
   sleep 0.5
 done
 # Every service listens only after its migrations; the edge binds first.
-for port in $(seq "$EDGE_PORT" $((EDGE_PORT + 5))); do
+for port in $(python3 scripts/devports.py --services "$EDGE_PORT"); do
   for i in $(seq 1 120); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
     [ "$i" -lt 120 ] || die "port $port did not listen within 60s"

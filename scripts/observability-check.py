@@ -29,6 +29,8 @@ import urllib.parse
 import urllib.request
 import uuid
 
+import devports
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("SHAREMESH_BIN", os.path.join(REPO, "target", "debug", "sharemesh"))
 SECRET = "observability-check-secret-0123456789"
@@ -50,26 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def free_block(n: int = 6) -> int:
-    for _ in range(200):
-        base = free_port()
-        if base + n >= 65535:
-            continue
-        try:
-            socks = []
-            for i in range(n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", base + i))
-                socks.append(s)
-            for s in socks:
-                s.close()
-            return base
-        except OSError:
-            for s in socks:
-                s.close()
-    raise SystemExit("no six consecutive free ports")
 
 
 def parse(raw: bytes):
@@ -164,7 +146,7 @@ def main() -> int:
         subprocess.run([promtool, "check", "rules", rules], check=True)
         dashboard = json.load(open(os.path.join(rendered, "dashboard.json")))
 
-        base, nats, metrics, prom = free_block(), free_port(), free_port(), free_port()
+        (base, nats, metrics), prom = devports.free_dev_ports(), free_port()
         log = open(os.path.join(work, "dev.log"), "w")
         env = dict(os.environ, SHAREMESH_DEV_PORT=str(base), SHAREMESH_DEV_NATS_PORT=str(nats),
                    SHAREMESH_DEV_METRICS_PORT=str(metrics), SHAREMESH_DATA_DIR=os.path.join(work, "data"),
@@ -175,7 +157,7 @@ def main() -> int:
         edge = f"http://127.0.0.1:{base}"
         wait("sharemesh dev serving", lambda: http("GET", f"{edge}/healthz")[0] == 200)
         # Each service listens only after its migrations; the edge binds first.
-        for port in range(base, base + 6):
+        for port in devports.service_ports(base):
             wait(f"port {port} listening", lambda port=port: listening(port))
 
         config = os.path.join(work, "prometheus.yml")

@@ -40,17 +40,17 @@ import difflib
 import glob
 import json
 import os
-import random
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+import devports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -69,8 +69,8 @@ PLACEHOLDERS = {
 NUMBER = "<n>"
 TEXT_DIFFERS = "the output's lines differ from README's"
 
-# README port -> offset of the private mesh's port (edge = base, services base+1..+5), or a name.
-README_PORTS = {**{str(50050 + i): i for i in range(6)}, "14222": "nats", "9090": "metrics"}
+# README port -> offset of the private mesh's port from dev's base (the topology's ports), or a name.
+README_PORTS = {**{str(devports.FIRST_PORT + o): o for o in devports.offsets().values()}, "14222": "nats", "9090": "metrics"}
 README_BIN = "./target/debug/sharemesh"
 
 
@@ -165,30 +165,10 @@ def parse_commands(first_line, body):
 # The private mesh
 
 
-def free_ports():
-    """A base with six free consecutive ports (edge, catalog..view) and two more (nats, metrics),
-    away from the defaults (50050.., 14222, 9090) where `make run` may be running."""
-
-    def free(port):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return True
-            except OSError:
-                return False
-
-    for _ in range(500):
-        base = random.randrange(33000, 45000)
-        ports = list(range(base, base + 6)) + [base + 10, base + 11]
-        if all(free(p) for p in ports):
-            return base, base + 10, base + 11
-    raise SystemExit("readme-test: no free ports")
-
-
 class Mesh:
     def __init__(self, binary, workdir):
         self.binary, self.workdir = binary, workdir
-        self.base, self.nats, self.metrics = free_ports()
+        self.base, self.nats, self.metrics = devports.free_dev_ports(33000, 45000)
         self.data = os.path.join(workdir, "data")
         self.out = os.path.join(workdir, "dev.out")
         self.log = os.path.join(workdir, "dev.log")
@@ -205,7 +185,7 @@ class Mesh:
     def wait_ready(self, grpcurl, timeout=90):
         """/healthz answers 200 and every service answers gRPC health SERVING."""
         deadline = time.time() + timeout
-        pending = ["healthz"] + [self.base + i for i in range(6)]
+        pending = ["healthz"] + devports.service_ports(self.base)
         while pending:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sharemesh dev exited ({self.proc.returncode}) before it was ready")
@@ -245,7 +225,7 @@ class Mesh:
 
     def rewrite(self, text):
         """The README's ports and binary -> this mesh's."""
-        ports = {i: str(self.base + i) for i in range(6)}
+        ports = {o: str(self.base + o) for o in devports.offsets().values()}
         ports.update(nats=str(self.nats), metrics=str(self.metrics))
 
         def port(m):

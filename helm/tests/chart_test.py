@@ -37,8 +37,11 @@ CHART_CHECK = os.environ.get("CHART_CHECK") or os.path.join(REPO, "..", "shared"
 VENV = os.environ.get("CHART_CHECK_VENV", os.path.join(os.path.expanduser("~"), ".cache", "chart-check", "venv"))
 PYDEPS = os.path.join(os.path.expanduser("~"), ".cache", "chart-check", "pydeps")
 
-SERVICES = ["catalog", "reservation", "payment", "message", "view", "edge"]
-CONTEXTS = SERVICES[:-1]
+# The topology, written once in mesh/src/topology.rs (its copy files/topology.json is what the
+# chart reads): every service, contexts that keep data first, then the edge.
+TOPOLOGY = json.load(open(os.path.join(REPO, "helm", "sharemesh", "files", "topology.json")))["contexts"]
+SERVICES = [c["name"] for c in TOPOLOGY]
+CONTEXTS = [c["name"] for c in TOPOLOGY if c["keepsData"]]
 RELEASE, NAMESPACE = "sharemesh", "sharemesh"
 
 

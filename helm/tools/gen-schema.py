@@ -191,7 +191,21 @@ EDGE_EXTRA = {
     }, ["enabled"]),
 }
 
-CONTEXTS = ["catalog", "reservation", "payment", "message", "view"]
+# The services and which of them keep data: the topology written once in mesh/src/topology.rs,
+# as the chart reads it (files/topology.json).
+TOPOLOGY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sharemesh", "files", "topology.json")
+TOPOLOGY = json.load(open(TOPOLOGY_PATH))["contexts"]
+CONTEXTS = [c["name"] for c in TOPOLOGY if c["keepsData"]]
+# The keys some services have on top of the shared ones.
+SERVICE_EXTRA = {
+    "catalog": {"holdTtl": DURATION},
+    "reservation": {
+        "autoConfirmKinds": {"type": "string", "pattern": "^(none|(CAR|TALENT)(,(CAR|TALENT))*)$"},
+        "sagaStale": DURATION,
+    },
+    "payment": {"limitMinor": POS_INT},
+    "edge": EDGE_EXTRA,
+}
 
 
 def sqlite_single_replica(ctx: str) -> dict:
@@ -351,17 +365,8 @@ SCHEMA = {
         "secrets": obj({"existingSecret": STR}),
         "database": obj({"pool": {"type": "integer", "minimum": 1, "maximum": 1000,
                                   "description": "SHAREMESH_DB_POOL: pooled connections per process"}}, ["pool"]),
-        "services": obj({
-            "catalog": service({"holdTtl": DURATION}),
-            "reservation": service({
-                "autoConfirmKinds": {"type": "string", "pattern": "^(none|(CAR|TALENT)(,(CAR|TALENT))*)$"},
-                "sagaStale": DURATION,
-            }),
-            "payment": service({"limitMinor": POS_INT}),
-            "message": service(),
-            "view": service(),
-            "edge": service(EDGE_EXTRA, stateful=False),
-        }, ["catalog", "reservation", "payment", "message", "view", "edge"]),
+        "services": obj({c["name"]: service(SERVICE_EXTRA.get(c["name"], {}), stateful=c["keepsData"]) for c in TOPOLOGY},
+                        [c["name"] for c in TOPOLOGY]),
         "postgresql": obj({
             "mode": enum("internal", "external"),
             "auth": obj({

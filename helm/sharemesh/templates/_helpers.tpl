@@ -25,9 +25,39 @@ Per-service helpers take a dict: (dict "root" $ "name" "catalog").
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The bounded contexts (each keeps a database), then the edge. */}}
-{{- define "sharemesh.contexts" -}}catalog reservation payment message view{{- end -}}
-{{- define "sharemesh.serviceNames" -}}catalog reservation payment message view edge{{- end -}}
+{{/*
+The topology (contexts, calls, streams) is written once, in mesh/src/topology.rs; `make topology`
+copies it to files/topology.json (a Rust test fails when the copy is stale). Every list of
+services below comes from it: contexts that keep data first, then the edge.
+*/}}
+{{- define "sharemesh.topology" -}}
+{{- .Files.Get "files/topology.json" -}}
+{{- end -}}
+
+{{/* The bounded contexts (each keeps a database and a stream). */}}
+{{- define "sharemesh.contexts" -}}
+{{- $names := list -}}
+{{- range $c := (include "sharemesh.topology" . | fromJson).contexts -}}
+{{- if $c.keepsData -}}{{- $names = append $names $c.name -}}{{- end -}}
+{{- end -}}
+{{- join " " $names -}}
+{{- end -}}
+
+{{/* Every sharemesh service: the contexts, then the edge. */}}
+{{- define "sharemesh.serviceNames" -}}
+{{- $names := list -}}
+{{- range $c := (include "sharemesh.topology" . | fromJson).contexts -}}
+{{- $names = append $names $c.name -}}
+{{- end -}}
+{{- join " " $names -}}
+{{- end -}}
+
+{{/* One service's row of the topology, as JSON; .name is the service. */}}
+{{- define "sharemesh.topologyOf" -}}
+{{- range $c := (include "sharemesh.topology" .root | fromJson).contexts -}}
+{{- if eq $c.name $.name -}}{{- toJson $c -}}{{- end -}}
+{{- end -}}
+{{- end -}}
 
 {{/* Name of one component's objects: <fullname>-<component>. */}}
 {{- define "sharemesh.componentName" -}}
@@ -74,7 +104,7 @@ matchExpressions:
 
 {{/* sqlite | postgres for a context; "" for the edge (it keeps no data). */}}
 {{- define "sharemesh.storage" -}}
-{{- if ne .name "edge" -}}
+{{- if (include "sharemesh.topologyOf" . | fromJson).keepsData -}}
 {{- $svc := index .root.Values.services .name -}}
 {{- $svc.storage | default .root.Values.storage.default -}}
 {{- end -}}
@@ -160,11 +190,9 @@ maxReplicas, or replicas - plus the one pod a rolling update surges) x database.
 {{- if eq .name "edge" -}}{{ .root.Values.services.edge.service.port }}{{- else -}}50051{{- end -}}
 {{- end -}}
 
-{{/* Services a component calls synchronously (SHAREMESH_<NAME>_ADDR). */}}
+{{/* Services a component calls synchronously (SHAREMESH_<NAME>_ADDR): its "calls" in the topology. */}}
 {{- define "sharemesh.upstreams" -}}
-{{- if eq .name "edge" -}}catalog reservation payment message view
-{{- else if eq .name "reservation" -}}catalog payment
-{{- end -}}
+{{- join " " (include "sharemesh.topologyOf" . | fromJson).calls -}}
 {{- end -}}
 
 {{- define "sharemesh.host" -}}
@@ -469,9 +497,13 @@ payment:
 {{- end -}}
 {{- end -}}
 
-{{/* The JetStream streams the services create: one per context, plus the dead-letter stream. */}}
+{{/* The JetStream streams the services create: one per context that has one (the topology's "stream"), plus the dead-letter stream. */}}
 {{- define "sharemesh.streamCount" -}}
-{{- add (len (include "sharemesh.contexts" . | splitList " ")) 1 -}}
+{{- $n := 1 -}}
+{{- range $c := (include "sharemesh.topology" . | fromJson).contexts -}}
+{{- if $c.stream -}}{{- $n = add $n 1 -}}{{- end -}}
+{{- end -}}
+{{- $n -}}
 {{- end -}}
 
 {{/* SHAREMESH_STREAM_REPLICAS. */}}
