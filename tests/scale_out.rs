@@ -142,10 +142,10 @@ async fn racing_reservations_across_replicas_survive_killed_replicas_and_a_kille
         let named: Vec<String> = per_db
             .iter()
             .map(|(db, n)| {
-                let context = PgDatabases::CONTEXTS
-                    .iter()
+                let context = databases
+                    .contexts()
                     .find(|c| databases.url(c).is_some_and(|u| u.ends_with(&format!("/{db}"))));
-                format!("{}={n}", context.copied().unwrap_or(db.as_str()))
+                format!("{}={n}", context.unwrap_or(db.as_str()))
             })
             .collect();
         eprintln!(
@@ -177,7 +177,7 @@ async fn two_replicas_started_at_once_on_an_empty_database_both_serve() {
         let began = Instant::now();
         // Both replicas of every context, spawned back to back before any is waited for.
         let mut replicas: Vec<Service> = Vec::new();
-        for context in PgDatabases::CONTEXTS {
+        for context in databases.contexts() {
             let url = databases.url(context).expect("a database per stateful context");
             for _ in 0..2 {
                 replicas.push(Service::launch_at(context, &nats.url(), &[("DATABASE_URL", url)]));

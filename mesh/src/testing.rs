@@ -1,8 +1,9 @@
 //! Test helpers for this and other crates (feature `testing`): a throwaway nats-server with
-//! JetStream on a free port, free ports, and a throwaway PostgreSQL database.
+//! JetStream on a free port, free ports, `sharemesh serve` processes waited for until they serve,
+//! a throwaway PostgreSQL database, and gRPC servers over in-memory pipes.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,120 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts `bin serve <context>` with `env` on top of the inherited environment, its stderr
+/// appended to `log`; the process is killed when the child is dropped. With `clean_env`, the
+/// caller's own `SHAREMESH_*`, `OTEL_*`, `DATABASE_URL` and `NATS_URL` are not inherited (only
+/// `env` configures it). The one way the end-to-end tests and the bench start a service.
+pub fn spawn_serve(
+    bin: &Path,
+    context: &str,
+    env: &[(String, String)],
+    log: &Path,
+    clean_env: bool,
+) -> std::io::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(["serve", context]);
+    if clean_env {
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SHAREMESH_") || key.starts_with("OTEL_") || key == "DATABASE_URL" || key == "NATS_URL" {
+                cmd.env_remove(key);
+            }
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Waits until `child` (a `serve` of `context` on `port`) serves: it listens on the port
+/// itself — a twin sharing the port (`SO_REUSEPORT`) counts once its own socket is there, not
+/// when its elder answers — and gRPC health on the port answers SERVING. Returns how long that
+/// took; an error with the tail of `log` when the process exits first or `limit` passes.
+pub async fn wait_serving(
+    child: &mut tokio::process::Child,
+    context: &str,
+    port: u16,
+    log: &Path,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let began = Instant::now();
+    loop {
+        let listens = child.id().is_some_and(|pid| listens_on(pid, port));
+        if listens && health(port).await == Some(tonic_health::pb::health_check_response::ServingStatus::Serving) {
+            return Ok(began.elapsed());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{context} exited with {status} before serving:\n{}",
+                log_tail(log, context)
+            ));
+        }
+        if began.elapsed() > limit {
+            return Err(format!(
+                "{context} did not become SERVING within {limit:?}:\n{}",
+                log_tail(log, context)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The gRPC health of the whole server on 127.0.0.1:`port` (one check on a fresh connection),
+/// or None when it does not answer within a second.
+pub async fn health(port: u16) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .ok()?;
+        let res = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .ok()?;
+        Some(res.into_inner().status())
+    };
+    tokio::time::timeout(Duration::from_secs(1), check).await.ok().flatten()
+}
+
+/// Whether process `pid` has a listening TCP socket of its own on `port` (Linux: its fds against
+/// `/proc/net/tcp{,6}`).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, st (0A = LISTEN), inode.
+            if let (Some(local), Some(&"0A"), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9))
+                && local.ends_with(&wanted)
+            {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str())))
+}
+
+/// The last lines of a service's log, headed with its name (short enough to keep an assertion
+/// in view in a CI excerpt).
+pub fn log_tail(log: &Path, context: &str) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(30);
+    format!("--- last lines of the {context} log ---\n{}", lines[from..].join("\n"))
 }
 
 /// A fresh PostgreSQL database for one test, on the server of `SHAREMESH_TEST_POSTGRES` (an

@@ -13,7 +13,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, QueryResult,
 use sharemesh_mesh::testing::{free_port, nats_server_bin};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::{PgDatabases, Service, eventually_ok, nats_connect};
+use crate::{Context, PgDatabases, Service, eventually_ok, nats_connect};
 
 /// One nats-server of a [`NatsCluster`]: its config file, JetStream store and log live in its own
 /// directory, so it can be killed and started again with the same identity and data.
@@ -389,33 +389,38 @@ impl ScaledMesh {
                 ),
             ]
         };
-        let mut first: Vec<(&'static str, Service)> = Vec::new();
-        for context in ["catalog", "payment", "message", "view"] {
-            for replica in 0..2 {
-                let extra = if context == "message" { webhook_of(replica) } else { Vec::new() };
-                first.push((context, launch(context, &env_of(context, replica, &extra))));
+        // Callees first: each wave is every context whose upstreams already serve, both replicas
+        // of each launched at once; replica r calls replica r of its upstreams.
+        let mut started: HashMap<Context, Pair> = HashMap::new();
+        while started.len() < Context::keeping_data().count() {
+            let wave: Vec<Context> = Context::keeping_data()
+                .filter(|c| !started.contains_key(c) && c.node().calls.iter().all(|up| started.contains_key(up)))
+                .collect();
+            let mut launched: Vec<(Context, Service)> = Vec::new();
+            for context in wave {
+                for replica in [0, 1] {
+                    let mut extra = context.upstream_env(|up| started[&up][replica].uri());
+                    if context == Context::Message {
+                        extra.extend(webhook_of(replica));
+                    }
+                    launched.push((context, launch(context.name(), &env_of(context.name(), replica, &extra))));
+                }
+            }
+            futures::future::join_all(launched.iter_mut().map(|(_, s)| s.wait_until_serving(Duration::from_secs(60)))).await;
+            // Launched as replica A then B of each context.
+            let mut replicas = launched.into_iter();
+            while let (Some((context, a)), Some((_, b))) = (replicas.next(), replicas.next()) {
+                started.insert(context, [a, b]);
             }
         }
-        futures::future::join_all(first.iter_mut().map(|(_, s)| s.wait_until_serving(Duration::from_secs(60)))).await;
-        let mut take = |context: &str| -> Pair {
-            let mut two: Vec<Service> = Vec::new();
-            while let Some(i) = first.iter().position(|(c, _)| *c == context) {
-                two.push(first.remove(i).1);
-            }
-            two.try_into().unwrap_or_else(|_| panic!("two replicas of {context}"))
-        };
-        let (catalog, payment, message, view) = (take("catalog"), take("payment"), take("message"), take("view"));
-        let mut reservation: Vec<Service> = (0..2)
-            .map(|r| {
-                let upstreams = vec![
-                    ("SHAREMESH_CATALOG_ADDR".to_owned(), catalog[r].uri()),
-                    ("SHAREMESH_PAYMENT_ADDR".to_owned(), payment[r].uri()),
-                ];
-                launch("reservation", &env_of("reservation", r, &upstreams))
-            })
-            .collect();
-        futures::future::join_all(reservation.iter_mut().map(|s| s.wait_until_serving(Duration::from_secs(60)))).await;
-        let reservation: Pair = reservation.try_into().unwrap_or_else(|_| panic!("two replicas of reservation"));
+        let mut take = |c| started.remove(&c).expect("started");
+        let (catalog, payment, reservation, message, view) = (
+            take(Context::Catalog),
+            take(Context::Payment),
+            take(Context::Reservation),
+            take(Context::Message),
+            take(Context::View),
+        );
         Self {
             nats,
             webhook,
@@ -540,7 +545,7 @@ impl Sql {
     /// Connects to every context's database.
     pub async fn connect(databases: &PgDatabases) -> Self {
         let mut conns = HashMap::new();
-        for context in PgDatabases::CONTEXTS {
+        for context in databases.contexts() {
             let url = databases.url(context).expect("a database per stateful context");
             let mut opts = sea_orm::ConnectOptions::new(url.to_owned());
             // One connection, opened now and kept: the checks must not compete with the

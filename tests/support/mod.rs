@@ -8,12 +8,14 @@ pub mod cluster;
 pub mod oidc;
 pub mod reconcile;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sharemesh_mesh::auth::{AuthConfig, Minter, Role};
 pub use sharemesh_mesh::testing::{NatsServer, PgDatabase, free_port};
+use sharemesh_mesh::testing::{spawn_serve, wait_serving};
+pub use sharemesh_mesh::topology::{Context, start_order};
 use tonic::transport::Channel;
 
 /// The secret every test process shares.
@@ -127,16 +129,7 @@ impl Service {
     }
 
     fn spawn_process(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = tokio::process::Command::new(binary())
-            .args(["serve", self.context])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.child = Some(spawn_serve(&binary(), self.context, &self.env, &self.log, false).unwrap());
     }
 
     /// Waits until a process from [`Service::launch_at`] reports SERVING; panics with the log's
@@ -163,46 +156,18 @@ impl Service {
     /// The last lines of the log, for assertion messages (short enough to keep the assertion
     /// itself in view in a CI excerpt).
     pub fn log_tail(&self) -> String {
-        let logs = self.logs();
-        let lines: Vec<&str> = logs.lines().collect();
-        let from = lines.len().saturating_sub(30);
-        format!("--- last lines of the {} log ---\n{}", self.context, lines[from..].join("\n"))
+        sharemesh_mesh::testing::log_tail(&self.log, self.context)
     }
 
     /// Health status of the whole server, or None when unreachable.
     pub async fn health(&self) -> Option<i32> {
-        let channel = Channel::from_shared(self.uri())
-            .ok()?
-            .connect_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-            .ok()?;
-        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-        let res = client
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-            .await
-            .ok()?;
-        Some(res.into_inner().status)
+        sharemesh_mesh::testing::health(self.port).await.map(|s| s as i32)
     }
 
     async fn wait_serving(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.health().await == Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32) {
-                return;
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!("{} exited with {status} before serving:\n{}", self.context, self.log_tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not become SERVING:\n{}",
-                self.context,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let child = self.child.as_mut().expect("a started process");
+        if let Err(why) = wait_serving(child, self.context, self.port, &self.log, limit).await {
+            panic!("{why}");
         }
     }
 
@@ -235,37 +200,19 @@ impl Service {
     }
 
     /// Starts a second instance with the same settings (same port, same database) and waits
-    /// until it serves; needs `SHAREMESH_REUSE_PORT=true`. Used for restarts without a gap.
+    /// until it serves (its own socket on the port, health SERVING); needs
+    /// `SHAREMESH_REUSE_PORT=true`. Used for restarts without a gap.
     pub async fn twin(&self) -> Service {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join(format!("{}-twin.log", self.context));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = tokio::process::Command::new(binary())
-            .args(["serve", self.context])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let twin = Service {
+        let mut twin = Service {
             context: self.context,
             port: self.port,
             env: self.env.clone(),
-            log,
-            child: Some(child),
+            log: dir.path().join(format!("{}-twin.log", self.context)),
+            child: None,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !twin.logs().contains("serving gRPC") && !twin.logs().contains("edge serving") {
-            assert!(
-                Instant::now() < deadline,
-                "twin of {} did not start:\n{}",
-                self.context,
-                twin.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        twin.spawn().await;
         twin
     }
 
@@ -380,21 +327,17 @@ impl Mesh {
     /// given (SQLite files otherwise).
     pub async fn start_on(databases: Option<&PgDatabases>, common: &[(&str, &str)], reservation_env: &[(&str, &str)]) -> Self {
         let nats = NatsServer::spawn();
-        let mut catalog_env = vec![("SHAREMESH_HOLD_TTL", "30s")];
-        catalog_env.extend_from_slice(common);
-        let catalog = Service::start("catalog", &nats, &with_database(databases, "catalog", &catalog_env)).await;
-        let payment = Service::start("payment", &nats, &with_database(databases, "payment", common)).await;
-        let catalog_uri = catalog.uri();
-        let payment_uri = payment.uri();
-        let mut env: Vec<(&str, &str)> = vec![("SHAREMESH_CATALOG_ADDR", &catalog_uri), ("SHAREMESH_PAYMENT_ADDR", &payment_uri)];
-        env.extend_from_slice(common);
-        env.extend_from_slice(reservation_env);
-        let reservation = Service::start("reservation", &nats, &with_database(databases, "reservation", &env)).await;
+        let own = |c: Context| if c == Context::Reservation { reservation_env } else { &[] };
+        let mut started = start_wired(&nats, &[Context::Catalog, Context::Payment, Context::Reservation], |c| {
+            settings(databases, c, common, own(c))
+        })
+        .await;
+        let mut take = |c| started.remove(&c).expect("started");
         Self {
+            catalog: take(Context::Catalog),
+            payment: take(Context::Payment),
+            reservation: take(Context::Reservation),
             nats,
-            catalog,
-            payment,
-            reservation,
         }
     }
 
@@ -402,6 +345,40 @@ impl Mesh {
     pub async fn add(&self, context: &'static str, env: &[(&str, &str)]) -> Service {
         Service::start(context, &self.nats, env).await
     }
+}
+
+/// Starts `contexts` against `nats`, each after the ones it calls (the topology's start order)
+/// and told where they are (`SHAREMESH_<NAME>_ADDR`); `env_of` gives each its own settings.
+async fn start_wired<'a>(
+    nats: &NatsServer,
+    contexts: &[Context],
+    env_of: impl Fn(Context) -> Vec<(&'a str, &'a str)>,
+) -> HashMap<Context, Service> {
+    let mut started: HashMap<Context, Service> = HashMap::new();
+    for context in start_order().into_iter().filter(|c| contexts.contains(c)) {
+        let upstreams = context.upstream_env(|up| started.get(&up).map(Service::uri).expect("callees start first"));
+        let mut env: Vec<(&str, &str)> = upstreams.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend(env_of(context));
+        started.insert(context, Service::start(context.name(), nats, &env).await);
+    }
+    started
+}
+
+/// What every test mesh gives `context`: `common`, then its own settings (`own`; catalog holds
+/// for 30s unless told otherwise), then its PostgreSQL database when `databases` is given.
+fn settings<'a>(
+    databases: Option<&'a PgDatabases>,
+    context: Context,
+    common: &[(&'a str, &'a str)],
+    own: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = Vec::new();
+    if context == Context::Catalog {
+        env.push(("SHAREMESH_HOLD_TTL", "30s"));
+    }
+    env.extend_from_slice(common);
+    env.extend_from_slice(own);
+    with_database(databases, context.name(), &env)
 }
 
 /// A card that is approved (VISA test number).
@@ -436,16 +413,19 @@ pub fn signal(pid: u32, sig: &str) {
 pub struct PgDatabases(Vec<(&'static str, PgDatabase)>);
 
 impl PgDatabases {
-    /// The services that keep state.
-    pub const CONTEXTS: [&'static str; 5] = ["catalog", "payment", "reservation", "view", "message"];
-
-    /// Creates them; `None` when `SHAREMESH_TEST_POSTGRES` is unset.
+    /// Creates one for each context that keeps data; `None` when `SHAREMESH_TEST_POSTGRES` is
+    /// unset.
     pub async fn create() -> Option<Self> {
         let mut all = Vec::new();
-        for context in Self::CONTEXTS {
-            all.push((context, PgDatabase::create().await?));
+        for context in Context::keeping_data() {
+            all.push((context.name(), PgDatabase::create().await?));
         }
         Some(Self(all))
+    }
+
+    /// The contexts that have one.
+    pub fn contexts(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().map(|(c, _)| *c)
     }
 
     /// The database URL of `context`.
@@ -490,26 +470,49 @@ impl FullMesh {
     }
 
     /// [`FullMesh::start_with`], each service on its own PostgreSQL database when `databases`
-    /// is given.
+    /// is given: every context of the topology, callees first.
     pub async fn start_on(databases: Option<&PgDatabases>, common: &[(&str, &str)], edge_env: &[(&str, &str)]) -> Self {
-        let mesh = Mesh::start_on(databases, common, &[]).await;
-        let view = mesh.add("view", &with_database(databases, "view", common)).await;
-        let message = mesh.add("message", &with_database(databases, "message", common)).await;
-        let uris: Vec<(String, String)> = [
-            ("SHAREMESH_CATALOG_ADDR", mesh.catalog.uri()),
-            ("SHAREMESH_RESERVATION_ADDR", mesh.reservation.uri()),
-            ("SHAREMESH_PAYMENT_ADDR", mesh.payment.uri()),
-            ("SHAREMESH_MESSAGE_ADDR", message.uri()),
-            ("SHAREMESH_VIEW_ADDR", view.uri()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let mut env: Vec<(&str, &str)> = uris.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        env.extend_from_slice(common);
-        env.extend_from_slice(edge_env);
-        let edge = mesh.add("edge", &env).await;
-        Self { mesh, view, message, edge }
+        let nats = NatsServer::spawn();
+        let own = |c: Context| if c == Context::Edge { edge_env } else { &[] };
+        let all: Vec<Context> = Context::all().collect();
+        let mut started = start_wired(&nats, &all, |c| settings(databases, c, common, own(c))).await;
+        let mut take = |c| started.remove(&c).expect("started");
+        let mesh = Mesh {
+            catalog: take(Context::Catalog),
+            payment: take(Context::Payment),
+            reservation: take(Context::Reservation),
+            nats,
+        };
+        Self {
+            view: take(Context::View),
+            message: take(Context::Message),
+            edge: take(Context::Edge),
+            mesh,
+        }
+    }
+
+    /// The process of `context`.
+    pub fn service(&self, context: Context) -> &Service {
+        match context {
+            Context::Edge => &self.edge,
+            Context::Catalog => &self.mesh.catalog,
+            Context::Reservation => &self.mesh.reservation,
+            Context::Payment => &self.mesh.payment,
+            Context::Message => &self.message,
+            Context::View => &self.view,
+        }
+    }
+
+    /// The process of `context`, to stop or replace.
+    pub fn service_mut(&mut self, context: Context) -> &mut Service {
+        match context {
+            Context::Edge => &mut self.edge,
+            Context::Catalog => &mut self.mesh.catalog,
+            Context::Reservation => &mut self.mesh.reservation,
+            Context::Payment => &mut self.mesh.payment,
+            Context::Message => &mut self.message,
+            Context::View => &mut self.view,
+        }
     }
 }
 
