@@ -412,7 +412,6 @@ impl Generator {
 
     fn operation(&mut self, route: &Route, operation_id: &str) -> Json {
         let method = &route.method;
-        let input = method.input();
         let comment = self.comments.method(method);
         let mut op = Map::new();
         op.insert("operationId".into(), json!(operation_id));
@@ -425,8 +424,21 @@ impl Generator {
         }
         append_line(&mut description, &format!("gRPC: `{}`.", route.grpc_path()));
         op.insert("description".into(), json!(description));
+        let parameters = self.parameters(route);
+        if !parameters.is_empty() {
+            op.insert("parameters".into(), Json::Array(parameters));
+        }
+        if let Some(body) = self.request_body_of(route) {
+            op.insert("requestBody".into(), body);
+        }
+        op.insert("responses".into(), self.responses(route));
+        Json::Object(op)
+    }
 
-        // Path parameters, then the query string.
+    /// A route's parameters: the fields bound in its path, then (unless the body is the whole
+    /// input) the rest of the input as query parameters.
+    fn parameters(&mut self, route: &Route) -> Vec<Json> {
+        let input = route.method.input();
         let mut parameters = Vec::new();
         let path_fields: Vec<&str> = route.template.fields();
         for name in &path_fields {
@@ -455,30 +467,38 @@ impl Generator {
             let mut stack = vec![input.full_name().to_owned()];
             self.query_parameters(&input, "", &skip, &mut stack, &mut parameters);
         }
-        if !parameters.is_empty() {
-            op.insert("parameters".into(), Json::Array(parameters));
-        }
+        parameters
+    }
 
+    /// A route's request body, if it takes one: the input without its path fields, or the one
+    /// field its `body` names.
+    fn request_body_of(&mut self, route: &Route) -> Option<Json> {
+        let input = route.method.input();
         match &route.body {
-            BodyMapping::None => {}
+            BodyMapping::None => None,
             BodyMapping::All => {
+                let path_fields: Vec<&str> = route.template.fields();
                 let schema = self.body_schema(&input, &path_fields);
                 // An empty body is the empty message: required only when a field of it is.
                 let required = input
                     .fields()
                     .any(|f| self.has_behavior(&f, REQUIRED) && !path_fields.contains(&f.name()));
-                op.insert("requestBody".into(), request_body(schema, required));
+                Some(request_body(schema, required))
             }
             BodyMapping::Field(f) => {
                 let (schema, required) = match input.get_field_by_name(f) {
                     Some(field) => (self.field_schema(&field), self.has_behavior(&field, REQUIRED)),
                     None => (json!({}), false),
                 };
-                op.insert("requestBody".into(), request_body(schema, required));
+                Some(request_body(schema, required))
             }
         }
+    }
 
-        let output = method.output();
+    /// A route's responses: 200 with its output (or the field `response_body` names), then every
+    /// error as the gRPC status in JSON.
+    fn responses(&mut self, route: &Route) -> Json {
+        let output = route.method.output();
         let ok_schema = match route.response_body.as_deref().and_then(|f| output.get_field_by_name(f)) {
             Some(field) => {
                 self.message_ref(&output);
@@ -510,8 +530,7 @@ impl Generator {
             "default".into(),
             error_response("Any other error (e.g. 500 INTERNAL, 504 DEADLINE_EXCEEDED), as the gRPC status."),
         );
-        op.insert("responses".into(), Json::Object(responses));
-        Json::Object(op)
+        Json::Object(responses)
     }
 
     /// The schema of a `body: "*"` request: the input message without the fields bound in the path.
@@ -630,41 +649,7 @@ impl Generator {
             props.insert(field.json_name().to_owned(), schema);
         }
         let mut description = self.comments.message(message).unwrap_or_default();
-        let mut oneofs = Vec::new();
-        for oneof in message.oneofs().filter(|o| !o.is_synthetic()) {
-            let members: Vec<String> = oneof.fields().map(|f| f.json_name().to_owned()).collect();
-            let listed: Vec<String> = members.iter().map(|m| format!("`{m}`")).collect();
-            let exactly = REQUIRED_ONEOFS.contains(&format!("{}.{}", message.full_name(), oneof.name()).as_str());
-            append_line(
-                &mut description,
-                &format!(
-                    "Oneof `{}`: {} of {} is set.",
-                    oneof.name(),
-                    if exactly { "exactly one" } else { "at most one" },
-                    listed.join(", ")
-                ),
-            );
-            if members.len() < 2 && !exactly {
-                continue;
-            }
-            // A member counts as set when it is present and not null (null is unset).
-            let set: Vec<(String, Json)> = oneof
-                .fields()
-                .map(|f| {
-                    (
-                        f.json_name().to_owned(),
-                        json_type(&f).map_or_else(|| json!({}), |t| json!({ "type": t })),
-                    )
-                })
-                .collect();
-            let each: Vec<Json> = set.iter().map(|one| present(std::slice::from_ref(one))).collect();
-            oneofs.push(if exactly {
-                json!({ "oneOf": each })
-            } else {
-                // At most one: not two of them at once.
-                json!({ "not": { "anyOf": pairs(&set) } })
-            });
-        }
+        let mut oneofs = oneof_rules(message, &mut description);
         let mut schema = Map::new();
         schema.insert("type".into(), json!("object"));
         if !description.is_empty() {
@@ -778,6 +763,47 @@ impl Generator {
             _ => false,
         }
     }
+}
+
+/// One rule per oneof of `message` that JSON Schema can state (exactly one member set, or not
+/// two at once), each also described in `description`.
+fn oneof_rules(message: &MessageDescriptor, description: &mut String) -> Vec<Json> {
+    let mut oneofs = Vec::new();
+    for oneof in message.oneofs().filter(|o| !o.is_synthetic()) {
+        let members: Vec<String> = oneof.fields().map(|f| f.json_name().to_owned()).collect();
+        let listed: Vec<String> = members.iter().map(|m| format!("`{m}`")).collect();
+        let exactly = REQUIRED_ONEOFS.contains(&format!("{}.{}", message.full_name(), oneof.name()).as_str());
+        append_line(
+            description,
+            &format!(
+                "Oneof `{}`: {} of {} is set.",
+                oneof.name(),
+                if exactly { "exactly one" } else { "at most one" },
+                listed.join(", ")
+            ),
+        );
+        if members.len() < 2 && !exactly {
+            continue;
+        }
+        // A member counts as set when it is present and not null (null is unset).
+        let set: Vec<(String, Json)> = oneof
+            .fields()
+            .map(|f| {
+                (
+                    f.json_name().to_owned(),
+                    json_type(&f).map_or_else(|| json!({}), |t| json!({ "type": t })),
+                )
+            })
+            .collect();
+        let each: Vec<Json> = set.iter().map(|one| present(std::slice::from_ref(one))).collect();
+        oneofs.push(if exactly {
+            json!({ "oneOf": each })
+        } else {
+            // At most one: not two of them at once.
+            json!({ "not": { "anyOf": pairs(&set) } })
+        });
+    }
+    oneofs
 }
 
 /// Every pair of `members` set at once.

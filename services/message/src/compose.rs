@@ -48,95 +48,7 @@ type Text = (String, String);
 
 /// The messages a reservation event sends, given the reservation after the change.
 pub fn reservation_messages(kind: ReservationChange, r: &Reservation) -> Vec<Draft> {
-    let title = title_of(&r.listing_title, &r.listing_id);
-    let window = window_text(r.window.as_ref());
-    let id = &r.reservation_id;
-    let customer = if r.customer_id.is_empty() {
-        "A customer"
-    } else {
-        r.customer_id.as_str()
-    };
-    let reason = r.status_reason.trim();
-    let (reason_colon, reason_paren) = if reason.is_empty() {
-        (String::new(), String::new())
-    } else {
-        (format!(": {reason}"), format!(" (reason: {reason})"))
-    };
-    let amount = money_text(r.amount.as_ref());
-    let (to_customer, to_host): (Option<Text>, Option<Text>) = match kind {
-        ReservationChange::Placed => (
-            Some((
-                format!("We received your reservation of {title}"),
-                format!(
-                    "Your reservation {id} of {title} for {window} was received and is being processed. \
-                     We will write again when it is paid, or if it cannot be completed."
-                ),
-            )),
-            None,
-        ),
-        ReservationChange::Paid => (
-            Some((
-                format!("Your reservation of {title} is paid"),
-                match &amount {
-                    Some(amount) => format!("We charged {amount} for your reservation {id} of {title} for {window}."),
-                    None => format!("Your reservation {id} of {title} for {window} is paid."),
-                },
-            )),
-            Some((
-                format!("New booking of {title}"),
-                match &amount {
-                    Some(amount) => format!("{customer} booked {title} for {window} and paid {amount} (reservation {id})."),
-                    None => format!("{customer} booked {title} for {window} (reservation {id})."),
-                },
-            )),
-        ),
-        ReservationChange::Confirmed => (
-            Some((
-                format!("Your reservation of {title} is confirmed"),
-                format!("Your reservation {id} of {title} for {window} is confirmed."),
-            )),
-            Some((
-                format!("Booking of {title} confirmed"),
-                format!("The booking of {title} by {customer} for {window} is confirmed (reservation {id})."),
-            )),
-        ),
-        ReservationChange::Rejected => (
-            Some((
-                format!("Your reservation of {title} was rejected"),
-                format!("Your reservation {id} of {title} for {window} could not be completed{reason_colon}. You have not been charged."),
-            )),
-            None,
-        ),
-        ReservationChange::CancelRequested => (
-            Some((
-                format!("Your reservation of {title} is being cancelled"),
-                format!(
-                    "Your reservation {id} of {title} for {window} is being cancelled{reason_paren}. {}",
-                    match &amount {
-                        Some(amount) => format!("The payment of {amount} will be refunded."),
-                        None => "Any payment will be refunded.".to_owned(),
-                    }
-                ),
-            )),
-            Some((
-                format!("Booking of {title} is being cancelled"),
-                format!("The booking of {title} by {customer} for {window} is being cancelled{reason_paren} (reservation {id})."),
-            )),
-        ),
-        ReservationChange::Cancelled => (
-            Some((
-                format!("Your reservation of {title} is cancelled"),
-                match &amount {
-                    Some(amount) => format!("Your reservation {id} of {title} for {window} is cancelled and {amount} was refunded."),
-                    None => format!("Your reservation {id} of {title} for {window} is cancelled."),
-                },
-            )),
-            Some((
-                format!("Booking of {title} cancelled"),
-                format!("The booking of {title} by {customer} for {window} is cancelled and the window is released (reservation {id})."),
-            )),
-        ),
-    };
+    let facts = Facts::of(r);
     let draft = |recipient_id: &str, role: RecipientRole, (subject, body): Text| Draft {
         recipient_id: recipient_id.to_owned(),
         role,
@@ -147,13 +59,137 @@ pub fn reservation_messages(kind: ReservationChange, r: &Reservation) -> Vec<Dra
         body,
     };
     let mut drafts = Vec::with_capacity(2);
-    if let Some(text) = to_customer.filter(|_| !r.customer_id.is_empty()) {
+    if let Some(text) = to_customer(kind, &facts).filter(|_| !r.customer_id.is_empty()) {
         drafts.push(draft(&r.customer_id, RecipientRole::Customer, text));
     }
-    if let Some(text) = to_host.filter(|_| !r.host_id.is_empty()) {
+    if let Some(text) = to_host(kind, &facts).filter(|_| !r.host_id.is_empty()) {
         drafts.push(draft(&r.host_id, RecipientRole::Host, text));
     }
     drafts
+}
+
+/// What the messages about one reservation say, written out once.
+struct Facts<'a> {
+    title: String,
+    window: String,
+    id: &'a str,
+    /// The customer's id, or "A customer".
+    customer: &'a str,
+    /// `: <reason>`, or nothing.
+    reason_colon: String,
+    /// ` (reason: <reason>)`, or nothing.
+    reason_paren: String,
+    amount: Option<String>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(r: &'a Reservation) -> Self {
+        let reason = r.status_reason.trim();
+        let (reason_colon, reason_paren) = if reason.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!(": {reason}"), format!(" (reason: {reason})"))
+        };
+        Self {
+            title: title_of(&r.listing_title, &r.listing_id),
+            window: window_text(r.window.as_ref()),
+            id: &r.reservation_id,
+            customer: if r.customer_id.is_empty() {
+                "A customer"
+            } else {
+                r.customer_id.as_str()
+            },
+            reason_colon,
+            reason_paren,
+            amount: money_text(r.amount.as_ref()),
+        }
+    }
+}
+
+/// What the customer hears of `kind` (see the module's table).
+fn to_customer(kind: ReservationChange, f: &Facts<'_>) -> Option<Text> {
+    let Facts { title, window, id, .. } = f;
+    Some(match kind {
+        ReservationChange::Placed => (
+            format!("We received your reservation of {title}"),
+            format!(
+                "Your reservation {id} of {title} for {window} was received and is being processed. \
+                 We will write again when it is paid, or if it cannot be completed."
+            ),
+        ),
+        ReservationChange::Paid => (
+            format!("Your reservation of {title} is paid"),
+            match &f.amount {
+                Some(amount) => format!("We charged {amount} for your reservation {id} of {title} for {window}."),
+                None => format!("Your reservation {id} of {title} for {window} is paid."),
+            },
+        ),
+        ReservationChange::Confirmed => (
+            format!("Your reservation of {title} is confirmed"),
+            format!("Your reservation {id} of {title} for {window} is confirmed."),
+        ),
+        ReservationChange::Rejected => (
+            format!("Your reservation of {title} was rejected"),
+            format!(
+                "Your reservation {id} of {title} for {window} could not be completed{}. You have not been charged.",
+                f.reason_colon
+            ),
+        ),
+        ReservationChange::CancelRequested => (
+            format!("Your reservation of {title} is being cancelled"),
+            format!(
+                "Your reservation {id} of {title} for {window} is being cancelled{}. {}",
+                f.reason_paren,
+                match &f.amount {
+                    Some(amount) => format!("The payment of {amount} will be refunded."),
+                    None => "Any payment will be refunded.".to_owned(),
+                }
+            ),
+        ),
+        ReservationChange::Cancelled => (
+            format!("Your reservation of {title} is cancelled"),
+            match &f.amount {
+                Some(amount) => format!("Your reservation {id} of {title} for {window} is cancelled and {amount} was refunded."),
+                None => format!("Your reservation {id} of {title} for {window} is cancelled."),
+            },
+        ),
+    })
+}
+
+/// What the listing's host hears of `kind` (see the module's table).
+fn to_host(kind: ReservationChange, f: &Facts<'_>) -> Option<Text> {
+    let Facts {
+        title,
+        window,
+        id,
+        customer,
+        ..
+    } = f;
+    match kind {
+        ReservationChange::Placed | ReservationChange::Rejected => None,
+        ReservationChange::Paid => Some((
+            format!("New booking of {title}"),
+            match &f.amount {
+                Some(amount) => format!("{customer} booked {title} for {window} and paid {amount} (reservation {id})."),
+                None => format!("{customer} booked {title} for {window} (reservation {id})."),
+            },
+        )),
+        ReservationChange::Confirmed => Some((
+            format!("Booking of {title} confirmed"),
+            format!("The booking of {title} by {customer} for {window} is confirmed (reservation {id})."),
+        )),
+        ReservationChange::CancelRequested => Some((
+            format!("Booking of {title} is being cancelled"),
+            format!(
+                "The booking of {title} by {customer} for {window} is being cancelled{} (reservation {id}).",
+                f.reason_paren
+            ),
+        )),
+        ReservationChange::Cancelled => Some((
+            format!("Booking of {title} cancelled"),
+            format!("The booking of {title} by {customer} for {window} is cancelled and the window is released (reservation {id})."),
+        )),
+    }
 }
 
 /// The message a ListingRegistered sends: its host hears that the listing is live.
