@@ -9,6 +9,9 @@
 3. Starts Debian's `prometheus` scraping the mesh every second with the rules loaded, then asks its
    HTTP API for every dashboard panel's query and every alert's query (its threshold comparison
    taken off): each must return series. The rules must load with health "ok".
+4. Per context under `dev`: every series carries `job="sharemesh-<context>"` as in Kubernetes (dev
+   serves all contexts on one `/metrics`, scraped with `honor_labels: true`), and the dashboard's
+   per-service request rate returns one series per context of the topology.
 
 Installs Debian's `prometheus` package (prometheus + promtool) when they are missing.
 """
@@ -34,6 +37,7 @@ import devports
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("SHAREMESH_BIN", os.path.join(REPO, "target", "debug", "sharemesh"))
 SECRET = "observability-check-secret-0123456789"
+TOPOLOGY = json.load(open(os.path.join(REPO, "helm", "sharemesh", "files", "topology.json")))["contexts"]
 
 
 def tool(name: str) -> str:
@@ -123,11 +127,39 @@ def journey(edge: str) -> None:
     assert status == 200, cancelled
     status, _ = http("GET", f"{edge}/v1/listings/{uuid.uuid4()}", alice)
     assert status == 404, status
+    # The read side too, so every context serves a call.
+    for path in ("/v1/mypage", "/v1/messages"):
+        status, page = http("GET", f"{edge}{path}", alice)
+        assert status == 200, (path, status, page)
 
 
 def strip_thresholds(expr: str) -> str:
     """`q > 0.05` -> `q`: the query an alert compares, which must return series."""
     return re.sub(r"\s*(>=|<=|==|!=|>|<)\s*-?[0-9.]+(e-?[0-9]+)?(?=\s*(\)|$|\n|and|or|unless))", "", expr.strip(), flags=re.M)
+
+
+def per_context(api: str, dashboard: dict) -> int:
+    """Under dev, the series of each context are told apart as in Kubernetes: returns failures."""
+    def jobs(query: str) -> list[str]:
+        status, res = http("GET", f"{api}/query?" + urllib.parse.urlencode({"query": query}))
+        assert status == 200, res
+        return sorted(r["metric"].get("job", "") for r in res["data"]["result"])
+    every = sorted(f"sharemesh-{c['name']}" for c in TOPOLOGY)
+    keeping_data = sorted(f"sharemesh-{c['name']}" for c in TOPOLOGY if c["keepsData"])
+    by_job = next(t["expr"] for p in dashboard["panels"] for t in p["targets"] if "by (job)" in t["expr"])
+    checks = [
+        ("every sharemesh_* series has a context's job", 'count by (job) ({__name__=~"sharemesh_.+"})', every),
+        ("dashboard request rate by job: one series per context", by_job.replace("$__rate_interval", "1m"), every),
+        ("outbox backlog by job: one series per context keeping data", "sum by (job) (sharemesh_outbox_pending)", keeping_data),
+        ("inbox handled by job: one series per context keeping data", "sum by (job) (sharemesh_inbox_handled_total)", keeping_data),
+    ]
+    failed = 0
+    for what, query, want in checks:
+        got = jobs(query)
+        ok = got == want
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} per context: {what} ({len(got)})" + ("" if ok else f"\n       {query}\n       got {got}\n       want {want}"))
+    return failed
 
 
 def main() -> int:
@@ -168,6 +200,8 @@ def main() -> int:
 rule_files: [{rules}]
 scrape_configs:
   - job_name: sharemesh-dev
+    # dev labels each series job="sharemesh-<context>" itself (one process, six contexts).
+    honor_labels: true
     static_configs: [{{targets: ["127.0.0.1:{metrics}"]}}]
 """)
         subprocess.run([promtool, "check", "config", config], check=True)
@@ -201,12 +235,14 @@ scrape_configs:
             ok = isinstance(n, int) and n > 0
             failed += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {what}: {n} series" + ("" if ok else f"\n       {q}"))
+        empty = failed
+        failed += per_context(api, dashboard)
         groups = json.load(urllib.request.urlopen(f"{api}/rules"))["data"]["groups"]
         alerts = [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
         unhealthy = [(r["name"], r.get("health"), r.get("lastError")) for r in alerts if r.get("health") != "ok"]
         print(f"{'ok  ' if not unhealthy else 'FAIL'} {len(alerts)} alert rules loaded, health ok" + (f": {unhealthy}" if unhealthy else ""))
         failed += bool(unhealthy) + (len(alerts) < 6)
-        print(f"observability-check: {len(got) - failed} of {len(got)} queries return series; {failed} failed")
+        print(f"observability-check: {len(got) - empty} of {len(got)} queries return series; {failed} checks failed")
         return 1 if failed else 0
     finally:
         for p in procs:

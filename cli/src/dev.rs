@@ -9,6 +9,7 @@ use sharemesh_mesh::config::{
     ENV_DATA_DIR, ENV_DATABASE_URL, ENV_GRPC_ADDR, ENV_METRICS_ADDR, ENV_NATS_URL, Env, EnvExt, Layered, MapEnv, ProcessEnv,
 };
 use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::telemetry::metrics::Scope;
 use sharemesh_mesh::topology::{Context, TABLE};
 use tokio::task::JoinSet;
 
@@ -23,7 +24,7 @@ pub(crate) struct DevArgs {
     /// Port of the local nats-server started when NATS_URL is unset.
     #[arg(long, env = "SHAREMESH_DEV_NATS_PORT", default_value_t = 14222)]
     nats_port: u16,
-    /// Port of `/metrics` for the whole process.
+    /// Port of `/metrics` for the whole process (each series labelled `job="sharemesh-<context>"`).
     #[arg(long, env = "SHAREMESH_DEV_METRICS_PORT", default_value_t = 9090)]
     metrics_port: u16,
 }
@@ -51,7 +52,9 @@ pub(crate) async fn run(args: DevArgs) -> Result<(), String> {
             base: ProcessEnv,
         };
         let s = shutdown.clone();
-        services.spawn(async move { (context, serve::run_with(context, &env, s).await) });
+        // Each context's metrics carry job="sharemesh-<context>": one `/metrics` serves them all.
+        let scope = Scope::of(context.name());
+        services.spawn(scope.run(async move { (context, serve::run_with(context, &env, s).await) }));
     }
     print_addresses(&args, &nats_url, &data_dir);
 

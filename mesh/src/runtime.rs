@@ -82,9 +82,10 @@ impl Process {
         })
     }
 
-    /// Runs a background task until shutdown.
+    /// Runs a background task until shutdown, recording its metrics in the caller's
+    /// [`Scope`](crate::telemetry::metrics::Scope).
     pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(task);
+        self.tasks.spawn(crate::telemetry::metrics::Scope::current().run(task));
     }
 
     /// Binds the configured gRPC address.

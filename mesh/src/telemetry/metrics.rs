@@ -1,5 +1,10 @@
 //! Prometheus metrics: one registry per process, a tower layer that records every gRPC call
 //! (count, errors by code, latency), counters for the event pipeline, and the `/metrics` server.
+//!
+//! Under `sharemesh dev` every context shares the process and its `/metrics`; there each series
+//! also carries `job="sharemesh-<context>"` (its [`Scope`]), the label Prometheus gives a pod's
+//! series in Kubernetes (the chart's ServiceMonitor), so the dashboard and the alerts group the
+//! same way (scrape `dev` with `honor_labels: true`). A process of one context adds nothing.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,7 +69,75 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+/// The context a series belongs to when one process serves several (`sharemesh dev`), encoded
+/// as `job="sharemesh-<context>"`; empty (no label) in a process of one context.
+///
+/// It travels with the work: `dev` runs each context inside [`Scope::run`]; the server layer and
+/// [`crate::runtime::Process::spawn`] carry the scope they were made in into requests and
+/// background tasks, so the client calls, events and sagas of a context record into its series.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Scope(Option<Arc<str>>);
+
+tokio::task_local! {
+    static SCOPE: Scope;
+}
+
+impl Scope {
+    /// The scope of `context` (`catalog` -> `job="sharemesh-catalog"`).
+    pub fn of(context: &str) -> Self {
+        Self(Some(Arc::from(super::service_name(context))))
+    }
+
+    /// The scope the running task records in (empty outside any).
+    pub fn current() -> Self {
+        SCOPE.try_with(Clone::clone).unwrap_or_default()
+    }
+
+    /// `fut`, recording its metrics in this scope.
+    pub fn run<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        SCOPE.scope(self, fut)
+    }
+}
+
+impl EncodeLabelSet for Scope {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(job) => [("job", job.as_ref())].encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A metric family whose series carry the [`Scope`] of the code that records them besides
+/// their own labels `L`.
+#[derive(Debug)]
+pub struct Scoped<L, M, C = fn() -> M>(Family<(Scope, L), M, C>);
+
+impl<L: Clone + std::hash::Hash + Eq, M: Default> Default for Scoped<L, M> {
+    fn default() -> Self {
+        Self(Family::default())
+    }
+}
+
+impl<L: Clone + std::hash::Hash + Eq, M, C: prometheus_client::metrics::family::MetricConstructor<M>> Scoped<L, M, C> {
+    /// The series of `labels` in the current scope, created at zero when new.
+    pub fn get_or_create(&self, labels: &L) -> impl std::ops::Deref<Target = M> + '_ {
+        self.0.get_or_create(&(Scope::current(), labels.clone()))
+    }
+
+    fn family(&self) -> Family<(Scope, L), M, C>
+    where
+        C: Clone,
+    {
+        self.0.clone()
+    }
+}
+
+type HistogramFamily<L> = Scoped<L, Histogram, fn() -> Histogram>;
+
+fn histogram_family<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
+    Scoped(Family::new_with_constructor(latency_histogram as fn() -> Histogram))
+}
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s
@@ -75,119 +148,119 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     /// Calls served, per method.
-    pub server_requests: Family<MethodLabels, Counter>,
+    pub server_requests: Scoped<MethodLabels, Counter>,
     /// Calls served with a non-OK status, per method and code.
-    pub server_errors: Family<ErrorLabels, Counter>,
+    pub server_errors: Scoped<ErrorLabels, Counter>,
     /// Server-side latency, per method.
     pub server_latency: HistogramFamily<MethodLabels>,
     /// Calls made to other services, per method.
-    pub client_requests: Family<MethodLabels, Counter>,
+    pub client_requests: Scoped<MethodLabels, Counter>,
     /// Outgoing calls that failed, per method and code.
-    pub client_errors: Family<ErrorLabels, Counter>,
+    pub client_errors: Scoped<ErrorLabels, Counter>,
     /// Events published by the outbox relay, per subject.
-    pub outbox_published: Family<EventLabels, Counter>,
+    pub outbox_published: Scoped<EventLabels, Counter>,
     /// Events the relay published again and the broker dropped as duplicates (a replica died
     /// between publishing and marking), per subject.
-    pub outbox_duplicates: Family<EventLabels, Counter>,
+    pub outbox_duplicates: Scoped<EventLabels, Counter>,
     /// Events handled by an inbox consumer, per consumer.
-    pub inbox_handled: Family<EventLabels, Counter>,
+    pub inbox_handled: Scoped<EventLabels, Counter>,
     /// Event deliveries that failed and will be retried, per consumer.
-    pub inbox_failed: Family<EventLabels, Counter>,
+    pub inbox_failed: Scoped<EventLabels, Counter>,
     /// Events moved to the dead-letter subject, per consumer.
-    pub inbox_dead_lettered: Family<EventLabels, Counter>,
+    pub inbox_dead_lettered: Scoped<EventLabels, Counter>,
     /// Committed events not yet published, per context (sampled by the relay).
-    pub outbox_pending: Family<EventLabels, Gauge>,
+    pub outbox_pending: Scoped<EventLabels, Gauge>,
     /// Events the broker holds for a consumer, not yet delivered or not yet acknowledged, per
     /// durable consumer (`payment-from-reservation`; sampled every few seconds).
-    pub inbox_pending: Family<EventLabels, Gauge>,
+    pub inbox_pending: Scoped<EventLabels, Gauge>,
     /// Time from an event's occurrence to its consumer applying it, per consumer.
     pub inbox_lag: HistogramFamily<EventLabels>,
     /// Circuit state per upstream: 0 closed, 1 half-open (one probe), 2 open (failing fast).
-    pub circuit_state: Family<UpstreamLabels, Gauge>,
+    pub circuit_state: Scoped<UpstreamLabels, Gauge>,
     /// Booking sagas ended, per outcome (`paid`, `confirmed`, `rejected`).
-    pub saga_outcomes: Family<OutcomeLabels, Counter>,
+    pub saga_outcomes: Scoped<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("sharemesh");
         let m = Self {
-            server_requests: Family::default(),
-            server_errors: Family::default(),
-            server_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            client_requests: Family::default(),
-            client_errors: Family::default(),
-            outbox_published: Family::default(),
-            outbox_duplicates: Family::default(),
-            inbox_handled: Family::default(),
-            inbox_failed: Family::default(),
-            inbox_dead_lettered: Family::default(),
-            outbox_pending: Family::default(),
-            inbox_pending: Family::default(),
-            inbox_lag: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            circuit_state: Family::default(),
-            saga_outcomes: Family::default(),
+            server_requests: Scoped::default(),
+            server_errors: Scoped::default(),
+            server_latency: histogram_family(),
+            client_requests: Scoped::default(),
+            client_errors: Scoped::default(),
+            outbox_published: Scoped::default(),
+            outbox_duplicates: Scoped::default(),
+            inbox_handled: Scoped::default(),
+            inbox_failed: Scoped::default(),
+            inbox_dead_lettered: Scoped::default(),
+            outbox_pending: Scoped::default(),
+            inbox_pending: Scoped::default(),
+            inbox_lag: histogram_family(),
+            circuit_state: Scoped::default(),
+            saga_outcomes: Scoped::default(),
             registry: Registry::default(),
         };
-        registry.register("grpc_server_requests", "gRPC calls served", m.server_requests.clone());
+        registry.register("grpc_server_requests", "gRPC calls served", m.server_requests.family());
         registry.register(
             "grpc_server_errors",
             "gRPC calls served with a non-OK status",
-            m.server_errors.clone(),
+            m.server_errors.family(),
         );
-        registry.register("grpc_server_duration_seconds", "gRPC server latency", m.server_latency.clone());
+        registry.register("grpc_server_duration_seconds", "gRPC server latency", m.server_latency.family());
         registry.register(
             "grpc_client_requests",
             "gRPC calls made to other services",
-            m.client_requests.clone(),
+            m.client_requests.family(),
         );
         registry.register(
             "grpc_client_errors",
             "gRPC calls to other services that failed",
-            m.client_errors.clone(),
+            m.client_errors.family(),
         );
         registry.register(
             "outbox_published",
             "events published by the outbox relay",
-            m.outbox_published.clone(),
+            m.outbox_published.family(),
         );
         registry.register(
             "outbox_duplicates",
             "events re-published by the outbox relay and dropped by the broker as duplicates",
-            m.outbox_duplicates.clone(),
+            m.outbox_duplicates.family(),
         );
-        registry.register("inbox_handled", "events handled by inbox consumers", m.inbox_handled.clone());
+        registry.register("inbox_handled", "events handled by inbox consumers", m.inbox_handled.family());
         registry.register(
             "inbox_failed",
             "event deliveries that failed and will be retried",
-            m.inbox_failed.clone(),
+            m.inbox_failed.family(),
         );
         registry.register(
             "inbox_dead_lettered",
             "events moved to the dead-letter subject",
-            m.inbox_dead_lettered.clone(),
+            m.inbox_dead_lettered.family(),
         );
         registry.register(
             "outbox_pending",
             "committed events the outbox relay has not published yet",
-            m.outbox_pending.clone(),
+            m.outbox_pending.family(),
         );
         registry.register(
             "inbox_pending",
             "events the broker holds for a durable consumer: not yet delivered or not yet acknowledged",
-            m.inbox_pending.clone(),
+            m.inbox_pending.family(),
         );
         registry.register(
             "inbox_lag_seconds",
             "time from an event's occurrence to its consumer applying it",
-            m.inbox_lag.clone(),
+            m.inbox_lag.family(),
         );
         registry.register(
             "client_circuit_state",
             "circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
-            m.circuit_state.clone(),
+            m.circuit_state.family(),
         );
-        registry.register("saga_outcomes", "booking sagas ended, per outcome", m.saga_outcomes.clone());
+        registry.register("saga_outcomes", "booking sagas ended, per outcome", m.saga_outcomes.family());
         Self { registry, ..m }
     }
 
@@ -270,13 +343,16 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 #[derive(Debug, Clone, Default)]
 pub struct GrpcServerLayer {
     service: Option<Arc<str>>,
+    scope: Scope,
 }
 
 impl GrpcServerLayer {
-    /// Spans of this server are exported as `context`'s service (`sharemesh-catalog`).
+    /// Spans of this server are exported as `context`'s service (`sharemesh-catalog`); its
+    /// calls record in the [`Scope`] current now.
     pub fn for_context(context: &str) -> Self {
         Self {
             service: Some(Arc::from(super::service_name(context))),
+            scope: Scope::current(),
         }
     }
 }
@@ -287,6 +363,7 @@ impl<S> tower_layer::Layer<S> for GrpcServerLayer {
         GrpcServerService {
             inner,
             service: self.service.clone(),
+            scope: self.scope.clone(),
         }
     }
 }
@@ -296,6 +373,7 @@ impl<S> tower_layer::Layer<S> for GrpcServerLayer {
 pub struct GrpcServerService<S> {
     inner: S,
     service: Option<Arc<str>>,
+    scope: Scope,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -375,77 +453,79 @@ where
         let start = Instant::now();
         let fut = {
             let _entered = span.enter();
-            self.inner.call(req)
+            SCOPE.sync_scope(self.scope.clone(), || self.inner.call(req))
         };
         Box::pin(
-            async move {
-                let res = fut.await;
-                let span = tracing::Span::current();
-                // What failed, by the conventions of the protocol the caller spoke: a gRPC code
-                // name, or an HTTP status of 400 and above.
-                let error = match &res {
-                    Ok(r) if grpc => {
-                        let code = response_code(r.headers());
-                        span.record("rpc.grpc.status_code", code as i32);
-                        let status = super::semconv::grpc_server_status(code);
-                        if !status.is_empty() {
-                            span.record("otel.status_code", status);
+            self.scope.clone().run(
+                async move {
+                    let res = fut.await;
+                    let span = tracing::Span::current();
+                    // What failed, by the conventions of the protocol the caller spoke: a gRPC code
+                    // name, or an HTTP status of 400 and above.
+                    let error = match &res {
+                        Ok(r) if grpc => {
+                            let code = response_code(r.headers());
+                            span.record("rpc.grpc.status_code", code as i32);
+                            let status = super::semconv::grpc_server_status(code);
+                            if !status.is_empty() {
+                                span.record("otel.status_code", status);
+                            }
+                            (code != tonic::Code::Ok).then(|| code_name(code).to_owned())
                         }
-                        (code != tonic::Code::Ok).then(|| code_name(code).to_owned())
-                    }
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        span.record("http.response.status_code", status);
-                        if let Some(route) = r
-                            .extensions()
-                            .get::<RouteLabel>()
-                            .and_then(|l| l.0.strip_prefix(http_method.as_str()))
-                            .and_then(|l| l.strip_prefix(' '))
-                        {
-                            span.record("http.route", route);
-                            // `otel.name` is read only until the span starts; rename it directly.
-                            use opentelemetry::trace::TraceContextExt;
-                            use tracing_opentelemetry::OpenTelemetrySpanExt;
-                            span.context().span().update_name(format!("{http_method} {route}"));
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            span.record("http.response.status_code", status);
+                            if let Some(route) = r
+                                .extensions()
+                                .get::<RouteLabel>()
+                                .and_then(|l| l.0.strip_prefix(http_method.as_str()))
+                                .and_then(|l| l.strip_prefix(' '))
+                            {
+                                span.record("http.route", route);
+                                // `otel.name` is read only until the span starts; rename it directly.
+                                use opentelemetry::trace::TraceContextExt;
+                                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                                span.context().span().update_name(format!("{http_method} {route}"));
+                            }
+                            let status_code = super::semconv::http_server_status(status);
+                            if !status_code.is_empty() {
+                                span.record("otel.status_code", status_code);
+                            }
+                            (status >= 400).then(|| status.to_string())
                         }
-                        let status_code = super::semconv::http_server_status(status);
-                        if !status_code.is_empty() {
-                            span.record("otel.status_code", status_code);
+                        Err(_) => {
+                            span.record("otel.status_code", "error");
+                            Some(code_name(tonic::Code::Unknown).to_owned())
                         }
-                        (status >= 400).then(|| status.to_string())
+                    };
+                    // The label: what the service says it served, else the method path, except for
+                    // calls no method answered (UNIMPLEMENTED): any path a caller makes up would be
+                    // its own series.
+                    let method = match &res {
+                        Ok(r) => match r.extensions().get::<RouteLabel>() {
+                            Some(label) => label.0.clone(),
+                            None if error.as_deref() == Some("UNIMPLEMENTED") => UNMATCHED.to_owned(),
+                            None if !grpc && !is_health_check(&method) => UNMATCHED.to_owned(),
+                            None => method,
+                        },
+                        Err(_) => UNMATCHED.to_owned(),
+                    };
+                    let m = metrics();
+                    let labels = MethodLabels { method };
+                    m.server_requests.get_or_create(&labels).inc();
+                    m.server_latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+                    if let Some(code) = error {
+                        m.server_errors
+                            .get_or_create(&ErrorLabels {
+                                method: labels.method,
+                                code,
+                            })
+                            .inc();
                     }
-                    Err(_) => {
-                        span.record("otel.status_code", "error");
-                        Some(code_name(tonic::Code::Unknown).to_owned())
-                    }
-                };
-                // The label: what the service says it served, else the method path, except for
-                // calls no method answered (UNIMPLEMENTED): any path a caller makes up would be
-                // its own series.
-                let method = match &res {
-                    Ok(r) => match r.extensions().get::<RouteLabel>() {
-                        Some(label) => label.0.clone(),
-                        None if error.as_deref() == Some("UNIMPLEMENTED") => UNMATCHED.to_owned(),
-                        None if !grpc && !is_health_check(&method) => UNMATCHED.to_owned(),
-                        None => method,
-                    },
-                    Err(_) => UNMATCHED.to_owned(),
-                };
-                let m = metrics();
-                let labels = MethodLabels { method };
-                m.server_requests.get_or_create(&labels).inc();
-                m.server_latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
-                if let Some(code) = error {
-                    m.server_errors
-                        .get_or_create(&ErrorLabels {
-                            method: labels.method,
-                            code,
-                        })
-                        .inc();
+                    res
                 }
-                res
-            }
-            .instrument(span),
+                .instrument(span),
+            ),
         )
     }
 }
@@ -499,6 +579,41 @@ mod tests {
         assert!(text.contains("requests_total{method=\"/test.Label/Known\"} 1"), "{text}");
         assert!(!text.contains("/made/up"), "{text}");
         assert!(text.contains("requests_total{method=\"unmatched\"}"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_scope_labels_the_series_recorded_in_it_and_the_server_layer_carries_it_into_calls() {
+        use tower::ServiceExt;
+        fn labels(method: &str) -> MethodLabels {
+            MethodLabels { method: method.into() }
+        }
+        metrics().client_requests.get_or_create(&labels("/test.Scope/Outside")).inc();
+        let layer = Scope::of("catalog")
+            .run(async {
+                metrics().client_requests.get_or_create(&labels("/test.Scope/Inside")).inc();
+                GrpcServerLayer::for_context("catalog")
+            })
+            .await;
+        // The handler runs in the request's task, outside any scope of its own.
+        let svc = tower::service_fn(|_req: http::Request<()>| async {
+            metrics().client_requests.get_or_create(&labels("/test.Scope/Handler")).inc();
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let req = http::Request::builder()
+            .uri("/test.Scope/Served")
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("request");
+        tower_layer::Layer::layer(&layer, svc).oneshot(req).await.expect("infallible");
+        let text = metrics().encode();
+        for line in [
+            "client_requests_total{method=\"/test.Scope/Outside\"} 1",
+            "client_requests_total{job=\"sharemesh-catalog\",method=\"/test.Scope/Inside\"} 1",
+            "client_requests_total{job=\"sharemesh-catalog\",method=\"/test.Scope/Handler\"} 1",
+            "server_requests_total{job=\"sharemesh-catalog\",method=\"/test.Scope/Served\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 
     #[test]
