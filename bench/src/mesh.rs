@@ -90,16 +90,16 @@ impl Mesh {
             services: Vec::new(),
             dir,
         };
-        let mut scrape = Vec::new();
-        for &(context, port) in &ports {
-            let metrics = match metrics_targets {
-                Some(_) => {
-                    let addr = format!("127.0.0.1:{}", free_port());
-                    scrape.push(serde_json::json!({"targets": [addr], "labels": {"job": format!("sharemesh-{context}")}}));
-                    addr
-                }
-                None => "off".into(),
-            };
+        // Listed before the services start: Prometheus takes a few seconds to pick up new targets.
+        let metrics: Vec<String> = match metrics_targets {
+            Some(path) => {
+                let addrs: Vec<String> = ports.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+                write_targets(path, &ports, &addrs)?;
+                addrs
+            }
+            None => vec!["off".into(); ports.len()],
+        };
+        for (&(context, port), metrics) in ports.iter().zip(metrics) {
             let mut env: Vec<(String, String)> = vec![
                 ("SHAREMESH_GRPC_ADDR".into(), format!("127.0.0.1:{port}")),
                 ("SHAREMESH_METRICS_ADDR".into(), metrics),
@@ -130,13 +130,6 @@ impl Mesh {
             let svc = spawn(bin, context, port, &env, &mesh.dir.path().join(format!("{context}.log"))).await?;
             mesh.services.push(svc);
         }
-        if let Some(path) = metrics_targets {
-            // Written aside, then renamed: Prometheus never reads half a file.
-            let partial = path.with_extension("partial");
-            std::fs::write(&partial, serde_json::Value::Array(scrape).to_string())
-                .and_then(|()| std::fs::rename(&partial, path))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
         Ok(mesh)
     }
 
@@ -157,6 +150,20 @@ impl Mesh {
             let _ = svc.child.kill().await;
         }
     }
+}
+
+/// Writes each service's `/metrics` address as a Prometheus file_sd target labelled
+/// `job="sharemesh-<context>"`; aside, then renamed: Prometheus never reads half a file.
+fn write_targets(path: &Path, ports: &[(&'static str, u16)], addrs: &[String]) -> Result<(), String> {
+    let targets: Vec<serde_json::Value> = ports
+        .iter()
+        .zip(addrs)
+        .map(|((context, _), addr)| serde_json::json!({"targets": [addr], "labels": {"job": format!("sharemesh-{context}")}}))
+        .collect();
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, serde_json::Value::Array(targets).to_string())
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// CPU time of the bench, nats-server and every service at one moment.
