@@ -12,6 +12,11 @@
 //! let listing = catalog.get_listing(request).await?.into_inner().listing;
 //! # let _ = listing; Ok(()) }
 //! ```
+//!
+//! Read in this order: [`events`] (the integration events, one enum per stream, decoded in one
+//! place) -> [`ext`] (helpers on the generated types: idempotent methods, timestamps, windows,
+//! money, the stored forms of states) -> [`FILE_DESCRIPTOR_SET`] and the generated packages, one
+//! per `proto/sharemesh/<context>/v1`.
 #![forbid(unsafe_code)]
 
 pub mod events;

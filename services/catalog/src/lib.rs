@@ -5,12 +5,12 @@
 //! (the `CatalogService` handlers) -> [`events`] (published and consumed events).
 #![forbid(unsafe_code)]
 
-pub mod availability;
 pub mod domain;
-pub mod events;
-pub mod grpc;
-pub mod listings;
 pub mod storage;
+pub mod listings;
+pub mod availability;
+pub mod grpc;
+pub mod events;
 
 use std::sync::Arc;
 use std::time::Duration;

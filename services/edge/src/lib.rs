@@ -9,15 +9,15 @@
 //! generated from the same descriptors).
 #![forbid(unsafe_code)]
 
-pub mod codec;
-pub mod errors;
-pub mod handlers;
-pub mod openapi;
-pub mod policy;
-pub mod routes;
 pub mod template;
+pub mod routes;
 pub mod transcode;
+pub mod codec;
+pub mod handlers;
 pub mod upstream;
+pub mod policy;
+pub mod errors;
+pub mod openapi;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -14,14 +14,14 @@
 //! backoff, never dropped.
 #![forbid(unsafe_code)]
 
-pub mod compose;
-pub mod delivery;
 pub mod domain;
-pub mod events;
-pub mod grpc;
-pub mod queries;
-pub mod sender;
 pub mod storage;
+pub mod compose;
+pub mod events;
+pub mod sender;
+pub mod delivery;
+pub mod queries;
+pub mod grpc;
 
 #[cfg(test)]
 mod tests;

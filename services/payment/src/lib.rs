@@ -10,13 +10,13 @@
 //! are kept, and it is dropped. It is never stored, published or logged.
 #![forbid(unsafe_code)]
 
-pub mod approval;
 pub mod domain;
-pub mod events;
-pub mod grpc;
-pub mod queries;
-pub mod refund;
 pub mod storage;
+pub mod approval;
+pub mod refund;
+pub mod queries;
+pub mod grpc;
+pub mod events;
 
 #[cfg(test)]
 mod tests;

@@ -6,15 +6,15 @@
 //! [`events`] (published and consumed) -> [`upstream`] (clients of catalog and payment).
 #![forbid(unsafe_code)]
 
-pub mod cancellation;
-pub mod confirmation;
 pub mod domain;
-pub mod events;
-pub mod grpc;
-pub mod queries;
-pub mod recovery;
-pub mod saga;
 pub mod storage;
+pub mod saga;
+pub mod recovery;
+pub mod confirmation;
+pub mod cancellation;
+pub mod queries;
+pub mod grpc;
+pub mod events;
 pub mod upstream;
 
 #[cfg(test)]

@@ -5,18 +5,18 @@
 //! - MyPage (talentshare's mypage): a customer's reservations with listing, reservation and
 //!   payment state.
 //!
-//! Read in this order: [`storage`] (tables with per-aggregate versions) -> [`projection`] (the
-//! order-independent upsert rules) -> [`events`] (what is consumed) -> [`queries`] -> [`grpc`] ->
-//! [`rebuild`] (replaying the streams into a fresh database).
+//! Read in this order: [`domain`] (errors) -> [`storage`] (tables with per-aggregate versions) ->
+//! [`projection`] (the order-independent upsert rules) -> [`events`] (what is consumed) ->
+//! [`queries`] -> [`grpc`] -> [`rebuild`] (replaying the streams into a fresh database).
 #![forbid(unsafe_code)]
 
 pub mod domain;
-pub mod events;
-pub mod grpc;
-pub mod projection;
-pub mod queries;
-pub mod rebuild;
 pub mod storage;
+pub mod projection;
+pub mod events;
+pub mod queries;
+pub mod grpc;
+pub mod rebuild;
 
 use std::sync::Arc;
 
