@@ -183,7 +183,6 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let mut registry = Registry::with_prefix("sharemesh");
         let m = Self {
             server_requests: Scoped::default(),
             server_errors: Scoped::default(),
@@ -202,66 +201,72 @@ impl Metrics {
             saga_outcomes: Scoped::default(),
             registry: Registry::default(),
         };
-        registry.register("grpc_server_requests", "gRPC calls served", m.server_requests.family());
+        let mut registry = Registry::with_prefix("sharemesh");
+        m.register(&mut registry);
+        Self { registry, ..m }
+    }
+
+    /// Registers every family in `registry`, with its name and help text.
+    fn register(&self, registry: &mut Registry) {
+        registry.register("grpc_server_requests", "gRPC calls served", self.server_requests.family());
         registry.register(
             "grpc_server_errors",
             "gRPC calls served with a non-OK status",
-            m.server_errors.family(),
+            self.server_errors.family(),
         );
-        registry.register("grpc_server_duration_seconds", "gRPC server latency", m.server_latency.family());
+        registry.register("grpc_server_duration_seconds", "gRPC server latency", self.server_latency.family());
         registry.register(
             "grpc_client_requests",
             "gRPC calls made to other services",
-            m.client_requests.family(),
+            self.client_requests.family(),
         );
         registry.register(
             "grpc_client_errors",
             "gRPC calls to other services that failed",
-            m.client_errors.family(),
+            self.client_errors.family(),
         );
         registry.register(
             "outbox_published",
             "events published by the outbox relay",
-            m.outbox_published.family(),
+            self.outbox_published.family(),
         );
         registry.register(
             "outbox_duplicates",
             "events re-published by the outbox relay and dropped by the broker as duplicates",
-            m.outbox_duplicates.family(),
+            self.outbox_duplicates.family(),
         );
-        registry.register("inbox_handled", "events handled by inbox consumers", m.inbox_handled.family());
+        registry.register("inbox_handled", "events handled by inbox consumers", self.inbox_handled.family());
         registry.register(
             "inbox_failed",
             "event deliveries that failed and will be retried",
-            m.inbox_failed.family(),
+            self.inbox_failed.family(),
         );
         registry.register(
             "inbox_dead_lettered",
             "events moved to the dead-letter subject",
-            m.inbox_dead_lettered.family(),
+            self.inbox_dead_lettered.family(),
         );
         registry.register(
             "outbox_pending",
             "committed events the outbox relay has not published yet",
-            m.outbox_pending.family(),
+            self.outbox_pending.family(),
         );
         registry.register(
             "inbox_pending",
             "events the broker holds for a durable consumer: not yet delivered or not yet acknowledged",
-            m.inbox_pending.family(),
+            self.inbox_pending.family(),
         );
         registry.register(
             "inbox_lag_seconds",
             "time from an event's occurrence to its consumer applying it",
-            m.inbox_lag.family(),
+            self.inbox_lag.family(),
         );
         registry.register(
             "client_circuit_state",
             "circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
-            m.circuit_state.family(),
+            self.circuit_state.family(),
         );
-        registry.register("saga_outcomes", "booking sagas ended, per outcome", m.saga_outcomes.family());
-        Self { registry, ..m }
+        registry.register("saga_outcomes", "booking sagas ended, per outcome", self.saga_outcomes.family());
     }
 
     /// The registry in Prometheus text format.
@@ -459,45 +464,7 @@ where
             self.scope.clone().run(
                 async move {
                     let res = fut.await;
-                    let span = tracing::Span::current();
-                    // What failed, by the conventions of the protocol the caller spoke: a gRPC code
-                    // name, or an HTTP status of 400 and above.
-                    let error = match &res {
-                        Ok(r) if grpc => {
-                            let code = response_code(r.headers());
-                            span.record("rpc.grpc.status_code", code as i32);
-                            let status = super::semconv::grpc_server_status(code);
-                            if !status.is_empty() {
-                                span.record("otel.status_code", status);
-                            }
-                            (code != tonic::Code::Ok).then(|| code_name(code).to_owned())
-                        }
-                        Ok(r) => {
-                            let status = r.status().as_u16();
-                            span.record("http.response.status_code", status);
-                            if let Some(route) = r
-                                .extensions()
-                                .get::<RouteLabel>()
-                                .and_then(|l| l.0.strip_prefix(http_method.as_str()))
-                                .and_then(|l| l.strip_prefix(' '))
-                            {
-                                span.record("http.route", route);
-                                // `otel.name` is read only until the span starts; rename it directly.
-                                use opentelemetry::trace::TraceContextExt;
-                                use tracing_opentelemetry::OpenTelemetrySpanExt;
-                                span.context().span().update_name(format!("{http_method} {route}"));
-                            }
-                            let status_code = super::semconv::http_server_status(status);
-                            if !status_code.is_empty() {
-                                span.record("otel.status_code", status_code);
-                            }
-                            (status >= 400).then(|| status.to_string())
-                        }
-                        Err(_) => {
-                            span.record("otel.status_code", "error");
-                            Some(code_name(tonic::Code::Unknown).to_owned())
-                        }
-                    };
+                    let error = record_status(&tracing::Span::current(), &res, grpc, &http_method);
                     // The label: what the service says it served, else the method path, except for
                     // calls no method answered (UNIMPLEMENTED): any path a caller makes up would be
                     // its own series.
@@ -527,6 +494,53 @@ where
                 .instrument(span),
             ),
         )
+    }
+}
+
+/// Records on `span` how a served call ended, by the conventions of the protocol the caller
+/// spoke (and, for REST, the route it matched); returns what failed: a gRPC code name, or an HTTP
+/// status of 400 and above.
+fn record_status<RB, E>(
+    span: &tracing::Span,
+    res: &Result<http::Response<RB>, E>,
+    grpc: bool,
+    http_method: &http::Method,
+) -> Option<String> {
+    match res {
+        Ok(r) if grpc => {
+            let code = response_code(r.headers());
+            span.record("rpc.grpc.status_code", code as i32);
+            let status = super::semconv::grpc_server_status(code);
+            if !status.is_empty() {
+                span.record("otel.status_code", status);
+            }
+            (code != tonic::Code::Ok).then(|| code_name(code).to_owned())
+        }
+        Ok(r) => {
+            let status = r.status().as_u16();
+            span.record("http.response.status_code", status);
+            if let Some(route) = r
+                .extensions()
+                .get::<RouteLabel>()
+                .and_then(|l| l.0.strip_prefix(http_method.as_str()))
+                .and_then(|l| l.strip_prefix(' '))
+            {
+                span.record("http.route", route);
+                // `otel.name` is read only until the span starts; rename it directly.
+                use opentelemetry::trace::TraceContextExt;
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                span.context().span().update_name(format!("{http_method} {route}"));
+            }
+            let status_code = super::semconv::http_server_status(status);
+            if !status_code.is_empty() {
+                span.record("otel.status_code", status_code);
+            }
+            (status >= 400).then(|| status.to_string())
+        }
+        Err(_) => {
+            span.record("otel.status_code", "error");
+            Some(code_name(tonic::Code::Unknown).to_owned())
+        }
     }
 }
 

@@ -44,19 +44,36 @@ pub fn init(service_name: &str, env: &impl Env) {
         return;
     }
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let endpoint = env.get(ENV_OTLP_ENDPOINT).filter(|e| !e.is_empty());
+    let (provider, export_error) = tracer_provider(service_name, endpoint.as_deref());
+    let tracer = provider.tracer("sharemesh");
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let _ = PROVIDER.set(provider);
+    if install_subscriber(tracer, env) {
+        if let Some(e) = export_error {
+            tracing::error!(error = %e, "OTLP exporter could not be built; traces are not exported");
+        } else if let Some(endpoint) = endpoint {
+            tracing::info!(%endpoint, "exporting traces over OTLP");
+        }
+    }
+}
+
+/// The tracer provider of `service_name` (see [`init`]): spans are exported over OTLP/gRPC to
+/// `endpoint` when there is one, each with the resource of its context. Also says why the
+/// exporter could not be built, if it could not.
+fn tracer_provider(service_name: &str, endpoint: Option<&str>) -> (SdkTracerProvider, Option<String>) {
     let attributes = vec![
         KeyValue::new("service.namespace", "sharemesh"),
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         KeyValue::new("service.instance.id", instance_id()),
     ];
     let mut builder = SdkTracerProvider::builder();
-    let endpoint = env.get(ENV_OTLP_ENDPOINT).filter(|e| !e.is_empty());
     let mut export_error = None;
-    if let Some(endpoint) = &endpoint {
+    if let Some(endpoint) = endpoint {
         use opentelemetry_otlp::WithExportConfig;
         // Built once up front so a bad endpoint is reported at start, not at the first span.
         let build = {
-            let endpoint = endpoint.clone();
+            let endpoint = endpoint.to_owned();
             move || {
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
@@ -80,11 +97,13 @@ pub fn init(service_name: &str, env: &impl Env) {
         .with_service_name(service_name.to_owned())
         .with_attributes(attributes)
         .build();
-    let provider = builder.with_resource(resource).build();
-    let tracer = provider.tracer("sharemesh");
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    let _ = PROVIDER.set(provider);
+    (builder.with_resource(resource).build(), export_error)
+}
 
+/// Installs the process's `tracing` subscriber: the `SHAREMESH_LOG` filter, spans into
+/// OpenTelemetry through `tracer`, log lines (text or JSON) on stderr naming their trace. False
+/// when a subscriber was already installed.
+fn install_subscriber(tracer: opentelemetry_sdk::trace::SdkTracer, env: &impl Env) -> bool {
     let filter = EnvFilter::try_new(env.string_or(ENV_LOG, "info,sqlx=warn,async_nats=warn,h2=warn,tower=warn"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
@@ -113,13 +132,7 @@ pub fn init(service_name: &str, env: &impl Env) {
             )
             .try_init()
     };
-    if result.is_ok() {
-        if let Some(e) = export_error {
-            tracing::error!(error = %e, "OTLP exporter could not be built; traces are not exported");
-        } else if let Some(endpoint) = endpoint {
-            tracing::info!(%endpoint, "exporting traces over OTLP");
-        }
-    }
+    result.is_ok()
 }
 
 /// Flushes buffered spans; call before the process exits.
