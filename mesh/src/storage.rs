@@ -49,15 +49,32 @@ impl Db {
             if let Some(dir) = sqlite_dir(url) {
                 std::fs::create_dir_all(&dir).map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
             }
-            opts.max_connections(max_connections.unwrap_or(8)).min_connections(1);
+            // A SQLite "connection" is a file handle in this process: nothing to ping, and a
+            // ping is one more hand-off to sqlx's per-connection worker thread on every query.
+            opts.max_connections(max_connections.unwrap_or(8))
+                .min_connections(1)
+                .test_before_acquire(false);
+            // WAL with `synchronous=NORMAL`: a commit appends to the WAL without fsync, the WAL is
+            // synced at each checkpoint. A process crash loses nothing committed; a power loss or
+            // kernel crash may lose the last commits (never corrupts the file), and the relay may
+            // already have published their events: after a power loss, other services can hold
+            // effects of a write this one no longer has. SQLite is the single-machine default;
+            // deployments run PostgreSQL, which syncs every commit (`synchronous_commit=on`).
+            // `mmap_size`: pages are read from a shared mapping instead of a `pread` into each
+            // connection's own cache.
             opts.map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
+                    .pragma("mmap_size", SQLITE_MMAP_SIZE)
             });
         } else {
-            opts.max_connections(max_connections.unwrap_or(16)).min_connections(1);
+            // A pooled connection is pinged only after it sat idle long enough for a server,
+            // proxy or firewall to have dropped it, not on every checkout (a round trip each).
+            opts.max_connections(max_connections.unwrap_or(16))
+                .min_connections(1)
+                .test_before_acquire_if_idle_for(Duration::from_secs(30));
         }
         let conn = sea_orm::Database::connect(opts).await?;
         Ok(Self {
@@ -141,6 +158,9 @@ impl Db {
         self.outbox_wakeup.clone()
     }
 }
+
+/// How much of a SQLite file is memory-mapped (256 MiB; larger files read the rest by `pread`).
+const SQLITE_MMAP_SIZE: &str = "268435456";
 
 /// Key of the PostgreSQL advisory lock migrations run under (`"SHMIGRAT"` as an integer).
 pub const MIGRATION_LOCK: i64 = 0x5348_4d49_4752_4154;

@@ -261,6 +261,8 @@ enum Mode {
     AlwaysTransient,
     Permanent,
     FailTimesThenSucceed(u32),
+    /// Fails permanently for the event whose id ends in `-bad`, applies the others.
+    PermanentForBad,
 }
 
 /// A handler that writes an `effects` row in the inbox transaction and counts its calls.
@@ -298,6 +300,8 @@ impl EventHandler for Recorder {
                 Mode::Permanent => Err(HandleError::Permanent("impossible state".into())),
                 Mode::FailTimesThenSucceed(n) if call <= n => Err(HandleError::Transient(format!("not yet (call {call})"))),
                 Mode::FailTimesThenSucceed(_) => Ok(()),
+                Mode::PermanentForBad if event.event_id.ends_with("-bad") => Err(HandleError::Permanent("a bad one".into())),
+                Mode::PermanentForBad => Ok(()),
             }
         })
     }
@@ -475,5 +479,40 @@ async fn a_handler_that_recovers_applies_the_event_once() {
     assert_eq!(scalar(&db, "SELECT delivered FROM effects").await, 3);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_inbox").await, 1);
     assert_eq!(dlq_messages(&js).await, 0, "a recovered event was dead-lettered");
+    stop(&shutdown, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_applied_in_batches_and_one_bad_event_costs_only_itself() {
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    events::ensure_stream(&js, CONTEXT).await.expect("stream");
+    let (db, _dir) = fresh_db().await;
+    // 200 events waiting before the consumer starts (a burst), one of them bad and one
+    // published twice under different message ids (a redelivery the broker cannot drop).
+    let mut total = 0u64;
+    for i in 0..200 {
+        let id = if i == 77 { "event-77-bad".to_owned() } else { format!("event-{i}") };
+        publish_raw(&js, &id, &format!("msg-{i}")).await;
+        total += 1;
+    }
+    publish_raw(&js, "event-5", "msg-5-again").await;
+    total += 1;
+
+    let handler = Recorder::new(Mode::PermanentForBad);
+    let (shutdown, task) = start_inbox(&db, &js, handler.clone(), policy(5)).await;
+    dead_lettered(&js, "event-77-bad", "a bad one", 1).await;
+    all_acked(&js, total).await;
+
+    // Every good event applied exactly once, the bad one not at all.
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM effects").await, 199);
+    assert_eq!(scalar(&db, "SELECT COUNT(DISTINCT event_id) FROM effects").await, 199);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM effects WHERE event_id = 'event-77-bad'").await, 0);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_inbox").await, 199);
+    assert_eq!(dlq_messages(&js).await, 1);
+    // The batch holding the bad event was rolled back and applied again one by one: its good
+    // events reached the handler twice, their effects committed once. (Without batches the
+    // handler would be called exactly once per distinct event: 200.)
+    assert!(handler.calls() > 200, "no batch was rolled back: {} calls", handler.calls());
     stop(&shutdown, task).await;
 }

@@ -4,6 +4,12 @@
 //! handler's effect; the message is acked only after the commit. A failed handler is retried with
 //! exponential backoff; after `max_deliver` failures (or at once for a permanent error) the
 //! message is copied to `sharemesh.dlq.<consumer>` with the reason, logged, and only then acked.
+//!
+//! Events that are already waiting when the consumer looks (a burst) are applied as one batch:
+//! one transaction for all of them, one commit, then every ack. The rules per event do not
+//! change: if any handler of the batch fails, the whole transaction rolls back and each event is
+//! applied again on its own, with its own retries and dead-lettering, so one bad event never
+//! takes a good one down with it and nothing is acked before its effect is committed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -229,7 +235,7 @@ impl Inbox {
                 },
             )
             .await?;
-        let mut messages = consumer.messages().await?;
+        let mut messages = consumer.messages().await?.ready_chunks(BATCH);
         tracing::info!(consumer = %name, stream = %super::stream_name(&self.source_context), "consuming events");
         let mut consumer = consumer;
         // Every consumer's series exist from the start, at zero: dashboards and alerts see
@@ -262,16 +268,72 @@ impl Inbox {
                 }
                 _ = shutdown.wait() => return Ok(()),
             };
-            match next {
-                None => return Err("message stream ended".into()),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(msg)) => self.process(msg).await,
+            let Some(batch) = next else {
+                return Err("message stream ended".into());
+            };
+            let mut msgs = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for item in batch {
+                match item {
+                    Ok(msg) => msgs.push(msg),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            self.process_batch(msgs).await;
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+        }
+    }
+
+    /// Applies a burst of deliveries in one transaction (see the module docs); falls back to one
+    /// at a time when any of them fails.
+    async fn process_batch(&self, msgs: Vec<jetstream::Message>) {
+        if msgs.len() <= 1 {
+            for msg in msgs {
+                self.process(msg).await;
+            }
+            return;
+        }
+        let events: Vec<(IncomingEvent, tracing::Span)> = msgs
+            .iter()
+            .map(|msg| {
+                let event = IncomingEvent::from_message(msg);
+                let span = self.span(msg, &event);
+                (event, span)
+            })
+            .collect();
+        match apply_batch(&self.db, &self.consumer, self.handler.as_ref(), &events).await {
+            Ok(outcomes) => {
+                for ((msg, (_, span)), outcome) in msgs.iter().zip(&events).zip(outcomes) {
+                    self.settled(msg, outcome).instrument(span.clone()).await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, size = msgs.len(), "batch rolled back; applying its events one by one");
+                for (_, span) in &events {
+                    span.record("sharemesh.event.batch_rolled_back", true);
+                }
+                drop(events);
+                for msg in msgs {
+                    self.process(msg).await;
+                }
             }
         }
     }
 
     async fn process(&self, msg: jetstream::Message) {
         let event = IncomingEvent::from_message(&msg);
+        let span = self.span(&msg, &event);
+        self.settle(&msg, &event).instrument(span).await;
+    }
+
+    /// The consumer span of one delivery (messaging conventions), a child of the producer span
+    /// the message carries.
+    fn span(&self, msg: &jetstream::Message, event: &IncomingEvent) -> tracing::Span {
         let delivered = event.delivered;
         let span = tracing::info_span!(
             "event.consume",
@@ -287,13 +349,30 @@ impl Inbox {
             messaging.message.body.size = msg.payload.len(),
             sharemesh.event.type = %event.event_type,
             sharemesh.event.delivered = delivered,
+            sharemesh.event.batch_rolled_back = tracing::field::Empty,
         );
         crate::telemetry::propagation::set_parent_from_nats(
             &span,
             msg.headers.as_ref(),
             Some(&crate::telemetry::service_name(&self.consumer)),
         );
-        self.settle(&msg, &event).instrument(span).await;
+        span
+    }
+
+    /// After the commit: counts the event and acks it.
+    async fn settled(&self, msg: &jetstream::Message, outcome: Outcome) {
+        if outcome == Outcome::Applied {
+            let labels = EventLabels {
+                name: self.consumer.clone(),
+            };
+            metrics().inbox_handled.get_or_create(&labels).inc();
+            if let Some(lag) = lag(msg) {
+                metrics().inbox_lag.get_or_create(&labels).observe(lag);
+            }
+        }
+        if let Err(e) = msg.ack().await {
+            tracing::warn!(error = %e, "ack failed; the event will be redelivered and skipped as a duplicate");
+        }
     }
 
     async fn settle(&self, msg: &jetstream::Message, event: &IncomingEvent) {
@@ -301,17 +380,7 @@ impl Inbox {
             name: self.consumer.clone(),
         };
         match self.apply(event).await {
-            Ok(outcome) => {
-                if outcome == Outcome::Applied {
-                    metrics().inbox_handled.get_or_create(&labels).inc();
-                    if let Some(lag) = lag(msg) {
-                        metrics().inbox_lag.get_or_create(&labels).observe(lag);
-                    }
-                }
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "ack failed; the event will be redelivered and skipped as a duplicate");
-                }
-            }
+            Ok(outcome) => self.settled(msg, outcome).await,
             Err(err) => {
                 metrics().inbox_failed.get_or_create(&labels).inc();
                 tracing::Span::current().record("otel.status_code", "error");
@@ -357,6 +426,9 @@ impl Inbox {
     }
 }
 
+/// At most this many waiting deliveries are applied in one transaction.
+const BATCH: usize = 64;
+
 /// How often a consumer asks the broker how many events it still owes (`inbox_pending`).
 const PENDING_SAMPLE: Duration = Duration::from_secs(5);
 
@@ -371,25 +443,53 @@ fn lag(msg: &jetstream::Message) -> Option<f64> {
 /// Applies `event` through `handler` unless `consumer` has applied it before.
 pub async fn apply_once(db: &Db, consumer: &str, handler: &dyn EventHandler, event: &IncomingEvent) -> Result<Outcome, HandleError> {
     let tx = db.begin_write().await?;
-    let seen = entity::Entity::find_by_id((consumer.to_owned(), event.event_id.clone()))
-        .one(&*tx)
-        .await?;
-    if seen.is_some() {
+    if !record(&tx, consumer, event).await? {
         return Ok(Outcome::Duplicate);
     }
+    handler.handle(&tx, event).await?;
+    tx.commit().await?;
+    Ok(Outcome::Applied)
+}
+
+/// [`apply_once`] for several events in one transaction, each handled inside its own span, in
+/// order. Any failure rolls the whole batch back and is returned: the caller then applies the
+/// events one by one.
+pub async fn apply_batch(
+    db: &Db,
+    consumer: &str,
+    handler: &dyn EventHandler,
+    events: &[(IncomingEvent, tracing::Span)],
+) -> Result<Vec<Outcome>, HandleError> {
+    let tx = db.begin_write().await?;
+    let mut outcomes = Vec::with_capacity(events.len());
+    for (event, span) in events {
+        let outcome = async {
+            if !record(&tx, consumer, event).await? {
+                return Ok::<_, HandleError>(Outcome::Duplicate);
+            }
+            handler.handle(&tx, event).await?;
+            Ok(Outcome::Applied)
+        }
+        .instrument(span.clone())
+        .await?;
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Records that `consumer` applied `event` (one statement); `false` when it already had.
+async fn record(tx: &WriteTxn, consumer: &str, event: &IncomingEvent) -> Result<bool, sea_orm::DbErr> {
     let row = entity::ActiveModel {
         consumer: Set(consumer.to_owned()),
         event_id: Set(event.event_id.clone()),
         subject: Set(event.event_type.clone()),
         handled_at_ms: Set(super::now_ms()),
     };
-    if let Err(e) = entity::Entity::insert(row).exec_without_returning(&*tx).await {
-        if crate::storage::is_unique_violation(&e) {
-            return Ok(Outcome::Duplicate);
-        }
-        return Err(e.into());
+    match entity::Entity::insert(row).on_conflict_do_nothing().exec_without_returning(&**tx).await {
+        Ok(sea_orm::TryInsertResult::Inserted(n)) => Ok(n > 0),
+        Ok(_) => Ok(false),
+        Err(e) if crate::storage::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
     }
-    handler.handle(&tx, event).await?;
-    tx.commit().await?;
-    Ok(Outcome::Applied)
 }
