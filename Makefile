@@ -84,7 +84,7 @@ image: ## build the container image (IMAGE=sharemesh:dev; needs a running Docker
 helm-check: ## validate the Helm chart offline: every values combination, schema, chart tests
 	@scripts/helm-check.sh
 
-.PHONY: bench ghz
+.PHONY: bench bench-panels ghz
 
 ghz: ## run bench/ghz/*.json with ghz against a running mesh (GHZ_HOST, default the edge of make run)
 	SHAREMESH_BIN="$(abspath $(BIN))" scripts/ghz.sh
@@ -93,3 +93,12 @@ bench: deps ## load-test the whole mesh on this machine (release build): a table
 	$(CARGO) build --release --bin sharemesh -p sharemesh-cli
 	$(CARGO) build --release -p sharemesh-bench --bin sharemesh-bench
 	SHAREMESH_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target)/release/sharemesh)" $(or $(CARGO_TARGET_DIR),target)/release/sharemesh-bench $(BENCH_ARGS)
+
+# Prometheus (Debian's package, installed when missing) scrapes every process of a bench run; the
+# dashboard's main panels drawn from its query_range answers.
+bench-panels: deps ## the dashboard's main panels over a bench run, from a real Prometheus: bench/panels.svg
+	$(CARGO) build --release --bin sharemesh -p sharemesh-cli
+	$(CARGO) build --release -p sharemesh-bench --bin sharemesh-bench
+	SHAREMESH_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target)/release/sharemesh)" \
+	  BENCH_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target)/release/sharemesh-bench)" BENCH_ARGS="$(BENCH_ARGS)" \
+	  python3 scripts/bench-panels.py
