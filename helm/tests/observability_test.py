@@ -36,7 +36,7 @@ def exported_metrics() -> set[str]:
     src = open(os.path.join(REPO, "mesh", "src", "telemetry", "metrics.rs")).read()
     body = src[src.index("fn new() -> Self"):src.index("pub fn encode")]
     names = set()
-    for name, field in re.findall(r'registry\.register\(\s*"([a-z_]+)",\s*"[^"]*",\s*m\.([a-z_]+)\.(?:clone|family)\(\)', body, re.S):
+    for name, field in re.findall(r'registry\.register\(\s*"([a-z_]+)",\s*"[^"]*",\s*(?:m|self)\.([a-z_]+)\.(?:clone|family)\(\)', body, re.S):
         kind = re.search(rf"pub {field}: (.+),$", src, re.M).group(1)
         base = f"sharemesh_{name}"
         if kind.startswith("HistogramFamily"):
