@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use sharemesh_mesh::auth::Role;
+use sharemesh_mesh::topology::Context;
 
 use crate::load::LoadConfig;
 use crate::report::{Machine, Memory, Report, Row, Startup, Target};
-use crate::scenarios::{BaselineServer, Streams, Tokens, Windows};
+use crate::scenarios::{BaselineServer, LagReport, Streams, Tokens, Windows};
 
 /// How long the bench waits for the event consumers to catch up between scenarios.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
@@ -165,43 +166,231 @@ fn row(name: &str, cfg: &LoadConfig, summary: stats::Summary, baseline_rps: f64,
 /// transactions/s on an EKS cluster.
 const SEEDS_SIEGE_RPS: f64 = 465.53;
 
-/// Row 7: RegisterListing via the edge's REST/JSON, 100 clients on HTTP/1.1 keep-alive — the
-/// seeds' siege scenario, with the seeds' figure beside it.
-async fn register_listings_rest(
-    mesh: &mesh::Mesh,
-    settings: &Settings,
-    tokens: &Tokens,
-    streams: &Streams,
-    base_rps: f64,
-) -> Result<Row, String> {
-    let cfg = LoadConfig {
-        concurrency: 100,
-        warmup: settings.warmup,
-        duration: settings.reserve_duration,
-        timeout: Duration::from_secs(10),
-    };
-    progress("7 RegisterListing via the edge (REST/JSON, 100 clients)", &cfg);
-    streams.drain(DRAIN_LIMIT).await?;
-    let cpu = mesh.cpu();
-    let host = tokens.token("bench-siege-host", Role::Host)?;
-    let summary = scenarios::register_listing_rest(&mesh.uri("edge"), cfg, &host).await?;
-    let used = mesh.cpu().since(&cpu);
-    let x_seeds = summary.rps / SEEDS_SIEGE_RPS;
-    let target = Target::new(
-        format!(">= 4,650/s, 10x the seeds' {SEEDS_SIEGE_RPS} (is {x_seeds:.1}x)"),
-        summary.rps >= 10.0 * SEEDS_SIEGE_RPS,
-    );
-    let mut row = row(
-        "7 RegisterListing via edge (REST/JSON)",
-        &cfg,
-        summary,
-        base_rps,
-        Some(target),
-        used,
-    )
-    .with_cpu_per_op();
-    row.backlog_drained_s = Some(streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
-    Ok(row)
+/// What every scenario shares: the running mesh, its data, tokens and streams.
+struct Bench {
+    settings: Settings,
+    mesh: mesh::Mesh,
+    tokens: Arc<Tokens>,
+    streams: Streams,
+    windows: Windows,
+    customer_token: String,
+    /// One car to read.
+    read_listing: String,
+    /// One car per PlaceReservation worker.
+    reserve_listings: Arc<Vec<String>>,
+    /// A few cars for the lag run.
+    lag_listings: Arc<Vec<String>>,
+}
+
+impl Bench {
+    /// Starts the mesh and registers the cars the scenarios use; waits until every consumer
+    /// caught up.
+    async fn start(settings: Settings, bin: &std::path::Path, metrics_targets: Option<&std::path::Path>) -> Result<Self, String> {
+        let services = Context::all().count();
+        eprintln!("bench: starting nats-server and {services} services from {}", bin.display());
+        let mesh = mesh::Mesh::start(bin, metrics_targets).await?;
+        let tokens = Arc::new(Tokens::new());
+        let host = tokens.bearer("bench-host", Role::Host)?;
+        let catalog = load::channels(&mesh.uri(Context::Catalog), 1).await?.remove(0);
+        let read_listing = scenarios::register_cars(&catalog, &host, 1, "read").await?.remove(0);
+        let reserve_listings = Arc::new(scenarios::register_cars(&catalog, &host, settings.reserve_concurrency, "reserve").await?);
+        let lag_listings = Arc::new(scenarios::register_cars(&catalog, &host, 16, "lag").await?);
+        let streams = Streams::connect(&mesh.nats.url()).await?;
+        streams.drain(DRAIN_LIMIT).await?;
+        Ok(Self {
+            customer_token: tokens.token("bench-reader", Role::Customer)?,
+            settings,
+            mesh,
+            tokens,
+            streams,
+            windows: Windows::default(),
+            read_listing,
+            reserve_listings,
+            lag_listings,
+        })
+    }
+
+    /// Runs `scenario` once the event consumers have caught up; also returns the CPU the
+    /// processes used meanwhile.
+    async fn measured<T>(&self, scenario: impl std::future::Future<Output = Result<T, String>>) -> Result<(T, Vec<(String, f64)>), String> {
+        self.streams.drain(DRAIN_LIMIT).await?;
+        let cpu = self.mesh.cpu();
+        let out = scenario.await?;
+        Ok((out, self.mesh.cpu().since(&cpu)))
+    }
+
+    /// Rows 1-4: the bare tonic baseline, then GetListing straight to catalog, through the edge
+    /// over gRPC and over REST/JSON. Returns the baseline's rate too.
+    async fn read_rows(&self) -> Result<(Vec<Row>, f64), String> {
+        let (reads, connections) = (self.settings.reads(), self.settings.connections);
+        let customer = load::bearer(&self.customer_token)?;
+        let listing = &self.read_listing;
+        progress("1 baseline (bare tonic, Health/Check)", &reads);
+        let baseline_server = BaselineServer::start()?;
+        let (base, used) = self.measured(scenarios::baseline(&baseline_server.uri, connections, reads)).await?;
+        drop(baseline_server);
+        let base_rps = base.rps;
+        let mut rows = vec![row("1 baseline: empty unary, bare tonic", &reads, base, base_rps, None, used)];
+
+        progress("2 GetListing direct to catalog", &reads);
+        let catalog = self.mesh.uri(Context::Catalog);
+        let (direct, used) = self
+            .measured(scenarios::get_listing_grpc(&catalog, connections, reads, listing, customer.clone()))
+            .await?;
+        let direct_x = direct.rps / base_rps.max(f64::EPSILON);
+        let target = Target::new(">= 0.5x baseline", direct_x >= 0.5);
+        rows.push(row(
+            "2 GetListing direct to catalog (gRPC)",
+            &reads,
+            direct,
+            base_rps,
+            Some(target),
+            used,
+        ));
+
+        progress("3 GetListing via the edge (gRPC)", &reads);
+        let edge = self.mesh.uri(Context::Edge);
+        let (edge_grpc, used) = self
+            .measured(scenarios::get_listing_grpc(&edge, connections, reads, listing, customer))
+            .await?;
+        let edge_grpc_rps = edge_grpc.rps;
+        rows.push(row("3 GetListing via edge (gRPC)", &reads, edge_grpc, base_rps, None, used));
+
+        progress("4 GetListing via the edge (REST/JSON, HTTP/1.1 pool)", &reads);
+        let (rest, used) = self
+            .measured(scenarios::get_listing_rest(&edge, reads, listing, &self.customer_token))
+            .await?;
+        let rest_vs_grpc = rest.rps / edge_grpc_rps.max(f64::EPSILON);
+        let target = Target::new(format!(">= 0.7x edge gRPC (is {rest_vs_grpc:.2}x)"), rest_vs_grpc >= 0.7);
+        rows.push(row("4 GetListing via edge (REST/JSON)", &reads, rest, base_rps, Some(target), used));
+        Ok((rows, base_rps))
+    }
+
+    /// Rows 5 and 5b: PlaceReservation end to end through the edge, then straight to
+    /// reservation (what the edge adds to a write); each with how long its events took to drain.
+    async fn reserve_rows(&self, base_rps: f64) -> Result<Vec<Row>, String> {
+        let reserve = LoadConfig {
+            concurrency: self.settings.reserve_concurrency,
+            warmup: self.settings.warmup,
+            duration: self.settings.reserve_duration,
+            timeout: Duration::from_secs(10),
+        };
+        let (edge, direct) = (self.mesh.uri(Context::Edge), self.mesh.uri(Context::Reservation));
+        let place = |uri| {
+            let (listings, windows) = (self.reserve_listings.clone(), self.windows.clone());
+            scenarios::place_reservations(uri, self.settings.connections, reserve, listings, windows, &self.tokens)
+        };
+        progress("5 PlaceReservation end to end via the edge (gRPC)", &reserve);
+        let (placed, used) = self.measured(place(&edge)).await?;
+        let placed_ok = placed.rps / base_rps.max(f64::EPSILON) >= 0.1 && placed.p99_ms <= 50.0 && placed.count > 0;
+        let target = Target::new(">= 0.1x baseline, p99 <= 50 ms", placed_ok);
+        let mut edge = row(
+            "5 PlaceReservation e2e via edge (SQLite)",
+            &reserve,
+            placed,
+            base_rps,
+            Some(target),
+            used,
+        )
+        .with_cpu_per_op();
+        edge.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
+
+        progress("5b PlaceReservation direct to reservation (gRPC)", &reserve);
+        let (direct, used) = self.measured(place(&direct)).await?;
+        let mut direct = row("5b PlaceReservation direct to reservation", &reserve, direct, base_rps, None, used).with_cpu_per_op();
+        direct.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
+        Ok(vec![edge, direct])
+    }
+
+    /// Row 7: RegisterListing via the edge's REST/JSON, 100 clients on HTTP/1.1 keep-alive — the
+    /// seeds' siege scenario, with the seeds' figure beside it.
+    async fn register_listings_rest(&self, base_rps: f64) -> Result<Row, String> {
+        let cfg = LoadConfig {
+            concurrency: 100,
+            warmup: self.settings.warmup,
+            duration: self.settings.reserve_duration,
+            timeout: Duration::from_secs(10),
+        };
+        progress("7 RegisterListing via the edge (REST/JSON, 100 clients)", &cfg);
+        let host = self.tokens.token("bench-siege-host", Role::Host)?;
+        let edge = self.mesh.uri(Context::Edge);
+        let (summary, used) = self.measured(scenarios::register_listing_rest(&edge, cfg, &host)).await?;
+        let x_seeds = summary.rps / SEEDS_SIEGE_RPS;
+        let target = Target::new(
+            format!(">= 4,650/s, 10x the seeds' {SEEDS_SIEGE_RPS} (is {x_seeds:.1}x)"),
+            summary.rps >= 10.0 * SEEDS_SIEGE_RPS,
+        );
+        let mut row = row(
+            "7 RegisterListing via edge (REST/JSON)",
+            &cfg,
+            summary,
+            base_rps,
+            Some(target),
+            used,
+        )
+        .with_cpu_per_op();
+        row.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
+        Ok(row)
+    }
+
+    /// Row 6: the event lag, commit to the view's MyPage, at `--lag-rate`; with its target and
+    /// the CPU it used.
+    async fn event_lag(&self) -> Result<(LagReport, Target, Vec<(String, f64)>), String> {
+        let s = &self.settings;
+        eprintln!(
+            "bench: 6 event lag: {:.0} reservations/s for {:.1}s, commit -> CONFIRMED in the view's MyPage ...",
+            s.lag_rate,
+            s.lag_duration.as_secs_f64()
+        );
+        let run = scenarios::LagRun {
+            reservation_uri: self.mesh.uri(Context::Reservation),
+            view_uri: self.mesh.uri(Context::View),
+            connections: s.connections,
+            rate: s.lag_rate,
+            duration: s.lag_duration,
+            listings: self.lag_listings.clone(),
+            windows: self.windows.clone(),
+            tokens: self.tokens.clone(),
+        };
+        let (lag, used) = self.measured(run.measure(&self.streams)).await?;
+        let target = Target::new(
+            format!(
+                "p99 <= 50 ms at 500 events/s (ran at {:.0} events/s)",
+                lag.events_per_s.unwrap_or_default()
+            ),
+            lag.p99_ms <= 50.0 && lag.seen > 0 && lag.not_seen == 0,
+        );
+        Ok((lag, target, used))
+    }
+
+    /// Each service's start-up time, against its target.
+    fn startup(&self) -> Vec<Startup> {
+        self.mesh
+            .services
+            .iter()
+            .map(|s| {
+                let ms = s.startup.as_secs_f64() * 1000.0;
+                Startup {
+                    service: s.context.name().to_owned(),
+                    ms,
+                    target: Target::new("< 300 ms", ms < 300.0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Each service's memory when idle and after the load, against its target.
+fn memory(idle: &[(&'static str, Option<f64>)], after: &[(&'static str, Option<f64>)]) -> Vec<Memory> {
+    idle.iter()
+        .zip(after)
+        .map(|((service, idle_mib), (_, after_mib))| Memory {
+            service: (*service).to_owned(),
+            idle_mib: *idle_mib,
+            after_load_mib: *after_mib,
+            target: Target::new("< 40 MiB after load", after_mib.is_some_and(|m| m < 40.0)),
+        })
+        .collect()
 }
 
 async fn run(settings: Settings, json: PathBuf, metrics_targets: Option<PathBuf>) -> Result<Report, String> {
@@ -209,197 +398,17 @@ async fn run(settings: Settings, json: PathBuf, metrics_targets: Option<PathBuf>
     let machine = Machine::detect();
     let bin = mesh::binary()?;
     eprintln!("bench: {}", Report::machine_line(&machine));
-    eprintln!("bench: starting nats-server and 6 services from {}", bin.display());
-    let mesh = mesh::Mesh::start(&bin, metrics_targets.as_deref()).await?;
-    let tokens = Arc::new(Tokens::new());
-    let host = tokens.bearer("bench-host", Role::Host)?;
-    let customer_token = tokens.token("bench-reader", Role::Customer)?;
-    let customer = load::bearer(&customer_token)?;
-
-    // Data: one car to read, one car per PlaceReservation worker, a few for the lag run.
-    let catalog = load::channels(&mesh.uri("catalog"), 1).await?.remove(0);
-    let read_listing = scenarios::register_cars(&catalog, &host, 1, "read").await?.remove(0);
-    let reserve_listings = Arc::new(scenarios::register_cars(&catalog, &host, settings.reserve_concurrency, "reserve").await?);
-    let lag_listings = Arc::new(scenarios::register_cars(&catalog, &host, 16, "lag").await?);
-    let windows = Windows::default();
-    let streams = Streams::connect(&mesh.nats.url()).await?;
-    streams.drain(DRAIN_LIMIT).await?;
+    let bench = Bench::start(settings, &bin, metrics_targets.as_deref()).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = mesh.rss();
+    let idle = bench.mesh.rss();
 
-    let reads = settings.reads();
-    let mut rows = Vec::new();
-
-    progress("1 baseline (bare tonic, Health/Check)", &reads);
-    let baseline_server = BaselineServer::start()?;
-    streams.drain(DRAIN_LIMIT).await?;
-    let cpu = mesh.cpu();
-    let base = scenarios::baseline(&baseline_server.uri, settings.connections, reads).await?;
-    let used = mesh.cpu().since(&cpu);
-    drop(baseline_server);
-    let base_rps = base.rps;
-    rows.push(row("1 baseline: empty unary, bare tonic", &reads, base, base_rps, None, used));
-
-    progress("2 GetListing direct to catalog", &reads);
-    streams.drain(DRAIN_LIMIT).await?;
-    let cpu = mesh.cpu();
-    let direct = scenarios::get_listing_grpc(&mesh.uri("catalog"), settings.connections, reads, &read_listing, customer.clone()).await?;
-    let used = mesh.cpu().since(&cpu);
-    let direct_x = direct.rps / base_rps.max(f64::EPSILON);
-    rows.push(row(
-        "2 GetListing direct to catalog (gRPC)",
-        &reads,
-        direct,
-        base_rps,
-        Some(Target::new(">= 0.5x baseline", direct_x >= 0.5)),
-        used,
-    ));
-
-    progress("3 GetListing via the edge (gRPC)", &reads);
-    streams.drain(DRAIN_LIMIT).await?;
-    let cpu = mesh.cpu();
-    let edge_grpc = scenarios::get_listing_grpc(&mesh.uri("edge"), settings.connections, reads, &read_listing, customer.clone()).await?;
-    let used = mesh.cpu().since(&cpu);
-    let edge_grpc_rps = edge_grpc.rps;
-    rows.push(row("3 GetListing via edge (gRPC)", &reads, edge_grpc, base_rps, None, used));
-
-    progress("4 GetListing via the edge (REST/JSON, HTTP/1.1 pool)", &reads);
-    streams.drain(DRAIN_LIMIT).await?;
-    let cpu = mesh.cpu();
-    let rest = scenarios::get_listing_rest(&mesh.uri("edge"), reads, &read_listing, &customer_token).await?;
-    let used = mesh.cpu().since(&cpu);
-    let rest_vs_grpc = rest.rps / edge_grpc_rps.max(f64::EPSILON);
-    rows.push(row(
-        "4 GetListing via edge (REST/JSON)",
-        &reads,
-        rest,
-        base_rps,
-        Some(Target::new(
-            format!(">= 0.7x edge gRPC (is {rest_vs_grpc:.2}x)"),
-            rest_vs_grpc >= 0.7,
-        )),
-        used,
-    ));
-
-    let reserve = LoadConfig {
-        concurrency: settings.reserve_concurrency,
-        warmup: settings.warmup,
-        duration: settings.reserve_duration,
-        timeout: Duration::from_secs(10),
-    };
-    progress("5 PlaceReservation end to end via the edge (gRPC)", &reserve);
-    streams.drain(DRAIN_LIMIT).await?;
-    let cpu = mesh.cpu();
-    let placed = scenarios::place_reservations(
-        &mesh.uri("edge"),
-        settings.connections,
-        reserve,
-        reserve_listings.clone(),
-        windows.clone(),
-        &tokens,
-    )
-    .await?;
-    let used = mesh.cpu().since(&cpu);
-    let placed_ok = placed.rps / base_rps.max(f64::EPSILON) >= 0.1 && placed.p99_ms <= 50.0 && placed.count > 0;
-    rows.push(
-        row(
-            "5 PlaceReservation e2e via edge (SQLite)",
-            &reserve,
-            placed,
-            base_rps,
-            Some(Target::new(">= 0.1x baseline, p99 <= 50 ms", placed_ok)),
-            used,
-        )
-        .with_cpu_per_op(),
-    );
-
-    // The same straight to reservation: what the edge adds to a write.
-    let drained = streams.drain(DRAIN_LIMIT).await?;
-    if let Some(row) = rows.last_mut() {
-        row.backlog_drained_s = Some(drained.as_secs_f64());
-    }
-    progress("5b PlaceReservation direct to reservation (gRPC)", &reserve);
-    let cpu = mesh.cpu();
-    let placed_direct = scenarios::place_reservations(
-        &mesh.uri("reservation"),
-        settings.connections,
-        reserve,
-        reserve_listings,
-        windows.clone(),
-        &tokens,
-    )
-    .await?;
-    let used = mesh.cpu().since(&cpu);
-    rows.push(
-        row(
-            "5b PlaceReservation direct to reservation",
-            &reserve,
-            placed_direct,
-            base_rps,
-            None,
-            used,
-        )
-        .with_cpu_per_op(),
-    );
-
-    rows.push(register_listings_rest(&mesh, &settings, &tokens, &streams, base_rps).await?);
-
-    eprintln!(
-        "bench: 6 event lag: {:.0} reservations/s for {:.1}s, commit -> CONFIRMED in the view's MyPage ...",
-        settings.lag_rate,
-        settings.lag_duration.as_secs_f64()
-    );
-    // The events of scenario 5b are still being handled: how long until every consumer caught up.
-    let reserve_drain = streams.drain(DRAIN_LIMIT).await?;
-    if let Some(row) = rows.last_mut() {
-        row.backlog_drained_s = Some(reserve_drain.as_secs_f64());
-    }
-    let cpu = mesh.cpu();
-    let lag = scenarios::event_lag(
-        &mesh.uri("reservation"),
-        &mesh.uri("view"),
-        &streams,
-        settings.connections,
-        settings.lag_rate,
-        settings.lag_duration,
-        lag_listings,
-        windows,
-        tokens.clone(),
-    )
-    .await?;
-    let lag_cpu = mesh.cpu().since(&cpu);
-    let after = mesh.rss();
-    let lag_target = Target::new(
-        format!(
-            "p99 <= 50 ms at 500 events/s (ran at {:.0} events/s)",
-            lag.events_per_s.unwrap_or_default()
-        ),
-        lag.p99_ms <= 50.0 && lag.seen > 0 && lag.not_seen == 0,
-    );
-
-    let memory = idle
-        .iter()
-        .zip(&after)
-        .map(|((service, idle_mib), (_, after_mib))| Memory {
-            service: (*service).to_owned(),
-            idle_mib: *idle_mib,
-            after_load_mib: *after_mib,
-            target: Target::new("< 40 MiB after load", after_mib.is_some_and(|m| m < 40.0)),
-        })
-        .collect();
-    let startup = mesh
-        .services
-        .iter()
-        .map(|s| {
-            let ms = s.startup.as_secs_f64() * 1000.0;
-            Startup {
-                service: s.context.to_owned(),
-                ms,
-                target: Target::new("< 300 ms", ms < 300.0),
-            }
-        })
-        .collect();
-    mesh.stop().await;
+    let (mut rows, base_rps) = bench.read_rows().await?;
+    rows.extend(bench.reserve_rows(base_rps).await?);
+    rows.push(bench.register_listings_rest(base_rps).await?);
+    let (lag, lag_target, lag_cpu) = bench.event_lag().await?;
+    let memory = memory(&idle, &bench.mesh.rss());
+    let startup = bench.startup();
+    bench.mesh.stop().await;
 
     let mut report = Report {
         machine,

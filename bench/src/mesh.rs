@@ -1,23 +1,16 @@
 //! Process management: a throwaway nats-server, then every service as its own
 //! `sharemesh serve <context>` process (release binary) on a free port with a fresh SQLite file,
-//! timed from spawn to its first SERVING health answer. Everything dies with [`Mesh`].
+//! in the topology's start order and wired by it, timed from spawn to its first SERVING health
+//! answer. Everything dies with [`Mesh`].
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sharemesh_mesh::testing::{NatsServer, free_port};
-use tonic::transport::Endpoint;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+use sharemesh_mesh::testing::{NatsServer, free_port, spawn_serve, wait_serving};
+use sharemesh_mesh::topology::{Context, start_order};
 
 /// The JWT secret the bench's processes share.
 pub(crate) const SECRET: &str = "sharemesh-bench-secret-0123456789";
-
-/// Start order: the edge and reservation only need the others' addresses, not their presence,
-/// but starting one at a time keeps each start-up measurement alone on the machine.
-pub(crate) const CONTEXTS: [&str; 6] = ["catalog", "payment", "reservation", "view", "message", "edge"];
 
 /// Generous: the bench must never be capped by the edge's per-client limits.
 const UNLIMITED: &str = "1000000";
@@ -47,8 +40,8 @@ pub(crate) fn binary() -> Result<PathBuf, String> {
 
 /// One running service process.
 pub(crate) struct ServiceProc {
-    /// `catalog`, `edge`...
-    pub(crate) context: &'static str,
+    /// Which one.
+    pub(crate) context: Context,
     /// Its gRPC (and, for the edge, REST) port on 127.0.0.1.
     pub(crate) port: u16,
     /// Its process id.
@@ -62,7 +55,8 @@ pub(crate) struct ServiceProc {
 pub(crate) struct Mesh {
     /// The broker (its store is a temp dir; killed on drop).
     pub(crate) nats: NatsServer,
-    /// The services, in [`CONTEXTS`] order.
+    /// The services, in the order they started ([`start_order`]: each after the ones it calls;
+    /// starting one at a time keeps each start-up measurement alone on the machine).
     pub(crate) services: Vec<ServiceProc>,
     dir: tempfile::TempDir,
 }
@@ -80,8 +74,8 @@ impl Mesh {
             .prefix("sharemesh-bench-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
-        let ports: Vec<(&'static str, u16)> = CONTEXTS.iter().map(|c| (*c, free_port())).collect();
-        let uri = |ctx: &str| {
+        let ports: Vec<(Context, u16)> = start_order().into_iter().map(|c| (c, free_port())).collect();
+        let uri = |ctx: Context| {
             let port = ports.iter().find(|(c, _)| *c == ctx).map_or(0, |(_, p)| *p);
             format!("http://127.0.0.1:{port}")
         };
@@ -112,20 +106,11 @@ impl Mesh {
                 ("SHAREMESH_LOG".into(), "warn".into()),
                 ("SHAREMESH_CLIENT_CONCURRENCY".into(), "100000".into()),
             ];
-            match context {
-                "reservation" => {
-                    env.push(("SHAREMESH_CATALOG_ADDR".into(), uri("catalog")));
-                    env.push(("SHAREMESH_PAYMENT_ADDR".into(), uri("payment")));
-                }
-                "edge" => {
-                    for upstream in ["catalog", "reservation", "payment", "message", "view"] {
-                        env.push((format!("SHAREMESH_{}_ADDR", upstream.to_uppercase()), uri(upstream)));
-                    }
-                    env.push(("SHAREMESH_EDGE_RATE".into(), UNLIMITED.into()));
-                    env.push(("SHAREMESH_EDGE_BURST".into(), UNLIMITED.into()));
-                    env.push(("SHAREMESH_EDGE_CONCURRENCY".into(), "100000".into()));
-                }
-                _ => {}
+            env.extend(context.upstream_env(uri));
+            if context == Context::Edge {
+                env.push(("SHAREMESH_EDGE_RATE".into(), UNLIMITED.into()));
+                env.push(("SHAREMESH_EDGE_BURST".into(), UNLIMITED.into()));
+                env.push(("SHAREMESH_EDGE_CONCURRENCY".into(), "100000".into()));
             }
             let svc = spawn(bin, context, port, &env, &mesh.dir.path().join(format!("{context}.log"))).await?;
             mesh.services.push(svc);
@@ -134,14 +119,14 @@ impl Mesh {
     }
 
     /// `http://127.0.0.1:<port>` of `context`.
-    pub(crate) fn uri(&self, context: &str) -> String {
+    pub(crate) fn uri(&self, context: Context) -> String {
         let port = self.services.iter().find(|s| s.context == context).map_or(0, |s| s.port);
         format!("http://127.0.0.1:{port}")
     }
 
-    /// Resident memory (MiB) of each service now, in [`CONTEXTS`] order.
+    /// Resident memory (MiB) of each service now, in start order.
     pub(crate) fn rss(&self) -> Vec<(&'static str, Option<f64>)> {
-        self.services.iter().map(|s| (s.context, rss_mib(s.pid))).collect()
+        self.services.iter().map(|s| (s.context.name(), rss_mib(s.pid))).collect()
     }
 
     /// Kills every service (nats-server goes when `self` drops).
@@ -154,7 +139,7 @@ impl Mesh {
 
 /// Writes each service's `/metrics` address as a Prometheus file_sd target labelled
 /// `job="sharemesh-<context>"`; aside, then renamed: Prometheus never reads half a file.
-fn write_targets(path: &Path, ports: &[(&'static str, u16)], addrs: &[String]) -> Result<(), String> {
+fn write_targets(path: &Path, ports: &[(Context, u16)], addrs: &[String]) -> Result<(), String> {
     let targets: Vec<serde_json::Value> = ports
         .iter()
         .zip(addrs)
@@ -246,7 +231,7 @@ impl Mesh {
     pub(crate) fn cpu(&self) -> CpuSnapshot {
         let mut ticks = vec![("bench".to_owned(), cpu_ticks(std::process::id()))];
         ticks.push(("nats".to_owned(), nats_pid(self.nats.port).and_then(cpu_ticks)));
-        ticks.extend(self.services.iter().map(|s| (s.context.to_owned(), cpu_ticks(s.pid))));
+        ticks.extend(self.services.iter().map(|s| (s.context.name().to_owned(), cpu_ticks(s.pid))));
         CpuSnapshot {
             at: Instant::now(),
             ticks,
@@ -255,68 +240,29 @@ impl Mesh {
     }
 }
 
-/// Spawns one service and waits for SERVING; on failure returns the tail of its log.
-async fn spawn(bin: &Path, context: &'static str, port: u16, env: &[(String, String)], log: &Path) -> Result<ServiceProc, String> {
-    let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(["serve", context]);
-    // Only what we set: a developer's SHAREMESH_* or OTEL_* must not change the figures.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SHAREMESH_") || key.starts_with("OTEL_") || key == "DATABASE_URL" || key == "NATS_URL" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .kill_on_drop(true);
+/// Spawns one service (only the settings in `env`: a developer's `SHAREMESH_*` or `OTEL_*` must
+/// not change the figures) and waits for SERVING; on failure returns the tail of its log.
+async fn spawn(bin: &Path, context: Context, port: u16, env: &[(String, String)], log: &Path) -> Result<ServiceProc, String> {
     let spawned = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {} serve {context}: {e}", bin.display()))?;
+    let mut child =
+        spawn_serve(bin, context.name(), env, log, true).map_err(|e| format!("spawn {} serve {context}: {e}", bin.display()))?;
     let pid = child.id().unwrap_or_default();
-    let uri = format!("http://127.0.0.1:{port}");
-    let deadline = spawned + Duration::from_secs(30);
-    loop {
-        if serving(&uri).await {
-            return Ok(ServiceProc {
-                context,
-                port,
-                pid,
-                startup: spawned.elapsed(),
-                child,
-            });
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("{context} exited with {status} before serving:\n{}", tail(log)));
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{context} did not report SERVING within 30s:\n{}", tail(log)));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// One health check on a fresh connection: is the whole server SERVING?
-async fn serving(uri: &str) -> bool {
-    let Ok(endpoint) = Endpoint::from_shared(uri.to_owned()) else {
-        return false;
-    };
-    let check = async {
-        let channel = endpoint.connect_timeout(Duration::from_millis(200)).connect().await.ok()?;
-        let res = HealthClient::new(channel)
-            .check(HealthCheckRequest { service: String::new() })
-            .await
-            .ok()?;
-        Some(res.into_inner().status == ServingStatus::Serving as i32)
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(1), check).await, Ok(Some(true)))
-}
-
-/// The last lines of a log file.
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    wait_serving(
+        &mut child,
+        context.name(),
+        port,
+        log,
+        Duration::from_secs(30),
+        Duration::from_millis(2),
+    )
+    .await?;
+    Ok(ServiceProc {
+        context,
+        port,
+        pid,
+        startup: spawned.elapsed(),
+        child,
+    })
 }
 
 /// `VmRSS` of `pid` in MiB, from `/proc/<pid>/status`.

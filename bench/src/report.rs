@@ -176,6 +176,12 @@ fn cpu_line(cpu: &[(String, f64)]) -> String {
     format!("cpu % of a core: {} (bench + mesh {total:.0})", parts.join(", "))
 }
 
+/// Appends `s` and a newline.
+fn line(out: &mut String, s: String) {
+    out.push_str(&s);
+    out.push('\n');
+}
+
 fn opt_mib(v: Option<f64>) -> String {
     v.map_or_else(|| "?".to_owned(), |m| format!("{m:.1}"))
 }
@@ -206,12 +212,27 @@ impl Report {
     /// The tables.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
-        let line = |out: &mut String, s: String| {
-            out.push_str(&s);
+        self.render_rows(&mut out);
+        if let Some(lag) = &self.event_lag {
             out.push('\n');
-        };
+            self.render_lag(&mut out, lag);
+        }
+        out.push('\n');
+        self.render_memory(&mut out);
+        out.push('\n');
+        self.render_startup(&mut out);
+        out.push('\n');
         line(
             &mut out,
+            format!("targets met: {}   (total run {:.0} s)", self.targets_met, self.total_s),
+        );
+        out
+    }
+
+    /// The throughput / latency table, each row with its notes (errors, CPU, drain).
+    fn render_rows(&self, out: &mut String) {
+        line(
+            out,
             format!(
                 "{:<44} {:>4} {:>8} {:>9} {:>7} {:>7} {:>7} {:>8} {:>6} {:>7}  {}",
                 "throughput / latency", "conc", "count", "rps", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "x base", "target"
@@ -220,7 +241,7 @@ impl Report {
         for r in &self.rows {
             let s = &r.summary;
             line(
-                &mut out,
+                out,
                 format!(
                     "{:<44} {:>4} {:>8} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>6} {:>6.3}x  {}",
                     r.name,
@@ -238,78 +259,82 @@ impl Report {
             );
             if !s.errors_by_code.is_empty() {
                 let codes: Vec<String> = s.errors_by_code.iter().map(|(c, n)| format!("{c}={n}")).collect();
-                line(&mut out, format!("{:<44}   errors by code: {}", "", codes.join(", ")));
+                line(out, format!("{:<44}   errors by code: {}", "", codes.join(", ")));
             }
-            line(&mut out, format!("{:<44}   {}", "", cpu_line(&r.cpu_percent)));
+            line(out, format!("{:<44}   {}", "", cpu_line(&r.cpu_percent)));
             if let Some(ms) = r.cpu_ms_per_op {
                 line(
-                    &mut out,
+                    out,
                     format!("{:<44}   CPU of the mesh (services + NATS) per operation: {ms:.2} ms", ""),
                 );
             }
             if let Some(drained) = r.backlog_drained_s {
                 line(
-                    &mut out,
+                    out,
                     format!("{:<44}   event consumers caught up {drained:.1} s after the window", ""),
                 );
             }
         }
-        if let Some(lag) = &self.event_lag {
-            out.push('\n');
-            line(
-                &mut out,
-                format!(
-                    "{:<44} {:>6} {:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8}  {}",
-                    "event lag (commit -> view MyPage)",
-                    "res/s",
-                    "events/s",
-                    "placed",
-                    "seen",
-                    "p50 ms",
-                    "p90 ms",
-                    "p99 ms",
-                    "max ms",
-                    "target"
-                ),
-            );
-            line(
-                &mut out,
-                format!(
-                    "{:<44} {:>6.0} {:>8} {:>6} {:>6} {:>7.2} {:>7.2} {:>7.2} {:>8.2}  {}",
-                    format!("PlaceReservation (direct) -> CONFIRMED in view"),
-                    lag.achieved_rate,
-                    lag.events_per_s.map_or_else(|| "?".to_owned(), |e| format!("{e:.0}")),
-                    lag.placed,
-                    lag.seen,
-                    lag.p50_ms,
-                    lag.p90_ms,
-                    lag.p99_ms,
-                    lag.max_ms,
-                    Target::cell(self.event_lag_target.as_ref())
-                ),
-            );
-            let mut notes = vec![
-                format!("{:.1} events per reservation", lag.events_per_reservation.unwrap_or_default()),
-                format!("asked {:.0} reservations/s", lag.rate),
-                format!("poll every {:.0} ms", lag.poll_interval_ms),
-                format!(
-                    "PlaceReservation p50 {:.2} ms p99 {:.2} ms at this rate",
-                    lag.place_p50_ms, lag.place_p99_ms
-                ),
-            ];
-            if lag.not_seen > 0 {
-                notes.push(format!("{} never seen", lag.not_seen));
-            }
-            if !lag.errors_by_code.is_empty() {
-                let codes: Vec<String> = lag.errors_by_code.iter().map(|(c, n)| format!("{c}={n}")).collect();
-                notes.push(format!("errors: {}", codes.join(", ")));
-            }
-            line(&mut out, format!("{:<44}   {}", "", notes.join("; ")));
-            line(&mut out, format!("{:<44}   {}", "", cpu_line(&self.event_lag_cpu_percent)));
-        }
-        out.push('\n');
+    }
+
+    /// The event-lag table and its notes.
+    fn render_lag(&self, out: &mut String, lag: &LagReport) {
         line(
-            &mut out,
+            out,
+            format!(
+                "{:<44} {:>6} {:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8}  {}",
+                "event lag (commit -> view MyPage)",
+                "res/s",
+                "events/s",
+                "placed",
+                "seen",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+                "target"
+            ),
+        );
+        line(
+            out,
+            format!(
+                "{:<44} {:>6.0} {:>8} {:>6} {:>6} {:>7.2} {:>7.2} {:>7.2} {:>8.2}  {}",
+                "PlaceReservation (direct) -> CONFIRMED in view",
+                lag.achieved_rate,
+                lag.events_per_s.map_or_else(|| "?".to_owned(), |e| format!("{e:.0}")),
+                lag.placed,
+                lag.seen,
+                lag.p50_ms,
+                lag.p90_ms,
+                lag.p99_ms,
+                lag.max_ms,
+                Target::cell(self.event_lag_target.as_ref())
+            ),
+        );
+        let mut notes = vec![
+            format!("{:.1} events per reservation", lag.events_per_reservation.unwrap_or_default()),
+            format!("asked {:.0} reservations/s", lag.rate),
+            format!("poll every {:.0} ms", lag.poll_interval_ms),
+            format!(
+                "PlaceReservation p50 {:.2} ms p99 {:.2} ms at this rate",
+                lag.place_p50_ms, lag.place_p99_ms
+            ),
+        ];
+        if lag.not_seen > 0 {
+            notes.push(format!("{} never seen", lag.not_seen));
+        }
+        if !lag.errors_by_code.is_empty() {
+            let codes: Vec<String> = lag.errors_by_code.iter().map(|(c, n)| format!("{c}={n}")).collect();
+            notes.push(format!("errors: {}", codes.join(", ")));
+        }
+        line(out, format!("{:<44}   {}", "", notes.join("; ")));
+        line(out, format!("{:<44}   {}", "", cpu_line(&self.event_lag_cpu_percent)));
+    }
+
+    /// Resident memory per service.
+    fn render_memory(&self, out: &mut String) {
+        line(
+            out,
             format!(
                 "{:<44} {:>9} {:>14}  {}",
                 "resident memory (VmRSS)", "idle MiB", "after load MiB", "target"
@@ -317,7 +342,7 @@ impl Report {
         );
         for m in &self.memory {
             line(
-                &mut out,
+                out,
                 format!(
                     "{:<44} {:>9} {:>14}  {}",
                     m.service,
@@ -327,23 +352,17 @@ impl Report {
                 ),
             );
         }
-        out.push('\n');
+    }
+
+    /// Start-up time per service.
+    fn render_startup(&self, out: &mut String) {
         line(
-            &mut out,
+            out,
             format!("{:<44} {:>9}  {}", "start-up (spawn -> health SERVING)", "ms", "target"),
         );
         for s in &self.startup {
-            line(
-                &mut out,
-                format!("{:<44} {:>9.1}  {}", s.service, s.ms, Target::cell(Some(&s.target))),
-            );
+            line(out, format!("{:<44} {:>9.1}  {}", s.service, s.ms, Target::cell(Some(&s.target))));
         }
-        out.push('\n');
-        line(
-            &mut out,
-            format!("targets met: {}   (total run {:.0} s)", self.targets_met, self.total_s),
-        );
-        out
     }
 
     /// Writes the JSON file (parent directories created).

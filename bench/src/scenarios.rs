@@ -441,206 +441,253 @@ impl Streams {
 /// customers until their reservation shows CONFIRMED; lag = that answer - the reservation's
 /// `update_time`. Oldest first means a reservation counts as seen no earlier than those committed
 /// before it (the stream is consumed in order), and keeps the poller's load on the view small.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn event_lag(
-    reservation_uri: &str,
-    view_uri: &str,
-    streams: &Streams,
-    connections: usize,
-    rate: f64,
-    duration: Duration,
-    listings: Arc<Vec<String>>,
-    windows: Windows,
-    tokens: Arc<Tokens>,
-) -> Result<LagReport, String> {
-    let poll = Duration::from_millis(2);
-    let give_up = Duration::from_secs(30);
-    let reservations: Vec<_> = load::channels(reservation_uri, connections)
-        .await?
-        .into_iter()
-        .map(ReservationServiceClient::new)
-        .collect();
-    let views: Vec<_> = load::channels(view_uri, connections)
-        .await?
-        .into_iter()
-        .map(ViewServiceClient::new)
-        .collect();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+pub(crate) struct LagRun {
+    /// Where reservations are placed.
+    pub(crate) reservation_uri: String,
+    /// Where the pages are read.
+    pub(crate) view_uri: String,
+    /// HTTP/2 connections to each.
+    pub(crate) connections: usize,
+    /// Reservations per second.
+    pub(crate) rate: f64,
+    /// How long they are placed for.
+    pub(crate) duration: Duration,
+    /// The cars they book, in turn.
+    pub(crate) listings: Arc<Vec<String>>,
+    /// Their windows.
+    pub(crate) windows: Windows,
+    /// Their customers' tokens.
+    pub(crate) tokens: Arc<Tokens>,
+}
 
-    let poller = tokio::spawn(async move {
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut lags: Vec<u32> = Vec::new();
-        let mut not_seen = 0u64;
-        let mut open = true;
-        loop {
-            if pending.is_empty() {
-                if !open {
-                    break;
-                }
-                match rx.recv().await {
-                    Some(p) => pending.push(p),
-                    None => break,
-                }
-            }
-            loop {
-                match rx.try_recv() {
-                    Ok(p) => pending.push(p),
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            }
-            // Oldest first, a few at a time: the view consumes the reservation stream in commit
-            // order, so while the oldest is not visible the younger ones mostly are not either.
-            // This keeps the poller's own load on the view bounded when the view falls behind.
-            let mut checked = 0;
-            let mut seen_at: Vec<Option<i64>> = Vec::with_capacity(pending.len());
-            while checked < pending.len() {
-                let batch = &pending[checked..(checked + CHECK_BATCH).min(pending.len())];
-                let checks = batch.iter().enumerate().map(|(i, p)| {
-                    let mut client = views[i % views.len()].clone();
-                    let req = authed(
-                        GetMyPageRequest {
-                            page_size: 10,
-                            page_token: String::new(),
-                        },
-                        &p.bearer,
-                    );
-                    let id = p.reservation_id.clone();
-                    async move {
-                        let res = client.get_my_page(req).await.ok()?;
-                        let at = now_us();
-                        let page = res.into_inner().my_page?;
-                        page.entries
-                            .iter()
-                            .any(|e| e.reservation_id == id && e.reservation_status() == ReservationStatus::Confirmed)
-                            .then_some(at)
-                    }
-                });
-                let results = futures::future::join_all(checks).await;
-                checked += results.len();
-                let all_seen = results.iter().all(Option::is_some);
-                seen_at.extend(results);
-                if !all_seen {
-                    break;
-                }
-            }
-            seen_at.resize(pending.len(), None);
-            let mut keep = Vec::with_capacity(pending.len());
-            for (p, seen) in pending.drain(..).zip(seen_at) {
-                match seen {
-                    Some(at) => lags.push(u32::try_from((at - p.committed_us).max(0)).unwrap_or(u32::MAX)),
-                    None if p.placed.elapsed() > give_up => not_seen += 1,
-                    None => keep.push(p),
-                }
-            }
-            pending = keep;
-            if !pending.is_empty() {
-                tokio::time::sleep(poll).await;
-            }
-        }
-        lags.sort_unstable();
-        (lags, not_seen)
-    });
+/// How often the poller asks the view.
+const LAG_POLL: Duration = Duration::from_millis(2);
+/// How long a reservation may take to show before it counts as not seen.
+const LAG_GIVE_UP: Duration = Duration::from_secs(30);
 
-    let events_before = streams.published().await;
-    let mut place_results = Vec::new();
-    let mut placers = tokio::task::JoinSet::new();
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let started = Instant::now();
-    let mut k = 0usize;
-    let mut skipped = 0u64;
-    while started.elapsed() < duration {
-        ticker.tick().await;
-        while let Some(res) = placers.try_join_next() {
-            place_results.push(res);
+/// What placing reservations at a steady rate gave: each call's outcome (its latency, or what
+/// went wrong), the ticks skipped because too many calls were in flight, and how long it took.
+struct Placed {
+    results: Vec<Result<Result<Duration, String>, tokio::task::JoinError>>,
+    skipped: u64,
+    took: Duration,
+}
+
+impl LagRun {
+    /// Runs it; `streams` counts the events published meanwhile.
+    pub(crate) async fn measure(self, streams: &Streams) -> Result<LagReport, String> {
+        let views: Vec<_> = load::channels(&self.view_uri, self.connections)
+            .await?
+            .into_iter()
+            .map(ViewServiceClient::new)
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+        let poller = tokio::spawn(poll_views(views, rx));
+        let events_before = streams.published().await;
+        let placed = self.place_steadily(tx).await?;
+        let (lags, not_seen) = poller.await.map_err(|e| format!("lag poller: {e}"))?;
+        let events_after = streams.published().await;
+        let mut place = Recorder::default();
+        for _ in 0..placed.skipped {
+            place.error(&format!("skipped: {MAX_IN_FLIGHT} in flight"));
         }
-        // Open loop, but bounded: past this many calls in flight the mesh is saturated and
-        // piling up more would measure the queue, not the lag.
-        if placers.len() >= MAX_IN_FLIGHT {
-            skipped += 1;
-            continue;
-        }
-        let (n, window) = windows.next();
-        let customer = tokens.bearer(&format!("lag-customer-{n}"), Role::Customer)?;
-        let mut client = reservations[k % reservations.len()].clone();
-        let req = authed(
-            PlaceReservationRequest {
-                listing_id: listings[k % listings.len()].clone(),
-                window: Some(window),
-                card: Some(card()),
-                request_id: format!("lag-{n}"),
-            },
-            &customer,
-        );
-        k += 1;
-        let tx = tx.clone();
-        placers.spawn(async move {
-            let t0 = Instant::now();
-            let res = tokio::time::timeout(Duration::from_secs(10), client.place_reservation(req)).await;
-            let latency = t0.elapsed();
-            let reservation = match res {
-                Err(_) => return Err("timeout".to_owned()),
-                Ok(Err(s)) => return Err(grpc_code(&s)),
-                Ok(Ok(r)) => r.into_inner().reservation.ok_or("empty answer")?,
-            };
-            if reservation.status() != ReservationStatus::Confirmed {
-                return Err(format!("status {}", reservation.status().as_str_name()));
+        for res in placed.results {
+            match res {
+                Ok(Ok(latency)) => place.ok(latency),
+                Ok(Err(code)) => place.error(&code),
+                Err(e) => place.error(&format!("task: {e}")),
             }
-            let committed_us = reservation
-                .update_time
-                .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
-            let _ = tx.send(Pending {
-                reservation_id: reservation.reservation_id,
-                bearer: customer,
-                committed_us,
-                placed: Instant::now(),
-            });
-            Ok(latency)
-        });
-    }
-    let placing = started.elapsed();
-    drop(tx);
-    let mut place = Recorder::default();
-    while let Some(res) = placers.join_next().await {
-        place_results.push(res);
-    }
-    for _ in 0..skipped {
-        place.error(&format!("skipped: {MAX_IN_FLIGHT} in flight"));
-    }
-    for res in place_results {
-        match res {
-            Ok(Ok(latency)) => place.ok(latency),
-            Ok(Err(code)) => place.error(&code),
-            Err(e) => place.error(&format!("task: {e}")),
         }
+        let place = place.summarize(placed.took);
+        let events = match (events_before, events_after) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
+            _ => None,
+        };
+        Ok(LagReport {
+            rate: self.rate,
+            achieved_rate: place.rps,
+            duration_s: placed.took.as_secs_f64(),
+            placed: place.count,
+            seen: lags.len() as u64,
+            not_seen,
+            events_per_s: events.map(|e| e / placed.took.as_secs_f64().max(f64::EPSILON)),
+            events_per_reservation: events.filter(|_| place.count > 0).map(|e| e / place.count as f64),
+            p50_ms: percentile_ms(&lags, 50.0),
+            p90_ms: percentile_ms(&lags, 90.0),
+            p99_ms: percentile_ms(&lags, 99.0),
+            max_ms: lags.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
+            place_p50_ms: place.p50_ms,
+            place_p99_ms: place.p99_ms,
+            errors_by_code: place.errors_by_code,
+            poll_interval_ms: LAG_POLL.as_secs_f64() * 1000.0,
+        })
     }
-    let (lags, not_seen) = poller.await.map_err(|e| format!("lag poller: {e}"))?;
-    let events_after = streams.published().await;
-    let place = place.summarize(placing);
-    let events = match (events_before, events_after) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
-        _ => None,
+
+    /// Places reservations at `rate` for `duration` (open loop, bounded), handing each CONFIRMED
+    /// one to the poller through `tx`.
+    async fn place_steadily(&self, tx: tokio::sync::mpsc::UnboundedSender<Pending>) -> Result<Placed, String> {
+        let reservations: Vec<_> = load::channels(&self.reservation_uri, self.connections)
+            .await?
+            .into_iter()
+            .map(ReservationServiceClient::new)
+            .collect();
+        let mut results = Vec::new();
+        let mut placers = tokio::task::JoinSet::new();
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate.max(0.001)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = Instant::now();
+        let mut k = 0usize;
+        let mut skipped = 0u64;
+        while started.elapsed() < self.duration {
+            ticker.tick().await;
+            while let Some(res) = placers.try_join_next() {
+                results.push(res);
+            }
+            // Open loop, but bounded: past this many calls in flight the mesh is saturated and
+            // piling up more would measure the queue, not the lag.
+            if placers.len() >= MAX_IN_FLIGHT {
+                skipped += 1;
+                continue;
+            }
+            let (n, window) = self.windows.next();
+            let customer = self.tokens.bearer(&format!("lag-customer-{n}"), Role::Customer)?;
+            let client = reservations[k % reservations.len()].clone();
+            let req = authed(
+                PlaceReservationRequest {
+                    listing_id: self.listings[k % self.listings.len()].clone(),
+                    window: Some(window),
+                    card: Some(card()),
+                    request_id: format!("lag-{n}"),
+                },
+                &customer,
+            );
+            k += 1;
+            placers.spawn(place_one(client, req, customer, tx.clone()));
+        }
+        let took = started.elapsed();
+        drop(tx);
+        while let Some(res) = placers.join_next().await {
+            results.push(res);
+        }
+        Ok(Placed { results, skipped, took })
+    }
+}
+
+/// One PlaceReservation of the lag run: its latency when it answers CONFIRMED (and the poller
+/// is told to look for it), else what went wrong.
+async fn place_one(
+    mut client: ReservationServiceClient<Channel>,
+    req: tonic::Request<PlaceReservationRequest>,
+    customer: MetadataValue<Ascii>,
+    tx: tokio::sync::mpsc::UnboundedSender<Pending>,
+) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(10), client.place_reservation(req)).await;
+    let latency = t0.elapsed();
+    let reservation = match res {
+        Err(_) => return Err("timeout".to_owned()),
+        Ok(Err(s)) => return Err(grpc_code(&s)),
+        Ok(Ok(r)) => r.into_inner().reservation.ok_or("empty answer")?,
     };
-    Ok(LagReport {
-        rate,
-        achieved_rate: place.rps,
-        duration_s: placing.as_secs_f64(),
-        placed: place.count,
-        seen: lags.len() as u64,
-        not_seen,
-        events_per_s: events.map(|e| e / placing.as_secs_f64().max(f64::EPSILON)),
-        events_per_reservation: events.filter(|_| place.count > 0).map(|e| e / place.count as f64),
-        p50_ms: percentile_ms(&lags, 50.0),
-        p90_ms: percentile_ms(&lags, 90.0),
-        p99_ms: percentile_ms(&lags, 99.0),
-        max_ms: lags.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
-        place_p50_ms: place.p50_ms,
-        place_p99_ms: place.p99_ms,
-        errors_by_code: place.errors_by_code,
-        poll_interval_ms: poll.as_secs_f64() * 1000.0,
-    })
+    if reservation.status() != ReservationStatus::Confirmed {
+        return Err(format!("status {}", reservation.status().as_str_name()));
+    }
+    let committed_us = reservation
+        .update_time
+        .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
+    let _ = tx.send(Pending {
+        reservation_id: reservation.reservation_id,
+        bearer: customer,
+        committed_us,
+        placed: Instant::now(),
+    });
+    Ok(latency)
+}
+
+/// The poller: until `rx` closes and nothing is outstanding, asks the view every [`LAG_POLL`]
+/// whether the oldest outstanding reservations show CONFIRMED. Returns the lags seen (µs,
+/// sorted) and how many were given up on.
+async fn poll_views(views: Vec<ViewServiceClient<Channel>>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) -> (Vec<u32>, u64) {
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut lags: Vec<u32> = Vec::new();
+    let mut not_seen = 0u64;
+    let mut open = true;
+    loop {
+        if pending.is_empty() {
+            if !open {
+                break;
+            }
+            match rx.recv().await {
+                Some(p) => pending.push(p),
+                None => break,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(p) => pending.push(p),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let seen_at = seen_at(&views, &pending).await;
+        let mut keep = Vec::with_capacity(pending.len());
+        for (p, seen) in pending.drain(..).zip(seen_at) {
+            match seen {
+                Some(at) => lags.push(u32::try_from((at - p.committed_us).max(0)).unwrap_or(u32::MAX)),
+                None if p.placed.elapsed() > LAG_GIVE_UP => not_seen += 1,
+                None => keep.push(p),
+            }
+        }
+        pending = keep;
+        if !pending.is_empty() {
+            tokio::time::sleep(LAG_POLL).await;
+        }
+    }
+    lags.sort_unstable();
+    (lags, not_seen)
+}
+
+/// When each of `pending` was first seen CONFIRMED in its customer's page (µs since the epoch),
+/// None where not yet. Oldest first, a few at a time, stopping at the first batch with one not
+/// seen: the view consumes the reservation stream in commit order, so while the oldest is not
+/// visible the younger ones mostly are not either. This keeps the poller's own load on the view
+/// bounded when the view falls behind.
+async fn seen_at(views: &[ViewServiceClient<Channel>], pending: &[Pending]) -> Vec<Option<i64>> {
+    let mut checked = 0;
+    let mut seen_at: Vec<Option<i64>> = Vec::with_capacity(pending.len());
+    while checked < pending.len() {
+        let batch = &pending[checked..(checked + CHECK_BATCH).min(pending.len())];
+        let checks = batch.iter().enumerate().map(|(i, p)| {
+            let mut client = views[i % views.len()].clone();
+            let req = authed(
+                GetMyPageRequest {
+                    page_size: 10,
+                    page_token: String::new(),
+                },
+                &p.bearer,
+            );
+            let id = p.reservation_id.clone();
+            async move {
+                let res = client.get_my_page(req).await.ok()?;
+                let at = now_us();
+                let page = res.into_inner().my_page?;
+                page.entries
+                    .iter()
+                    .any(|e| e.reservation_id == id && e.reservation_status() == ReservationStatus::Confirmed)
+                    .then_some(at)
+            }
+        });
+        let results = futures::future::join_all(checks).await;
+        checked += results.len();
+        let all_seen = results.iter().all(Option::is_some);
+        seen_at.extend(results);
+        if !all_seen {
+            break;
+        }
+    }
+    seen_at.resize(pending.len(), None);
+    seen_at
 }

@@ -146,14 +146,16 @@ pub fn spawn_serve(
 
 /// Waits until `child` (a `serve` of `context` on `port`) serves: it listens on the port
 /// itself — a twin sharing the port (`SO_REUSEPORT`) counts once its own socket is there, not
-/// when its elder answers — and gRPC health on the port answers SERVING. Returns how long that
-/// took; an error with the tail of `log` when the process exits first or `limit` passes.
+/// when its elder answers — and gRPC health on the port answers SERVING. Looks `every` so often;
+/// returns how long that took (from the call), or an error with the tail of `log` when the
+/// process exits first or `limit` passes.
 pub async fn wait_serving(
     child: &mut tokio::process::Child,
     context: &str,
     port: u16,
     log: &Path,
     limit: Duration,
+    every: Duration,
 ) -> Result<Duration, String> {
     let began = Instant::now();
     loop {
@@ -173,7 +175,7 @@ pub async fn wait_serving(
                 log_tail(log, context)
             ));
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

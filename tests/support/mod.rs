@@ -166,7 +166,7 @@ impl Service {
 
     async fn wait_serving(&mut self, limit: Duration) {
         let child = self.child.as_mut().expect("a started process");
-        if let Err(why) = wait_serving(child, self.context, self.port, &self.log, limit).await {
+        if let Err(why) = wait_serving(child, self.context, self.port, &self.log, limit, Duration::from_millis(20)).await {
             panic!("{why}");
         }
     }
