@@ -455,15 +455,11 @@ async fn sagas_killed_after_booking_while_catalog_is_down_are_finished_by_exactl
     let db = |context| ("DATABASE_URL", dbs.url(context).unwrap());
     let mut catalog = Service::start("catalog", &nats, &[db("catalog"), ("SHAREMESH_HOLD_TTL", "30s")]).await;
     let payment = Service::start("payment", &nats, &[db("payment")]).await;
-    let (catalog_uri, payment_uri) = (catalog.uri(), payment.uri());
+    let upstreams = Context::Reservation.upstream_env(|up| if up == Context::Catalog { catalog.uri() } else { payment.uri() });
     let reservation_env = |stale: &'static str| {
-        vec![
-            db("reservation"),
-            ("SHAREMESH_CATALOG_ADDR", catalog_uri.as_str()),
-            ("SHAREMESH_PAYMENT_ADDR", payment_uri.as_str()),
-            ("SHAREMESH_SAGA_STALE", stale),
-            ("SHAREMESH_CLIENT_TIMEOUT", "1s"),
-        ]
+        let mut env: Vec<(&str, &str)> = upstreams.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend([db("reservation"), ("SHAREMESH_SAGA_STALE", stale), ("SHAREMESH_CLIENT_TIMEOUT", "1s")]);
+        env
     };
     // A replica that crashes at the point and never recovers anything itself.
     let mut crashing = reservation_env("1h");

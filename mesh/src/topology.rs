@@ -205,6 +205,7 @@ pub fn json() -> String {
                 "port": n.port,
                 "keepsData": n.keeps_data,
                 "stream": n.context.stream(),
+                "addrVar": n.context.addr_var(),
                 "calls": names(n.calls),
                 "consumes": names(n.consumes),
             })

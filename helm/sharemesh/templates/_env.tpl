@@ -57,7 +57,7 @@ SHAREMESH_STREAM_MAX_BYTES: {{ include "sharemesh.streamMaxBytes" . | quote }}
 {{- $svc := index .root.Values.services .name -}}
 SHAREMESH_GRPC_ADDR: {{ printf "0.0.0.0:%s" (include "sharemesh.servingPort" .) | quote }}
 {{- range $up := include "sharemesh.upstreams" . | splitList " " | compact }}
-SHAREMESH_{{ upper $up }}_ADDR: {{ printf "http://%s:50051" (include "sharemesh.componentName" (dict "root" $root "name" $up)) | quote }}
+{{ (include "sharemesh.topologyOf" (dict "root" $root "name" $up) | fromJson).addrVar }}: {{ printf "http://%s:50051" (include "sharemesh.componentName" (dict "root" $root "name" $up)) | quote }}
 {{- end }}
 {{- if eq (include "sharemesh.storage" .) "sqlite" }}
 DATABASE_URL: {{ printf "sqlite:///data/%s.db?mode=rwc" .name | quote }}

@@ -190,7 +190,7 @@ maxReplicas, or replicas - plus the one pod a rolling update surges) x database.
 {{- if eq .name "edge" -}}{{ .root.Values.services.edge.service.port }}{{- else -}}50051{{- end -}}
 {{- end -}}
 
-{{/* Services a component calls synchronously (SHAREMESH_<NAME>_ADDR): its "calls" in the topology. */}}
+{{/* Services a component calls synchronously (each at its topology "addrVar", SHAREMESH_<NAME>_ADDR): its "calls" in the topology. */}}
 {{- define "sharemesh.upstreams" -}}
 {{- join " " (include "sharemesh.topologyOf" . | fromJson).calls -}}
 {{- end -}}
@@ -259,7 +259,7 @@ maxReplicas, or replicas - plus the one pod a rolling update surges) x database.
 {{- if (index $root.Values.services $name).enabled -}}
 {{- range $up := include "sharemesh.upstreams" (dict "root" $root "name" $name) | splitList " " | compact -}}
 {{- if not (index $root.Values.services $up).enabled -}}
-{{- fail (printf "services.%s.enabled=false, but services.%s calls it (SHAREMESH_%s_ADDR): disable %s too, or keep %s" $up $name (upper $up) $name $up) -}}
+{{- fail (printf "services.%s.enabled=false, but services.%s calls it (%s): disable %s too, or keep %s" $up $name (include "sharemesh.topologyOf" (dict "root" $root "name" $up) | fromJson).addrVar $name $up) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
