@@ -458,7 +458,11 @@ async fn sagas_killed_after_booking_while_catalog_is_down_are_finished_by_exactl
     let upstreams = Context::Reservation.upstream_env(|up| if up == Context::Catalog { catalog.uri() } else { payment.uri() });
     let reservation_env = |stale: &'static str| {
         let mut env: Vec<(&str, &str)> = upstreams.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        env.extend([db("reservation"), ("SHAREMESH_SAGA_STALE", stale), ("SHAREMESH_CLIENT_TIMEOUT", "1s")]);
+        env.extend([
+            db("reservation"),
+            ("SHAREMESH_SAGA_STALE", stale),
+            ("SHAREMESH_CLIENT_TIMEOUT", "1s"),
+        ]);
         env
     };
     // A replica that crashes at the point and never recovers anything itself.
