@@ -1,14 +1,15 @@
 //! The dispatcher: sends due messages through the configured [`Sender`] until they are
 //! delivered.
 //!
-//! A message is due when it is PENDING or FAILED and its `next_attempt_at_ms` has come. For
-//! each, oldest first, in batches of [`BATCH`]:
+//! A message is due when it is PENDING or FAILED and its `next_attempt_at_ms` has come. Due
+//! messages are taken oldest first, in batches of [`BATCH`]:
 //!
-//! 1. claim it (its own write transaction): move `next_attempt_at_ms` to the end of a lease, but
-//!    only if nobody changed it since it was read; a message claimed by another dispatcher (a
-//!    second replica on the same database) is skipped, so two never send it at once;
-//! 2. send it;
-//! 3. record the outcome (its own write transaction): SENT with the delivery time and
+//! 1. claim them (one write transaction for the batch): move each one's `next_attempt_at_ms` to
+//!    the end of a lease, but only if nobody changed it since it was read; a message claimed by
+//!    another dispatcher (a second replica on the same database) is skipped, so two never send
+//!    it at once;
+//! 2. send the claimed ones, concurrently;
+//! 3. record the outcomes (one write transaction for the batch): SENT with the delivery time and
 //!    `MessageSent`, or FAILED with the reason and the next attempt after a backoff
 //!    ([`crate::domain::retry_delay`]). `attempts` counts both.
 //!
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Messages;
 use crate::domain::{self, MessageError};
@@ -123,36 +125,66 @@ impl Dispatcher {
     }
 
     async fn deliver_batch(&self, shutdown: Option<&Shutdown>) -> Result<usize, MessageError> {
+        if shutdown.is_some_and(Shutdown::is_triggered) {
+            return Ok(0);
+        }
         let db = self.messages.db();
         // Read inside a write transaction: on SQLite this waits for a consumer's transaction
         // that has just recorded messages (and woken us) to commit.
         let tx = db.begin_write().await?;
         let due = repo::due(&*tx, now_ms(), BATCH).await?;
+        let claimed = self.claim(&tx, due).await?;
         tx.commit().await?;
-        let mut attempted = 0;
-        for row in due {
-            if shutdown.is_some_and(Shutdown::is_triggered) {
-                break;
-            }
-            if self.attempt(row).await? != Attempt::Skipped {
-                attempted += 1;
-            }
-        }
+        let attempted = claimed.len();
+        self.send_and_record(claimed).await?;
         Ok(attempted)
     }
 
     /// Claims, sends and records one message read as `row`.
-    pub async fn attempt(&self, mut row: MessageRow) -> Result<Attempt, MessageError> {
-        let db = self.messages.db();
-        let lease_until = now_ms().saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
-        let tx = db.begin_write().await?;
-        let claimed = repo::claim(&*tx, &row.message_id, row.next_attempt_at_ms, lease_until).await?;
+    pub async fn attempt(&self, row: MessageRow) -> Result<Attempt, MessageError> {
+        let tx = self.messages.db().begin_write().await?;
+        let claimed = self.claim(&tx, vec![row]).await?;
         tx.commit().await?;
-        if !claimed {
-            return Ok(Attempt::Skipped);
+        Ok(self.send_and_record(claimed).await?.pop().unwrap_or(Attempt::Skipped))
+    }
+
+    /// The rows of `rows` this dispatcher could claim in `tx` (see the module docs).
+    async fn claim(&self, tx: &WriteTxn, rows: Vec<MessageRow>) -> Result<Vec<MessageRow>, MessageError> {
+        let lease_until = now_ms().saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            if repo::claim(&**tx, &row.message_id, row.next_attempt_at_ms, lease_until).await? {
+                claimed.push(row);
+            }
         }
-        let outcome = self.sender.send(&row.to_proto()).await;
+        Ok(claimed)
+    }
+
+    /// Sends claimed messages concurrently, then records every outcome in one transaction.
+    async fn send_and_record(&self, claimed: Vec<MessageRow>) -> Result<Vec<Attempt>, MessageError> {
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let messages: Vec<_> = claimed.iter().map(MessageRow::to_proto).collect();
+        let outcomes = futures::future::join_all(messages.iter().map(|m| self.sender.send(m))).await;
         let now = now_ms();
+        let tx = self.messages.db().begin_write().await?;
+        let mut attempts = Vec::with_capacity(claimed.len());
+        for (row, outcome) in claimed.into_iter().zip(outcomes) {
+            attempts.push(self.record(&tx, row, outcome, now).await?);
+        }
+        tx.commit().await?;
+        Ok(attempts)
+    }
+
+    /// Records the outcome of one attempt in `tx`.
+    async fn record(
+        &self,
+        tx: &WriteTxn,
+        mut row: MessageRow,
+        outcome: Result<(), crate::sender::SendError>,
+        now: i64,
+    ) -> Result<Attempt, MessageError> {
         row.attempts = row.attempts.saturating_add(1);
         let attempt = match outcome {
             Ok(()) => {
@@ -173,13 +205,11 @@ impl Dispatcher {
                 }
             }
         };
-        let tx = db.begin_write().await?;
         if attempt == Attempt::Sent {
-            events::sent(&tx, row.to_proto(), &row.event_id, now).await?;
+            events::sent(tx, row.to_proto(), &row.event_id, now).await?;
         }
         let (message_id, recipient_id, attempts) = (row.message_id.clone(), row.recipient_id.clone(), row.attempts);
-        repo::save(&*tx, row).await?;
-        tx.commit().await?;
+        repo::save(&**tx, row).await?;
         match &attempt {
             Attempt::Sent => tracing::debug!(%message_id, %recipient_id, attempts, "message sent"),
             Attempt::Failed {
