@@ -65,19 +65,10 @@ const LOAD_LIMIT: Duration = Duration::from_secs(150);
 /// Upper bound of each reconciliation wait.
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
-const STREAMS: [&str; 4] = [
-    "SHAREMESH_CATALOG",
-    "SHAREMESH_PAYMENT",
-    "SHAREMESH_RESERVATION",
-    "SHAREMESH_MESSAGE",
-];
-/// The contexts that publish events, with their streams.
-const PUBLISHERS: [(&str, &str); 4] = [
-    ("catalog", "SHAREMESH_CATALOG"),
-    ("payment", "SHAREMESH_PAYMENT"),
-    ("reservation", "SHAREMESH_RESERVATION"),
-    ("message", "SHAREMESH_MESSAGE"),
-];
+/// Every context with a stream (the topology's), with its stream: each outbox must reach it.
+fn publishers() -> Vec<(&'static str, String)> {
+    Context::keeping_data().filter_map(|c| Some((c.name(), c.stream()?))).collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_reservations_across_replicas_survive_killed_replicas_and_a_killed_broker_node() {
@@ -1041,12 +1032,14 @@ async fn reconcile(mesh: &ScaledMesh, sql: &Sql, outcomes: &[Outcome], faults: &
     // The streams, once nothing is left to publish: every outbox row in its stream exactly once,
     // no event id twice, three current replicas each.
     eventually_ok(SETTLE_LIMIT, "every outbox row published", || settled(sql)).await;
+    let publishers = publishers();
+    let names: Vec<&str> = publishers.iter().map(|(_, stream)| stream.as_str()).collect();
     eventually_ok(SETTLE_LIMIT, "every stream at 3 current replicas", || {
-        mesh.nats.streams_replicated(&STREAMS, 3)
+        mesh.nats.streams_replicated(&names, 3)
     })
     .await;
     let mut streams: HashMap<&str, Vec<StreamEvent>> = HashMap::new();
-    for (_, stream) in PUBLISHERS {
+    for (_, stream) in &publishers {
         streams.insert(stream, read_stream(&url, stream).await);
     }
     let overlapping = overlapping_bookings(&streams["SHAREMESH_CATALOG"]);
@@ -1064,8 +1057,8 @@ async fn reconcile(mesh: &ScaledMesh, sql: &Sql, outcomes: &[Outcome], faults: &
         expected.len()
     );
     let mut stream_report = Vec::new();
-    for (context, stream) in PUBLISHERS {
-        let events = &streams[stream];
+    for (context, stream) in &publishers {
+        let events = &streams[stream.as_str()];
         let mut seen = HashSet::new();
         let twice: Vec<&str> = events
             .iter()
