@@ -486,7 +486,11 @@ async fn record(tx: &WriteTxn, consumer: &str, event: &IncomingEvent) -> Result<
         subject: Set(event.event_type.clone()),
         handled_at_ms: Set(super::now_ms()),
     };
-    match entity::Entity::insert(row).on_conflict_do_nothing().exec_without_returning(&**tx).await {
+    match entity::Entity::insert(row)
+        .on_conflict_do_nothing()
+        .exec_without_returning(&**tx)
+        .await
+    {
         Ok(sea_orm::TryInsertResult::Inserted(n)) => Ok(n > 0),
         Ok(_) => Ok(false),
         Err(e) if crate::storage::is_unique_violation(&e) => Ok(false),
