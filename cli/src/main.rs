@@ -18,6 +18,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the services allocate and free small buffers on every
+/// request across threads, where glibc's arenas showed up as ~10% of the CPU in profiles
+/// (`malloc`, `_int_free`, `malloc_consolidate`; see bench/README.md "Where the time goes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The sharemesh reservation marketplace.
 #[derive(Parser)]
 #[command(name = "sharemesh", version, about)]
