@@ -154,6 +154,11 @@ impl ReservationChange {
         Self::Cancelled,
     ];
 
+    /// The change whose event has the protobuf full name `event_type`; `None` for another type.
+    pub fn of(event_type: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.type_name() == event_type)
+    }
+
     /// The protobuf full name of the change's event (its `ce-type` and subject).
     pub fn type_name(self) -> String {
         match self {

@@ -33,8 +33,6 @@ const HOUR_MS: i64 = 3_600_000;
 const MAX_IN_FLIGHT: usize = 256;
 /// Outstanding reservations the lag poller asks the view about at once.
 const CHECK_BATCH: usize = 2;
-/// 2031-01-01T00:00:00Z: every booked window lies after it, two hours apart.
-const WINDOWS_FROM_MS: i64 = 1_924_992_000_000;
 
 /// Mints bearer tokens with the mesh's secret.
 pub(crate) struct Tokens(Minter);
@@ -58,16 +56,31 @@ impl Tokens {
     }
 }
 
-/// A distinct one-hour window per call: the n-th window starts 2n hours after 2031-01-01, so no
-/// two calls of one run ever overlap, whichever listing they book.
-#[derive(Clone, Default)]
-pub(crate) struct Windows(Arc<AtomicU64>);
+/// A distinct one-hour window per call: the n-th window starts 2n hours after the first whole
+/// hour a day from now, so no two calls of one run ever overlap, whichever listing they book,
+/// and all lie inside the mesh's booking horizon (5 years: about 21,900 windows; a full run
+/// books under 10,000).
+#[derive(Clone)]
+pub(crate) struct Windows {
+    next: Arc<AtomicU64>,
+    from_ms: i64,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        let tomorrow = sharemesh_mesh::events::now_ms() + 24 * HOUR_MS;
+        Self {
+            next: Arc::default(),
+            from_ms: tomorrow - tomorrow.rem_euclid(HOUR_MS) + HOUR_MS,
+        }
+    }
+}
 
 impl Windows {
     /// The next window and its number (also used for request ids).
     fn next(&self) -> (u64, TimeWindow) {
-        let n = self.0.fetch_add(1, Ordering::Relaxed);
-        let start = WINDOWS_FROM_MS + i64::try_from(n).unwrap_or(i64::MAX / 4).saturating_mul(2 * HOUR_MS);
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.from_ms + i64::try_from(n).unwrap_or(i64::MAX / 4).saturating_mul(2 * HOUR_MS);
         (n, TimeWindow::from_ms(start, start + HOUR_MS))
     }
 }

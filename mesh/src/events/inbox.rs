@@ -147,6 +147,14 @@ pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandleError>>
 pub trait EventHandler: Send + Sync + 'static {
     /// Applies `event` inside `tx` (which also records the event id); may enqueue outbox events.
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a>;
+
+    /// Whether events of `event_type` can change anything here (default: all). The others are
+    /// acknowledged without a transaction or an inbox row: a handler that answers `false` for
+    /// a type it would act on loses those events.
+    fn wants(&self, event_type: &str) -> bool {
+        let _ = event_type;
+        true
+    }
 }
 
 /// What happened to one delivery.
@@ -156,6 +164,8 @@ pub enum Outcome {
     Applied,
     /// Already applied before; nothing changed.
     Duplicate,
+    /// Of a type the handler does not want ([`EventHandler::wants`]); nothing recorded.
+    NotWanted,
 }
 
 /// A durable consumer of one context's stream.
@@ -442,6 +452,9 @@ fn lag(msg: &jetstream::Message) -> Option<f64> {
 
 /// Applies `event` through `handler` unless `consumer` has applied it before.
 pub async fn apply_once(db: &Db, consumer: &str, handler: &dyn EventHandler, event: &IncomingEvent) -> Result<Outcome, HandleError> {
+    if !handler.wants(&event.event_type) {
+        return Ok(Outcome::NotWanted);
+    }
     let tx = db.begin_write().await?;
     if !record(&tx, consumer, event).await? {
         return Ok(Outcome::Duplicate);
@@ -460,9 +473,16 @@ pub async fn apply_batch(
     handler: &dyn EventHandler,
     events: &[(IncomingEvent, tracing::Span)],
 ) -> Result<Vec<Outcome>, HandleError> {
+    if events.iter().all(|(e, _)| !handler.wants(&e.event_type)) {
+        return Ok(vec![Outcome::NotWanted; events.len()]);
+    }
     let tx = db.begin_write().await?;
     let mut outcomes = Vec::with_capacity(events.len());
     for (event, span) in events {
+        if !handler.wants(&event.event_type) {
+            outcomes.push(Outcome::NotWanted);
+            continue;
+        }
         let outcome = async {
             if !record(&tx, consumer, event).await? {
                 return Ok::<_, HandleError>(Outcome::Duplicate);

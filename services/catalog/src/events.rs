@@ -3,7 +3,7 @@
 
 use sharemesh_contracts::catalog::v1::{Hold, Listing, ListingBooked, ListingDeleted, ListingRegistered, ListingReleased, ListingUpdated};
 use sharemesh_contracts::common::v1::EventMetadata;
-use sharemesh_contracts::events::{CatalogEvent, ReservationEvent};
+use sharemesh_contracts::events::{CatalogEvent, ReservationChange, ReservationEvent};
 use sharemesh_contracts::reservation::v1::Reservation;
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
 use sharemesh_mesh::events::outbox::emit;
@@ -112,15 +112,24 @@ impl EventHandler for ReservationEvents {
             let Some(reservation_event) = event.decode_as::<ReservationEvent>()? else {
                 return Ok(());
             };
-            let reason = match &reservation_event {
-                ReservationEvent::Cancelled(_) => "reservation cancelled",
-                ReservationEvent::Rejected(_) => "reservation rejected",
-                ReservationEvent::Placed(_)
-                | ReservationEvent::Paid(_)
-                | ReservationEvent::Confirmed(_)
-                | ReservationEvent::CancelRequested(_) => return Ok(()),
+            let Some(reason) = release_reason(reservation_event.change()) else {
+                return Ok(());
             };
             self.release(tx, event, reservation_event.reservation().cloned(), reason).await
         })
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        ReservationChange::of(event_type).is_some_and(|c| release_reason(c).is_some())
+    }
+}
+
+/// Why a reservation change releases the reservation's booking; `None` for the changes that
+/// leave it alone.
+fn release_reason(change: ReservationChange) -> Option<&'static str> {
+    match change {
+        ReservationChange::Cancelled => Some("reservation cancelled"),
+        ReservationChange::Rejected => Some("reservation rejected"),
+        ReservationChange::Placed | ReservationChange::Paid | ReservationChange::Confirmed | ReservationChange::CancelRequested => None,
     }
 }

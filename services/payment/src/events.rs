@@ -4,7 +4,7 @@
 //! Published payloads carry a [`Payment`], whose card is brand and last four digits only.
 
 use sharemesh_contracts::common::v1::EventMetadata;
-use sharemesh_contracts::events::{PaymentEvent, ReservationEvent};
+use sharemesh_contracts::events::{PaymentEvent, ReservationChange, ReservationEvent};
 use sharemesh_contracts::payment::v1::{Payment, PaymentApproved, PaymentCancelled, PaymentDeclined, PaymentStatus};
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
 use sharemesh_mesh::events::outbox::emit;
@@ -83,14 +83,8 @@ impl EventHandler for ReservationEvents {
             let Some(reservation_event) = event.decode_as::<ReservationEvent>()? else {
                 return Ok(());
             };
-            match &reservation_event {
-                ReservationEvent::CancelRequested(_) | ReservationEvent::Rejected(_) => {}
-                ReservationEvent::Placed(_)
-                | ReservationEvent::Paid(_)
-                | ReservationEvent::Confirmed(_)
-                | ReservationEvent::Cancelled(_) => {
-                    return Ok(());
-                }
+            if !acts_on(reservation_event.change()) {
+                return Ok(());
             }
             let reservation = reservation_event
                 .reservation()
@@ -117,5 +111,18 @@ impl EventHandler for ReservationEvents {
                 .map(|_| ())
                 .map_err(handle_error)
         })
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        ReservationChange::of(event_type).is_some_and(acts_on)
+    }
+}
+
+/// Whether a reservation change moves money: a cancel request refunds, a rejection voids what
+/// the saga charged; the other changes follow payment's own answers.
+fn acts_on(change: ReservationChange) -> bool {
+    match change {
+        ReservationChange::CancelRequested | ReservationChange::Rejected => true,
+        ReservationChange::Placed | ReservationChange::Paid | ReservationChange::Confirmed | ReservationChange::Cancelled => false,
     }
 }
