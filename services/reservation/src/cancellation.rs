@@ -3,12 +3,12 @@
 //! (`ReservationCancelled`) -> catalog releases the booking (`ListingReleased`).
 
 use sharemesh_contracts::payment::v1::PaymentStatus;
-use sharemesh_contracts::reservation::v1::Reservation;
+use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 use sharemesh_mesh::auth::Caller;
 use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Reservations;
-use crate::domain::{self, ReservationError};
+use crate::domain::ReservationError;
 use crate::storage::reservations as repo;
 use sharemesh_contracts::events::ReservationChange;
 
@@ -27,21 +27,14 @@ impl Reservations {
                 "only the customer or the listing's host may cancel this reservation".into(),
             ));
         }
-        match row.status.as_str() {
-            domain::CANCEL_REQUESTED | domain::CANCELLED => return Ok(row.to_proto()),
-            domain::PAID | domain::CONFIRMED => {}
-            other => {
-                return Err(ReservationError::FailedPrecondition(format!(
-                    "reservation is {other}; only PAID or CONFIRMED reservations can be cancelled"
-                )));
-            }
-        }
-        row.status = domain::CANCEL_REQUESTED.into();
-        row.status_reason = if reason.trim().is_empty() {
+        let reason = if reason.trim().is_empty() {
             format!("cancelled by {}", caller.id)
         } else {
             reason.trim().to_owned()
         };
+        if !row.request_cancel(reason)? {
+            return Ok(row.to_proto());
+        }
         self.commit(&mut row, Some(ReservationChange::CancelRequested), &caller.id).await?;
         Ok(row.to_proto())
     }
@@ -52,13 +45,10 @@ impl Reservations {
         let Some(mut row) = repo::find(&**tx, reservation_id).await? else {
             return Err(ReservationError::NotFound(format!("reservation {reservation_id} not found")));
         };
-        let refunded = PaymentStatus::Cancelled.stored();
-        if row.payment_status == refunded && row.status != domain::CANCEL_REQUESTED {
+        if row.payment_status() == PaymentStatus::Cancelled && row.status() != ReservationStatus::CancelRequested {
             return Ok(());
         }
-        row.payment_status = refunded.into();
-        if row.status == domain::CANCEL_REQUESTED {
-            row.status = domain::CANCELLED.into();
+        if row.refunded() {
             self.apply_in(tx, &mut row, Some(ReservationChange::Cancelled), Some(event_id), "")
                 .await
         } else {

@@ -4,7 +4,7 @@ use sharemesh_contracts::reservation::v1::Reservation;
 use sharemesh_mesh::auth::Caller;
 
 use crate::Reservations;
-use crate::domain::{self, ReservationError};
+use crate::domain::ReservationError;
 use sharemesh_contracts::events::ReservationChange;
 
 impl Reservations {
@@ -16,16 +16,9 @@ impl Reservations {
                 "only the listing's host may confirm this reservation".into(),
             ));
         }
-        match row.status.as_str() {
-            domain::CONFIRMED => return Ok(row.to_proto()),
-            domain::PAID => {}
-            other => {
-                return Err(ReservationError::FailedPrecondition(format!(
-                    "reservation is {other}; only PAID reservations can be confirmed"
-                )));
-            }
+        if !row.confirm()? {
+            return Ok(row.to_proto());
         }
-        row.status = domain::CONFIRMED.into();
         self.commit(&mut row, Some(ReservationChange::Confirmed), &caller.id).await?;
         Ok(row.to_proto())
     }

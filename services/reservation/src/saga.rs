@@ -20,7 +20,7 @@
 use sharemesh_contracts::catalog::v1::{ConfirmHoldRequest, HoldListingRequest, ReleaseHoldRequest};
 use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
 use sharemesh_contracts::payment::v1::{ApprovePaymentRequest, ListPaymentsRequest, Payment, PaymentCard, PaymentStatus};
-use sharemesh_contracts::reservation::v1::Reservation;
+use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 use sharemesh_mesh::auth::{Caller, Role};
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::storage::is_unique_violation;
@@ -87,13 +87,13 @@ impl Reservations {
             end_ms,
             amount_minor: 0,
             currency: String::new(),
-            status: domain::PENDING.into(),
+            status: ReservationStatus::Pending.stored().into(),
             status_reason: String::new(),
             payment_id: String::new(),
             payment_status: String::new(),
             card_brand: String::new(),
             card_last4: String::new(),
-            saga_step: Step::Hold.as_str().into(),
+            saga_step: Step::Hold.stored().into(),
             last_event_id: String::new(),
             version: 1,
             created_at_ms: now,
@@ -148,13 +148,8 @@ impl Reservations {
             Ok(res) => {
                 let res = res.into_inner();
                 let listing = res.listing.unwrap_or_default();
-                let amount = res.amount.unwrap_or_default();
-                row.listing_kind = ListingKind::try_from(listing.kind).unwrap_or_default().stored().into();
-                row.listing_title = listing.title;
-                row.host_id = listing.host_id;
-                row.amount_minor = amount.amount_minor;
-                row.currency = amount.currency;
-                row.saga_step = Step::Pay.as_str().into();
+                let kind = ListingKind::try_from(listing.kind).unwrap_or_default();
+                row.held(kind, listing.title, listing.host_id, res.amount.unwrap_or_default())?;
                 self.commit(row, None, "").await
             }
             Err(status) if is_outage(&status) => self.reject_retryable(row, "catalog", &status, "catalog unavailable").await,
@@ -198,7 +193,7 @@ impl Reservations {
             row.card_last4 = card.last4;
         }
         if status == PaymentStatus::Approved {
-            row.saga_step = Step::Confirm.as_str().into();
+            row.charged()?;
             return self.commit(row, None, "").await;
         }
         let reason = match status {
@@ -235,15 +230,14 @@ impl Reservations {
             Ok(_) => {
                 sharemesh_mesh::failpoint::hit("saga.after_confirm_hold");
                 let tx = self.db.begin_write().await?;
-                row.status = domain::PAID.into();
-                row.saga_step = Step::Done.as_str().into();
+                row.booked()?;
                 self.apply_in(&tx, row, Some(ReservationChange::Paid), None, "").await?;
                 if self.auto_confirm.contains(&row.listing_kind) {
-                    row.status = domain::CONFIRMED.into();
+                    row.confirm()?;
                     self.apply_in(&tx, row, Some(ReservationChange::Confirmed), None, "").await?;
                 }
                 tx.commit().await?;
-                saga_outcome(&row.status);
+                saga_outcome(row.status());
                 tracing::info!(reservation_id = %row.reservation_id, status = %row.status, "reservation paid");
                 Ok(())
             }
@@ -271,14 +265,14 @@ impl Reservations {
         compensate: Compensate,
         answer: ReservationError,
     ) -> ReservationError {
-        row.status = domain::REJECTED.into();
-        row.status_reason = reason.to_owned();
-        row.saga_step = Step::Done.as_str().into();
+        if let Err(e) = row.reject(reason) {
+            return e;
+        }
         if let Err(e) = self.commit(row, Some(ReservationChange::Rejected), "").await {
             tracing::warn!(reservation_id = %row.reservation_id, error = %e, "rejection not recorded; whoever holds the saga now finishes it");
             return e;
         }
-        saga_outcome(&row.status);
+        saga_outcome(row.status());
         tracing::info!(reservation_id = %row.reservation_id, %reason, "reservation rejected");
         if compensate == Compensate::ReleaseHold {
             self.release(row, reason).await;
@@ -348,11 +342,11 @@ pub(crate) enum Compensate {
 
 /// Counts a saga that ended (`sharemesh_saga_outcomes_total{outcome}`: `paid`, `confirmed`,
 /// `rejected`).
-fn saga_outcome(status: &str) {
+fn saga_outcome(status: ReservationStatus) {
     sharemesh_mesh::telemetry::metrics::metrics()
         .saga_outcomes
         .get_or_create(&sharemesh_mesh::telemetry::metrics::OutcomeLabels {
-            outcome: status.to_ascii_lowercase(),
+            outcome: status.stored().to_ascii_lowercase(),
         })
         .inc();
 }

@@ -217,7 +217,7 @@ async fn a_declined_card_rejects_and_releases_the_hold() {
         .await
         .expect("query")
         .expect("row");
-    assert_eq!(stored.status, crate::domain::REJECTED);
+    assert_eq!(stored.status(), ReservationStatus::Rejected);
     assert_eq!(w.hold_status(&stored.reservation_id).await, Some(HoldStatus::Released));
     // The window is free again.
     let next = w.place(&w.car, 0, "4242424242424242", "req-2").await.expect("free window");
@@ -234,7 +234,7 @@ async fn an_outage_before_the_charge_is_retried_with_the_same_request_id() {
         .await
         .expect("query")
         .expect("row");
-    assert!(first.retryable && first.status == crate::domain::REJECTED, "{first:?}");
+    assert!(first.retryable && first.status() == ReservationStatus::Rejected, "{first:?}");
     w.catalog_server.set_down(false);
     let booked = w.place(&w.car, 0, "4242424242424242", "req-1").await.expect("runs again");
     assert_eq!(status(&booked), ReservationStatus::Confirmed);
@@ -266,15 +266,15 @@ async fn recovery_books_a_charged_saga_when_catalog_is_back_and_claims_it_once()
     row.request_id = "req-crashed".into();
     row.listing_id = w.car.clone();
     row.listing_kind = "CAR".into();
-    row.status = crate::domain::PENDING.into();
-    row.saga_step = Step::Confirm.as_str().into();
+    row.status = ReservationStatus::Pending.stored().into();
+    row.saga_step = Step::Confirm.stored().into();
     row.updated_at_ms = now_ms() - 60_000;
     repo::insert(w.reservations.db.conn(), row).await.expect("insert");
 
     w.catalog_server.set_down(true);
     w.reservations.recover_once(Duration::from_secs(30)).await.expect("recovery runs");
     let pending = repo::find(w.reservations.db.conn(), &id).await.expect("query").expect("row");
-    assert_eq!(pending.status, crate::domain::PENDING, "not rejected while catalog is down");
+    assert_eq!(pending.status(), ReservationStatus::Pending, "not rejected while catalog is down");
 
     w.catalog_server.set_down(false);
     // Two recoverers (as two replicas would) at once; the stale time is short now.
@@ -282,7 +282,7 @@ async fn recovery_books_a_charged_saga_when_catalog_is_back_and_claims_it_once()
     let (a, b) = tokio::join!(w.reservations.recover_once(Duration::ZERO), twin.recover_once(Duration::ZERO));
     assert_eq!(a.expect("a") + b.expect("b"), 1, "exactly one recoverer claims the saga");
     let done = repo::find(w.reservations.db.conn(), &id).await.expect("query").expect("row");
-    assert_eq!(done.status, crate::domain::CONFIRMED);
+    assert_eq!(done.status(), ReservationStatus::Confirmed);
     assert_eq!(w.hold_status(&id).await, Some(HoldStatus::Booked));
 }
 
@@ -299,8 +299,8 @@ async fn recovery_compensates_a_saga_interrupted_before_the_charge() {
     row.reservation_id = id.clone();
     row.request_id = "req-crashed".into();
     row.listing_id = w.car.clone();
-    row.status = crate::domain::PENDING.into();
-    row.saga_step = Step::Pay.as_str().into();
+    row.status = ReservationStatus::Pending.stored().into();
+    row.saga_step = Step::Pay.stored().into();
     row.payment_id = String::new();
     row.payment_status = String::new();
     row.updated_at_ms = now_ms() - 60_000;
@@ -308,7 +308,7 @@ async fn recovery_compensates_a_saga_interrupted_before_the_charge() {
     // Payment never saw it: recovery asks, does not charge, rejects and releases the hold.
     assert_eq!(w.reservations.recover_once(Duration::from_secs(30)).await.expect("recovery"), 1);
     let done = repo::find(w.reservations.db.conn(), &id).await.expect("query").expect("row");
-    assert_eq!(done.status, crate::domain::REJECTED);
+    assert_eq!(done.status(), ReservationStatus::Rejected);
     assert!(done.status_reason.contains("nothing was charged"), "{}", done.status_reason);
     assert_eq!(w.hold_status(&id).await, Some(HoldStatus::Released));
     assert_eq!(w.approved_payments().await, 1, "only the reference saga was charged");

@@ -4,10 +4,8 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
 use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
 use sharemesh_contracts::ext::timestamp_from_ms;
-use sharemesh_contracts::payment::v1::{CardSummary, PaymentStatus};
-use sharemesh_contracts::reservation::v1::Reservation;
-
-use crate::domain::{self, Step};
+use sharemesh_contracts::payment::v1::CardSummary;
+use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 
 /// A row of `reservations`.
 pub mod entity {
@@ -80,15 +78,9 @@ pub mod entity {
 pub use entity::Model as ReservationRow;
 
 impl ReservationRow {
-    /// The saga step.
-    pub fn step(&self) -> Step {
-        Step::parse(&self.saga_step)
-    }
-
     /// The row as the API's `Reservation`.
     pub fn to_proto(&self) -> Reservation {
         let kind = ListingKind::from_stored(&self.listing_kind);
-        let payment_status = PaymentStatus::from_stored(&self.payment_status);
         Reservation {
             reservation_id: self.reservation_id.clone(),
             request_id: self.request_id.clone(),
@@ -99,10 +91,10 @@ impl ReservationRow {
             host_id: self.host_id.clone(),
             window: Some(TimeWindow::from_ms(self.start_ms, self.end_ms)),
             amount: (!self.currency.is_empty()).then(|| Money::new(self.amount_minor, &self.currency)),
-            status: domain::status_of(&self.status) as i32,
+            status: self.status() as i32,
             status_reason: self.status_reason.clone(),
             payment_id: self.payment_id.clone(),
-            payment_status: payment_status as i32,
+            payment_status: self.payment_status() as i32,
             card: (!self.card_last4.is_empty()).then(|| CardSummary {
                 brand: self.card_brand.clone(),
                 last4: self.card_last4.clone(),
@@ -142,7 +134,7 @@ pub async fn claim_stale(db: &impl ConnectionTrait, row: &ReservationRow, before
         .col_expr(entity::Column::UpdatedAtMs, Expr::value(now_ms))
         .filter(entity::Column::ReservationId.eq(row.reservation_id.clone()))
         .filter(entity::Column::Version.eq(row.version))
-        .filter(entity::Column::Status.eq(domain::PENDING))
+        .filter(entity::Column::Status.eq(ReservationStatus::Pending.stored()))
         .filter(entity::Column::UpdatedAtMs.lt(before_ms))
         .exec(db)
         .await?;
@@ -210,7 +202,7 @@ pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, l
 /// PENDING reservations not touched since `before_ms`: sagas a crash interrupted.
 pub async fn stuck(db: &impl ConnectionTrait, before_ms: i64, limit: u64) -> Result<Vec<ReservationRow>, sea_orm::DbErr> {
     entity::Entity::find()
-        .filter(entity::Column::Status.eq(domain::PENDING))
+        .filter(entity::Column::Status.eq(ReservationStatus::Pending.stored()))
         .filter(entity::Column::UpdatedAtMs.lt(before_ms))
         .order_by_asc(entity::Column::UpdatedAtMs)
         .limit(limit)
