@@ -119,6 +119,7 @@ macro_rules! stored_form {
 stored_form!(crate::common::v1::ListingKind { Car => "CAR", Talent => "TALENT" });
 stored_form!(crate::payment::v1::PaymentStatus { Approved => "APPROVED", Declined => "DECLINED", Cancelled => "CANCELLED" });
 stored_form!(crate::catalog::v1::ListingStatus { Active => "ACTIVE", Deleted => "DELETED" });
+stored_form!(crate::catalog::v1::HoldStatus { Held => "HELD", Booked => "BOOKED", Released => "RELEASED", Expired => "EXPIRED" });
 stored_form!(crate::reservation::v1::ReservationStatus {
     Pending => "PENDING",
     Paid => "PAID",

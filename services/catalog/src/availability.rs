@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sharemesh_contracts::catalog::v1::{Hold, Listing};
+use sharemesh_contracts::catalog::v1::{Hold, HoldStatus, Listing};
 use sharemesh_contracts::common::v1::Money;
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::server::Shutdown;
@@ -13,7 +13,7 @@ use crate::Catalog;
 use crate::domain::{self, CatalogError};
 use crate::events::{self, Cause};
 use crate::storage::NO_OVERLAP;
-use crate::storage::holds::{self as repo, BOOKED, EXPIRED, HELD, HoldRow, RELEASED};
+use crate::storage::holds::{self as repo, Booking, HoldRow};
 use crate::storage::listings as listings_repo;
 
 /// A hold and what the reservation needs to know about the listing.
@@ -84,7 +84,7 @@ impl Catalog {
             reservation_id: reservation_id.to_owned(),
             start_ms: start,
             end_ms: end,
-            status: HELD.into(),
+            status: HoldStatus::Held.stored().into(),
             expires_at_ms: now + self.hold_ttl.as_millis() as i64,
             created_at_ms: now,
             updated_at_ms: now,
@@ -127,26 +127,18 @@ impl Catalog {
         let held = self.hold_of(&tx, reservation_id).await?;
         listings_repo::find_for_update(&*tx, &held.listing_id).await?;
         let mut row = self.hold_of(&tx, reservation_id).await?;
-        match row.status.as_str() {
-            BOOKED => return Ok(row.to_proto()),
-            HELD if row.expires_at_ms > now => {}
-            HELD => {
-                repo::set_status(&*tx, &row.hold_id, EXPIRED, now).await?;
+        match row.book(now)? {
+            Booking::Booked => {}
+            Booking::AlreadyBooked => return Ok(row.to_proto()),
+            Booking::Lapsed => {
+                repo::save_status(&*tx, &row).await?;
                 tx.commit().await?;
                 return Err(CatalogError::FailedPrecondition(format!(
                     "the hold of reservation {reservation_id} expired"
                 )));
             }
-            other => {
-                return Err(CatalogError::FailedPrecondition(format!(
-                    "the hold of reservation {reservation_id} was {}",
-                    other.to_lowercase()
-                )));
-            }
         }
-        repo::set_status(&*tx, &row.hold_id, BOOKED, now).await?;
-        row.status = BOOKED.into();
-        row.updated_at_ms = now;
+        repo::save_status(&*tx, &row).await?;
         let cause = Cause {
             correlation_id: reservation_id.to_owned(),
             causation_id: reservation_id.to_owned(),
@@ -180,13 +172,11 @@ impl Catalog {
         let held = self.hold_of(tx, reservation_id).await?;
         listings_repo::find_for_update(&**tx, &held.listing_id).await?;
         let mut row = self.hold_of(tx, reservation_id).await?;
-        if !row.is_active() {
+        let now = now_ms();
+        if !row.release(now) {
             return Ok(row.to_proto());
         }
-        let now = now_ms();
-        repo::set_status(&**tx, &row.hold_id, RELEASED, now).await?;
-        row.status = RELEASED.into();
-        row.updated_at_ms = now;
+        repo::save_status(&**tx, &row).await?;
         events::released(tx, row.to_proto(), reason, cause, now).await?;
         Ok(row.to_proto())
     }

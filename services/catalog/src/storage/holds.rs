@@ -7,6 +7,8 @@ use sharemesh_contracts::catalog::v1::{Hold, HoldStatus};
 use sharemesh_contracts::common::v1::TimeWindow;
 use sharemesh_contracts::ext::timestamp_from_ms;
 
+use crate::domain::CatalogError;
+
 /// A row of `holds`.
 pub mod entity {
     use sea_orm::entity::prelude::*;
@@ -45,25 +47,70 @@ pub mod entity {
 
 pub use entity::Model as HoldRow;
 
-/// Claimed, awaiting payment.
-pub const HELD: &str = "HELD";
-/// Paid for: a booking.
-pub const BOOKED: &str = "BOOKED";
-/// Given back (payment declined, reservation cancelled).
-pub const RELEASED: &str = "RELEASED";
-/// Lapsed unconfirmed.
-pub const EXPIRED: &str = "EXPIRED";
+/// The states that block a window (the overlap constraint's `status IN ('HELD', 'BOOKED')`).
+pub const ACTIVE: [HoldStatus; 2] = [HoldStatus::Held, HoldStatus::Booked];
+
+/// What [`HoldRow::book`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Booking {
+    /// HELD -> BOOKED.
+    Booked,
+    /// BOOKED already: nothing to do.
+    AlreadyBooked,
+    /// The hold had lapsed: HELD -> EXPIRED instead, and the booking is refused.
+    Lapsed,
+}
+
+// === impl HoldRow: the states and their transitions ===
+//
+// HELD -> BOOKED (a booking), HELD -> EXPIRED (lapsed unconfirmed), HELD or BOOKED -> RELEASED
+// (payment declined, reservation cancelled). RELEASED and EXPIRED are final.
 
 impl HoldRow {
+    /// The status as the proto enum (UNSPECIFIED for a stored name this build does not know).
+    pub fn status(&self) -> HoldStatus {
+        HoldStatus::from_stored(&self.status)
+    }
+
+    fn set(&mut self, status: HoldStatus, now_ms: i64) {
+        self.status = status.stored().into();
+        self.updated_at_ms = now_ms;
+    }
+
+    /// Books the hold at `now_ms` if it is HELD and not lapsed; a lapsed hold expires instead.
+    /// A RELEASED or EXPIRED hold is FAILED_PRECONDITION.
+    pub fn book(&mut self, now_ms: i64) -> Result<Booking, CatalogError> {
+        match self.status() {
+            HoldStatus::Booked => Ok(Booking::AlreadyBooked),
+            HoldStatus::Held if self.expires_at_ms > now_ms => {
+                self.set(HoldStatus::Booked, now_ms);
+                Ok(Booking::Booked)
+            }
+            HoldStatus::Held => {
+                self.set(HoldStatus::Expired, now_ms);
+                Ok(Booking::Lapsed)
+            }
+            _ => Err(CatalogError::FailedPrecondition(format!(
+                "the hold of reservation {} was {}",
+                self.reservation_id,
+                self.status.to_lowercase()
+            ))),
+        }
+    }
+
+    /// Gives a HELD or BOOKED window back at `now_ms`; false when it no longer blocks it
+    /// (released or expired already): nothing to do.
+    pub fn release(&mut self, now_ms: i64) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        self.set(HoldStatus::Released, now_ms);
+        true
+    }
+
     /// The row as the API's `Hold`.
     pub fn to_proto(&self) -> Hold {
-        let status = match self.status.as_str() {
-            HELD => HoldStatus::Held,
-            BOOKED => HoldStatus::Booked,
-            RELEASED => HoldStatus::Released,
-            EXPIRED => HoldStatus::Expired,
-            _ => HoldStatus::Unspecified,
-        };
+        let status = self.status();
         Hold {
             hold_id: self.hold_id.clone(),
             listing_id: self.listing_id.clone(),
@@ -78,7 +125,7 @@ impl HoldRow {
 
     /// HELD or BOOKED.
     pub fn is_active(&self) -> bool {
-        self.status == HELD || self.status == BOOKED
+        ACTIVE.contains(&self.status())
     }
 }
 
@@ -98,12 +145,12 @@ pub async fn insert(db: &impl ConnectionTrait, row: HoldRow) -> Result<(), sea_o
         .map(|_| ())
 }
 
-/// Sets a hold's status.
-pub async fn set_status(db: &impl ConnectionTrait, hold_id: &str, status: &str, now_ms: i64) -> Result<(), sea_orm::DbErr> {
+/// Writes a hold's status and change time, as a transition left them.
+pub async fn save_status(db: &impl ConnectionTrait, row: &HoldRow) -> Result<(), sea_orm::DbErr> {
     entity::Entity::update_many()
-        .col_expr(entity::Column::Status, Expr::value(status))
-        .col_expr(entity::Column::UpdatedAtMs, Expr::value(now_ms))
-        .filter(entity::Column::HoldId.eq(hold_id))
+        .col_expr(entity::Column::Status, Expr::value(row.status.clone()))
+        .col_expr(entity::Column::UpdatedAtMs, Expr::value(row.updated_at_ms))
+        .filter(entity::Column::HoldId.eq(row.hold_id.clone()))
         .exec(db)
         .await
         .map(|_| ())
@@ -112,12 +159,76 @@ pub async fn set_status(db: &impl ConnectionTrait, hold_id: &str, status: &str, 
 /// Expires lapsed HELD holds (of one listing, or all); returns how many.
 pub async fn expire_lapsed(db: &impl ConnectionTrait, listing_id: Option<&str>, now_ms: i64) -> Result<u64, sea_orm::DbErr> {
     let mut q = entity::Entity::update_many()
-        .col_expr(entity::Column::Status, Expr::value(EXPIRED))
+        .col_expr(entity::Column::Status, Expr::value(HoldStatus::Expired.stored()))
         .col_expr(entity::Column::UpdatedAtMs, Expr::value(now_ms))
-        .filter(entity::Column::Status.eq(HELD))
+        .filter(entity::Column::Status.eq(HoldStatus::Held.stored()))
         .filter(entity::Column::ExpiresAtMs.lte(now_ms));
     if let Some(id) = listing_id {
         q = q.filter(entity::Column::ListingId.eq(id));
     }
     Ok(q.exec(db).await?.rows_affected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(status: HoldStatus, expires_at_ms: i64) -> HoldRow {
+        HoldRow {
+            hold_id: "h-1".into(),
+            listing_id: "l-1".into(),
+            reservation_id: "r-1".into(),
+            start_ms: 0,
+            end_ms: 1,
+            status: status.stored().into(),
+            expires_at_ms,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn stored_forms_are_the_tables() {
+        let names = [HoldStatus::Held, HoldStatus::Booked, HoldStatus::Released, HoldStatus::Expired].map(HoldStatus::stored);
+        assert_eq!(names, ["HELD", "BOOKED", "RELEASED", "EXPIRED"]);
+        for name in names {
+            assert_eq!(HoldStatus::from_stored(name).stored(), name);
+        }
+        assert_eq!(HoldStatus::from_stored("garbage"), HoldStatus::Unspecified);
+    }
+
+    #[test]
+    fn a_held_hold_is_booked_until_it_lapses() {
+        let mut h = hold(HoldStatus::Held, 100);
+        assert_eq!(h.book(99).expect("booked"), Booking::Booked);
+        assert_eq!((h.status(), h.updated_at_ms), (HoldStatus::Booked, 99));
+        assert_eq!(h.book(200).expect("again"), Booking::AlreadyBooked, "a booking does not lapse");
+        assert_eq!(h.updated_at_ms, 99);
+
+        let mut h = hold(HoldStatus::Held, 100);
+        assert_eq!(h.book(100).expect("lapsed"), Booking::Lapsed);
+        assert_eq!((h.status(), h.updated_at_ms), (HoldStatus::Expired, 100));
+    }
+
+    #[test]
+    fn released_and_expired_holds_are_final() {
+        for status in [HoldStatus::Released, HoldStatus::Expired] {
+            let mut h = hold(status, i64::MAX);
+            let err = h.book(0).expect_err("final");
+            let expected = format!("the hold of reservation r-1 was {}", status.stored().to_lowercase());
+            assert!(matches!(&err, CatalogError::FailedPrecondition(m) if *m == expected), "{err:?}");
+            assert!(!h.release(5), "nothing to release");
+            assert_eq!((h.status(), h.updated_at_ms), (status, 0));
+        }
+    }
+
+    #[test]
+    fn held_or_booked_windows_are_released() {
+        for status in ACTIVE {
+            let mut h = hold(status, 0);
+            assert!(h.is_active());
+            assert!(h.release(7));
+            assert_eq!((h.status(), h.updated_at_ms, h.is_active()), (HoldStatus::Released, 7, false));
+        }
+    }
 }

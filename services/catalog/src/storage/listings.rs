@@ -191,7 +191,7 @@ pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, l
             .expr(Expr::val(1))
             .from(holds::entity::Entity)
             .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::ListingId)).equals((entity::Entity, C::ListingId)))
-            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::Status)).is_in([holds::HELD, holds::BOOKED]))
+            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::Status)).is_in(holds::ACTIVE.map(|s| s.stored())))
             .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::StartMs)).lt(end))
             .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::EndMs)).gt(start))
             .to_owned();
