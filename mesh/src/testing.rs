@@ -13,20 +13,35 @@ use std::time::{Duration, Instant};
 /// The port comes from below the kernel's ephemeral range when there is room: a port the kernel
 /// hands out for `:0` is also the kind it gives outgoing connections, and one of those (any test's
 /// client) could take it while a restarted server is down, so the server could not bind it again.
+///
+/// A port is handed out once per test process: a test that asks for a dozen ports before
+/// starting their servers never gets the same one twice (each is free when asked, but nobody
+/// holds it until its server binds).
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let fresh = |port: u16, given: &[u16]| !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok();
     let below_ephemeral = ephemeral_floor().filter(|floor| *floor > 12_000).map(|floor| 10_000..floor);
     if let Some(range) = below_ephemeral {
         for _ in 0..200 {
             let port = fastrand::u16(range.clone());
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if fresh(port, &given) {
+                given.push(port);
                 return port;
             }
         }
     }
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    for _ in 0..200 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on 127.0.0.1");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 that this test has not been given already")
 }
 
 /// The first port of the kernel's ephemeral range (Linux), if it can be read.
