@@ -120,6 +120,8 @@ stored_form!(crate::common::v1::ListingKind { Car => "CAR", Talent => "TALENT" }
 stored_form!(crate::payment::v1::PaymentStatus { Approved => "APPROVED", Declined => "DECLINED", Cancelled => "CANCELLED" });
 stored_form!(crate::catalog::v1::ListingStatus { Active => "ACTIVE", Deleted => "DELETED" });
 stored_form!(crate::catalog::v1::HoldStatus { Held => "HELD", Booked => "BOOKED", Released => "RELEASED", Expired => "EXPIRED" });
+stored_form!(crate::message::v1::DeliveryStatus { Pending => "PENDING", Sent => "SENT", Failed => "FAILED" });
+stored_form!(crate::message::v1::RecipientRole { Customer => "CUSTOMER", Host => "HOST" });
 stored_form!(crate::reservation::v1::ReservationStatus {
     Pending => "PENDING",
     Paid => "PAID",

@@ -27,10 +27,10 @@ use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Messages;
-use crate::domain::{self, MessageError};
+use crate::domain::MessageError;
 use crate::events;
 use crate::sender::Sender;
-use crate::storage::messages::{self as repo, FAILED, MessageRow, SENT};
+use crate::storage::messages::{self as repo, MessageRow};
 
 /// Messages taken per look.
 pub const BATCH: u64 = 100;
@@ -64,7 +64,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher of `messages` through `sender`; a failed delivery is retried after
-    /// `retry_base`, doubling per failure (at most [`domain::MAX_RETRY_DELAY`]); without a wake-up
+    /// `retry_base`, doubling per failure (at most [`crate::domain::MAX_RETRY_DELAY`]); without a wake-up
     /// it looks for due messages every `poll`.
     pub fn new(messages: Messages, sender: Arc<dyn Sender>, retry_base: Duration, poll: Duration) -> Self {
         Self {
@@ -185,23 +185,16 @@ impl Dispatcher {
         outcome: Result<(), crate::sender::SendError>,
         now: i64,
     ) -> Result<Attempt, MessageError> {
-        row.attempts = row.attempts.saturating_add(1);
         let attempt = match outcome {
             Ok(()) => {
-                row.delivery_status = SENT.to_owned();
-                row.delivered_at_ms = Some(now);
-                row.next_attempt_at_ms = now;
+                row.delivered(now)?;
                 Attempt::Sent
             }
             Err(e) => {
-                let delay = domain::retry_delay(self.retry_base, row.attempts);
-                let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-                row.delivery_status = FAILED.to_owned();
-                row.failure_reason = domain::failure_reason(e.reason());
-                row.next_attempt_at_ms = next;
+                let next_attempt_at_ms = row.failed(e.reason(), now, self.retry_base)?;
                 Attempt::Failed {
                     reason: row.failure_reason.clone(),
-                    next_attempt_at_ms: next,
+                    next_attempt_at_ms,
                 }
             }
         };

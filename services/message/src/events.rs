@@ -7,7 +7,7 @@
 
 use sharemesh_contracts::common::v1::EventMetadata;
 use sharemesh_contracts::events::{CatalogEvent, MessageEvent, ReservationEvent};
-use sharemesh_contracts::message::v1::{Message, MessageSent};
+use sharemesh_contracts::message::v1::{DeliveryStatus, Message, MessageSent};
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::events::outbox::emit;
@@ -15,7 +15,7 @@ use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Messages;
 use crate::compose::{self, Draft};
-use crate::storage::messages::{self as repo, MessageRow, PENDING};
+use crate::storage::messages::{self as repo, MessageRow};
 
 /// `ce-source` of message events.
 pub const SOURCE: &str = "sharemesh/message";
@@ -38,7 +38,7 @@ impl Messages {
                 topic: draft.topic,
                 subject: draft.subject,
                 body: draft.body,
-                delivery_status: PENDING.to_owned(),
+                delivery_status: DeliveryStatus::Pending.stored().to_owned(),
                 failure_reason: String::new(),
                 attempts: 0,
                 next_attempt_at_ms: now,

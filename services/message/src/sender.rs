@@ -186,10 +186,9 @@ impl<'a> WebhookPayload<'a> {
 }
 
 fn role_name(role: i32) -> &'static str {
-    match RecipientRole::try_from(role) {
-        Ok(RecipientRole::Host) => "HOST",
-        Ok(RecipientRole::Customer) => "CUSTOMER",
-        _ => "UNSPECIFIED",
+    match RecipientRole::try_from(role).unwrap_or_default() {
+        RecipientRole::Unspecified => "UNSPECIFIED",
+        known => known.stored(),
     }
 }
 

@@ -7,6 +7,8 @@ use sea_orm::{
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message, RecipientRole};
 
+use crate::domain::{self, MessageError};
+
 /// A row of `messages`.
 pub mod entity {
     use sea_orm::entity::prelude::*;
@@ -58,43 +60,64 @@ pub mod entity {
 
 pub use entity::Model as MessageRow;
 
-/// Recorded, not delivered yet.
-pub const PENDING: &str = "PENDING";
-/// Delivered by the sender.
-pub const SENT: &str = "SENT";
-/// The last attempt failed; retried at `next_attempt_at_ms`.
-pub const FAILED: &str = "FAILED";
-/// Notified as the customer who placed the reservation.
-pub const CUSTOMER: &str = "CUSTOMER";
-/// Notified as the host who owns the listing.
-pub const HOST: &str = "HOST";
+/// The statuses the dispatcher sends: PENDING (never tried) and FAILED (tried, retried).
+pub const UNDELIVERED: [DeliveryStatus; 2] = [DeliveryStatus::Pending, DeliveryStatus::Failed];
 
-/// The stored spelling of a role (`CUSTOMER`, `HOST`).
+/// The stored spelling of a role (`CUSTOMER`, `HOST`); UNSPECIFIED is stored as `CUSTOMER`.
 pub fn role_name(role: RecipientRole) -> &'static str {
     match role {
-        RecipientRole::Host => HOST,
-        _ => CUSTOMER,
+        RecipientRole::Host => RecipientRole::Host.stored(),
+        _ => RecipientRole::Customer.stored(),
     }
 }
+
+// === impl MessageRow: delivery states and their transitions ===
+//
+// PENDING -> SENT, or PENDING -> FAILED -> FAILED ... -> SENT. SENT is final.
 
 impl MessageRow {
     /// The role as the proto enum.
     pub fn role(&self) -> RecipientRole {
-        match self.recipient_role.as_str() {
-            CUSTOMER => RecipientRole::Customer,
-            HOST => RecipientRole::Host,
-            _ => RecipientRole::Unspecified,
-        }
+        RecipientRole::from_stored(&self.recipient_role)
     }
 
     /// The delivery status as the proto enum.
     pub fn status(&self) -> DeliveryStatus {
-        match self.delivery_status.as_str() {
-            PENDING => DeliveryStatus::Pending,
-            SENT => DeliveryStatus::Sent,
-            FAILED => DeliveryStatus::Failed,
-            _ => DeliveryStatus::Unspecified,
+        DeliveryStatus::from_stored(&self.delivery_status)
+    }
+
+    /// Unless PENDING or FAILED, why no attempt may be recorded.
+    fn require_undelivered(&self) -> Result<(), MessageError> {
+        if UNDELIVERED.contains(&self.status()) {
+            return Ok(());
         }
+        Err(MessageError::FailedPrecondition(format!(
+            "message {} is {}; only PENDING or FAILED messages are sent",
+            self.message_id, self.delivery_status
+        )))
+    }
+
+    /// An attempt at `now_ms` delivered it: SENT, counted.
+    pub fn delivered(&mut self, now_ms: i64) -> Result<(), MessageError> {
+        self.require_undelivered()?;
+        self.attempts = self.attempts.saturating_add(1);
+        self.delivery_status = DeliveryStatus::Sent.stored().into();
+        self.delivered_at_ms = Some(now_ms);
+        self.next_attempt_at_ms = now_ms;
+        Ok(())
+    }
+
+    /// An attempt at `now_ms` failed with `reason`: FAILED, counted, due again after the backoff
+    /// of its attempts from `retry_base` ([`domain::retry_delay`]). Returns when.
+    pub fn failed(&mut self, reason: &str, now_ms: i64, retry_base: std::time::Duration) -> Result<i64, MessageError> {
+        self.require_undelivered()?;
+        self.attempts = self.attempts.saturating_add(1);
+        let delay = domain::retry_delay(retry_base, self.attempts);
+        let next = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        self.delivery_status = DeliveryStatus::Failed.stored().into();
+        self.failure_reason = domain::failure_reason(reason);
+        self.next_attempt_at_ms = next;
+        Ok(next)
     }
 
     /// The row as the API's `Message`.
@@ -144,7 +167,7 @@ pub async fn find(db: &impl ConnectionTrait, message_id: &str) -> Result<Option<
 pub async fn due(db: &impl ConnectionTrait, now_ms: i64, limit: u64) -> Result<Vec<MessageRow>, sea_orm::DbErr> {
     use entity::Column as C;
     entity::Entity::find()
-        .filter(C::DeliveryStatus.is_in([PENDING, FAILED]))
+        .filter(C::DeliveryStatus.is_in(UNDELIVERED.map(DeliveryStatus::stored)))
         .filter(C::NextAttemptAtMs.lte(now_ms))
         .order_by_asc(C::CreatedAtMs)
         .order_by_asc(C::MessageId)
@@ -163,7 +186,7 @@ pub async fn claim(db: &impl ConnectionTrait, message_id: &str, seen_next_ms: i6
         .col_expr(C::NextAttemptAtMs, Expr::value(lease_until_ms))
         .filter(C::MessageId.eq(message_id))
         .filter(C::NextAttemptAtMs.eq(seen_next_ms))
-        .filter(C::DeliveryStatus.ne(SENT))
+        .filter(C::DeliveryStatus.ne(DeliveryStatus::Sent.stored()))
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
@@ -186,4 +209,78 @@ pub async fn list_for_recipient(
         .limit(limit)
         .all(db)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn message(status: DeliveryStatus, attempts: i32) -> MessageRow {
+        MessageRow {
+            message_id: "m-1".into(),
+            event_id: "e-1".into(),
+            recipient_id: "alice".into(),
+            recipient_role: role_name(RecipientRole::Customer).into(),
+            reservation_id: String::new(),
+            listing_id: "l-1".into(),
+            topic: String::new(),
+            subject: String::new(),
+            body: String::new(),
+            delivery_status: status.stored().into(),
+            failure_reason: String::new(),
+            attempts,
+            next_attempt_at_ms: 0,
+            created_at_ms: 0,
+            delivered_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn stored_forms_are_the_tables() {
+        let statuses = [DeliveryStatus::Pending, DeliveryStatus::Sent, DeliveryStatus::Failed].map(DeliveryStatus::stored);
+        assert_eq!(statuses, ["PENDING", "SENT", "FAILED"]);
+        assert_eq!(
+            [RecipientRole::Customer, RecipientRole::Host, RecipientRole::Unspecified].map(role_name),
+            ["CUSTOMER", "HOST", "CUSTOMER"]
+        );
+        let mut row = message(DeliveryStatus::Pending, 0);
+        row.recipient_role = "HOST".into();
+        assert_eq!((row.role(), row.status()), (RecipientRole::Host, DeliveryStatus::Pending));
+    }
+
+    #[test]
+    fn a_failed_attempt_is_counted_and_retried_later() {
+        let base = Duration::from_millis(100);
+        let mut row = message(DeliveryStatus::Pending, 0);
+        let next = row.failed("refused\nby the webhook", 1_000, base).expect("failed");
+        assert_eq!(
+            (row.status(), row.attempts, next),
+            (DeliveryStatus::Failed, 1, row.next_attempt_at_ms)
+        );
+        assert!((1_100..=1_120).contains(&next), "the base and up to 20% jitter: {next}");
+        assert_eq!(row.failure_reason, "refused by the webhook", "one line");
+        let again = row.failed("refused", 2_000, base).expect("failed again");
+        assert_eq!(row.attempts, 2);
+        assert!((2_200..=2_240).contains(&again), "doubled per failure: {again}");
+        row.delivered(3_000).expect("delivered at last");
+        assert_eq!(
+            (row.status(), row.attempts, row.delivered_at_ms, row.next_attempt_at_ms),
+            (DeliveryStatus::Sent, 3, Some(3_000), 3_000)
+        );
+    }
+
+    #[test]
+    fn a_sent_message_is_final() {
+        let mut row = message(DeliveryStatus::Sent, 1);
+        assert!(matches!(row.delivered(5), Err(MessageError::FailedPrecondition(_))));
+        assert!(matches!(
+            row.failed("late", 5, Duration::ZERO),
+            Err(MessageError::FailedPrecondition(_))
+        ));
+        let mut unknown = message(DeliveryStatus::Unspecified, 0);
+        assert!(unknown.delivered(5).is_err());
+        assert_eq!((row.attempts, row.status(), row.delivered_at_ms), (1, DeliveryStatus::Sent, None));
+    }
 }
