@@ -107,6 +107,11 @@ impl EventHandler for CatalogEvents {
             Ok(())
         })
     }
+
+    /// Only ListingRegistered sends a message.
+    fn wants(&self, event_type: &str) -> bool {
+        event_type == <sharemesh_contracts::catalog::v1::ListingRegistered as prost::Name>::full_name()
+    }
 }
 
 /// Emits `MessageSent` for `message` (as delivered) inside `tx`. Its aggregate is the message,
