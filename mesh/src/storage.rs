@@ -373,6 +373,23 @@ mod tests {
         assert_eq!(sqlite_dir("sqlite://catalog.db"), None);
     }
 
+    /// `.cargo/config.toml` builds SQLite with the query planner stability guarantee; without it
+    /// every `LIMIT ?` query is re-prepared on each execution.
+    #[tokio::test]
+    async fn sqlite_is_built_with_a_stable_query_planner() {
+        let db = Db::connect("sqlite::memory:").await.expect("connect");
+        let rows = db
+            .conn()
+            .query_all_raw(sea_orm::Statement::from_string(db.backend(), "PRAGMA compile_options"))
+            .await
+            .expect("compile options");
+        let options: Vec<String> = rows.iter().filter_map(|r| r.try_get_by_index::<String>(0).ok()).collect();
+        assert!(
+            options.iter().any(|o| o == "ENABLE_QPSG"),
+            "SQLite built without ENABLE_QPSG (is .cargo/config.toml's LIBSQLITE3_FLAGS in effect?): {options:?}"
+        );
+    }
+
     #[tokio::test]
     async fn writes_commit_and_roll_back() {
         let dir = tempfile::tempdir().expect("tempdir");
