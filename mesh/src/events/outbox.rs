@@ -373,11 +373,22 @@ impl Relay {
         }
     }
 
-    /// Sends every row, then waits for the acks in order; returns the sequence numbers the
+    /// Sends the rows pipelined and takes the acks in order; returns the sequence numbers the
     /// broker acknowledged (a prefix of `rows`) and the first failure.
+    ///
+    /// At most one event per aggregate is in flight: before a second event of the same
+    /// aggregate is sent, the acks up to the first one are taken. When a broker node fails over
+    /// mid-batch, an earlier publish can be lost while later ones are stored; were two events of
+    /// one aggregate in flight, the re-publish of the lost one would land after its successor
+    /// and the stream would hold that aggregate's versions out of order.
     async fn publish(&self, rows: &[entity::Model]) -> (Vec<i64>, Option<async_nats::Error>) {
-        let mut acks = Vec::with_capacity(rows.len());
+        let mut in_flight = InFlight::default();
         for row in rows {
+            while in_flight.holds(&row.aggregate_id) {
+                if let Err(e) = in_flight.settle_next().await {
+                    return in_flight.fail(e);
+                }
+            }
             let cx = producer_span(row, &self.context);
             let mut h = headers(row);
             crate::telemetry::propagation::inject_nats(&cx, &mut h);
@@ -386,41 +397,73 @@ impl Relay {
                 .publish_with_headers(row.subject.clone(), h, row.payload.clone().into())
                 .await
             {
-                Ok(ack) => acks.push((ack, cx)),
+                Ok(ack) => in_flight.push(row, ack, cx),
                 Err(e) => {
                     end_producer_span(&cx, Some(&e));
-                    for (_, cx) in &acks {
-                        end_producer_span(cx, Some(&"an earlier event of the batch was not published"));
-                    }
-                    return (Vec::new(), Some(e.into()));
+                    return in_flight.fail(e.into());
                 }
             }
         }
-        let mut done = Vec::with_capacity(rows.len());
-        let mut acks = acks.into_iter();
-        for (row, (ack, cx)) in rows.iter().zip(acks.by_ref()) {
-            let ack = ack.await;
-            end_producer_span(&cx, ack.as_ref().err().map(|e| e as &dyn std::fmt::Display));
-            match ack {
-                Ok(ack) => {
-                    let labels = EventLabels { name: row.subject.clone() };
-                    if ack.duplicate {
-                        tracing::debug!(event_id = %row.event_id, "broker already had this event");
-                        metrics().outbox_duplicates.get_or_create(&labels).inc();
-                    } else {
-                        metrics().outbox_published.get_or_create(&labels).inc();
-                    }
-                    done.push(row.seq);
-                }
-                Err(e) => {
-                    for (_, cx) in acks {
-                        end_producer_span(&cx, Some(&"an earlier event of the batch was not acknowledged"));
-                    }
-                    return (done, Some(e.into()));
-                }
+        while !in_flight.pending.is_empty() {
+            if let Err(e) = in_flight.settle_next().await {
+                return in_flight.fail(e);
             }
         }
-        (done, None)
+        (in_flight.done, None)
+    }
+}
+
+/// The publishes of one relay pass that await their acks, in send order.
+#[derive(Default)]
+struct InFlight<'a> {
+    pending: std::collections::VecDeque<(&'a entity::Model, jetstream::context::PublishAckFuture, opentelemetry::Context)>,
+    /// Aggregates with an event in `pending`, and how many.
+    aggregates: std::collections::HashMap<&'a str, usize>,
+    /// Acknowledged rows, in order.
+    done: Vec<i64>,
+}
+
+impl<'a> InFlight<'a> {
+    fn holds(&self, aggregate: &str) -> bool {
+        self.aggregates.contains_key(aggregate)
+    }
+
+    fn push(&mut self, row: &'a entity::Model, ack: jetstream::context::PublishAckFuture, cx: opentelemetry::Context) {
+        *self.aggregates.entry(row.aggregate_id.as_str()).or_default() += 1;
+        self.pending.push_back((row, ack, cx));
+    }
+
+    /// Takes the oldest ack: counts it and ends its span.
+    async fn settle_next(&mut self) -> Result<(), async_nats::Error> {
+        let Some((row, ack, cx)) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        if let Some(n) = self.aggregates.get_mut(row.aggregate_id.as_str()) {
+            *n -= 1;
+            if *n == 0 {
+                self.aggregates.remove(row.aggregate_id.as_str());
+            }
+        }
+        let ack = ack.await;
+        end_producer_span(&cx, ack.as_ref().err().map(|e| e as &dyn std::fmt::Display));
+        let ack = ack?;
+        let labels = EventLabels { name: row.subject.clone() };
+        if ack.duplicate {
+            tracing::debug!(event_id = %row.event_id, "broker already had this event");
+            metrics().outbox_duplicates.get_or_create(&labels).inc();
+        } else {
+            metrics().outbox_published.get_or_create(&labels).inc();
+        }
+        self.done.push(row.seq);
+        Ok(())
+    }
+
+    /// Gives up the pass at `error`: the rows still in flight are published again next pass.
+    fn fail(self, error: async_nats::Error) -> (Vec<i64>, Option<async_nats::Error>) {
+        for (_, _, cx) in &self.pending {
+            end_producer_span(cx, Some(&"an earlier event of the batch was not acknowledged"));
+        }
+        (self.done, Some(error))
     }
 }
 
