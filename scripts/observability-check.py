@@ -37,7 +37,6 @@ import devports
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("SHAREMESH_BIN", os.path.join(REPO, "target", "debug", "sharemesh"))
 SECRET = "observability-check-secret-0123456789"
-TOPOLOGY = json.load(open(os.path.join(REPO, "helm", "sharemesh", "files", "topology.json")))["contexts"]
 
 
 def tool(name: str) -> str:
@@ -144,8 +143,8 @@ def per_context(api: str, dashboard: dict) -> int:
         status, res = http("GET", f"{api}/query?" + urllib.parse.urlencode({"query": query}))
         assert status == 200, res
         return sorted(r["metric"].get("job", "") for r in res["data"]["result"])
-    every = sorted(f"sharemesh-{c['name']}" for c in TOPOLOGY)
-    keeping_data = sorted(f"sharemesh-{c['name']}" for c in TOPOLOGY if c["keepsData"])
+    every = sorted(f"sharemesh-{c['name']}" for c in devports.TOPOLOGY)
+    keeping_data = sorted(f"sharemesh-{c['name']}" for c in devports.TOPOLOGY if c["keepsData"])
     by_job = next(t["expr"] for p in dashboard["panels"] for t in p["targets"] if "by (job)" in t["expr"])
     checks = [
         ("every sharemesh_* series has a context's job", 'count by (job) ({__name__=~"sharemesh_.+"})', every),
@@ -245,14 +244,19 @@ scrape_configs:
         print(f"observability-check: {len(got) - empty} of {len(got)} queries return series; {failed} checks failed")
         return 1 if failed else 0
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stop(procs: list) -> None:
+    """SIGTERM every process, then waits for each (killing one that takes over 20 s)."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 if __name__ == "__main__":

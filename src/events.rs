@@ -17,6 +17,15 @@ use crate::reservation::v1::{
     ReservationRejected,
 };
 
+/// Whether `event_type` (a `ce-type`) is the protobuf full name of `M` — compared piecewise, so
+/// telling an event's type costs no allocation (consumers ask for every delivery).
+pub fn is<M: Name>(event_type: &str) -> bool {
+    event_type
+        .strip_prefix(M::PACKAGE)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|name| name == M::NAME)
+}
+
 /// Defines the enum of one stream: a variant per event message, `decode` by type name,
 /// `type_name`, `encode_to_vec`, `metadata`, and `From` each message.
 macro_rules! stream_events {
@@ -32,7 +41,7 @@ macro_rules! stream_events {
             /// and payload; `Ok(None)` when the type is not one of this stream's events.
             pub fn decode(event_type: &str, payload: &[u8]) -> Result<Option<Self>, prost::DecodeError> {
                 $(
-                    if event_type == <$ty as Name>::full_name() {
+                    if is::<$ty>(event_type) {
                         return <$ty as Message>::decode(payload).map(|e| Some(Self::$variant(e)));
                     }
                 )+
@@ -156,7 +165,19 @@ impl ReservationChange {
 
     /// The change whose event has the protobuf full name `event_type`; `None` for another type.
     pub fn of(event_type: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.type_name() == event_type)
+        Self::ALL.into_iter().find(|c| c.is(event_type))
+    }
+
+    /// Whether `event_type` is this change's event.
+    fn is(self, event_type: &str) -> bool {
+        match self {
+            Self::Placed => is::<ReservationPlaced>(event_type),
+            Self::Paid => is::<ReservationPaid>(event_type),
+            Self::Confirmed => is::<ReservationConfirmed>(event_type),
+            Self::Rejected => is::<ReservationRejected>(event_type),
+            Self::CancelRequested => is::<ReservationCancelRequested>(event_type),
+            Self::Cancelled => is::<ReservationCancelled>(event_type),
+        }
     }
 
     /// The protobuf full name of the change's event (its `ce-type` and subject).
@@ -257,6 +278,22 @@ mod tests {
             assert_eq!(decoded.change(), change);
             assert_eq!(change.type_name(), event.type_name());
             assert_eq!(decoded, event);
+            assert_eq!(ReservationChange::of(&change.type_name()), Some(change));
+        }
+        assert_eq!(ReservationChange::of(&PaymentApproved::full_name()), None);
+    }
+
+    #[test]
+    fn a_type_is_its_full_name_and_nothing_near_it() {
+        assert!(is::<ReservationPlaced>("sharemesh.reservation.v1.ReservationPlaced"));
+        for other in [
+            "ReservationPlaced",
+            "sharemesh.reservation.v1ReservationPlaced",
+            "sharemesh.reservation.v1.ReservationPlacedX",
+            "sharemesh.reservation.v2.ReservationPlaced",
+            "",
+        ] {
+            assert!(!is::<ReservationPlaced>(other), "{other}");
         }
     }
 

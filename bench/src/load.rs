@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -113,21 +113,31 @@ pub(crate) fn grpc_code(status: &tonic::Status) -> String {
     format!("{:?}", status.code())
 }
 
-/// The REST client every worker shares: HTTP/1.1 with a keep-alive pool as big as the load
-/// (request bodies of type `B`: empty for reads).
-pub(crate) type RestClient<B = Empty<Bytes>> = Client<HttpConnector, B>;
+/// The REST client every worker shares: HTTP/1.1 with a keep-alive pool as big as the load.
+pub(crate) type RestClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client keeping up to `idle` connections per host.
-pub(crate) fn rest_client<B>(idle: usize) -> RestClient<B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub(crate) fn rest_client(idle: usize) -> RestClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(idle)
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector)
+}
+
+/// Sends `req` and reads the whole answer (the body is part of the cost, and only a read body
+/// lets the connection go back to the pool); a failure is named as the report counts it
+/// (`connect`, `http transport`, `http body`).
+pub(crate) async fn rest_call(client: &RestClient, req: http::Request<Full<Bytes>>) -> Result<(http::StatusCode, Bytes), String> {
+    let res = client.request(req).await.map_err(|e| {
+        if e.is_connect() {
+            "connect".to_owned()
+        } else {
+            "http transport".to_owned()
+        }
+    })?;
+    let status = res.status();
+    let body = res.into_body().collect().await.map_err(|_| "http body".to_owned())?;
+    Ok((status, body.to_bytes()))
 }

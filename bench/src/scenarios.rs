@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use serde::Serialize;
 use sharemesh_contracts::catalog::v1::catalog_service_client::CatalogServiceClient;
 use sharemesh_contracts::catalog::v1::{CarDetails, CarType, GetListingRequest, RegisterListingRequest, register_listing_request};
@@ -238,20 +238,11 @@ pub(crate) async fn get_listing_rest(base: &str, cfg: LoadConfig, listing_id: &s
         let client = client.clone();
         let req = http::Request::get(uri.clone())
             .header(http::header::AUTHORIZATION, auth.clone())
-            .body(Empty::<Bytes>::new());
+            .body(Full::new(Bytes::new()));
         async move {
             let req = req.map_err(|e| format!("request: {e}"))?;
-            let res = client.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    "connect".to_owned()
-                } else {
-                    "http transport".to_owned()
-                }
-            })?;
-            let status = res.status();
-            // Read the whole body: the JSON is part of the cost, and the connection goes back to the pool.
-            let body = res.into_body().collect().await.map_err(|_| "http body".to_owned())?;
-            if status == http::StatusCode::OK && !body.to_bytes().is_empty() {
+            let (status, body) = load::rest_call(&client, req).await?;
+            if status == http::StatusCode::OK && !body.is_empty() {
                 Ok(())
             } else {
                 Err(format!("http {}", status.as_u16()))
@@ -264,7 +255,7 @@ pub(crate) async fn get_listing_rest(base: &str, cfg: LoadConfig, listing_id: &s
 /// Scenario 7, `POST /v1/listings` on the edge: a host registering cars as JSON over a shared
 /// HTTP/1.1 keep-alive pool (what the seeds' `siege -c100 -b` did to their `/rooms`).
 pub(crate) async fn register_listing_rest(base: &str, cfg: LoadConfig, token: &str) -> Result<Summary, String> {
-    let client: RestClient<Full<Bytes>> = load::rest_client(cfg.concurrency);
+    let client: RestClient = load::rest_client(cfg.concurrency);
     let uri: http::Uri = format!("{base}/v1/listings").parse().map_err(|e| format!("REST uri: {e}"))?;
     let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| format!("token header: {e}"))?;
     let body = Bytes::from_static(
@@ -278,9 +269,7 @@ pub(crate) async fn register_listing_rest(base: &str, cfg: LoadConfig, token: &s
             .body(Full::new(body.clone()));
         async move {
             let req = req.map_err(|e| format!("request: {e}"))?;
-            let res = client.request(req).await.map_err(|_| "http transport".to_owned())?;
-            let status = res.status();
-            res.into_body().collect().await.map_err(|_| "http body".to_owned())?;
+            let (status, _) = load::rest_call(&client, req).await?;
             if status == http::StatusCode::OK {
                 Ok(())
             } else {

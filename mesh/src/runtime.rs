@@ -130,10 +130,10 @@ pub struct Runtime {
 impl Runtime {
     /// Starts the [`Process`], opens and migrates the database (`M`), connects to NATS (without
     /// waiting for it) and starts the outbox relay.
-    pub async fn start<M: MigratorTrait>(config: MeshConfig, shutdown: Shutdown) -> Result<Self, RunError> {
+    pub async fn start<M: MigratorTrait>(mut config: MeshConfig, shutdown: Shutdown) -> Result<Self, RunError> {
         let data = config
             .data
-            .clone()
+            .take()
             .ok_or_else(|| RunError::Config(format!("{} keeps no data: it has no database to open", config.context)))?;
         let mut process = Process::start(config, shutdown).await?;
         let db_err = |source| RunError::Database {

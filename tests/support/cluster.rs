@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, QueryResult, Statement};
 use sharemesh_mesh::testing::{free_port, nats_server_bin};
+use sharemesh_mesh::topology;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::{Context, PgDatabases, Service, eventually_ok, nats_connect};
@@ -392,10 +393,8 @@ impl ScaledMesh {
         // Callees first: each wave is every context whose upstreams already serve, both replicas
         // of each launched at once; replica r calls replica r of its upstreams.
         let mut started: HashMap<Context, Pair> = HashMap::new();
-        while started.len() < Context::keeping_data().count() {
-            let wave: Vec<Context> = Context::keeping_data()
-                .filter(|c| !started.contains_key(c) && c.node().calls.iter().all(|up| started.contains_key(up)))
-                .collect();
+        for mut wave in topology::start_waves() {
+            wave.retain(|c| c.node().keeps_data);
             let mut launched: Vec<(Context, Service)> = Vec::new();
             for context in wave {
                 for replica in [0, 1] {

@@ -473,13 +473,14 @@ pub async fn apply_batch(
     handler: &dyn EventHandler,
     events: &[(IncomingEvent, tracing::Span)],
 ) -> Result<Vec<Outcome>, HandleError> {
-    if events.iter().all(|(e, _)| !handler.wants(&e.event_type)) {
+    let wanted: Vec<bool> = events.iter().map(|(e, _)| handler.wants(&e.event_type)).collect();
+    if !wanted.contains(&true) {
         return Ok(vec![Outcome::NotWanted; events.len()]);
     }
     let tx = db.begin_write().await?;
     let mut outcomes = Vec::with_capacity(events.len());
-    for (event, span) in events {
-        if !handler.wants(&event.event_type) {
+    for ((event, span), wanted) in events.iter().zip(wanted) {
+        if !wanted {
             outcomes.push(Outcome::NotWanted);
             continue;
         }
@@ -512,8 +513,8 @@ async fn record(tx: &WriteTxn, consumer: &str, event: &IncomingEvent) -> Result<
         .await
     {
         Ok(sea_orm::TryInsertResult::Inserted(n)) => Ok(n > 0),
+        // Conflicted: the row was there (ON CONFLICT DO NOTHING, so never a unique violation).
         Ok(_) => Ok(false),
-        Err(e) if crate::storage::is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -417,19 +417,19 @@ impl Relay {
 #[derive(Default)]
 struct InFlight<'a> {
     pending: std::collections::VecDeque<(&'a entity::Model, jetstream::context::PublishAckFuture, opentelemetry::Context)>,
-    /// Aggregates with an event in `pending`, and how many.
-    aggregates: std::collections::HashMap<&'a str, usize>,
+    /// Aggregates with an event in `pending` (never more than one each).
+    aggregates: std::collections::HashSet<&'a str>,
     /// Acknowledged rows, in order.
     done: Vec<i64>,
 }
 
 impl<'a> InFlight<'a> {
     fn holds(&self, aggregate: &str) -> bool {
-        self.aggregates.contains_key(aggregate)
+        self.aggregates.contains(aggregate)
     }
 
     fn push(&mut self, row: &'a entity::Model, ack: jetstream::context::PublishAckFuture, cx: opentelemetry::Context) {
-        *self.aggregates.entry(row.aggregate_id.as_str()).or_default() += 1;
+        self.aggregates.insert(row.aggregate_id.as_str());
         self.pending.push_back((row, ack, cx));
     }
 
@@ -438,12 +438,7 @@ impl<'a> InFlight<'a> {
         let Some((row, ack, cx)) = self.pending.pop_front() else {
             return Ok(());
         };
-        if let Some(n) = self.aggregates.get_mut(row.aggregate_id.as_str()) {
-            *n -= 1;
-            if *n == 0 {
-                self.aggregates.remove(row.aggregate_id.as_str());
-            }
-        }
+        self.aggregates.remove(row.aggregate_id.as_str());
         let ack = ack.await;
         end_producer_span(&cx, ack.as_ref().err().map(|e| e as &dyn std::fmt::Display));
         let ack = ack?;

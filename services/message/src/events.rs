@@ -110,7 +110,7 @@ impl EventHandler for CatalogEvents {
 
     /// Only ListingRegistered sends a message.
     fn wants(&self, event_type: &str) -> bool {
-        event_type == <sharemesh_contracts::catalog::v1::ListingRegistered as prost::Name>::full_name()
+        sharemesh_contracts::events::is::<sharemesh_contracts::catalog::v1::ListingRegistered>(event_type)
     }
 }
 

@@ -61,6 +61,6 @@ impl EventHandler for PaymentEvents {
 
     /// Only a refund (PaymentCancelled) changes a reservation.
     fn wants(&self, event_type: &str) -> bool {
-        event_type == <sharemesh_contracts::payment::v1::PaymentCancelled as prost::Name>::full_name()
+        sharemesh_contracts::events::is::<sharemesh_contracts::payment::v1::PaymentCancelled>(event_type)
     }
 }

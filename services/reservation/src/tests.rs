@@ -153,6 +153,14 @@ fn window(slot: i64) -> Option<(i64, i64)> {
 }
 
 impl World {
+    /// alice's stored reservation for `request_id` (its latest attempt).
+    async fn stored(&self, request_id: &str) -> repo::ReservationRow {
+        repo::find_by_request(self.reservations.db.conn(), "alice", request_id)
+            .await
+            .expect("query")
+            .expect("row")
+    }
+
     async fn place(&self, listing: &str, slot: i64, number: &str, request_id: &str) -> Result<Reservation, ReservationError> {
         let req = PlaceRequest {
             listing_id: listing.into(),
@@ -213,10 +221,7 @@ async fn a_declined_card_rejects_and_releases_the_hold() {
         matches!(&err, ReservationError::FailedPrecondition(m) if m.starts_with("payment declined")),
         "{err:?}"
     );
-    let stored = repo::find_by_request(w.reservations.db.conn(), "alice", "req-1")
-        .await
-        .expect("query")
-        .expect("row");
+    let stored = w.stored("req-1").await;
     assert_eq!(stored.status(), ReservationStatus::Rejected);
     assert_eq!(w.hold_status(&stored.reservation_id).await, Some(HoldStatus::Released));
     // The window is free again.
@@ -230,19 +235,13 @@ async fn an_outage_before_the_charge_is_retried_with_the_same_request_id() {
     w.catalog_server.set_down(true);
     let err = w.place(&w.car, 0, "4242424242424242", "req-1").await.expect_err("catalog down");
     assert!(matches!(err, ReservationError::Unavailable { upstream: "catalog", .. }), "{err:?}");
-    let first = repo::find_by_request(w.reservations.db.conn(), "alice", "req-1")
-        .await
-        .expect("query")
-        .expect("row");
+    let first = w.stored("req-1").await;
     assert!(first.retryable && first.status() == ReservationStatus::Rejected, "{first:?}");
     w.catalog_server.set_down(false);
     let booked = w.place(&w.car, 0, "4242424242424242", "req-1").await.expect("runs again");
     assert_eq!(status(&booked), ReservationStatus::Confirmed);
     assert_ne!(booked.reservation_id, first.reservation_id, "a new attempt");
-    let latest = repo::find_by_request(w.reservations.db.conn(), "alice", "req-1")
-        .await
-        .expect("query")
-        .expect("row");
+    let latest = w.stored("req-1").await;
     assert_eq!((latest.attempt, latest.reservation_id), (2, booked.reservation_id));
     assert_eq!(w.approved_payments().await, 1);
 }
@@ -320,10 +319,7 @@ async fn payment_down_releases_the_hold_and_the_request_runs_again() {
     w.payment_server.set_down(true);
     let err = w.place(&w.car, 0, "4242424242424242", "req-1").await.expect_err("payment down");
     assert!(matches!(err, ReservationError::Unavailable { upstream: "payment", .. }), "{err:?}");
-    let first = repo::find_by_request(w.reservations.db.conn(), "alice", "req-1")
-        .await
-        .expect("query")
-        .expect("row");
+    let first = w.stored("req-1").await;
     assert!(first.retryable, "{first:?}");
     assert_eq!(
         w.hold_status(&first.reservation_id).await,
