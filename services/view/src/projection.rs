@@ -7,19 +7,18 @@
 //!   reservation's own snapshot;
 //! - `updated_at_ms` is the latest change time the events carry (never the clock), so replaying
 //!   the same events in any order ends in the same rows;
-//! - a reservation rejected before its hold carries no listing kind or title: the row takes them
-//!   from the listing's view, whichever of the two arrives first.
+//! - a reservation rejected before its hold carries no listing kind or title, and its row keeps
+//!   none: the page names it from the listing's view when it is read (see
+//!   [`crate::queries`]). Copying the name into the row here would race: one replica applies
+//!   the listing while another applies the reservation, neither sees the other's uncommitted
+//!   row, and the row stays unnamed for good.
 //!
 //! Replicas of the view consume one durable consumer, so two of them can apply events of the same
 //! row at the same moment. Every rule therefore reads its row locked (`SELECT … FOR UPDATE` on
 //! PostgreSQL; SQLite has one writer) and decides on what is committed, never on a stale copy:
 //! see [`upsert_locked`].
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PrimaryKeyTrait, QueryFilter, QuerySelect,
-    TryInsertResult,
-};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PrimaryKeyTrait, QuerySelect, TryInsertResult};
 use sharemesh_contracts::catalog::v1::{Listing, ListingStatus, listing};
 use sharemesh_contracts::common::v1::ListingKind;
 use sharemesh_contracts::ext::timestamp_to_ms;
@@ -81,17 +80,7 @@ pub async fn apply_listing(db: &impl ConnectionTrait, l: &Listing) -> Result<(),
     upsert_locked::<listing_views::entity::Entity, _>(db, &l.listing_id, |existing| {
         existing.is_none_or(|old| old.version < l.version).then(|| row.clone())
     })
-    .await?;
-    // Reservations rejected before their hold did not know the listing.
-    use reservation_views::entity::{Column as C, Entity as ReservationViews};
-    ReservationViews::update_many()
-        .col_expr(C::ListingKind, Expr::value(row.kind.clone()))
-        .col_expr(C::ListingTitle, Expr::value(row.title.clone()))
-        .filter(C::ListingId.eq(row.listing_id.clone()))
-        .filter(C::ListingKind.eq(kind_name(0)))
-        .exec(db)
-        .await?;
-    Ok(())
+    .await
 }
 
 fn listing_row(l: &Listing) -> ListingViewRow {
@@ -153,11 +142,6 @@ fn empty_reservation(id: &str) -> ReservationViewRow {
 
 /// Applies a reservation snapshot (any Reservation* event).
 pub async fn apply_reservation(db: &impl ConnectionTrait, r: &Reservation) -> Result<(), sea_orm::DbErr> {
-    let listing = if r.listing_kind == ListingKind::Unspecified as i32 {
-        listing_views::find(db, &r.listing_id).await?
-    } else {
-        None
-    };
     upsert_locked::<reservation_views::entity::Entity, _>(db, &r.reservation_id, |existing| {
         if existing.as_ref().is_some_and(|row| row.reservation_version >= r.version) {
             return None;
@@ -170,10 +154,6 @@ pub async fn apply_reservation(db: &impl ConnectionTrait, r: &Reservation) -> Re
         row.host_id = r.host_id.clone();
         row.listing_title = r.listing_title.clone();
         row.listing_kind = kind_name(r.listing_kind);
-        if let Some(l) = &listing {
-            row.listing_title = l.title.clone();
-            row.listing_kind = l.kind.clone();
-        }
         row.start_ms = start_ms;
         row.end_ms = end_ms;
         row.amount_minor = amount.amount_minor;

@@ -21,6 +21,11 @@ use crate::domain::ViewError;
 use crate::storage::listing_views::{self, ListingViewRow};
 use crate::storage::reservation_views::{self, ReservationViewRow};
 
+/// Whether a reservation row does not know its listing (its kind is stored unspecified).
+fn knows_no_listing(r: &ReservationViewRow) -> bool {
+    r.listing_kind == ListingKind::Unspecified.as_str_name()
+}
+
 fn reservation_status(name: &str) -> i32 {
     ReservationStatus::from_str_name(name).unwrap_or(ReservationStatus::Unspecified) as i32
 }
@@ -123,16 +128,21 @@ impl Views {
         let mut rows = reservation_views::for_customer(self.db.conn(), &caller.id, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
+        let names = self.unknown_listings(&rows).await?;
         let entries = rows
             .into_iter()
             .map(|r| {
+                let (listing_title, listing_kind) = match names.get(&r.listing_id) {
+                    Some(l) if knows_no_listing(&r) => (l.title.clone(), l.kind.as_str()),
+                    _ => (r.listing_title, r.listing_kind.as_str()),
+                };
                 let status = ReservationStatus::from_str_name(&r.reservation_status).unwrap_or(ReservationStatus::Unspecified);
                 MyPageEntry {
                     cancelled: matches!(status, ReservationStatus::CancelRequested | ReservationStatus::Cancelled),
                     reservation_id: r.reservation_id,
                     listing_id: r.listing_id,
-                    listing_title: r.listing_title,
-                    listing_kind: ListingKind::from_str_name(&r.listing_kind).unwrap_or(ListingKind::Unspecified) as i32,
+                    listing_title,
+                    listing_kind: ListingKind::from_str_name(listing_kind).unwrap_or(ListingKind::Unspecified) as i32,
                     window: Some(TimeWindow::from_ms(r.start_ms, r.end_ms)),
                     amount: money(r.amount_minor, &r.currency),
                     reservation_status: status as i32,
@@ -149,5 +159,18 @@ impl Views {
             },
             page::next_token(page, has_more, &caller.id),
         ))
+    }
+
+    /// The listing views of the rows that do not know their listing: a reservation rejected
+    /// before its hold never learnt its listing's kind or title, so the page takes them from the
+    /// listing's view when it is read. (A copy made when either event is applied would race with
+    /// the other event on another view replica; see [`crate::projection`].)
+    async fn unknown_listings(&self, rows: &[ReservationViewRow]) -> Result<HashMap<String, ListingViewRow>, ViewError> {
+        let ids: Vec<String> = rows.iter().filter(|r| knows_no_listing(r)).map(|r| r.listing_id.clone()).collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let views = listing_views::by_ids(self.db.conn(), ids).await?;
+        Ok(views.into_iter().map(|l| (l.listing_id.clone(), l)).collect())
     }
 }

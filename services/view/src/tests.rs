@@ -11,11 +11,12 @@ use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::payment::v1::{Payment, PaymentApproved, PaymentCancelled, PaymentStatus};
 use sharemesh_contracts::reservation::v1::{
     Reservation, ReservationCancelRequested, ReservationCancelled, ReservationConfirmed, ReservationPaid, ReservationPlaced,
-    ReservationStatus,
+    ReservationRejected, ReservationStatus,
 };
 use sharemesh_mesh::events::inbox::{IncomingEvent, Outcome, apply_once};
 use sharemesh_mesh::storage::Db;
 
+use crate::Views;
 use crate::events::Projector;
 use crate::storage::{Migrator, listing_views, reservation_views};
 
@@ -71,6 +72,19 @@ fn reservation(id: &str, version: i64, status: ReservationStatus, payment: Payme
         version,
         update_time: Some(timestamp_from_ms(2_000 + version)),
         ..Default::default()
+    }
+}
+
+/// A reservation rejected before its hold: it never learnt its listing's kind or title.
+fn rejected_before_hold(id: &str) -> ReservationRejected {
+    ReservationRejected {
+        metadata: None,
+        reservation: Some(Reservation {
+            listing_kind: ListingKind::Unspecified as i32,
+            listing_title: String::new(),
+            status_reason: "listing l-1 is not available in the requested window".into(),
+            ..reservation(id, 2, ReservationStatus::Rejected, PaymentStatus::Unspecified)
+        }),
     }
 }
 
@@ -255,8 +269,46 @@ async fn any_order_of_the_same_events_ends_in_the_same_rows() {
     }
 }
 
-/// The history of `n` reservations of one listing, with listing updates between them: many
-/// events land on the same rows, which is what makes concurrent projectors race.
+#[tokio::test]
+async fn a_reservation_rejected_before_its_hold_is_named_from_the_listing_whichever_came_first() {
+    let registered = event(
+        "l",
+        &ListingRegistered {
+            metadata: None,
+            listing: Some(listing(1, "Avante")),
+        },
+    );
+    let rejected = event("r", &rejected_before_hold("r-x"));
+    let alice = sharemesh_mesh::auth::Caller {
+        id: "alice".into(),
+        role: sharemesh_mesh::auth::Role::Customer,
+    };
+    for order in [[&registered, &rejected], [&rejected, &registered]] {
+        let (db, _dir) = fresh_db().await;
+        let alice = &alice;
+        let page = |db: Db| async move { Views::new(db).my_page(alice, 10, "").await.expect("page").0.entries };
+        apply_once(&db, "view", &Projector, order[0]).await.expect("apply");
+        if order[0].event_id == "r" {
+            let entries = page(db.clone()).await;
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries[0].listing_title, "", "no listing known yet");
+        }
+        apply_once(&db, "view", &Projector, order[1]).await.expect("apply");
+        let entries = page(db.clone()).await;
+        assert_eq!(entries.len(), 1, "order {:?}", order.map(|e| &e.event_id));
+        assert_eq!(
+            (entries[0].listing_title.as_str(), entries[0].listing_kind),
+            ("Avante", ListingKind::Car as i32),
+            "order {:?}",
+            order.map(|e| &e.event_id)
+        );
+        assert_eq!(entries[0].reservation_status, ReservationStatus::Rejected as i32);
+    }
+}
+
+/// The history of `n` reservations of one listing, with listing updates between them, and as
+/// many rejected before their hold: many events land on the same rows, which is what makes
+/// concurrent projectors race.
 fn busy_history(n: usize) -> Vec<IncomingEvent> {
     use PaymentStatus as P;
     use ReservationStatus as R;
@@ -272,6 +324,7 @@ fn busy_history(n: usize) -> Vec<IncomingEvent> {
         ));
     }
     for i in 0..n {
+        events.push(event(&format!("x-{i:03}"), &rejected_before_hold(&format!("x-{i:03}"))));
         let id = format!("r-{i:03}");
         let snapshot = |v, s, p| Some(reservation(&id, v, s, p));
         let e = |k: &str| format!("{id}-{k}");

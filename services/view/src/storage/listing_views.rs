@@ -55,6 +55,14 @@ pub async fn find(db: &impl ConnectionTrait, listing_id: &str) -> Result<Option<
     entity::Entity::find_by_id(listing_id.to_owned()).one(db).await
 }
 
+/// The rows of `listing_ids` that exist.
+pub async fn by_ids(db: &impl ConnectionTrait, listing_ids: Vec<String>) -> Result<Vec<ListingViewRow>, sea_orm::DbErr> {
+    entity::Entity::find()
+        .filter(entity::Column::ListingId.is_in(listing_ids))
+        .all(db)
+        .await
+}
+
 /// Rows by kind and status (names of the proto enums; `None` = any), by id.
 pub async fn list(
     db: &impl ConnectionTrait,
