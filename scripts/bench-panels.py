@@ -63,11 +63,13 @@ _spec.loader.exec_module(obs)
 def run_bench(targets: str) -> tuple[float, float, list[tuple[str, str, float]]]:
     """Runs the bench; returns its start and end (Unix time) and each scenario's number, name and
     start, from its progress lines (`bench: 2 GetListing direct to catalog: 64 workers ...`)."""
-    args = [BENCH_BIN, *os.environ.get("BENCH_ARGS", "").split(), "--metrics-targets", targets]
+    # The numbered scenarios on SQLite only: the panels show one mesh, scenario by scenario.
+    args = [BENCH_BIN, "--sweep=", *os.environ.get("BENCH_ARGS", "").split(), "--metrics-targets", targets]
     print(f"bench-panels: {' '.join(args)}", flush=True)
     phases: list[tuple[str, str, float]] = []
     start = time.time()
-    bench = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "SHAREMESH_BENCH_POSTGRES": ""}
+    bench = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     for line in bench.stderr:
         sys.stderr.write(line)
         m = re.match(r"bench: (\d+b?) ([^:]+)", line)

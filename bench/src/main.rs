@@ -1,16 +1,20 @@
 //! `sharemesh-bench` (`make bench`): starts nats-server and every service from the release
 //! `sharemesh` binary on this machine, loads them with its own generator next to a bare tonic
 //! baseline, and prints a table (plus a JSON file) of throughput, latency, event lag, memory and
-//! start-up, each against its target.
+//! start-up, each against its target; then a latency-versus-throughput sweep of PlaceReservation
+//! (table and SVG). With `--postgres`, all of it again with every service on a PostgreSQL
+//! database of its own, each row against the SQLite figure.
 //!
-//! Modules: [`stats`] (histogram) -> [`load`] (workers, connections) -> [`mesh`] (processes) ->
-//! [`scenarios`] (what is measured) -> [`report`] (tables, JSON).
+//! Modules: [`stats`] (histogram) -> [`load`] (workers, connections) -> [`mesh`] (processes,
+//! storage) -> [`scenarios`] (what is measured) -> [`report`] (tables, JSON) -> [`sweep`] (the
+//! sweep's table and picture).
 
 mod load;
 mod mesh;
 mod report;
 mod scenarios;
 mod stats;
+mod sweep;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,8 +27,10 @@ use sharemesh_mesh::auth::Role;
 use sharemesh_mesh::topology::Context;
 
 use crate::load::LoadConfig;
-use crate::report::{Machine, Memory, Report, Row, Startup, Target};
+use crate::mesh::Storage;
+use crate::report::{Machine, Memory, Pass, Report, Row, Startup, Target};
 use crate::scenarios::{BaselineServer, LagReport, Streams, Tokens, Windows};
+use crate::sweep::SweepPoint;
 
 /// How long the bench waits for the event consumers to catch up between scenarios.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
@@ -64,13 +70,41 @@ struct Args {
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/bench.json")]
     json: PathBuf,
-    /// Short windows for a smoke run (about 40 s in all).
+    /// Concurrency levels of the PlaceReservation sweep, comma-separated (empty: no sweep).
+    #[arg(long, default_value = "1,4,16,32,64,128", value_parser = parse_levels)]
+    sweep: Levels,
+    /// Measured window of each sweep level [default: 3s; --quick 1s].
+    #[arg(long, value_parser = parse_duration)]
+    sweep_duration: Option<Duration>,
+    /// Run everything again with each service on its own database on this PostgreSQL server (an
+    /// admin URL such as `postgres://postgres:postgres@127.0.0.1:5432/postgres`; `make bench`
+    /// passes the one `scripts/ensure-postgres.sh` gives; empty: SQLite only).
+    #[arg(long, env = "SHAREMESH_BENCH_POSTGRES")]
+    postgres: Option<String>,
+    /// Short windows for a smoke run (about 40 s in all, twice that with --postgres).
     #[arg(long)]
     quick: bool,
     /// Serve each service's `/metrics` on a free port and write their addresses to this file as
     /// Prometheus file_sd targets (`job` = `sharemesh-<context>`); metrics are off without it.
     #[arg(long)]
     metrics_targets: Option<PathBuf>,
+}
+
+/// Concurrency levels of the sweep.
+#[derive(Debug, Clone, Default)]
+struct Levels(Vec<usize>);
+
+/// `1,4,16` (empty for none); each level at least 1.
+fn parse_levels(s: &str) -> Result<Levels, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{l:?} is not a concurrency level (a whole number, at least 1)")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Levels)
 }
 
 /// `8` (seconds), `8s`, `500ms`, `2m`: the mesh's duration syntax, with bare numbers as seconds.
@@ -83,7 +117,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The flags with every default resolved.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Settings {
     duration: Duration,
     warmup: Duration,
@@ -93,6 +127,8 @@ struct Settings {
     reserve_concurrency: usize,
     lag_rate: f64,
     lag_duration: Duration,
+    sweep: Vec<usize>,
+    sweep_duration: Duration,
 }
 
 impl Settings {
@@ -113,6 +149,8 @@ impl Settings {
             reserve_concurrency: a.reserve_concurrency,
             lag_rate: a.lag_rate,
             lag_duration: pick(a.lag_duration, 10_000, 3_000),
+            sweep: a.sweep.0.clone(),
+            sweep_duration: pick(a.sweep_duration, 3_000, 1_000),
         })
     }
 
@@ -126,7 +164,8 @@ impl Settings {
             "reserve_concurrency": self.reserve_concurrency,
             "lag_rate": self.lag_rate,
             "lag_duration_s": self.lag_duration.as_secs_f64(),
-            "storage": "sqlite",
+            "sweep": self.sweep,
+            "sweep_duration_s": self.sweep_duration.as_secs_f64(),
         })
     }
 
@@ -166,9 +205,17 @@ fn row(name: &str, cfg: &LoadConfig, summary: stats::Summary, baseline_rps: f64,
 /// transactions/s on an EKS cluster.
 const SEEDS_SIEGE_RPS: f64 = 465.53;
 
+/// PlaceReservation end to end at concurrency 32: throughput, p99 and CPU per call.
+const PLACE_RPS: f64 = 700.0;
+const PLACE_P99_MS: f64 = 50.0;
+const PLACE_CPU_MS: f64 = 3.0;
+/// CPU per RegisterListing through the edge.
+const REGISTER_CPU_MS: f64 = 0.4;
+
 /// What every scenario shares: the running mesh, its data, tokens and streams.
 struct Bench {
     settings: Settings,
+    storage: Storage,
     mesh: mesh::Mesh,
     tokens: Arc<Tokens>,
     streams: Streams,
@@ -176,7 +223,7 @@ struct Bench {
     customer_token: String,
     /// One car to read.
     read_listing: String,
-    /// One car per PlaceReservation worker.
+    /// One car per PlaceReservation worker (of the most the sweep runs).
     reserve_listings: Arc<Vec<String>>,
     /// A few cars for the lag run.
     lag_listings: Arc<Vec<String>>,
@@ -185,21 +232,32 @@ struct Bench {
 impl Bench {
     /// Starts the mesh and registers the cars the scenarios use; waits until every consumer
     /// caught up.
-    async fn start(settings: Settings, bin: &std::path::Path, metrics_targets: Option<&std::path::Path>) -> Result<Self, String> {
+    async fn start(
+        settings: Settings,
+        storage: Storage,
+        bin: &std::path::Path,
+        metrics_targets: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
         let services = Context::all().count();
-        eprintln!("bench: starting nats-server and {services} services from {}", bin.display());
-        let mesh = mesh::Mesh::start(bin, metrics_targets).await?;
+        eprintln!(
+            "bench: starting nats-server and {services} services on {} from {}",
+            storage.name(),
+            bin.display()
+        );
+        let mesh = mesh::Mesh::start(bin, &storage, metrics_targets).await?;
         let tokens = Arc::new(Tokens::new());
         let host = tokens.bearer("bench-host", Role::Host)?;
         let catalog = load::channels(&mesh.uri(Context::Catalog), 1).await?.remove(0);
         let read_listing = scenarios::register_cars(&catalog, &host, 1, "read").await?.remove(0);
-        let reserve_listings = Arc::new(scenarios::register_cars(&catalog, &host, settings.reserve_concurrency, "reserve").await?);
+        let workers = settings.sweep.iter().copied().fold(settings.reserve_concurrency, usize::max);
+        let reserve_listings = Arc::new(scenarios::register_cars(&catalog, &host, workers, "reserve").await?);
         let lag_listings = Arc::new(scenarios::register_cars(&catalog, &host, 16, "lag").await?);
         let streams = Streams::connect(&mesh.nats.url()).await?;
         streams.drain(DRAIN_LIMIT).await?;
         Ok(Self {
             customer_token: tokens.token("bench-reader", Role::Customer)?,
             settings,
+            storage,
             mesh,
             tokens,
             streams,
@@ -219,18 +277,26 @@ impl Bench {
         Ok((out, self.mesh.cpu().since(&cpu)))
     }
 
-    /// Rows 1-4: the bare tonic baseline, then GetListing straight to catalog, through the edge
-    /// over gRPC and over REST/JSON. Returns the baseline's rate too.
-    async fn read_rows(&self) -> Result<(Vec<Row>, f64), String> {
+    /// Rows 1-4: the bare tonic baseline (unless `baseline` already holds its rate: it does not
+    /// depend on the storage), then GetListing straight to catalog, through the edge over gRPC
+    /// and over REST/JSON. Returns the baseline's rate too.
+    async fn read_rows(&self, baseline: Option<f64>) -> Result<(Vec<Row>, f64), String> {
         let (reads, connections) = (self.settings.reads(), self.settings.connections);
         let customer = load::bearer(&self.customer_token)?;
         let listing = &self.read_listing;
-        progress("1 baseline (bare tonic, Health/Check)", &reads);
-        let baseline_server = BaselineServer::start()?;
-        let (base, used) = self.measured(scenarios::baseline(&baseline_server.uri, connections, reads)).await?;
-        drop(baseline_server);
-        let base_rps = base.rps;
-        let mut rows = vec![row("1 baseline: empty unary, bare tonic", &reads, base, base_rps, None, used)];
+        let mut rows = Vec::new();
+        let base_rps = match baseline {
+            Some(rps) => rps,
+            None => {
+                progress("1 baseline (bare tonic, Health/Check)", &reads);
+                let baseline_server = BaselineServer::start()?;
+                let (base, used) = self.measured(scenarios::baseline(&baseline_server.uri, connections, reads)).await?;
+                drop(baseline_server);
+                let base_rps = base.rps;
+                rows.push(row("1 baseline: empty unary, bare tonic", &reads, base, base_rps, None, used));
+                base_rps
+            }
+        };
 
         progress("2 GetListing direct to catalog", &reads);
         let catalog = self.mesh.uri(Context::Catalog);
@@ -282,17 +348,13 @@ impl Bench {
         };
         progress("5 PlaceReservation end to end via the edge (gRPC)", &reserve);
         let (placed, used) = self.measured(place(&edge)).await?;
-        let placed_ok = placed.rps / base_rps.max(f64::EPSILON) >= 0.1 && placed.p99_ms <= 50.0 && placed.count > 0;
-        let target = Target::new(">= 0.1x baseline, p99 <= 50 ms", placed_ok);
-        let mut edge = row(
-            "5 PlaceReservation e2e via edge (SQLite)",
-            &reserve,
-            placed,
-            base_rps,
-            Some(target),
-            used,
-        )
-        .with_cpu_per_op();
+        let mut edge = row("5 PlaceReservation e2e via edge", &reserve, placed, base_rps, None, used).with_cpu_per_op();
+        let cpu = edge.cpu_ms_per_op.unwrap_or(f64::INFINITY);
+        let s = &edge.summary;
+        edge.target = Some(Target::new(
+            format!(">= {PLACE_RPS}/s, p99 <= {PLACE_P99_MS} ms, <= {PLACE_CPU_MS} ms CPU/op"),
+            s.rps >= PLACE_RPS && s.p99_ms <= PLACE_P99_MS && cpu <= PLACE_CPU_MS && s.count > 0,
+        ));
         edge.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
 
         progress("5b PlaceReservation direct to reservation (gRPC)", &reserve);
@@ -316,21 +378,34 @@ impl Bench {
         let edge = self.mesh.uri(Context::Edge);
         let (summary, used) = self.measured(scenarios::register_listing_rest(&edge, cfg, &host)).await?;
         let x_seeds = summary.rps / SEEDS_SIEGE_RPS;
-        let target = Target::new(
-            format!(">= 4,650/s, 10x the seeds' {SEEDS_SIEGE_RPS} (is {x_seeds:.1}x)"),
-            summary.rps >= 10.0 * SEEDS_SIEGE_RPS,
-        );
-        let mut row = row(
-            "7 RegisterListing via edge (REST/JSON)",
-            &cfg,
-            summary,
-            base_rps,
-            Some(target),
-            used,
-        )
-        .with_cpu_per_op();
+        let mut row = row("7 RegisterListing via edge (REST/JSON)", &cfg, summary, base_rps, None, used).with_cpu_per_op();
+        let cpu = row.cpu_ms_per_op.unwrap_or(f64::INFINITY);
+        row.target = Some(Target::new(
+            format!(">= 4,650/s, 10x the seeds' {SEEDS_SIEGE_RPS} (is {x_seeds:.1}x), <= {REGISTER_CPU_MS} ms CPU/op"),
+            row.summary.rps >= 10.0 * SEEDS_SIEGE_RPS && cpu <= REGISTER_CPU_MS,
+        ));
         row.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
         Ok(row)
+    }
+
+    /// The sweep: PlaceReservation end to end via the edge at each level of `--sweep`.
+    async fn sweep(&self) -> Result<Vec<SweepPoint>, String> {
+        let mut points = Vec::new();
+        for &concurrency in &self.settings.sweep {
+            let cfg = LoadConfig {
+                concurrency,
+                warmup: self.settings.warmup,
+                duration: self.settings.sweep_duration,
+                timeout: Duration::from_secs(10),
+            };
+            progress("sweep: PlaceReservation e2e via the edge", &cfg);
+            let (listings, windows) = (self.reserve_listings.clone(), self.windows.clone());
+            let edge = self.mesh.uri(Context::Edge);
+            let place = scenarios::place_reservations(&edge, self.settings.connections, cfg, listings, windows, &self.tokens);
+            let (summary, used) = self.measured(place).await?;
+            points.push(SweepPoint::of(&row("sweep", &cfg, summary, 0.0, None, used).with_cpu_per_op()));
+        }
+        Ok(points)
     }
 
     /// Row 6: the event lag, commit to the view's MyPage, at `--lag-rate`; with its target and
@@ -363,6 +438,35 @@ impl Bench {
         Ok((lag, target, used))
     }
 
+    /// Everything measured on this mesh (rows, event lag, sweep, memory, start-up), then the mesh
+    /// stopped, whatever the outcome. Returns the baseline's rate too.
+    async fn pass(self, baseline: Option<f64>) -> Result<(Pass, f64), String> {
+        let outcome = self.measure_all(baseline).await;
+        self.mesh.stop().await;
+        outcome
+    }
+
+    async fn measure_all(&self, baseline: Option<f64>) -> Result<(Pass, f64), String> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = self.mesh.rss();
+        let (mut rows, base_rps) = self.read_rows(baseline).await?;
+        rows.extend(self.reserve_rows(base_rps).await?);
+        rows.push(self.register_listings_rest(base_rps).await?);
+        let (lag, lag_target, lag_cpu) = self.event_lag().await?;
+        let sweep = self.sweep().await?;
+        let pass = Pass {
+            storage: self.storage.name().to_owned(),
+            rows,
+            event_lag: Some(lag),
+            event_lag_target: Some(lag_target),
+            event_lag_cpu_percent: lag_cpu,
+            sweep,
+            memory: memory(&idle, &self.mesh.rss()),
+            startup: self.startup(),
+        };
+        Ok((pass, base_rps))
+    }
+
     /// Each service's start-up time, against its target.
     fn startup(&self) -> Vec<Startup> {
         self.mesh
@@ -393,38 +497,31 @@ fn memory(idle: &[(&'static str, Option<f64>)], after: &[(&'static str, Option<f
         .collect()
 }
 
-async fn run(settings: Settings, json: PathBuf, metrics_targets: Option<PathBuf>) -> Result<Report, String> {
+async fn run(settings: Settings, json: PathBuf, metrics_targets: Option<PathBuf>, postgres: Option<String>) -> Result<Report, String> {
     let started = Instant::now();
     let machine = Machine::detect();
     let bin = mesh::binary()?;
     eprintln!("bench: {}", Report::machine_line(&machine));
-    let bench = Bench::start(settings, &bin, metrics_targets.as_deref()).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = bench.mesh.rss();
-
-    let (mut rows, base_rps) = bench.read_rows().await?;
-    rows.extend(bench.reserve_rows(base_rps).await?);
-    rows.push(bench.register_listings_rest(base_rps).await?);
-    let (lag, lag_target, lag_cpu) = bench.event_lag().await?;
-    let memory = memory(&idle, &bench.mesh.rss());
-    let startup = bench.startup();
-    bench.mesh.stop().await;
-
+    let sqlite = Bench::start(settings.clone(), Storage::Sqlite, &bin, metrics_targets.as_deref()).await?;
+    let (sqlite, base_rps) = sqlite.pass(None).await?;
+    let mut passes = vec![sqlite];
+    if let Some(admin) = postgres {
+        let postgres = Bench::start(settings.clone(), Storage::Postgres(admin), &bin, None).await?;
+        let (mut postgres, _) = postgres.pass(Some(base_rps)).await?;
+        postgres.aim_at(&passes[0]);
+        passes.push(postgres);
+    }
     let mut report = Report {
         machine,
         binary: bin.display().to_string(),
         settings: settings.json(),
-        rows,
-        event_lag: Some(lag),
-        event_lag_target: Some(lag_target),
-        event_lag_cpu_percent: lag_cpu,
-        memory,
-        startup,
+        passes,
         targets_met: String::new(),
         total_s: started.elapsed().as_secs_f64(),
     };
     report.count_targets();
     report.write_json(&json)?;
+    report.write_sweep_svg(&json.with_file_name("sweep.svg"))?;
     Ok(report)
 }
 
@@ -441,18 +538,21 @@ async fn main() -> ExitCode {
     let json = args.json.clone();
     // Ctrl-C drops the run: every child process is killed on drop.
     let outcome = tokio::select! {
-        res = run(settings, json.clone(), args.metrics_targets.clone()) => res,
+        res = run(settings, json.clone(), args.metrics_targets.clone(), args.postgres.clone().filter(|url| !url.is_empty())) => res,
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
     };
     match outcome {
         Ok(report) => {
             let mut out = std::io::stdout().lock();
+            let storages: Vec<&str> = report.passes.iter().map(|p| p.storage.as_str()).collect();
             let text = format!(
-                "sharemesh bench: {} on SQLite, everything on this machine\n{}\n\n{}\nJSON: {}\n",
+                "sharemesh bench: {} on {}, everything on this machine\n{}\n\n{}\nJSON: {}\nsweep picture: {}\n",
                 report.binary,
+                storages.join(", then "),
                 Report::machine_line(&report.machine),
                 report.render(),
-                json.display()
+                json.display(),
+                json.with_file_name("sweep.svg").display()
             );
             if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
                 return ExitCode::FAILURE;

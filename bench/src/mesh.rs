@@ -1,12 +1,13 @@
 //! Process management: a throwaway nats-server, then every service as its own
-//! `sharemesh serve <context>` process (release binary) on a free port with a fresh SQLite file,
-//! in the topology's start order and wired by it, timed from spawn to its first SERVING health
-//! answer. Everything dies with [`Mesh`].
+//! `sharemesh serve <context>` process (release binary) on a free port with a fresh SQLite file
+//! or, on PostgreSQL, a fresh database of its own, in the topology's start order and wired by
+//! it, timed from spawn to its first SERVING health answer. Everything dies with [`Mesh`]; the
+//! PostgreSQL databases are dropped by [`Mesh::stop`].
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sharemesh_mesh::testing::{NatsServer, free_port, spawn_serve, wait_serving};
+use sharemesh_mesh::testing::{NatsServer, PgDatabase, free_port, spawn_serve, wait_serving};
 use sharemesh_mesh::topology::{Context, start_order};
 
 /// The JWT secret the bench's processes share.
@@ -51,6 +52,25 @@ pub(crate) struct ServiceProc {
     child: tokio::process::Child,
 }
 
+/// Where the services keep their data.
+#[derive(Debug, Clone)]
+pub(crate) enum Storage {
+    /// A SQLite file each (the embedded default of `make run`).
+    Sqlite,
+    /// A database each on the PostgreSQL server of this admin URL (the chart's production setup).
+    Postgres(String),
+}
+
+impl Storage {
+    /// `SQLite` or `PostgreSQL`.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Storage::Sqlite => "SQLite",
+            Storage::Postgres(_) => "PostgreSQL",
+        }
+    }
+}
+
 /// nats-server plus the six services, wired as in production.
 pub(crate) struct Mesh {
     /// The broker (its store is a temp dir; killed on drop).
@@ -58,6 +78,8 @@ pub(crate) struct Mesh {
     /// The services, in the order they started ([`start_order`]: each after the ones it calls;
     /// starting one at a time keeps each start-up measurement alone on the machine).
     pub(crate) services: Vec<ServiceProc>,
+    /// The PostgreSQL databases the services use (none on SQLite).
+    databases: Vec<PgDatabase>,
     dir: tempfile::TempDir,
 }
 
@@ -66,7 +88,7 @@ impl Mesh {
     /// `metrics_targets`, each service serves `/metrics` on a free port and the file gets their
     /// addresses as Prometheus file_sd targets, `job` = `sharemesh-<context>` as the chart's
     /// ServiceMonitor labels them (`make bench-panels` scrapes them); else metrics are off.
-    pub(crate) async fn start(bin: &Path, metrics_targets: Option<&Path>) -> Result<Self, String> {
+    pub(crate) async fn start(bin: &Path, storage: &Storage, metrics_targets: Option<&Path>) -> Result<Self, String> {
         let nats = tokio::task::spawn_blocking(NatsServer::spawn)
             .await
             .map_err(|_| "nats-server could not start (see above); `make deps` installs it".to_owned())?;
@@ -82,6 +104,7 @@ impl Mesh {
         let mut mesh = Self {
             nats,
             services: Vec::new(),
+            databases: Vec::new(),
             dir,
         };
         // Listed before the services start: Prometheus takes a few seconds to pick up new targets.
@@ -97,15 +120,14 @@ impl Mesh {
             let mut env: Vec<(String, String)> = vec![
                 ("SHAREMESH_GRPC_ADDR".into(), format!("127.0.0.1:{port}")),
                 ("SHAREMESH_METRICS_ADDR".into(), metrics),
-                (
-                    "DATABASE_URL".into(),
-                    format!("sqlite://{}/{context}.db?mode=rwc", mesh.dir.path().display()),
-                ),
                 ("NATS_URL".into(), mesh.nats.url()),
                 ("SHAREMESH_JWT_SECRET".into(), SECRET.into()),
                 ("SHAREMESH_LOG".into(), "warn".into()),
                 ("SHAREMESH_CLIENT_CONCURRENCY".into(), "100000".into()),
             ];
+            if context.node().keeps_data {
+                env.push(("DATABASE_URL".into(), mesh.database(storage, context).await?));
+            }
             env.extend(context.upstream_env(uri));
             if context == Context::Edge {
                 env.push(("SHAREMESH_EDGE_RATE".into(), UNLIMITED.into()));
@@ -116,6 +138,20 @@ impl Mesh {
             mesh.services.push(svc);
         }
         Ok(mesh)
+    }
+
+    /// A fresh database for `context`: a SQLite file in the run's directory, or a new database
+    /// on the PostgreSQL server.
+    async fn database(&mut self, storage: &Storage, context: Context) -> Result<String, String> {
+        match storage {
+            Storage::Sqlite => Ok(format!("sqlite://{}/{context}.db?mode=rwc", self.dir.path().display())),
+            Storage::Postgres(admin) => {
+                let db = PgDatabase::create_on(admin).await?;
+                let url = db.url.clone();
+                self.databases.push(db);
+                Ok(url)
+            }
+        }
     }
 
     /// `http://127.0.0.1:<port>` of `context`.
@@ -129,10 +165,14 @@ impl Mesh {
         self.services.iter().map(|s| (s.context.name(), rss_mib(s.pid))).collect()
     }
 
-    /// Kills every service (nats-server goes when `self` drops).
+    /// Kills every service and drops its PostgreSQL database (nats-server goes when `self`
+    /// drops).
     pub(crate) async fn stop(mut self) {
         for svc in &mut self.services {
             let _ = svc.child.kill().await;
+        }
+        for db in self.databases.drain(..) {
+            db.drop_now().await;
         }
     }
 }
@@ -226,11 +266,32 @@ fn nats_pid(port: u16) -> Option<u32> {
     })
 }
 
+/// CPU time of every PostgreSQL server process (the postmaster and its backends, by command
+/// name), in clock ticks. A backend that exits between two snapshots takes its ticks with it;
+/// the services keep their pooled connections, so few do.
+fn postgres_ticks() -> Option<u64> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    Some(
+        procs
+            .flatten()
+            .filter_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+                (comm.trim_end() == "postgres").then(|| cpu_ticks(pid)).flatten()
+            })
+            .sum(),
+    )
+}
+
 impl Mesh {
-    /// CPU time so far of the bench process itself, nats-server and each service.
+    /// CPU time so far of the bench process itself, nats-server, PostgreSQL (when the services
+    /// use it) and each service.
     pub(crate) fn cpu(&self) -> CpuSnapshot {
         let mut ticks = vec![("bench".to_owned(), cpu_ticks(std::process::id()))];
         ticks.push(("nats".to_owned(), nats_pid(self.nats.port).and_then(cpu_ticks)));
+        if !self.databases.is_empty() {
+            ticks.push(("postgres".to_owned(), postgres_ticks()));
+        }
         ticks.extend(self.services.iter().map(|s| (s.context.name().to_owned(), cpu_ticks(s.pid))));
         CpuSnapshot {
             at: Instant::now(),

@@ -1,5 +1,5 @@
-//! The results: the machine, a table per kind of figure (throughput/latency, event lag, memory,
-//! start-up) with each target met or missed, and the same as JSON.
+//! The results: the machine, then per storage a table per kind of figure (throughput/latency,
+//! event lag, memory, start-up) with each target met or missed, the sweep, and the same as JSON.
 
 use std::io::Write;
 
@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::scenarios::LagReport;
 use crate::stats::Summary;
+use crate::sweep::{self, SweepPoint};
 
 /// The machine the figures come from.
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +139,63 @@ pub(crate) struct Startup {
     pub(crate) target: Target,
 }
 
+/// Everything measured on one storage.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Pass {
+    /// `SQLite` or `PostgreSQL`.
+    pub(crate) storage: String,
+    /// Throughput and latency, baseline first (on the first storage only).
+    pub(crate) rows: Vec<Row>,
+    /// Commit -> read model.
+    pub(crate) event_lag: Option<LagReport>,
+    /// The lag target.
+    pub(crate) event_lag_target: Option<Target>,
+    /// CPU each process used during the lag run, % of one core.
+    pub(crate) event_lag_cpu_percent: Vec<(String, f64)>,
+    /// PlaceReservation at rising concurrency.
+    pub(crate) sweep: Vec<SweepPoint>,
+    /// RSS per service.
+    pub(crate) memory: Vec<Memory>,
+    /// Start-up per service.
+    pub(crate) startup: Vec<Startup>,
+}
+
+/// How much slower than the first storage another may be and still meet its targets.
+const OTHER_STORAGE_SHARE: f64 = 0.5;
+
+impl Pass {
+    /// Replaces each row's and the lag's target with "at least half of `first`'s figure" (the
+    /// same row on the first storage; latency at most twice).
+    pub(crate) fn aim_at(&mut self, first: &Pass) {
+        let share = OTHER_STORAGE_SHARE;
+        for row in &mut self.rows {
+            if let Some(theirs) = first.rows.iter().find(|r| r.name == row.name) {
+                let x = row.summary.rps / theirs.summary.rps.max(f64::EPSILON);
+                row.target = Some(Target::new(
+                    format!(">= {share}x {} (is {x:.2}x)", first.storage),
+                    x >= share && row.summary.count > 0,
+                ));
+            }
+        }
+        if let (Some(lag), Some(theirs)) = (&self.event_lag, &first.event_lag) {
+            let limit = theirs.p99_ms / share;
+            self.event_lag_target = Some(Target::new(
+                format!("p99 <= {limit:.1} ms, {:.0}x {}'s", 1.0 / share, first.storage),
+                lag.p99_ms <= limit && lag.seen > 0 && lag.not_seen == 0,
+            ));
+        }
+    }
+
+    fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.rows
+            .iter()
+            .filter_map(|r| r.target.as_ref())
+            .chain(self.event_lag_target.as_ref())
+            .chain(self.memory.iter().map(|m| &m.target))
+            .chain(self.startup.iter().map(|s| &s.target))
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {
@@ -147,18 +205,8 @@ pub(crate) struct Report {
     pub(crate) binary: String,
     /// With which settings (the command-line flags).
     pub(crate) settings: serde_json::Value,
-    /// Throughput and latency, baseline first.
-    pub(crate) rows: Vec<Row>,
-    /// Commit -> read model.
-    pub(crate) event_lag: Option<LagReport>,
-    /// The lag target.
-    pub(crate) event_lag_target: Option<Target>,
-    /// CPU each process used during the lag run, % of one core.
-    pub(crate) event_lag_cpu_percent: Vec<(String, f64)>,
-    /// RSS per service.
-    pub(crate) memory: Vec<Memory>,
-    /// Start-up per service.
-    pub(crate) startup: Vec<Startup>,
+    /// SQLite, then PostgreSQL when asked for.
+    pub(crate) passes: Vec<Pass>,
     /// Targets met / all targets.
     pub(crate) targets_met: String,
     /// Total run time, seconds.
@@ -189,14 +237,7 @@ fn opt_mib(v: Option<f64>) -> String {
 impl Report {
     /// Counts the targets met.
     pub(crate) fn count_targets(&mut self) {
-        let all: Vec<&Target> = self
-            .rows
-            .iter()
-            .filter_map(|r| r.target.as_ref())
-            .chain(self.event_lag_target.as_ref())
-            .chain(self.memory.iter().map(|m| &m.target))
-            .chain(self.startup.iter().map(|s| &s.target))
-            .collect();
+        let all: Vec<&Target> = self.passes.iter().flat_map(Pass::targets).collect();
         let met = all.iter().filter(|t| t.met).count();
         self.targets_met = format!("{met}/{}", all.len());
     }
@@ -209,24 +250,69 @@ impl Report {
         )
     }
 
-    /// The tables.
+    /// The tables: each storage's, then the sweeps side by side.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
-        self.render_rows(&mut out);
-        if let Some(lag) = &self.event_lag {
-            out.push('\n');
-            self.render_lag(&mut out, lag);
+        for pass in &self.passes {
+            line(&mut out, format!("== on {} ==", pass.storage));
+            pass.render(&mut out);
         }
-        out.push('\n');
-        self.render_memory(&mut out);
-        out.push('\n');
-        self.render_startup(&mut out);
-        out.push('\n');
+        let sweeps = self.sweeps();
+        if sweeps.iter().any(|(_, points)| !points.is_empty()) {
+            out.push_str(&sweep::render(&sweeps));
+            out.push('\n');
+        }
         line(
             &mut out,
             format!("targets met: {}   (total run {:.0} s)", self.targets_met, self.total_s),
         );
         out
+    }
+
+    /// Each storage's sweep.
+    fn sweeps(&self) -> Vec<(&str, &[SweepPoint])> {
+        self.passes.iter().map(|p| (p.storage.as_str(), p.sweep.as_slice())).collect()
+    }
+
+    /// Writes the sweep's picture (parent directories created); nothing when no sweep ran.
+    pub(crate) fn write_sweep_svg(&self, path: &std::path::Path) -> Result<(), String> {
+        let sweeps = self.sweeps();
+        if sweeps.iter().all(|(_, points)| points.is_empty()) {
+            return Ok(());
+        }
+        write_file(path, sweep::svg(&sweeps).as_bytes())
+    }
+
+    /// Writes the JSON file (parent directories created).
+    pub(crate) fn write_json(&self, path: &std::path::Path) -> Result<(), String> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| format!("JSON: {e}"))?;
+        json.push(b'\n');
+        write_file(path, &json)
+    }
+}
+
+/// Writes `bytes` to `path`, creating its parent directories.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let mut file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Pass {
+    /// This storage's tables.
+    fn render(&self, out: &mut String) {
+        self.render_rows(out);
+        if let Some(lag) = &self.event_lag {
+            out.push('\n');
+            self.render_lag(out, lag);
+        }
+        out.push('\n');
+        self.render_memory(out);
+        out.push('\n');
+        self.render_startup(out);
+        out.push('\n');
     }
 
     /// The throughput / latency table, each row with its notes (errors, CPU, drain).
@@ -265,7 +351,10 @@ impl Report {
             if let Some(ms) = r.cpu_ms_per_op {
                 line(
                     out,
-                    format!("{:<44}   CPU of the mesh (services + NATS) per operation: {ms:.2} ms", ""),
+                    format!(
+                        "{:<44}   CPU of the mesh (services, NATS, PostgreSQL) per operation: {ms:.2} ms",
+                        ""
+                    ),
                 );
             }
             if let Some(drained) = r.backlog_drained_s {
@@ -363,16 +452,5 @@ impl Report {
         for s in &self.startup {
             line(out, format!("{:<44} {:>9.1}  {}", s.service, s.ms, Target::cell(Some(&s.target))));
         }
-    }
-
-    /// Writes the JSON file (parent directories created).
-    pub(crate) fn write_json(&self, path: &std::path::Path) -> Result<(), String> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        }
-        let json = serde_json::to_vec_pretty(self).map_err(|e| format!("JSON: {e}"))?;
-        let mut file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        file.write_all(&json).map_err(|e| format!("{}: {e}", path.display()))?;
-        file.write_all(b"\n").map_err(|e| format!("{}: {e}", path.display()))
     }
 }

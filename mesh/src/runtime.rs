@@ -45,7 +45,8 @@ pub enum RunError {
     Config(String),
 }
 
-fn redact(url: &str) -> String {
+/// `url` with its credentials (`user:password@`) replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
         _ => url.to_owned(),

@@ -260,19 +260,24 @@ pub struct PgDatabase {
 impl PgDatabase {
     /// Creates the database; `None` when `SHAREMESH_TEST_POSTGRES` is unset or empty.
     pub async fn create() -> Option<Self> {
-        use sea_orm::ConnectionTrait;
         let admin = std::env::var("SHAREMESH_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
+        Some(Self::create_on(&admin).await.expect("create a database on SHAREMESH_TEST_POSTGRES"))
+    }
+
+    /// Creates a database with a fresh name on the server of the admin URL `admin`.
+    pub async fn create_on(admin: &str) -> Result<Self, String> {
+        use sea_orm::ConnectionTrait;
         let name = format!("sharemesh_test_{}", uuid::Uuid::new_v4().simple());
-        let conn = sea_orm::Database::connect(&admin)
+        let conn = sea_orm::Database::connect(admin)
             .await
-            .expect("connect to SHAREMESH_TEST_POSTGRES");
+            .map_err(|e| format!("connect to {}: {e}", crate::runtime::redact(admin)))?;
         conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
             .await
-            .expect("create a test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        Some(Self {
+            .map_err(|e| format!("create database {name}: {e}"))?;
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+        Ok(Self {
             url: format!("{base}/{name}"),
-            admin,
+            admin: admin.to_owned(),
             name,
         })
     }
