@@ -192,8 +192,9 @@ impl Panel<'_> {
 }
 
 fn format_tick(v: f64) -> String {
-    if v >= 1000.0 && v % 1000.0 == 0.0 {
-        format!("{}k", v / 1000.0)
+    if v >= 1000.0 {
+        let k = v / 1000.0;
+        if k.fract() == 0.0 { format!("{k:.0}k") } else { format!("{k:.1}k") }
     } else if v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
