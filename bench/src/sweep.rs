@@ -154,40 +154,45 @@ impl Panel<'_> {
             y0 + h / 2.0,
             self.unit
         ));
-        for (
-            i,
-            Line {
-                label,
-                colour,
-                dashed,
-                points,
-            },
-        ) in self.lines.iter().enumerate()
-        {
-            let path: Vec<String> = points.iter().map(|(c, v)| format!("{:.1},{:.1}", x(*c), y(*v))).collect();
-            let dash = if *dashed { " stroke-dasharray=\"5 4\"" } else { "" };
+        for (i, line) in self.lines.iter().enumerate() {
+            line.draw(out, i, (x0, y0), &x, &y);
+        }
+    }
+}
+
+impl Line {
+    /// The line, a dot per point and its legend entry (the `i`-th) at the panel's corner `origin`.
+    fn draw(&self, out: &mut String, i: usize, origin: (f64, f64), x: &dyn Fn(usize) -> f64, y: &dyn Fn(f64) -> f64) {
+        let (x0, y0) = origin;
+        let Line {
+            label,
+            colour,
+            dashed,
+            points,
+        } = self;
+        let path: Vec<String> = points.iter().map(|(c, v)| format!("{:.1},{:.1}", x(*c), y(*v))).collect();
+        let dash = if *dashed { " stroke-dasharray=\"5 4\"" } else { "" };
+        out.push_str(&format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{dash}/>\n",
+            path.join(" ")
+        ));
+        for (c, v) in points {
             out.push_str(&format!(
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{dash}/>\n",
-                path.join(" ")
-            ));
-            for (c, v) in points {
-                out.push_str(&format!(
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>\n",
-                    x(*c),
-                    y(*v)
-                ));
-            }
-            let ly = y0 + 14.0 + 15.0 * i as f64;
-            out.push_str(&format!(
-                "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-width=\"2\"{dash}/>\n<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{label}</text>\n",
-                x0 + 10.0,
-                ly - 4.0,
-                x0 + 30.0,
-                ly - 4.0,
-                x0 + 36.0,
-                ly
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>\n",
+                x(*c),
+                y(*v)
             ));
         }
+        let ly = y0 + 14.0 + 15.0 * i as f64;
+        out.push_str(&format!(
+            "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-width=\"2\"{dash}/>\n<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{label}</text>\n",
+            x0 + 10.0,
+            ly - 4.0,
+            x0 + 30.0,
+            ly - 4.0,
+            x0 + 36.0,
+            ly
+        ));
     }
 }
 
