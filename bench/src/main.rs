@@ -81,6 +81,10 @@ struct Args {
     /// passes the one `scripts/ensure-postgres.sh` gives; empty: SQLite only).
     #[arg(long, env = "SHAREMESH_BENCH_POSTGRES")]
     postgres: Option<String>,
+    /// A setting for every service, `NAME=VALUE` (repeatable; after the bench's own, so it wins),
+    /// e.g. `--service-env SHAREMESH_DB_POOL=4` to measure a pool size.
+    #[arg(long, value_parser = parse_setting)]
+    service_env: Vec<(String, String)>,
     /// Short windows for a smoke run (about 40 s in all, twice that with --postgres).
     #[arg(long)]
     quick: bool,
@@ -88,6 +92,14 @@ struct Args {
     /// Prometheus file_sd targets (`job` = `sharemesh-<context>`); metrics are off without it.
     #[arg(long)]
     metrics_targets: Option<PathBuf>,
+}
+
+/// `NAME=VALUE`.
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
 }
 
 /// Concurrency levels of the sweep.
@@ -129,6 +141,7 @@ struct Settings {
     lag_duration: Duration,
     sweep: Vec<usize>,
     sweep_duration: Duration,
+    service_env: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -151,6 +164,7 @@ impl Settings {
             lag_duration: pick(a.lag_duration, 10_000, 3_000),
             sweep: a.sweep.0.clone(),
             sweep_duration: pick(a.sweep_duration, 3_000, 1_000),
+            service_env: a.service_env.clone(),
         })
     }
 
@@ -166,6 +180,7 @@ impl Settings {
             "lag_duration_s": self.lag_duration.as_secs_f64(),
             "sweep": self.sweep,
             "sweep_duration_s": self.sweep_duration.as_secs_f64(),
+            "service_env": self.service_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         })
     }
 
@@ -244,7 +259,7 @@ impl Bench {
             storage.name(),
             bin.display()
         );
-        let mesh = mesh::Mesh::start(bin, &storage, metrics_targets).await?;
+        let mesh = mesh::Mesh::start(bin, &storage, &settings.service_env, metrics_targets).await?;
         let tokens = Arc::new(Tokens::new());
         let host = tokens.bearer("bench-host", Role::Host)?;
         let catalog = load::channels(&mesh.uri(Context::Catalog), 1).await?.remove(0);

@@ -84,11 +84,16 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
-    /// Starts nats-server, then each service one after the other, waiting for SERVING. With
-    /// `metrics_targets`, each service serves `/metrics` on a free port and the file gets their
+    /// Starts nats-server, then each service one after the other, waiting for SERVING; every
+    /// service also gets `extra_env` (after the bench's own settings). With `metrics_targets`, each service serves `/metrics` on a free port and the file gets their
     /// addresses as Prometheus file_sd targets, `job` = `sharemesh-<context>` as the chart's
     /// ServiceMonitor labels them (`make bench-panels` scrapes them); else metrics are off.
-    pub(crate) async fn start(bin: &Path, storage: &Storage, metrics_targets: Option<&Path>) -> Result<Self, String> {
+    pub(crate) async fn start(
+        bin: &Path,
+        storage: &Storage,
+        extra_env: &[(String, String)],
+        metrics_targets: Option<&Path>,
+    ) -> Result<Self, String> {
         let nats = tokio::task::spawn_blocking(NatsServer::spawn)
             .await
             .map_err(|_| "nats-server could not start (see above); `make deps` installs it".to_owned())?;
@@ -134,6 +139,7 @@ impl Mesh {
                 env.push(("SHAREMESH_EDGE_BURST".into(), UNLIMITED.into()));
                 env.push(("SHAREMESH_EDGE_CONCURRENCY".into(), "100000".into()));
             }
+            env.extend(extra_env.iter().cloned());
             let svc = spawn(bin, context, port, &env, &mesh.dir.path().join(format!("{context}.log"))).await?;
             mesh.services.push(svc);
         }
