@@ -512,7 +512,14 @@ fn memory(idle: &[(&'static str, Option<f64>)], after: &[(&'static str, Option<f
         .collect()
 }
 
-async fn run(settings: Settings, json: PathBuf, metrics_targets: Option<PathBuf>, postgres: Option<String>) -> Result<Report, String> {
+/// Both passes; a failed PostgreSQL pass keeps the SQLite figures (the report, and the failure
+/// beside it).
+async fn run(
+    settings: Settings,
+    json: PathBuf,
+    metrics_targets: Option<PathBuf>,
+    postgres: Option<String>,
+) -> Result<(Report, Option<String>), String> {
     let started = Instant::now();
     let machine = Machine::detect();
     let bin = mesh::binary()?;
@@ -520,11 +527,19 @@ async fn run(settings: Settings, json: PathBuf, metrics_targets: Option<PathBuf>
     let sqlite = Bench::start(settings.clone(), Storage::Sqlite, &bin, metrics_targets.as_deref()).await?;
     let (sqlite, base_rps) = sqlite.pass(None).await?;
     let mut passes = vec![sqlite];
+    let mut failure = None;
     if let Some(admin) = postgres {
-        let postgres = Bench::start(settings.clone(), Storage::Postgres(admin), &bin, None).await?;
-        let (mut postgres, _) = postgres.pass(Some(base_rps)).await?;
-        postgres.aim_at(&passes[0]);
-        passes.push(postgres);
+        let pass = async {
+            let bench = Bench::start(settings.clone(), Storage::Postgres(admin), &bin, None).await?;
+            bench.pass(Some(base_rps)).await
+        };
+        match pass.await {
+            Ok((mut postgres, _)) => {
+                postgres.aim_at(&passes[0]);
+                passes.push(postgres);
+            }
+            Err(e) => failure = Some(format!("the PostgreSQL pass failed: {e}")),
+        }
     }
     let mut report = Report {
         machine,
@@ -537,7 +552,7 @@ async fn run(settings: Settings, json: PathBuf, metrics_targets: Option<PathBuf>
     report.count_targets();
     report.write_json(&json)?;
     report.write_sweep_svg(&json.with_file_name("sweep.svg"))?;
-    Ok(report)
+    Ok((report, failure))
 }
 
 #[tokio::main]
@@ -557,7 +572,7 @@ async fn main() -> ExitCode {
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
     };
     match outcome {
-        Ok(report) => {
+        Ok((report, failure)) => {
             let mut out = std::io::stdout().lock();
             let storages: Vec<&str> = report.passes.iter().map(|p| p.storage.as_str()).collect();
             let text = format!(
@@ -572,7 +587,13 @@ async fn main() -> ExitCode {
             if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
                 return ExitCode::FAILURE;
             }
-            ExitCode::SUCCESS
+            match failure {
+                Some(e) => {
+                    eprintln!("sharemesh-bench: {e}");
+                    ExitCode::FAILURE
+                }
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("sharemesh-bench: {e}");
