@@ -90,14 +90,18 @@ helm-check: ## validate the Helm chart offline: every values combination, schema
 ghz: ## run bench/ghz/*.json with ghz against a running mesh (GHZ_HOST, default the edge of make run)
 	SHAREMESH_BIN="$(abspath $(BIN))" scripts/ghz.sh
 
-# The PostgreSQL server of the bench's second pass (an admin URL; each service gets a database of
-# its own). `make bench BENCH_POSTGRES=` runs the SQLite pass alone.
-BENCH_POSTGRES ?= $(shell scripts/ensure-postgres.sh)
-
+# The bench's second pass runs on the PostgreSQL server of BENCH_POSTGRES (an admin URL; each
+# service gets a database of its own); unset, on the one scripts/ensure-postgres.sh gives (it
+# installs and starts Debian's package if none answers). `make bench BENCH_POSTGRES=` runs the
+# SQLite pass alone.
 bench: deps ## load-test the whole mesh on this machine (release build), on SQLite then PostgreSQL: tables, target/bench/bench.json and sweep.svg
 	$(CARGO) build --release --bin sharemesh -p sharemesh-cli
 	$(CARGO) build --release -p sharemesh-bench --bin sharemesh-bench
-	SHAREMESH_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target)/release/sharemesh)" SHAREMESH_BENCH_POSTGRES="$(BENCH_POSTGRES)" \
+	@pg='$(BENCH_POSTGRES)'; \
+	if [ "$(origin BENCH_POSTGRES)" = undefined ]; then \
+	  pg=$$(scripts/ensure-postgres.sh) || { echo "bench: no PostgreSQL (see above): the SQLite pass only" >&2; pg=; }; \
+	fi; \
+	SHAREMESH_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target)/release/sharemesh)" SHAREMESH_BENCH_POSTGRES="$$pg" \
 	  $(or $(CARGO_TARGET_DIR),target)/release/sharemesh-bench $(BENCH_ARGS)
 
 # Prometheus (Debian's package, installed when missing) scrapes every process of a bench run; the

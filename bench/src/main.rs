@@ -37,10 +37,11 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Load-test the whole sharemesh mesh on this machine against a bare tonic baseline.
 ///
-/// Durations take `ms`, `s` or `m` (a bare number is seconds). Defaults finish in under three
-/// minutes; raise --duration / --lag-duration for steadier figures.
+/// Durations take `ms`, `s` or `m` (a bare number is seconds). Defaults take about two minutes
+/// per storage; raise --duration / --lag-duration for steadier figures. A flag given twice takes
+/// its last value.
 #[derive(Debug, Parser)]
-#[command(name = "sharemesh-bench", version)]
+#[command(name = "sharemesh-bench", version, args_override_self = true)]
 struct Args {
     /// Measured window of each read scenario (baseline, GetListing x3) [default: 8s; --quick 2s].
     #[arg(long, value_parser = parse_duration)]
@@ -244,9 +245,19 @@ struct Bench {
     lag_listings: Arc<Vec<String>>,
 }
 
+/// What [`Bench::prepare`] sets up on a started mesh.
+struct Prepared {
+    tokens: Arc<Tokens>,
+    streams: Streams,
+    customer_token: String,
+    read_listing: String,
+    reserve_listings: Arc<Vec<String>>,
+    lag_listings: Arc<Vec<String>>,
+}
+
 impl Bench {
     /// Starts the mesh and registers the cars the scenarios use; waits until every consumer
-    /// caught up.
+    /// caught up. On failure the mesh is stopped (and its databases dropped).
     async fn start(
         settings: Settings,
         storage: Storage,
@@ -260,6 +271,29 @@ impl Bench {
             bin.display()
         );
         let mesh = mesh::Mesh::start(bin, &storage, &settings.service_env, metrics_targets).await?;
+        match Self::prepare(&mesh, &settings).await {
+            Ok(p) => Ok(Self {
+                settings,
+                storage,
+                mesh,
+                tokens: p.tokens,
+                streams: p.streams,
+                windows: Windows::default(),
+                customer_token: p.customer_token,
+                read_listing: p.read_listing,
+                reserve_listings: p.reserve_listings,
+                lag_listings: p.lag_listings,
+            }),
+            Err(e) => {
+                mesh.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers the cars the scenarios use and waits until every consumer caught up; the
+    /// rest of the bench is filled in by [`Bench::start`].
+    async fn prepare(mesh: &mesh::Mesh, settings: &Settings) -> Result<Prepared, String> {
         let tokens = Arc::new(Tokens::new());
         let host = tokens.bearer("bench-host", Role::Host)?;
         let catalog = load::channels(&mesh.uri(Context::Catalog), 1).await?.remove(0);
@@ -269,14 +303,10 @@ impl Bench {
         let lag_listings = Arc::new(scenarios::register_cars(&catalog, &host, 16, "lag").await?);
         let streams = Streams::connect(&mesh.nats.url()).await?;
         streams.drain(DRAIN_LIMIT).await?;
-        Ok(Self {
+        Ok(Prepared {
             customer_token: tokens.token("bench-reader", Role::Customer)?,
-            settings,
-            storage,
-            mesh,
             tokens,
             streams,
-            windows: Windows::default(),
             read_listing,
             reserve_listings,
             lag_listings,
@@ -396,7 +426,10 @@ impl Bench {
         let mut row = row("7 RegisterListing via edge (REST/JSON)", &cfg, summary, base_rps, None, used).with_cpu_per_op();
         let cpu = row.cpu_ms_per_op.unwrap_or(f64::INFINITY);
         row.target = Some(Target::new(
-            format!(">= 4,650/s, 10x the seeds' {SEEDS_SIEGE_RPS} (is {x_seeds:.1}x), <= {REGISTER_CPU_MS} ms CPU/op"),
+            format!(
+                ">= {:.0}/s, 10x the seeds' {SEEDS_SIEGE_RPS} (is {x_seeds:.1}x), <= {REGISTER_CPU_MS} ms CPU/op",
+                10.0 * SEEDS_SIEGE_RPS
+            ),
             row.summary.rps >= 10.0 * SEEDS_SIEGE_RPS && cpu <= REGISTER_CPU_MS,
         ));
         row.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
@@ -512,14 +545,8 @@ fn memory(idle: &[(&'static str, Option<f64>)], after: &[(&'static str, Option<f
         .collect()
 }
 
-/// Both passes; a failed PostgreSQL pass keeps the SQLite figures (the report, and the failure
-/// beside it).
-async fn run(
-    settings: Settings,
-    json: PathBuf,
-    metrics_targets: Option<PathBuf>,
-    postgres: Option<String>,
-) -> Result<(Report, Option<String>), String> {
+/// Both passes; a failed PostgreSQL pass keeps the SQLite figures (the report says what failed).
+async fn run(settings: Settings, metrics_targets: Option<PathBuf>, postgres: Option<String>) -> Result<Report, String> {
     let started = Instant::now();
     let machine = Machine::detect();
     let bin = mesh::binary()?;
@@ -527,7 +554,7 @@ async fn run(
     let sqlite = Bench::start(settings.clone(), Storage::Sqlite, &bin, metrics_targets.as_deref()).await?;
     let (sqlite, base_rps) = sqlite.pass(None).await?;
     let mut passes = vec![sqlite];
-    let mut failure = None;
+    let mut failures = Vec::new();
     if let Some(admin) = postgres {
         let pass = async {
             let bench = Bench::start(settings.clone(), Storage::Postgres(admin), &bin, None).await?;
@@ -538,7 +565,7 @@ async fn run(
                 postgres.aim_at(&passes[0]);
                 passes.push(postgres);
             }
-            Err(e) => failure = Some(format!("the PostgreSQL pass failed: {e}")),
+            Err(e) => failures.push(format!("the PostgreSQL pass failed: {e}")),
         }
     }
     let mut report = Report {
@@ -546,13 +573,35 @@ async fn run(
         binary: bin.display().to_string(),
         settings: settings.json(),
         passes,
+        failures,
         targets_met: String::new(),
         total_s: started.elapsed().as_secs_f64(),
     };
     report.count_targets();
-    report.write_json(&json)?;
-    report.write_sweep_svg(&json.with_file_name("sweep.svg"))?;
-    Ok((report, failure))
+    Ok(report)
+}
+
+/// Prints the tables, then writes the JSON and the sweep's picture next to it.
+fn publish(report: &Report, json: &std::path::Path) -> Result<(), String> {
+    let storages: Vec<&str> = report.passes.iter().map(|p| p.storage.as_str()).collect();
+    let svg = json.with_file_name("sweep.svg");
+    let mut text = format!(
+        "sharemesh bench: {} on {}, everything on this machine\n{}\n\n{}\nJSON: {}\n",
+        report.binary,
+        storages.join(", then "),
+        Report::machine_line(&report.machine),
+        report.render(),
+        json.display(),
+    );
+    if report.has_sweep() {
+        text.push_str(&format!("sweep picture: {}\n", svg.display()));
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("stdout: {e}"))?;
+    report.write_json(json)?;
+    report.write_sweep_svg(&svg)
 }
 
 #[tokio::main]
@@ -568,37 +617,27 @@ async fn main() -> ExitCode {
     let json = args.json.clone();
     // Ctrl-C drops the run: every child process is killed on drop.
     let outcome = tokio::select! {
-        res = run(settings, json.clone(), args.metrics_targets.clone(), args.postgres.clone().filter(|url| !url.is_empty())) => res,
+        res = run(settings, args.metrics_targets.clone(), args.postgres.clone().filter(|url| !url.is_empty())) => res,
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
     };
-    match outcome {
-        Ok((report, failure)) => {
-            let mut out = std::io::stdout().lock();
-            let storages: Vec<&str> = report.passes.iter().map(|p| p.storage.as_str()).collect();
-            let text = format!(
-                "sharemesh bench: {} on {}, everything on this machine\n{}\n\n{}\nJSON: {}\nsweep picture: {}\n",
-                report.binary,
-                storages.join(", then "),
-                Report::machine_line(&report.machine),
-                report.render(),
-                json.display(),
-                json.with_file_name("sweep.svg").display()
-            );
-            if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
-                return ExitCode::FAILURE;
-            }
-            match failure {
-                Some(e) => {
-                    eprintln!("sharemesh-bench: {e}");
-                    ExitCode::FAILURE
-                }
-                None => ExitCode::SUCCESS,
-            }
-        }
+    let report = match outcome {
+        Ok(report) => report,
         Err(e) => {
             eprintln!("sharemesh-bench: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    if let Err(e) = publish(&report, &json) {
+        eprintln!("sharemesh-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    for failure in &report.failures {
+        eprintln!("sharemesh-bench: {failure}");
+    }
+    if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

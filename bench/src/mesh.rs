@@ -4,6 +4,7 @@
 //! it, timed from spawn to its first SERVING health answer. Everything dies with [`Mesh`]; the
 //! PostgreSQL databases are dropped by [`Mesh::stop`].
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,22 @@ pub(crate) enum Storage {
     Postgres(String),
 }
 
+/// The bench's PostgreSQL databases are named `<this>_<uuid>`.
+const DATABASE_PREFIX: &str = "sharemesh_bench";
+
 impl Storage {
+    /// PostgreSQL on this machine (by the admin URL's host), whose processes the bench can see.
+    fn local_postgres(&self) -> bool {
+        let Storage::Postgres(admin) = self else {
+            return false;
+        };
+        let after_scheme = admin.split_once("://").map_or(admin.as_str(), |(_, rest)| rest);
+        let authority = after_scheme.split(['/', '?']).next().unwrap_or_default();
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "")
+    }
+
     /// `SQLite` or `PostgreSQL`.
     pub(crate) fn name(&self) -> &'static str {
         match self {
@@ -80,14 +96,19 @@ pub(crate) struct Mesh {
     pub(crate) services: Vec<ServiceProc>,
     /// The PostgreSQL databases the services use (none on SQLite).
     databases: Vec<PgDatabase>,
+    /// Whether the PostgreSQL server runs on this machine (its CPU is then measured).
+    local_postgres: bool,
     dir: tempfile::TempDir,
 }
 
 impl Mesh {
     /// Starts nats-server, then each service one after the other, waiting for SERVING; every
-    /// service also gets `extra_env` (after the bench's own settings). With `metrics_targets`, each service serves `/metrics` on a free port and the file gets their
-    /// addresses as Prometheus file_sd targets, `job` = `sharemesh-<context>` as the chart's
-    /// ServiceMonitor labels them (`make bench-panels` scrapes them); else metrics are off.
+    /// service also gets `extra_env` (after the bench's own settings). With `metrics_targets`,
+    /// each service serves `/metrics` on a free port and the file gets their addresses as
+    /// Prometheus file_sd targets, `job` = `sharemesh-<context>` as the chart's ServiceMonitor
+    /// labels them (`make bench-panels` scrapes them); else metrics are off. On PostgreSQL, the
+    /// databases an earlier, interrupted bench left behind are dropped first; on failure, what
+    /// was started is stopped and its databases dropped.
     pub(crate) async fn start(
         bin: &Path,
         storage: &Storage,
@@ -102,21 +123,43 @@ impl Mesh {
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let ports: Vec<(Context, u16)> = start_order().into_iter().map(|c| (c, free_port())).collect();
-        let uri = |ctx: Context| {
-            let port = ports.iter().find(|(c, _)| *c == ctx).map_or(0, |(_, p)| *p);
-            format!("http://127.0.0.1:{port}")
-        };
+        if let Storage::Postgres(admin) = storage {
+            PgDatabase::drop_stale(admin, DATABASE_PREFIX).await?;
+        }
         let mut mesh = Self {
             nats,
             services: Vec::new(),
             databases: Vec::new(),
+            local_postgres: storage.local_postgres(),
             dir,
+        };
+        match mesh.spawn_services(bin, storage, &ports, extra_env, metrics_targets).await {
+            Ok(()) => Ok(mesh),
+            Err(e) => {
+                mesh.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawns every service of `ports`, in order.
+    async fn spawn_services(
+        &mut self,
+        bin: &Path,
+        storage: &Storage,
+        ports: &[(Context, u16)],
+        extra_env: &[(String, String)],
+        metrics_targets: Option<&Path>,
+    ) -> Result<(), String> {
+        let uri = |ctx: Context| {
+            let port = ports.iter().find(|(c, _)| *c == ctx).map_or(0, |(_, p)| *p);
+            format!("http://127.0.0.1:{port}")
         };
         // Listed before the services start: Prometheus takes a few seconds to pick up new targets.
         let metrics: Vec<String> = match metrics_targets {
             Some(path) => {
                 let addrs: Vec<String> = ports.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
-                write_targets(path, &ports, &addrs)?;
+                write_targets(path, ports, &addrs)?;
                 addrs
             }
             None => vec!["off".into(); ports.len()],
@@ -125,13 +168,13 @@ impl Mesh {
             let mut env: Vec<(String, String)> = vec![
                 ("SHAREMESH_GRPC_ADDR".into(), format!("127.0.0.1:{port}")),
                 ("SHAREMESH_METRICS_ADDR".into(), metrics),
-                ("NATS_URL".into(), mesh.nats.url()),
+                ("NATS_URL".into(), self.nats.url()),
                 ("SHAREMESH_JWT_SECRET".into(), SECRET.into()),
                 ("SHAREMESH_LOG".into(), "warn".into()),
                 ("SHAREMESH_CLIENT_CONCURRENCY".into(), "100000".into()),
             ];
             if context.node().keeps_data {
-                env.push(("DATABASE_URL".into(), mesh.database(storage, context).await?));
+                env.push(("DATABASE_URL".into(), self.database(storage, context).await?));
             }
             env.extend(context.upstream_env(uri));
             if context == Context::Edge {
@@ -140,10 +183,10 @@ impl Mesh {
                 env.push(("SHAREMESH_EDGE_CONCURRENCY".into(), "100000".into()));
             }
             env.extend(extra_env.iter().cloned());
-            let svc = spawn(bin, context, port, &env, &mesh.dir.path().join(format!("{context}.log"))).await?;
-            mesh.services.push(svc);
+            let svc = spawn(bin, context, port, &env, &self.dir.path().join(format!("{context}.log"))).await?;
+            self.services.push(svc);
         }
-        Ok(mesh)
+        Ok(())
     }
 
     /// A fresh database for `context`: a SQLite file in the run's directory, or a new database
@@ -152,7 +195,7 @@ impl Mesh {
         match storage {
             Storage::Sqlite => Ok(format!("sqlite://{}/{context}.db?mode=rwc", self.dir.path().display())),
             Storage::Postgres(admin) => {
-                let db = PgDatabase::create_on(admin).await?;
+                let db = PgDatabase::create_on(admin, DATABASE_PREFIX).await?;
                 let url = db.url.clone();
                 self.databases.push(db);
                 Ok(url)
@@ -201,6 +244,8 @@ fn write_targets(path: &Path, ports: &[(Context, u16)], addrs: &[String]) -> Res
 pub(crate) struct CpuSnapshot {
     at: Instant,
     ticks: Vec<(String, Option<u64>)>,
+    /// Ticks of each PostgreSQL process (by pid), when the server is local.
+    postgres: Option<HashMap<u32, u64>>,
     machine_busy: Option<u64>,
 }
 
@@ -220,6 +265,15 @@ impl CpuSnapshot {
                 Some((name.clone(), percent(used)))
             })
             .collect();
+        if let (Some(now), Some(then)) = (&self.postgres, &earlier.postgres) {
+            // Per process: a backend started meanwhile counts from zero; one that exited took
+            // its last ticks with it.
+            let used: u64 = now
+                .iter()
+                .map(|(pid, ticks)| ticks.saturating_sub(then.get(pid).copied().unwrap_or(0)))
+                .sum();
+            out.insert(2.min(out.len()), ("postgres".to_owned(), percent(used)));
+        }
         if let Some(busy) = self.machine_busy.zip(earlier.machine_busy).map(|(n, t)| n.saturating_sub(t)) {
             let ours: f64 = out.iter().map(|(_, p)| p).sum();
             out.push(("other".to_owned(), (percent(busy) - ours).max(0.0)));
@@ -273,9 +327,8 @@ fn nats_pid(port: u16) -> Option<u32> {
 }
 
 /// CPU time of every PostgreSQL server process (the postmaster and its backends, by command
-/// name), in clock ticks. A backend that exits between two snapshots takes its ticks with it;
-/// the services keep their pooled connections, so few do.
-fn postgres_ticks() -> Option<u64> {
+/// name), in clock ticks, by pid.
+fn postgres_ticks() -> Option<HashMap<u32, u64>> {
     let procs = std::fs::read_dir("/proc").ok()?;
     Some(
         procs
@@ -283,9 +336,10 @@ fn postgres_ticks() -> Option<u64> {
             .filter_map(|entry| {
                 let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
                 let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-                (comm.trim_end() == "postgres").then(|| cpu_ticks(pid)).flatten()
+                (comm.trim_end() == "postgres").then_some(())?;
+                Some((pid, cpu_ticks(pid)?))
             })
-            .sum(),
+            .collect(),
     )
 }
 
@@ -295,13 +349,11 @@ impl Mesh {
     pub(crate) fn cpu(&self) -> CpuSnapshot {
         let mut ticks = vec![("bench".to_owned(), cpu_ticks(std::process::id()))];
         ticks.push(("nats".to_owned(), nats_pid(self.nats.port).and_then(cpu_ticks)));
-        if !self.databases.is_empty() {
-            ticks.push(("postgres".to_owned(), postgres_ticks()));
-        }
         ticks.extend(self.services.iter().map(|s| (s.context.name().to_owned(), cpu_ticks(s.pid))));
         CpuSnapshot {
             at: Instant::now(),
             ticks,
+            postgres: self.local_postgres.then(postgres_ticks).flatten(),
             machine_busy: machine_busy_ticks(),
         }
     }

@@ -96,8 +96,8 @@ pub(crate) struct Row {
     pub(crate) cpu_percent: Vec<(String, f64)>,
     /// Seconds after the window until every event consumer had caught up (writes only).
     pub(crate) backlog_drained_s: Option<f64>,
-    /// CPU of the mesh's processes (services and NATS, not the load generator) per successful
-    /// operation, ms (writes only).
+    /// CPU of the mesh's processes (services, NATS and a local PostgreSQL; not the load
+    /// generator) per successful operation, ms (writes only).
     pub(crate) cpu_ms_per_op: Option<f64>,
 }
 
@@ -207,6 +207,8 @@ pub(crate) struct Report {
     pub(crate) settings: serde_json::Value,
     /// SQLite, then PostgreSQL when asked for.
     pub(crate) passes: Vec<Pass>,
+    /// What could not be measured (a failed PostgreSQL pass).
+    pub(crate) failures: Vec<String>,
     /// Targets met / all targets.
     pub(crate) targets_met: String,
     /// Total run time, seconds.
@@ -257,10 +259,12 @@ impl Report {
             line(&mut out, format!("== on {} ==", pass.storage));
             pass.render(&mut out);
         }
-        let sweeps = self.sweeps();
-        if sweeps.iter().any(|(_, points)| !points.is_empty()) {
-            out.push_str(&sweep::render(&sweeps));
+        if self.has_sweep() {
+            out.push_str(&sweep::render(&self.sweeps()));
             out.push('\n');
+        }
+        for failure in &self.failures {
+            line(&mut out, format!("FAILED: {failure}"));
         }
         line(
             &mut out,
@@ -274,13 +278,17 @@ impl Report {
         self.passes.iter().map(|p| (p.storage.as_str(), p.sweep.as_slice())).collect()
     }
 
+    /// Whether a sweep ran.
+    pub(crate) fn has_sweep(&self) -> bool {
+        self.passes.iter().any(|p| !p.sweep.is_empty())
+    }
+
     /// Writes the sweep's picture (parent directories created); nothing when no sweep ran.
     pub(crate) fn write_sweep_svg(&self, path: &std::path::Path) -> Result<(), String> {
-        let sweeps = self.sweeps();
-        if sweeps.iter().all(|(_, points)| points.is_empty()) {
+        if !self.has_sweep() {
             return Ok(());
         }
-        write_file(path, sweep::svg(&sweeps).as_bytes())
+        write_file(path, sweep::svg(&self.sweeps()).as_bytes())
     }
 
     /// Writes the JSON file (parent directories created).

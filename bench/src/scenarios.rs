@@ -390,14 +390,15 @@ impl Streams {
         Ok(Self(async_nats::jetstream::new(client)))
     }
 
-    /// Events in every stream but the dead-letter one.
+    /// Events ever stored in every stream but the dead-letter one (last sequence numbers: a
+    /// stream at its retention limit keeps counting).
     pub(crate) async fn published(&self) -> Option<u64> {
         let mut streams = self.0.streams();
         let mut total = 0;
         while let Some(info) = streams.next().await {
             let info = info.ok()?;
             if info.config.name != sharemesh_mesh::events::DLQ_STREAM {
-                total += info.state.messages;
+                total += info.state.last_sequence;
             }
         }
         Some(total)
@@ -454,9 +455,10 @@ impl Streams {
     }
 }
 
-/// How long no event may be published for the mesh to count as quiet: well above the relays'
-/// poll interval, so a relay with rows left would have published some.
-const QUIET: Duration = Duration::from_millis(300);
+/// How long no event may be published for the mesh to count as quiet: above the relays' poll
+/// interval (500 ms by default), so a relay with rows left — even one that missed its wake-up —
+/// would have published some.
+const QUIET: Duration = Duration::from_millis(700);
 
 /// Scenario 6, event lag: places reservations (reservation direct) at a steady `rate` for `duration`, one
 /// customer each; every 2 ms a poller asks the view for the pages of the oldest outstanding

@@ -197,14 +197,11 @@ impl Line {
 }
 
 fn format_tick(v: f64) -> String {
-    if v >= 1000.0 {
-        let k = v / 1000.0;
-        if k.fract() == 0.0 { format!("{k:.0}k") } else { format!("{k:.1}k") }
-    } else if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
+    let (v, suffix) = if v >= 1000.0 { (v / 1000.0, "k") } else { (v, "") };
+    // At most two decimals, none trailing: 1250 -> 1.25k, 0.25 -> 0.25, 500 -> 500.
+    let text = format!("{v:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}{suffix}")
 }
 
 /// The picture: throughput (left) and latency (right, p99 solid, p50 dashed) against
@@ -270,6 +267,15 @@ mod tests {
             cpu_ms_per_op: Some(1.0),
             cpu_percent: Vec::new(),
         }
+    }
+
+    #[test]
+    fn ticks_read_as_written() {
+        assert_eq!(format_tick(0.0), "0");
+        assert_eq!(format_tick(0.25), "0.25");
+        assert_eq!(format_tick(500.0), "500");
+        assert_eq!(format_tick(1250.0), "1.25k");
+        assert_eq!(format_tick(2000.0), "2k");
     }
 
     #[test]

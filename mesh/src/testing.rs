@@ -261,13 +261,17 @@ impl PgDatabase {
     /// Creates the database; `None` when `SHAREMESH_TEST_POSTGRES` is unset or empty.
     pub async fn create() -> Option<Self> {
         let admin = std::env::var("SHAREMESH_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
-        Some(Self::create_on(&admin).await.expect("create a database on SHAREMESH_TEST_POSTGRES"))
+        Some(
+            Self::create_on(&admin, "sharemesh_test")
+                .await
+                .expect("create a database on SHAREMESH_TEST_POSTGRES"),
+        )
     }
 
-    /// Creates a database with a fresh name on the server of the admin URL `admin`.
-    pub async fn create_on(admin: &str) -> Result<Self, String> {
+    /// Creates a database named `<prefix>_<uuid>` on the server of the admin URL `admin`.
+    pub async fn create_on(admin: &str, prefix: &str) -> Result<Self, String> {
         use sea_orm::ConnectionTrait;
-        let name = format!("sharemesh_test_{}", uuid::Uuid::new_v4().simple());
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let conn = sea_orm::Database::connect(admin)
             .await
             .map_err(|e| format!("connect to {}: {e}", crate::runtime::redact(admin)))?;
@@ -280,6 +284,33 @@ impl PgDatabase {
             admin: admin.to_owned(),
             name,
         })
+    }
+
+    /// Drops every database named `<prefix>_…` on the server of `admin`: what a run that was
+    /// interrupted before it could drop its own left behind. (Never while another run with the
+    /// same prefix is going.)
+    pub async fn drop_stale(admin: &str, prefix: &str) -> Result<(), String> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let conn = sea_orm::Database::connect(admin)
+            .await
+            .map_err(|e| format!("connect to {}: {e}", crate::runtime::redact(admin)))?;
+        let backend = conn.get_database_backend();
+        let pattern = format!("{}\\_%", prefix.replace('_', "\\_"));
+        let rows = conn
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT datname FROM pg_database WHERE datname LIKE $1",
+                [pattern.into()],
+            ))
+            .await
+            .map_err(|e| format!("list databases: {e}"))?;
+        for row in rows {
+            let name: String = row.try_get("", "datname").map_err(|e| format!("list databases: {e}"))?;
+            conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await
+                .map_err(|e| format!("drop database {name}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Drops the database, closing whatever connections are still open to it.

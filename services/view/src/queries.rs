@@ -163,7 +163,8 @@ impl Views {
 
     /// The listing views of the rows that do not know their listing: a reservation rejected
     /// before its hold never learnt its listing's kind or title, so the page takes them from the
-    /// listing's view when it is read. (A copy made when either event is applied would race with
+    /// listing's view when it is read (its current title; other rows keep the title their
+    /// reservation was placed under). (A copy made when either event is applied would race with
     /// the other event on another view replica; see [`crate::projection`].)
     async fn unknown_listings(&self, rows: &[ReservationViewRow]) -> Result<HashMap<String, ListingViewRow>, ViewError> {
         let ids: Vec<String> = rows.iter().filter(|r| knows_no_listing(r)).map(|r| r.listing_id.clone()).collect();
