@@ -222,6 +222,56 @@ mod tests {
         }
     }
 
+    /// The SQLite overlap check reads only holds that start less than 90 days (the longest
+    /// window) before a new one: a 90-day booking must still refuse a window over its last hour.
+    #[tokio::test]
+    async fn the_bounded_overlap_check_still_sees_the_longest_booking() {
+        const DAY: i64 = 86_400_000;
+        const HOUR: i64 = 3_600_000;
+        assert_eq!(
+            crate::domain::MAX_WINDOW_MS,
+            90 * DAY,
+            "m0002's trigger holds this bound as a literal"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sharemesh_mesh::storage::Db::connect(&format!("sqlite://{}/catalog.db?mode=rwc", dir.path().display()))
+            .await
+            .expect("connect");
+        db.migrate::<super::super::Migrator>().await.expect("migrate");
+        db.conn()
+            .execute_unprepared(
+                "INSERT INTO listings (listing_id, host_id, kind, title, description, price_minor, currency, status, version, created_at_ms, updated_at_ms)
+                 VALUES ('l-1', 'host-1', 'LISTING_KIND_CAR', 'Avante', '', 1000, 'KRW', 'LISTING_STATUS_ACTIVE', 1, 0, 0)",
+            )
+            .await
+            .expect("a listing");
+        let window = |n: u32, status: HoldStatus, start_ms: i64, end_ms: i64| HoldRow {
+            hold_id: format!("h-{n}"),
+            reservation_id: format!("r-{n}"),
+            start_ms,
+            end_ms,
+            ..hold(status, i64::MAX)
+        };
+        insert(db.conn(), window(1, HoldStatus::Booked, 0, 90 * DAY))
+            .await
+            .expect("the longest booking");
+        let err = insert(db.conn(), window(2, HoldStatus::Held, 90 * DAY - HOUR, 90 * DAY + HOUR))
+            .await
+            .expect_err("its last hour is taken");
+        assert!(err.to_string().contains(super::super::NO_OVERLAP), "{err}");
+        insert(db.conn(), window(3, HoldStatus::Held, 90 * DAY, 90 * DAY + HOUR))
+            .await
+            .expect("right after it is free");
+        // A released window taken up again is checked the same way.
+        insert(db.conn(), window(4, HoldStatus::Released, 90 * DAY - HOUR, 90 * DAY))
+            .await
+            .expect("released windows do not count");
+        let mut again = window(4, HoldStatus::Held, 90 * DAY - HOUR, 90 * DAY);
+        again.updated_at_ms = 1;
+        let err = save_status(db.conn(), &again).await.expect_err("held again over the booking");
+        assert!(err.to_string().contains(super::super::NO_OVERLAP), "{err}");
+    }
+
     #[test]
     fn held_or_booked_windows_are_released() {
         for status in ACTIVE {

@@ -64,6 +64,17 @@ macro_rules! hold_indexes {
     };
 }
 
+/// SQLite's overlap check, bounded: since no window is longer than
+/// [`crate::domain::MAX_WINDOW_MS`] (90 days, the literal below), a hold that overlaps a new window
+/// starts less than 90 days before it, so the check reads only the holds of that stretch through
+/// `holds_by_listing` instead of every booking the listing ever had (m0001's triggers scanned
+/// them all, under SQLite's single writer lock, on every hold and every booking).
+macro_rules! bounded_overlap {
+    () => {
+        "h.listing_id = NEW.listing_id AND h.status IN ('HELD', 'BOOKED') AND h.start_ms < NEW.end_ms AND h.start_ms > NEW.start_ms - 7776000000 AND NEW.start_ms < h.end_ms"
+    };
+}
+
 const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
     name: "m0001_catalog_listings_holds",
     // SQLite: triggers (its single writer makes the check atomic).
@@ -90,6 +101,20 @@ const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
     ",
         hold_indexes!()
     ),
+}, SqlMigration {
+    name: "m0002_catalog_bounded_overlap_check",
+    sqlite: concat!(
+        "DROP TRIGGER holds_no_overlap_insert;
+    DROP TRIGGER holds_no_overlap_update;
+    CREATE TRIGGER holds_no_overlap_insert BEFORE INSERT ON holds WHEN NEW.status IN ('HELD', 'BOOKED') AND EXISTS (SELECT 1 FROM holds h WHERE ",
+        bounded_overlap!(),
+        ") BEGIN SELECT RAISE(ABORT, 'holds_no_overlap'); END;
+    CREATE TRIGGER holds_no_overlap_update BEFORE UPDATE OF status, start_ms, end_ms ON holds WHEN NEW.status IN ('HELD', 'BOOKED') AND EXISTS (SELECT 1 FROM holds h WHERE h.hold_id <> NEW.hold_id AND ",
+        bounded_overlap!(),
+        ") BEGIN SELECT RAISE(ABORT, 'holds_no_overlap'); END"
+    ),
+    // The exclusion constraint searches its GiST index: nothing to change.
+    postgres: "SELECT 1",
 }];
 
 /// The catalog's migrations: the mesh's outbox and inbox, then the catalog's own tables.
