@@ -357,7 +357,15 @@ impl Relay {
         if !done.is_empty() {
             // Through the write path: on SQLite writers must queue, not race.
             let tx = match lead {
-                Some(tx) => tx,
+                Some(tx) => {
+                    // The mark need not wait for PostgreSQL's WAL flush: a mark lost to a server
+                    // crash only makes the next pass publish those rows again, which JetStream
+                    // drops within its duplicate window and every consumer's inbox drops after
+                    // it. Durable marks cost an fsync per pass, on the server every command and
+                    // consumer also waits on.
+                    sea_orm::ConnectionTrait::execute_unprepared(&*tx, "SET LOCAL synchronous_commit = off").await?;
+                    tx
+                }
                 None => self.db.begin_write().await?,
             };
             entity::Entity::update_many()
