@@ -70,7 +70,7 @@ const MARGIN_L: f64 = 64.0;
 const MARGIN_T: f64 = 36.0;
 const MARGIN_B: f64 = 44.0;
 const GAP: f64 = 40.0;
-/// One colour per storage, then per percentile (solid p99, dashed p50).
+/// One colour per storage (in the latency panel p99 solid, p50 dashed).
 const COLOURS: [&str; 3] = ["#1f77b4", "#d62728", "#2ca02c"];
 
 /// A "nice" upper bound for an axis: 1, 2 or 5 times a power of ten, at least `max`.
