@@ -11,7 +11,9 @@
 //! 2. send the claimed ones, concurrently;
 //! 3. record the outcomes (one write transaction for the batch): SENT with the delivery time and
 //!    `MessageSent`, or FAILED with the reason and the next attempt after a backoff
-//!    ([`crate::domain::retry_delay`]). `attempts` counts both.
+//!    ([`crate::domain::retry_delay`]). `attempts` counts both. An outcome is recorded only while
+//!    the claim still holds: if the lease lapsed and another dispatcher took the message over,
+//!    its record stands and this one writes nothing (no second `MessageSent`).
 //!
 //! Nothing gives up: a message is retried until it is delivered. A crash between sending and
 //! recording leaves the claim, which lapses at the end of the lease; the message is then sent
@@ -51,6 +53,10 @@ pub enum Attempt {
     },
     /// Another dispatcher claimed it first; not sent here.
     Skipped,
+    /// Sent (or tried) here after the lease had lapsed and another dispatcher had taken the
+    /// message over: nothing is recorded here, the other's record stands (the recipient may see
+    /// the message twice and drops the repeat by its `Idempotency-Key`).
+    LeaseLost,
 }
 
 /// Sends due messages and records the outcome.
@@ -152,8 +158,10 @@ impl Dispatcher {
     async fn claim(&self, tx: &WriteTxn, rows: Vec<MessageRow>) -> Result<Vec<MessageRow>, MessageError> {
         let lease_until = now_ms().saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
         let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
+        for mut row in rows {
             if repo::claim(&**tx, &row.message_id, row.next_attempt_at_ms, lease_until).await? {
+                // As stored now: the record checks the claim by it.
+                row.next_attempt_at_ms = lease_until;
                 claimed.push(row);
             }
         }
@@ -177,7 +185,7 @@ impl Dispatcher {
         Ok(attempts)
     }
 
-    /// Records the outcome of one attempt in `tx`.
+    /// Records the outcome of one attempt in `tx`, if the claim `row` was sent under still holds.
     async fn record(
         &self,
         tx: &WriteTxn,
@@ -185,6 +193,7 @@ impl Dispatcher {
         outcome: Result<(), crate::sender::SendError>,
         now: i64,
     ) -> Result<Attempt, MessageError> {
+        let lease_until = row.next_attempt_at_ms;
         let attempt = match outcome {
             Ok(()) => {
                 row.delivered(now)?;
@@ -198,11 +207,15 @@ impl Dispatcher {
                 }
             }
         };
-        if attempt == Attempt::Sent {
-            events::sent(tx, row.to_proto(), &row.event_id, now).await?;
-        }
+        let sent = (attempt == Attempt::Sent).then(|| (row.to_proto(), row.event_id.clone()));
         let (message_id, recipient_id, attempts) = (row.message_id.clone(), row.recipient_id.clone(), row.attempts);
-        repo::save(&**tx, row).await?;
+        if !repo::save_claimed(&**tx, row, lease_until).await? {
+            tracing::warn!(%message_id, %recipient_id, "message attempt outlived its lease; another dispatcher's record stands");
+            return Ok(Attempt::LeaseLost);
+        }
+        if let Some((message, event_id)) = sent {
+            events::sent(tx, message, &event_id, now).await?;
+        }
         match &attempt {
             Attempt::Sent => tracing::debug!(%message_id, %recipient_id, attempts, "message sent"),
             Attempt::Failed {
@@ -216,7 +229,7 @@ impl Dispatcher {
                 retry_in_ms = next_attempt_at_ms - now,
                 "message delivery failed; will retry"
             ),
-            Attempt::Skipped => {}
+            Attempt::Skipped | Attempt::LeaseLost => {}
         }
         Ok(attempt)
     }

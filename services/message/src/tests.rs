@@ -385,6 +385,38 @@ async fn a_message_claimed_by_another_dispatcher_is_not_sent_twice() {
     assert_eq!(f.row(&stuck.message_id).await.delivery_status, "SENT");
 }
 
+/// A sender that takes `.0` before it delivers through `.1`.
+struct SlowSender(Duration, FakeSender);
+
+impl Sender for SlowSender {
+    fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(self.0).await;
+            self.1.send(message).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_that_outlives_its_lease_records_nothing_over_the_one_that_took_over() {
+    let f = fixture().await;
+    f.apply(&f.reservations(), &paid("r-1", "alice", "")).await;
+    let row = f.rows().await.remove(0);
+    // The first dispatcher's send outlasts its 40 ms lease ...
+    let slow = f
+        .dispatcher(Arc::new(SlowSender(Duration::from_millis(200), FakeSender::default())))
+        .with_lease(Duration::from_millis(40));
+    let first = tokio::spawn(async move { slow.attempt(row).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    // ... so a second one takes the message over, sends and records it.
+    let second = Arc::new(FakeSender::default());
+    assert_eq!(f.dispatcher(second.clone()).deliver_due().await.unwrap(), 1);
+    assert_eq!(first.await.unwrap(), Attempt::LeaseLost);
+    let rows = f.rows().await;
+    assert_eq!((rows[0].delivery_status.as_str(), rows[0].attempts), ("SENT", 1));
+    assert_eq!(f.sent_events().await.len(), 1, "MessageSent once, from the record that stands");
+}
+
 #[tokio::test]
 async fn every_message_missed_while_down_is_sent_once_when_the_dispatcher_runs() {
     let f = fixture().await;

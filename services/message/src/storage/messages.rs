@@ -152,9 +152,21 @@ pub async fn insert_new(db: &impl ConnectionTrait, row: MessageRow) -> Result<bo
     Ok(matches!(result, TryInsertResult::Inserted(n) if n > 0))
 }
 
-/// Writes every column of `row` (which must exist).
-pub async fn save(db: &impl ConnectionTrait, row: MessageRow) -> Result<(), sea_orm::DbErr> {
-    row.into_active_model().reset_all().update(db).await.map(|_| ())
+/// Records an attempt: writes every column of `row`, made under the claim that moved its
+/// `next_attempt_at_ms` to `lease_until_ms`, unless that claim was lost meanwhile (the lease
+/// lapsed and another dispatcher claimed the message again, or recorded it SENT). True when
+/// written; a lost claim must record nothing, nor announce the message again.
+pub async fn save_claimed(db: &impl ConnectionTrait, row: MessageRow, lease_until_ms: i64) -> Result<bool, sea_orm::DbErr> {
+    use entity::Column as C;
+    let message_id = row.message_id.clone();
+    let result = entity::Entity::update_many()
+        .set(row.into_active_model().reset_all())
+        .filter(C::MessageId.eq(message_id))
+        .filter(C::NextAttemptAtMs.eq(lease_until_ms))
+        .filter(C::DeliveryStatus.ne(DeliveryStatus::Sent.stored()))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
 }
 
 /// One message by id.
