@@ -228,11 +228,16 @@ const PLACE_CPU_MS: f64 = 3.0;
 /// CPU per RegisterListing through the edge.
 const REGISTER_CPU_MS: f64 = 0.4;
 
-/// What every scenario shares: the running mesh, its data, tokens and streams.
+/// What every scenario shares: the running mesh and what [`Fixtures::register`] set up on it.
 struct Bench {
     settings: Settings,
     storage: Storage,
     mesh: mesh::Mesh,
+    fx: Fixtures,
+}
+
+/// The data, tokens and streams the scenarios use on one mesh.
+struct Fixtures {
     tokens: Arc<Tokens>,
     streams: Streams,
     windows: Windows,
@@ -245,14 +250,28 @@ struct Bench {
     lag_listings: Arc<Vec<String>>,
 }
 
-/// What [`Bench::prepare`] sets up on a started mesh.
-struct Prepared {
-    tokens: Arc<Tokens>,
-    streams: Streams,
-    customer_token: String,
-    read_listing: String,
-    reserve_listings: Arc<Vec<String>>,
-    lag_listings: Arc<Vec<String>>,
+impl Fixtures {
+    /// Registers the cars the scenarios use and waits until every consumer caught up.
+    async fn register(mesh: &mesh::Mesh, settings: &Settings) -> Result<Self, String> {
+        let tokens = Arc::new(Tokens::new());
+        let host = tokens.bearer("bench-host", Role::Host)?;
+        let catalog = load::channels(&mesh.uri(Context::Catalog), 1).await?.remove(0);
+        let read_listing = scenarios::register_cars(&catalog, &host, 1, "read").await?.remove(0);
+        let workers = settings.sweep.iter().copied().fold(settings.reserve_concurrency, usize::max);
+        let reserve_listings = Arc::new(scenarios::register_cars(&catalog, &host, workers, "reserve").await?);
+        let lag_listings = Arc::new(scenarios::register_cars(&catalog, &host, 16, "lag").await?);
+        let streams = Streams::connect(&mesh.nats.url()).await?;
+        streams.drain(DRAIN_LIMIT).await?;
+        Ok(Self {
+            customer_token: tokens.token("bench-reader", Role::Customer)?,
+            tokens,
+            streams,
+            windows: Windows::default(),
+            read_listing,
+            reserve_listings,
+            lag_listings,
+        })
+    }
 }
 
 impl Bench {
@@ -271,18 +290,12 @@ impl Bench {
             bin.display()
         );
         let mesh = mesh::Mesh::start(bin, &storage, &settings.service_env, metrics_targets).await?;
-        match Self::prepare(&mesh, &settings).await {
-            Ok(p) => Ok(Self {
+        match Fixtures::register(&mesh, &settings).await {
+            Ok(fx) => Ok(Self {
                 settings,
                 storage,
                 mesh,
-                tokens: p.tokens,
-                streams: p.streams,
-                windows: Windows::default(),
-                customer_token: p.customer_token,
-                read_listing: p.read_listing,
-                reserve_listings: p.reserve_listings,
-                lag_listings: p.lag_listings,
+                fx,
             }),
             Err(e) => {
                 mesh.stop().await;
@@ -291,32 +304,10 @@ impl Bench {
         }
     }
 
-    /// Registers the cars the scenarios use and waits until every consumer caught up; the
-    /// rest of the bench is filled in by [`Bench::start`].
-    async fn prepare(mesh: &mesh::Mesh, settings: &Settings) -> Result<Prepared, String> {
-        let tokens = Arc::new(Tokens::new());
-        let host = tokens.bearer("bench-host", Role::Host)?;
-        let catalog = load::channels(&mesh.uri(Context::Catalog), 1).await?.remove(0);
-        let read_listing = scenarios::register_cars(&catalog, &host, 1, "read").await?.remove(0);
-        let workers = settings.sweep.iter().copied().fold(settings.reserve_concurrency, usize::max);
-        let reserve_listings = Arc::new(scenarios::register_cars(&catalog, &host, workers, "reserve").await?);
-        let lag_listings = Arc::new(scenarios::register_cars(&catalog, &host, 16, "lag").await?);
-        let streams = Streams::connect(&mesh.nats.url()).await?;
-        streams.drain(DRAIN_LIMIT).await?;
-        Ok(Prepared {
-            customer_token: tokens.token("bench-reader", Role::Customer)?,
-            tokens,
-            streams,
-            read_listing,
-            reserve_listings,
-            lag_listings,
-        })
-    }
-
     /// Runs `scenario` once the event consumers have caught up; also returns the CPU the
     /// processes used meanwhile.
     async fn measured<T>(&self, scenario: impl std::future::Future<Output = Result<T, String>>) -> Result<(T, Vec<(String, f64)>), String> {
-        self.streams.drain(DRAIN_LIMIT).await?;
+        self.fx.streams.drain(DRAIN_LIMIT).await?;
         let cpu = self.mesh.cpu();
         let out = scenario.await?;
         Ok((out, self.mesh.cpu().since(&cpu)))
@@ -327,8 +318,8 @@ impl Bench {
     /// and over REST/JSON. Returns the baseline's rate too.
     async fn read_rows(&self, baseline: Option<f64>) -> Result<(Vec<Row>, f64), String> {
         let (reads, connections) = (self.settings.reads(), self.settings.connections);
-        let customer = load::bearer(&self.customer_token)?;
-        let listing = &self.read_listing;
+        let customer = load::bearer(&self.fx.customer_token)?;
+        let listing = &self.fx.read_listing;
         let mut rows = Vec::new();
         let base_rps = match baseline {
             Some(rps) => rps,
@@ -369,7 +360,7 @@ impl Bench {
 
         progress("4 GetListing via the edge (REST/JSON, HTTP/1.1 pool)", &reads);
         let (rest, used) = self
-            .measured(scenarios::get_listing_rest(&edge, reads, listing, &self.customer_token))
+            .measured(scenarios::get_listing_rest(&edge, reads, listing, &self.fx.customer_token))
             .await?;
         let rest_vs_grpc = rest.rps / edge_grpc_rps.max(f64::EPSILON);
         let target = Target::new(format!(">= 0.7x edge gRPC (is {rest_vs_grpc:.2}x)"), rest_vs_grpc >= 0.7);
@@ -387,12 +378,8 @@ impl Bench {
             timeout: Duration::from_secs(10),
         };
         let (edge, direct) = (self.mesh.uri(Context::Edge), self.mesh.uri(Context::Reservation));
-        let place = |uri| {
-            let (listings, windows) = (self.reserve_listings.clone(), self.windows.clone());
-            scenarios::place_reservations(uri, self.settings.connections, reserve, listings, windows, &self.tokens)
-        };
         progress("5 PlaceReservation end to end via the edge (gRPC)", &reserve);
-        let (placed, used) = self.measured(place(&edge)).await?;
+        let (placed, used) = self.place(&edge, reserve).await?;
         let mut edge = row("5 PlaceReservation e2e via edge", &reserve, placed, base_rps, None, used).with_cpu_per_op();
         let cpu = edge.cpu_ms_per_op.unwrap_or(f64::INFINITY);
         let s = &edge.summary;
@@ -400,12 +387,12 @@ impl Bench {
             format!(">= {PLACE_RPS}/s, p99 <= {PLACE_P99_MS} ms, <= {PLACE_CPU_MS} ms CPU/op"),
             s.rps >= PLACE_RPS && s.p99_ms <= PLACE_P99_MS && cpu <= PLACE_CPU_MS && s.count > 0,
         ));
-        edge.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
+        edge.backlog_drained_s = Some(self.fx.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
 
         progress("5b PlaceReservation direct to reservation (gRPC)", &reserve);
-        let (direct, used) = self.measured(place(&direct)).await?;
+        let (direct, used) = self.place(&direct, reserve).await?;
         let mut direct = row("5b PlaceReservation direct to reservation", &reserve, direct, base_rps, None, used).with_cpu_per_op();
-        direct.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
+        direct.backlog_drained_s = Some(self.fx.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
         Ok(vec![edge, direct])
     }
 
@@ -419,7 +406,7 @@ impl Bench {
             timeout: Duration::from_secs(10),
         };
         progress("7 RegisterListing via the edge (REST/JSON, 100 clients)", &cfg);
-        let host = self.tokens.token("bench-siege-host", Role::Host)?;
+        let host = self.fx.tokens.token("bench-siege-host", Role::Host)?;
         let edge = self.mesh.uri(Context::Edge);
         let (summary, used) = self.measured(scenarios::register_listing_rest(&edge, cfg, &host)).await?;
         let x_seeds = summary.rps / SEEDS_SIEGE_RPS;
@@ -432,8 +419,16 @@ impl Bench {
             ),
             row.summary.rps >= 10.0 * SEEDS_SIEGE_RPS && cpu <= REGISTER_CPU_MS,
         ));
-        row.backlog_drained_s = Some(self.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
+        row.backlog_drained_s = Some(self.fx.streams.drain(DRAIN_LIMIT).await?.as_secs_f64());
         Ok(row)
+    }
+
+    /// PlaceReservation against `uri` (edge or reservation) under `cfg`, each worker on its own
+    /// car: the measurement and the CPU it used.
+    async fn place(&self, uri: &str, cfg: LoadConfig) -> Result<(stats::Summary, Vec<(String, f64)>), String> {
+        let (listings, windows) = (self.fx.reserve_listings.clone(), self.fx.windows.clone());
+        let load = scenarios::place_reservations(uri, self.settings.connections, cfg, listings, windows, &self.fx.tokens);
+        self.measured(load).await
     }
 
     /// The sweep: PlaceReservation end to end via the edge at each level of `--sweep`.
@@ -447,11 +442,8 @@ impl Bench {
                 timeout: Duration::from_secs(10),
             };
             progress("sweep: PlaceReservation e2e via the edge", &cfg);
-            let (listings, windows) = (self.reserve_listings.clone(), self.windows.clone());
-            let edge = self.mesh.uri(Context::Edge);
-            let place = scenarios::place_reservations(&edge, self.settings.connections, cfg, listings, windows, &self.tokens);
-            let (summary, used) = self.measured(place).await?;
-            points.push(SweepPoint::of(&row("sweep", &cfg, summary, 0.0, None, used).with_cpu_per_op()));
+            let (summary, used) = self.place(&self.mesh.uri(Context::Edge), cfg).await?;
+            points.push(SweepPoint::new(concurrency, &summary, used));
         }
         Ok(points)
     }
@@ -471,11 +463,11 @@ impl Bench {
             connections: s.connections,
             rate: s.lag_rate,
             duration: s.lag_duration,
-            listings: self.lag_listings.clone(),
-            windows: self.windows.clone(),
-            tokens: self.tokens.clone(),
+            listings: self.fx.lag_listings.clone(),
+            windows: self.fx.windows.clone(),
+            tokens: self.fx.tokens.clone(),
         };
-        let (lag, used) = self.measured(run.measure(&self.streams)).await?;
+        let (lag, used) = self.measured(run.measure(&self.fx.streams)).await?;
         let target = Target::new(
             format!(
                 "p99 <= 50 ms at 500 events/s (ran at {:.0} events/s)",

@@ -104,15 +104,20 @@ pub(crate) struct Row {
 impl Row {
     /// Fills [`Row::cpu_ms_per_op`] from the row's CPU use and throughput.
     pub(crate) fn with_cpu_per_op(mut self) -> Self {
-        let mesh_percent: f64 = self
-            .cpu_percent
-            .iter()
-            .filter(|(name, _)| name != "bench" && name != "other")
-            .map(|(_, p)| p)
-            .sum();
-        self.cpu_ms_per_op = (self.summary.rps > 0.0).then(|| mesh_percent / 100.0 / self.summary.rps * 1000.0);
+        self.cpu_ms_per_op = cpu_ms_per_op(&self.cpu_percent, self.summary.rps);
         self
     }
+}
+
+/// CPU of the mesh's processes (all of `cpu_percent` but the load generator and the rest of the
+/// machine) per operation at `rps`, in ms; `None` when nothing succeeded.
+pub(crate) fn cpu_ms_per_op(cpu_percent: &[(String, f64)], rps: f64) -> Option<f64> {
+    let mesh_percent: f64 = cpu_percent
+        .iter()
+        .filter(|(name, _)| name != "bench" && name != "other")
+        .map(|(_, p)| p)
+        .sum();
+    (rps > 0.0).then(|| mesh_percent / 100.0 / rps * 1000.0)
 }
 
 /// Resident memory of one service.

@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-use crate::report::Row;
+use crate::report::cpu_ms_per_op;
+use crate::stats::Summary;
 
 /// One concurrency level of the sweep.
 #[derive(Debug, Clone, Serialize)]
@@ -26,16 +27,16 @@ pub(crate) struct SweepPoint {
 }
 
 impl SweepPoint {
-    /// The point a measured row gives.
-    pub(crate) fn of(row: &Row) -> Self {
+    /// The point `summary` gives at `concurrency`, with the CPU each process used meanwhile.
+    pub(crate) fn new(concurrency: usize, summary: &Summary, cpu_percent: Vec<(String, f64)>) -> Self {
         Self {
-            concurrency: row.concurrency,
-            rps: row.summary.rps,
-            p50_ms: row.summary.p50_ms,
-            p99_ms: row.summary.p99_ms,
-            errors: row.summary.errors,
-            cpu_ms_per_op: row.cpu_ms_per_op,
-            cpu_percent: row.cpu_percent.clone(),
+            concurrency,
+            rps: summary.rps,
+            p50_ms: summary.p50_ms,
+            p99_ms: summary.p99_ms,
+            errors: summary.errors,
+            cpu_ms_per_op: cpu_ms_per_op(&cpu_percent, summary.rps),
+            cpu_percent,
         }
     }
 }
