@@ -164,32 +164,29 @@ impl ReservationChange {
     ];
 
     /// The change whose event has the protobuf full name `event_type`; `None` for another type.
+    /// Without allocating: consumers ask for every delivery.
     pub fn of(event_type: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.is(event_type))
+        let name = event_type
+            .strip_prefix(ReservationPlaced::PACKAGE)
+            .and_then(|rest| rest.strip_prefix('.'))?;
+        Self::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    /// Whether `event_type` is this change's event.
-    fn is(self, event_type: &str) -> bool {
+    /// The short protobuf name of the change's event (every one is in the reservation package).
+    fn name(self) -> &'static str {
         match self {
-            Self::Placed => is::<ReservationPlaced>(event_type),
-            Self::Paid => is::<ReservationPaid>(event_type),
-            Self::Confirmed => is::<ReservationConfirmed>(event_type),
-            Self::Rejected => is::<ReservationRejected>(event_type),
-            Self::CancelRequested => is::<ReservationCancelRequested>(event_type),
-            Self::Cancelled => is::<ReservationCancelled>(event_type),
+            Self::Placed => ReservationPlaced::NAME,
+            Self::Paid => ReservationPaid::NAME,
+            Self::Confirmed => ReservationConfirmed::NAME,
+            Self::Rejected => ReservationRejected::NAME,
+            Self::CancelRequested => ReservationCancelRequested::NAME,
+            Self::Cancelled => ReservationCancelled::NAME,
         }
     }
 
     /// The protobuf full name of the change's event (its `ce-type` and subject).
     pub fn type_name(self) -> String {
-        match self {
-            Self::Placed => ReservationPlaced::full_name(),
-            Self::Paid => ReservationPaid::full_name(),
-            Self::Confirmed => ReservationConfirmed::full_name(),
-            Self::Rejected => ReservationRejected::full_name(),
-            Self::CancelRequested => ReservationCancelRequested::full_name(),
-            Self::Cancelled => ReservationCancelled::full_name(),
-        }
+        format!("{}.{}", ReservationPlaced::PACKAGE, self.name())
     }
 }
 
