@@ -7,6 +7,7 @@ use sharemesh_contracts::catalog::v1::{Hold, HoldStatus, Listing};
 use sharemesh_contracts::common::v1::Money;
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::storage::group::UnitFuture;
 use sharemesh_mesh::storage::{WriteTxn, retry_conflicts, violates};
 
 use crate::Catalog;
@@ -46,9 +47,29 @@ impl Catalog {
     async fn hold_once(&self, listing_id: &str, reservation_id: &str, window: Option<(i64, i64)>) -> Result<Held, CatalogError> {
         validate_reservation_id(reservation_id)?;
         let (start, end) = domain::validate_window(window, "window")?;
+        let (this, listing_id, reservation_id) = (self.clone(), listing_id.to_owned(), reservation_id.to_owned());
+        let unavailable = || CatalogError::FailedPrecondition(format!("listing {listing_id} is not available in the requested window"));
+        let held = self
+            .db
+            .write({
+                let listing_id = listing_id.clone();
+                move |tx: &WriteTxn| -> UnitFuture<'_, Held, CatalogError> {
+                    let (this, listing_id, reservation_id) = (this.clone(), listing_id.clone(), reservation_id.clone());
+                    Box::pin(async move { this.hold_in(tx, &listing_id, &reservation_id, start, end).await })
+                }
+            })
+            .await;
+        // The exclusion constraint may answer at the commit (PostgreSQL checks a deferred one there).
+        match held {
+            Err(e) if e.db_err().is_some_and(|e| violates(e, NO_OVERLAP)) => Err(unavailable()),
+            other => other,
+        }
+    }
+
+    /// [`Catalog::hold`]'s reads and writes, in `tx`.
+    async fn hold_in(&self, tx: &WriteTxn, listing_id: &str, reservation_id: &str, start: i64, end: i64) -> Result<Held, CatalogError> {
         let now = now_ms();
-        let tx = self.db.begin_write().await?;
-        let listing = self.lock_active_listing(&*tx, listing_id).await?;
+        let listing = self.lock_active_listing(&**tx, listing_id).await?;
         let amount = Money::new(
             domain::window_amount(
                 listing.kind(),
@@ -59,7 +80,7 @@ impl Catalog {
             ),
             &listing.currency,
         );
-        if let Some(existing) = repo::find_by_reservation(&*tx, reservation_id).await? {
+        if let Some(existing) = repo::find_by_reservation(&**tx, reservation_id).await? {
             if existing.listing_id != listing_id || existing.start_ms != start || existing.end_ms != end {
                 return Err(CatalogError::FailedPrecondition(format!(
                     "reservation {reservation_id} already holds another window"
@@ -77,7 +98,7 @@ impl Catalog {
                 amount,
             });
         }
-        repo::expire_lapsed(&*tx, Some(listing_id), now).await?;
+        repo::expire_lapsed(&**tx, Some(listing_id), now).await?;
         let row = HoldRow {
             hold_id: uuid::Uuid::now_v7().to_string(),
             listing_id: listing_id.to_owned(),
@@ -90,22 +111,7 @@ impl Catalog {
             updated_at_ms: now,
         };
         let hold = row.to_proto();
-        match repo::insert(&*tx, row).await {
-            Ok(()) => {}
-            Err(e) if violates(&e, NO_OVERLAP) => {
-                return Err(CatalogError::FailedPrecondition(format!(
-                    "listing {listing_id} is not available in the requested window"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tx.commit().await.map_err(|e| {
-            if violates(&e, NO_OVERLAP) {
-                CatalogError::FailedPrecondition(format!("listing {listing_id} is not available in the requested window"))
-            } else {
-                e.into()
-            }
-        })?;
+        repo::insert(&**tx, row).await?;
         Ok(Held {
             hold,
             listing: listing.to_proto(),
@@ -120,33 +126,42 @@ impl Catalog {
 
     async fn confirm_once(&self, reservation_id: &str) -> Result<Hold, CatalogError> {
         validate_reservation_id(reservation_id)?;
+        let (this, reservation_id) = (self.clone(), reservation_id.to_owned());
+        self.db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, Result<Hold, CatalogError>, CatalogError> {
+                let (this, reservation_id) = (this.clone(), reservation_id.clone());
+                Box::pin(async move { this.confirm_in(tx, &reservation_id).await })
+            })
+            .await?
+    }
+
+    /// [`Catalog::confirm`]'s reads and writes, in `tx`. The inner error is an answer that
+    /// commits (a lapsed hold is stored as expired); the outer one rolls back.
+    async fn confirm_in(&self, tx: &WriteTxn, reservation_id: &str) -> Result<Result<Hold, CatalogError>, CatalogError> {
         let now = now_ms();
-        let tx = self.db.begin_write().await?;
         // Booking puts the window through the exclusion constraint again: take the listing's
         // lock first, as a new hold does, then read the hold as it stands under the lock.
-        let held = self.hold_of(&tx, reservation_id).await?;
-        listings_repo::find_for_update(&*tx, &held.listing_id).await?;
-        let mut row = self.hold_of(&tx, reservation_id).await?;
+        let held = self.hold_of(tx, reservation_id).await?;
+        listings_repo::find_for_update(&**tx, &held.listing_id).await?;
+        let mut row = self.hold_of(tx, reservation_id).await?;
         match row.book(now)? {
             Booking::Booked => {}
-            Booking::AlreadyBooked => return Ok(row.to_proto()),
+            Booking::AlreadyBooked => return Ok(Ok(row.to_proto())),
             Booking::Lapsed => {
-                repo::save_status(&*tx, &row).await?;
-                tx.commit().await?;
-                return Err(CatalogError::FailedPrecondition(format!(
+                repo::save_status(&**tx, &row).await?;
+                return Ok(Err(CatalogError::FailedPrecondition(format!(
                     "the hold of reservation {reservation_id} expired"
-                )));
+                ))));
             }
         }
-        repo::save_status(&*tx, &row).await?;
+        repo::save_status(&**tx, &row).await?;
         let cause = Cause {
             correlation_id: reservation_id.to_owned(),
             causation_id: reservation_id.to_owned(),
             actor_id: String::new(),
         };
-        events::booked(&tx, row.to_proto(), &cause, now).await?;
-        tx.commit().await?;
-        Ok(row.to_proto())
+        events::booked(tx, row.to_proto(), &cause, now).await?;
+        Ok(Ok(row.to_proto()))
     }
 
     /// Releases a reservation's hold or booking (idempotent); emits ListingReleased when
@@ -154,15 +169,20 @@ impl Catalog {
     /// Releasing takes a window out of the exclusion constraint, so it needs no listing lock.
     pub async fn release(&self, reservation_id: &str, reason: &str) -> Result<Hold, CatalogError> {
         validate_reservation_id(reservation_id)?;
-        let tx = self.db.begin_write().await?;
-        let cause = Cause {
-            correlation_id: reservation_id.to_owned(),
-            causation_id: reservation_id.to_owned(),
-            actor_id: String::new(),
-        };
-        let hold = self.release_in(&tx, reservation_id, reason, &cause).await?;
-        tx.commit().await?;
-        Ok(hold)
+        let (this, reservation_id, reason) = (self.clone(), reservation_id.to_owned(), reason.to_owned());
+        self.db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, Hold, CatalogError> {
+                let (this, reservation_id, reason) = (this.clone(), reservation_id.clone(), reason.clone());
+                Box::pin(async move {
+                    let cause = Cause {
+                        correlation_id: reservation_id.clone(),
+                        causation_id: reservation_id.clone(),
+                        actor_id: String::new(),
+                    };
+                    this.release_in(tx, &reservation_id, &reason, &cause).await
+                })
+            })
+            .await
     }
 
     /// [`Catalog::release`] inside the caller's transaction (used by the event consumer).

@@ -6,6 +6,8 @@ use sharemesh_contracts::common::v1::{ListingKind, Money};
 use sharemesh_mesh::auth::{Caller, Role};
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::page;
+use sharemesh_mesh::storage::WriteTxn;
+use sharemesh_mesh::storage::group::UnitFuture;
 
 use crate::Catalog;
 use crate::domain::{self, CatalogError};
@@ -106,10 +108,17 @@ impl Catalog {
             row.set_details(details);
         }
         let listing = row.to_proto();
-        let tx = self.db.begin_write().await?;
-        repo::insert(&*tx, row).await?;
-        events::listing_changed(&tx, ListingChange::Registered, listing.clone(), &cause_of(caller, request_id), now).await?;
-        tx.commit().await?;
+        let (event, cause) = (listing.clone(), cause_of(caller, request_id));
+        self.db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, (), CatalogError> {
+                let (row, event, cause) = (row.clone(), event.clone(), cause.clone());
+                Box::pin(async move {
+                    repo::insert(&**tx, row).await?;
+                    events::listing_changed(tx, ListingChange::Registered, event, &cause, now).await?;
+                    Ok(())
+                })
+            })
+            .await?;
         tracing::info!(listing_id = %listing.listing_id, host_id = %caller.id, "listing registered");
         Ok(listing)
     }
@@ -130,8 +139,28 @@ impl Catalog {
             Some(d) => Some(domain::validate_details(Some(d))?),
             None => None,
         };
-        let tx = self.db.begin_write().await?;
-        let mut row = self.lock_active_listing(&*tx, listing_id).await?;
+        let (this, caller, listing_id) = (self.clone(), caller.clone(), listing_id.to_owned());
+        let cause = cause_of(&caller, request_id);
+        self.db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, Listing, CatalogError> {
+                let (this, caller, listing_id, patch, cause) =
+                    (this.clone(), caller.clone(), listing_id.clone(), patch.clone(), cause.clone());
+                Box::pin(async move { this.update_in(tx, &caller, &listing_id, patch, new_kind, &cause).await })
+            })
+            .await
+    }
+
+    /// [`Catalog::update`]'s writes, in `tx`.
+    async fn update_in(
+        &self,
+        tx: &WriteTxn,
+        caller: &Caller,
+        listing_id: &str,
+        patch: ListingPatch,
+        new_kind: Option<ListingKind>,
+        cause: &Cause,
+    ) -> Result<Listing, CatalogError> {
+        let mut row = self.lock_active_listing(&**tx, listing_id).await?;
         require_owner(caller, &row)?;
         if let Some(kind) = new_kind
             && kind != row.kind()
@@ -157,25 +186,34 @@ impl Catalog {
         let now = now_ms();
         repo::touch(&mut row, now);
         let listing = row.to_proto();
-        repo::save(&*tx, row).await?;
-        events::listing_changed(&tx, ListingChange::Updated, listing.clone(), &cause_of(caller, request_id), now).await?;
-        tx.commit().await?;
+        repo::save(&**tx, row).await?;
+        events::listing_changed(tx, ListingChange::Updated, listing.clone(), cause, now).await?;
         Ok(listing)
     }
 
     /// Soft-deletes the caller's listing. Existing bookings stay; no new holds are accepted.
     pub async fn delete(&self, caller: &Caller, listing_id: &str, request_id: &str) -> Result<Listing, CatalogError> {
         require_host(caller)?;
-        let tx = self.db.begin_write().await?;
-        let mut row = self.lock_active_listing(&*tx, listing_id).await?;
+        let (this, caller, listing_id) = (self.clone(), caller.clone(), listing_id.to_owned());
+        let cause = cause_of(&caller, request_id);
+        self.db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, Listing, CatalogError> {
+                let (this, caller, listing_id, cause) = (this.clone(), caller.clone(), listing_id.clone(), cause.clone());
+                Box::pin(async move { this.delete_in(tx, &caller, &listing_id, &cause).await })
+            })
+            .await
+    }
+
+    /// [`Catalog::delete`]'s writes, in `tx`.
+    async fn delete_in(&self, tx: &WriteTxn, caller: &Caller, listing_id: &str, cause: &Cause) -> Result<Listing, CatalogError> {
+        let mut row = self.lock_active_listing(&**tx, listing_id).await?;
         require_owner(caller, &row)?;
         let now = now_ms();
         row.status = repo::DELETED.into();
         repo::touch(&mut row, now);
         let listing = row.to_proto();
-        repo::save(&*tx, row).await?;
-        events::listing_changed(&tx, ListingChange::Deleted, listing.clone(), &cause_of(caller, request_id), now).await?;
-        tx.commit().await?;
+        repo::save(&**tx, row).await?;
+        events::listing_changed(tx, ListingChange::Deleted, listing.clone(), cause, now).await?;
         Ok(listing)
     }
 

@@ -12,12 +12,23 @@ use sharemesh_contracts::common::v1::Money;
 use sharemesh_contracts::payment::v1::{CardSummary, Payment, PaymentCard};
 use sharemesh_mesh::auth::{Caller, Role};
 use sharemesh_mesh::events::now_ms;
-use sharemesh_mesh::storage::is_unique_violation;
+use sharemesh_mesh::storage::group::UnitFuture;
+use sharemesh_mesh::storage::{WriteTxn, is_unique_violation};
 
 use crate::Payments;
 use crate::domain::{self, PaymentError};
 use crate::events::{self, Cause};
 use crate::storage::payments::{self as repo, APPROVED, DECLINED, PaymentRow};
+
+/// What an approval came to.
+enum Decision {
+    /// The reservation was decided before: its first result.
+    Existing(Payment),
+    /// A first attempt whose request did not validate.
+    Invalid,
+    /// Decided now (APPROVED or DECLINED).
+    Decided(Payment),
+}
 
 /// What a first approval needs, validated: the card reduced to what may be kept.
 #[derive(Debug, Clone)]
@@ -66,18 +77,66 @@ impl Payments {
         let now = now_ms();
         // Checked before taking the writer, reported only for a first attempt: a retry gets the
         // first result even if, say, the card expired in between.
-        let charge = check_charge(customer_id, amount, card, now);
-        let tx = self.db.begin_write().await?;
-        if let Some(existing) = repo::find_by_reservation(&*tx, reservation_id).await? {
-            tracing::info!(
-                payment_id = %existing.payment_id,
-                reservation_id,
-                status = %existing.status,
-                "approval retried; returning the first result"
-            );
-            return Ok(existing.to_proto());
+        let (valid, invalid) = match check_charge(customer_id, amount, card, now) {
+            Ok(charge) => (Some(charge), None),
+            Err(e) => (None, Some(e)),
+        };
+        let (this, id, actor) = (self.clone(), reservation_id.to_owned(), caller.id.clone());
+        let decided = self
+            .db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, Decision, PaymentError> {
+                let (this, id, valid, actor) = (this.clone(), id.clone(), valid.clone(), actor.clone());
+                Box::pin(async move { this.decide_in(tx, &id, valid, &actor, now).await })
+            })
+            .await;
+        let payment = match decided {
+            Ok(Decision::Existing(existing)) => {
+                tracing::info!(
+                    payment_id = %existing.payment_id,
+                    reservation_id,
+                    status = existing.status().as_str_name(),
+                    "approval retried; returning the first result"
+                );
+                return Ok(existing);
+            }
+            Ok(Decision::Decided(payment)) => payment,
+            Ok(Decision::Invalid) => {
+                return Err(invalid.unwrap_or_else(|| PaymentError::Aborted("approval without a charge; retry".into())));
+            }
+            // A concurrent first attempt won (PostgreSQL; SQLite writers queue): answer with its row.
+            Err(e) if e.db_err().is_some_and(is_unique_violation) => return self.existing(reservation_id).await,
+            Err(e) => return Err(e),
+        };
+        // Only ids, brand and last four digits: never the card number.
+        let card = payment.card.clone().unwrap_or_default();
+        tracing::info!(
+            payment_id = %payment.payment_id,
+            reservation_id,
+            card_brand = %card.brand,
+            card_last4 = %card.last4,
+            status = payment.status().as_str_name(),
+            decline_reason = %payment.decline_reason,
+            "payment decided"
+        );
+        Ok(payment)
+    }
+
+    /// [`Payments::approve`]'s reads and writes, in `tx`: the first result if there is one,
+    /// else the decision on `charge` (`None`: the request did not validate) and its event.
+    async fn decide_in(
+        &self,
+        tx: &WriteTxn,
+        reservation_id: &str,
+        charge: Option<Charge>,
+        actor: &str,
+        now: i64,
+    ) -> Result<Decision, PaymentError> {
+        if let Some(existing) = repo::find_by_reservation(&**tx, reservation_id).await? {
+            return Ok(Decision::Existing(existing.to_proto()));
         }
-        let charge = charge?;
+        let Some(charge) = charge else {
+            return Ok(Decision::Invalid);
+        };
         let decline_reason = domain::decline_reason(&charge.card, charge.amount.amount_minor, self.limit_minor);
         let row = PaymentRow {
             payment_id: uuid::Uuid::now_v7().to_string(),
@@ -94,38 +153,14 @@ impl Payments {
             updated_at_ms: now,
         };
         let payment = row.to_proto();
-        let (brand, last4, status) = (row.card_brand.clone(), row.card_last4.clone(), row.status.clone());
-        match repo::insert(&*tx, row).await {
-            Ok(()) => {}
-            // A concurrent first attempt won (PostgreSQL; SQLite writers queue): answer with its row.
-            Err(e) if is_unique_violation(&e) => {
-                drop(tx);
-                return self.existing(reservation_id).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        repo::insert(&**tx, row).await?;
         let cause = Cause {
             correlation_id: reservation_id.to_owned(),
             causation_id: reservation_id.to_owned(),
-            actor_id: caller.id.clone(),
+            actor_id: actor.to_owned(),
         };
-        events::decided(&tx, payment.clone(), &cause, now).await?;
-        match tx.commit().await {
-            Ok(()) => {}
-            Err(e) if is_unique_violation(&e) => return self.existing(reservation_id).await,
-            Err(e) => return Err(e.into()),
-        }
-        // Only ids, brand and last four digits: never the card number.
-        tracing::info!(
-            payment_id = %payment.payment_id,
-            reservation_id,
-            card_brand = %brand,
-            card_last4 = %last4,
-            %status,
-            decline_reason = %payment.decline_reason,
-            "payment decided"
-        );
-        Ok(payment)
+        events::decided(tx, payment.clone(), &cause, now).await?;
+        Ok(Decision::Decided(payment))
     }
 
     async fn existing(&self, reservation_id: &str) -> Result<Payment, PaymentError> {

@@ -32,6 +32,7 @@ use sharemesh_mesh::config::{ConfigError, Env, EnvExt, MeshConfig};
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::runtime::{RunError, Runtime};
 use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::storage::group::UnitFuture;
 use sharemesh_mesh::storage::{Db, WriteTxn};
 use sharemesh_mesh::topology::Context;
 
@@ -178,16 +179,25 @@ impl Reservations {
         Ok(())
     }
 
-    /// [`Reservations::apply_in`] in a transaction of its own.
+    /// [`Reservations::apply_in`], committed (with other writes queued at the same time, see
+    /// [`Db::write`]); `row` becomes the row as committed.
     pub(crate) async fn commit(
         &self,
         row: &mut ReservationRow,
         event: Option<ReservationChange>,
         actor: &str,
     ) -> Result<(), ReservationError> {
-        let tx = self.db.begin_write().await?;
-        self.apply_in(&tx, row, event, None, actor).await?;
-        tx.commit().await?;
+        let (this, start, actor) = (self.clone(), row.clone(), actor.to_owned());
+        *row = self
+            .db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, ReservationRow, ReservationError> {
+                let (this, mut row, actor) = (this.clone(), start.clone(), actor.clone());
+                Box::pin(async move {
+                    this.apply_in(tx, &mut row, event, None, &actor).await?;
+                    Ok(row)
+                })
+            })
+            .await?;
         Ok(())
     }
 }

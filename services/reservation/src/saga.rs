@@ -17,13 +17,15 @@
 //! rejects and refunds it if the hold lapsed meanwhile), and the same request id answers its
 //! current state.
 
+use sea_orm::DbErr;
 use sharemesh_contracts::catalog::v1::{ConfirmHoldRequest, HoldListingRequest, ReleaseHoldRequest};
 use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
 use sharemesh_contracts::payment::v1::{ApprovePaymentRequest, ListPaymentsRequest, Payment, PaymentCard, PaymentStatus};
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 use sharemesh_mesh::auth::{Caller, Role};
 use sharemesh_mesh::events::now_ms;
-use sharemesh_mesh::storage::is_unique_violation;
+use sharemesh_mesh::storage::group::UnitFuture;
+use sharemesh_mesh::storage::{WriteTxn, is_unique_violation};
 
 use crate::Reservations;
 use crate::domain::{self, ReservationError, Step};
@@ -102,12 +104,21 @@ impl Reservations {
             retryable: false,
         };
         let _in_flight = self.in_flight.try_enter(&row.reservation_id);
-        let tx = self.db.begin_write().await?;
-        row.last_event_id = events::emit(&tx, ReservationChange::Placed, row.to_proto(), &req.request_id, &caller.id, now).await?;
-        match repo::insert(&*tx, row.clone()).await {
-            Ok(()) => tx.commit().await?,
+        let (placed, request_id, actor) = (row.clone(), req.request_id.clone(), caller.id.clone());
+        let stored = self
+            .db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, ReservationRow, DbErr> {
+                let (mut row, request_id, actor) = (placed.clone(), request_id.clone(), actor.clone());
+                Box::pin(async move {
+                    row.last_event_id = events::emit(tx, ReservationChange::Placed, row.to_proto(), &request_id, &actor, now).await?;
+                    repo::insert(&**tx, row.clone()).await?;
+                    Ok(row)
+                })
+            })
+            .await;
+        match stored {
+            Ok(stored) => row = stored,
             Err(e) if is_unique_violation(&e) => {
-                drop(tx);
                 let existing = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await?;
                 return existing
                     .filter(|r| !r.retryable)
@@ -229,14 +240,22 @@ impl Reservations {
         match self.upstreams.catalog.clone().confirm_hold(req).await {
             Ok(_) => {
                 sharemesh_mesh::failpoint::hit("saga.after_confirm_hold");
-                let tx = self.db.begin_write().await?;
                 row.booked()?;
-                self.apply_in(&tx, row, Some(ReservationChange::Paid), None, "").await?;
-                if self.auto_confirm.contains(&row.listing_kind) {
-                    row.confirm()?;
-                    self.apply_in(&tx, row, Some(ReservationChange::Confirmed), None, "").await?;
-                }
-                tx.commit().await?;
+                let (this, booked) = (self.clone(), row.clone());
+                *row = self
+                    .db
+                    .write(move |tx: &WriteTxn| -> UnitFuture<'_, ReservationRow, ReservationError> {
+                        let (this, mut row) = (this.clone(), booked.clone());
+                        Box::pin(async move {
+                            this.apply_in(tx, &mut row, Some(ReservationChange::Paid), None, "").await?;
+                            if this.auto_confirm.contains(&row.listing_kind) {
+                                row.confirm()?;
+                                this.apply_in(tx, &mut row, Some(ReservationChange::Confirmed), None, "").await?;
+                            }
+                            Ok(row)
+                        })
+                    })
+                    .await?;
                 saga_outcome(row.status());
                 tracing::info!(reservation_id = %row.reservation_id, status = %row.status, "reservation paid");
                 Ok(())

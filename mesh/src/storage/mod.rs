@@ -1,5 +1,8 @@
 //! Storage through sea-orm: SQLite (default, a file under the data dir) or PostgreSQL, chosen by
-//! `DATABASE_URL`; migrations written as SQL per backend and run at start.
+//! `DATABASE_URL`; migrations written as SQL per backend and run at start; commands' writes
+//! committed in groups ([`group`]).
+
+pub mod group;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +24,8 @@ pub struct Db {
     outbox_wakeup: Arc<Notify>,
     /// The URL it was opened with (migrations open one connection of their own).
     url: Arc<str>,
+    /// Where [`Db::write`] queues its units (`None` in the writers' own handle).
+    group: Option<group::GroupCommit>,
 }
 
 impl std::fmt::Debug for Db {
@@ -77,12 +82,47 @@ impl Db {
                 .test_before_acquire_if_idle_for(Duration::from_secs(30));
         }
         let conn = sea_orm::Database::connect(opts).await?;
-        Ok(Self {
+        let mut db = Self {
             conn,
             write_lock: sqlite.then(|| Arc::new(Mutex::new(()))),
             outbox_wakeup: Arc::new(Notify::new()),
             url: url.into(),
-        })
+            group: None,
+        };
+        let writers = if sqlite { 1 } else { group::PG_WRITERS };
+        db.group = Some(group::GroupCommit::start(db.clone(), writers));
+        Ok(db)
+    }
+
+    /// Runs `unit` in a write transaction shared with the units other callers queued at the
+    /// same time (group commit, see [`group`]) and returns its outcome once that transaction
+    /// has committed. `unit` may run more than once (only its committed run counts), so it
+    /// must do nothing but read and write through the transaction it is given; its `Err`
+    /// rolls back only its own writes. A failed commit is `E::from` the database error.
+    pub async fn write<T, E, F>(&self, unit: F) -> Result<T, E>
+    where
+        F: for<'t> Fn(&'t WriteTxn) -> group::UnitFuture<'t, T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbErr> + Send + 'static,
+    {
+        match &self.group {
+            Some(group) => group.write(unit).await,
+            None => {
+                let tx = self.begin_write().await?;
+                let out = unit(&tx).await;
+                if out.is_ok() {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await;
+                }
+                out
+            }
+        }
+    }
+
+    /// Transactions [`Db::write`] has committed (each holding one or more units).
+    pub fn group_commits(&self) -> u64 {
+        self.group.as_ref().map_or(0, group::GroupCommit::commits)
     }
 
     /// The connection pool, for reads.
@@ -199,6 +239,15 @@ impl WriteTxn {
             self.wakeup.notify_one();
         }
         Ok(())
+    }
+
+    /// Rolls back now (dropping does it too, in the background); a failed rollback is logged.
+    pub async fn rollback(mut self) {
+        if let Some(txn) = self.txn.take()
+            && let Err(e) = txn.rollback().await
+        {
+            tracing::warn!(error = %e, "rollback failed");
+        }
     }
 
     pub(crate) fn mark_outbox_written(&self) {

@@ -1,0 +1,372 @@
+//! Group commit: units of work from concurrent callers share one write transaction.
+//!
+//! [`Db::write`](super::Db::write) queues a unit (a closure that does its reads and writes in
+//! the transaction it is given) and waits for the transaction it ran in to commit. A writer
+//! takes every unit queued at that moment (up to [`MAX_UNITS`]), runs them one after another in
+//! one transaction and commits once: one BEGIN/COMMIT (on PostgreSQL, one WAL flush) for the
+//! group instead of one per unit. Nothing waits to fill a group: a lone unit runs at once, and
+//! groups grow only while the writers are busy.
+//!
+//! Each unit sees the writes of the units before it in its group, as it would had they
+//! committed first, so the result is the same as running them one by one in queue order. A unit
+//! that fails leaves no trace: the group is rolled back; the units before it run again as a
+//! group, the failed one again alone (its answer is the error of that run), the units after it
+//! as a group of their own. A unit can therefore run more than once, and only its committed run
+//! counts: it must be a pure function of the database and what it captured (no side effects
+//! besides the transaction). A failed commit sends every unit of the group back to run alone.
+//!
+//! A unit whose caller stopped waiting before it ran is not run. Once it has run, its caller
+//! going away changes nothing: it commits with its group.
+//!
+//! SQLite has one writer (the [`Db`](super::Db)'s lock); PostgreSQL runs [`PG_WRITERS`] groups
+//! at a time, as concurrent transactions.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::FutureExt;
+use sea_orm::DbErr;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{Db, WriteTxn};
+
+/// Most units in one transaction.
+pub const MAX_UNITS: usize = 64;
+/// Groups PostgreSQL runs at once (SQLite: one).
+pub const PG_WRITERS: usize = 4;
+/// Units waiting for a writer before callers wait to queue.
+const QUEUE: usize = 4096;
+
+/// The future a unit returns: it borrows the transaction.
+pub type UnitFuture<'t, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>;
+
+/// A queued unit and its caller's answer.
+trait Job: Send {
+    /// False when the caller stopped waiting.
+    fn wanted(&self) -> bool;
+    /// Runs the unit in `tx` and keeps the outcome; false when it failed.
+    fn run<'a>(&'a mut self, tx: &'a WriteTxn) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+    /// Sends the kept outcome (of the committed run, or the failure of a run alone).
+    fn answer(self: Box<Self>);
+    /// Sends `err` (the commit of the unit's own transaction failed, or none could begin).
+    fn fail(self: Box<Self>, err: DbErr);
+}
+
+struct Queued<F, T, E> {
+    unit: F,
+    outcome: Option<Result<T, E>>,
+    reply: oneshot::Sender<Result<T, E>>,
+}
+
+impl<F, T, E> Job for Queued<F, T, E>
+where
+    F: for<'t> Fn(&'t WriteTxn) -> UnitFuture<'t, T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<DbErr> + Send + 'static,
+{
+    fn wanted(&self) -> bool {
+        !self.reply.is_closed()
+    }
+
+    fn run<'a>(&'a mut self, tx: &'a WriteTxn) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            // A panicking unit fails alone; its caller sees the write abandoned.
+            let outcome = AssertUnwindSafe((self.unit)(tx)).catch_unwind().await;
+            let ok = matches!(outcome, Ok(Ok(_)));
+            self.outcome = outcome.ok();
+            ok
+        })
+    }
+
+    fn answer(self: Box<Self>) {
+        if let Some(outcome) = self.outcome {
+            let _ = self.reply.send(outcome);
+        }
+    }
+
+    fn fail(self: Box<Self>, err: DbErr) {
+        let _ = self.reply.send(Err(E::from(err)));
+    }
+}
+
+/// The queue of a [`Db`]'s units and what its writers have done.
+#[derive(Clone)]
+pub(super) struct GroupCommit {
+    queue: mpsc::Sender<Box<dyn Job>>,
+    commits: Arc<AtomicU64>,
+}
+
+impl GroupCommit {
+    /// Starts the writers of `db` (which must have no group of its own) on this runtime.
+    pub(super) fn start(db: Db, writers: usize) -> Self {
+        let (queue, rx) = mpsc::channel::<Box<dyn Job>>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let commits = Arc::new(AtomicU64::new(0));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(writer(db.clone(), rx.clone(), commits.clone()));
+        }
+        Self { queue, commits }
+    }
+
+    /// Queues `unit` and waits for its committed outcome.
+    pub(super) async fn write<T, E, F>(&self, unit: F) -> Result<T, E>
+    where
+        F: for<'t> Fn(&'t WriteTxn) -> UnitFuture<'t, T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbErr> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Queued {
+            unit,
+            outcome: None,
+            reply,
+        });
+        if self.queue.send(job).await.is_err() {
+            return Err(E::from(DbErr::Custom("the database's writers have stopped".into())));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(E::from(DbErr::Custom("the write was abandoned (its unit panicked)".into()))))
+    }
+
+    /// Transactions committed so far.
+    pub(super) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// Takes every unit queued (up to [`MAX_UNITS`]) and runs them as a group, until the queue
+/// closes (every [`Db`] handle dropped).
+async fn writer(db: Db, rx: Arc<Mutex<mpsc::Receiver<Box<dyn Job>>>>, commits: Arc<AtomicU64>) {
+    loop {
+        let mut units = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            units.push(first);
+            while units.len() < MAX_UNITS {
+                match rx.try_recv() {
+                    Ok(job) => units.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        units.retain(|job| job.wanted());
+        run_groups(&db, units, &commits).await;
+    }
+}
+
+/// How running a group together ended.
+enum Together {
+    Committed,
+    /// The unit at this index failed; the group was rolled back.
+    UnitFailed(usize),
+    /// BEGIN or COMMIT failed; the group was rolled back.
+    Failed,
+}
+
+/// Runs `units` in queue order: together while they succeed, splitting around a failed unit.
+async fn run_groups(db: &Db, units: Vec<Box<dyn Job>>, commits: &AtomicU64) {
+    let mut work = VecDeque::from([units]);
+    while let Some(mut group) = work.pop_front() {
+        if group.len() <= 1 {
+            if let Some(job) = group.pop() {
+                run_alone(db, job, commits).await;
+            }
+            continue;
+        }
+        match run_together(db, &mut group, commits).await {
+            Together::Committed => group.into_iter().for_each(|job| job.answer()),
+            Together::UnitFailed(i) => {
+                let after = group.split_off(i + 1);
+                let failed = group.pop().into_iter().collect::<Vec<_>>();
+                for part in [after, failed, group] {
+                    if !part.is_empty() {
+                        work.push_front(part);
+                    }
+                }
+            }
+            Together::Failed => group.into_iter().rev().for_each(|job| work.push_front(vec![job])),
+        }
+    }
+}
+
+async fn run_together(db: &Db, group: &mut [Box<dyn Job>], commits: &AtomicU64) -> Together {
+    let Ok(tx) = db.begin_write().await else {
+        return Together::Failed;
+    };
+    for (i, job) in group.iter_mut().enumerate() {
+        if !job.run(&tx).await {
+            tx.rollback().await;
+            return Together::UnitFailed(i);
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            Together::Committed
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, units = group.len(), "group commit failed; running its units one by one");
+            Together::Failed
+        }
+    }
+}
+
+async fn run_alone(db: &Db, mut job: Box<dyn Job>, commits: &AtomicU64) {
+    let tx = match db.begin_write().await {
+        Ok(tx) => tx,
+        Err(e) => return job.fail(e),
+    };
+    if !job.run(&tx).await {
+        tx.rollback().await;
+        return job.answer();
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            job.answer()
+        }
+        Err(e) => job.fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sea_orm::{ConnectionTrait, Statement};
+
+    use super::*;
+
+    async fn sqlite() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(&format!("sqlite://{}/g.db?mode=rwc", dir.path().display()))
+            .await
+            .expect("connect");
+        db.conn()
+            .execute_unprepared("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+            .await
+            .expect("create");
+        (dir, db)
+    }
+
+    /// Inserts `v`; then fails if `fail`.
+    fn insert(v: i64, fail: bool) -> impl for<'t> Fn(&'t WriteTxn) -> UnitFuture<'t, i64, DbErr> + Send + 'static {
+        move |tx: &WriteTxn| -> UnitFuture<'_, i64, DbErr> {
+            Box::pin(async move {
+                tx.execute_unprepared(&format!("INSERT INTO t VALUES ({v})")).await?;
+                if fail {
+                    return Err(DbErr::Custom(format!("unit {v} refused")));
+                }
+                Ok(v)
+            })
+        }
+    }
+
+    async fn stored(db: &Db) -> Vec<i64> {
+        let rows = db
+            .conn()
+            .query_all_raw(Statement::from_string(db.backend(), "SELECT v FROM t ORDER BY v"))
+            .await
+            .expect("select");
+        rows.iter().map(|r| r.try_get_by_index::<i64>(0).expect("v")).collect()
+    }
+
+    /// Queues `units` while the writer waits for the SQLite write lock this test holds, then
+    /// lets it go: the writer finds them all queued.
+    async fn queued_behind_a_writer(db: &Db, units: Vec<(i64, bool)>) -> Vec<Result<i64, DbErr>> {
+        let blocker = db.begin_write().await.expect("begin");
+        let handles: Vec<_> = units
+            .into_iter()
+            .map(|(v, fail)| {
+                let db = db.clone();
+                tokio::spawn(async move { db.write(insert(v, fail)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        blocker.rollback().await;
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("join"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn units_queued_together_commit_in_few_transactions() {
+        let (_dir, db) = sqlite().await;
+        let results = queued_behind_a_writer(&db, (1..=40).map(|v| (v, false)).collect()).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(stored(&db).await, (1..=40).collect::<Vec<_>>());
+        // The first unit the writer took waited alone for the lock; the rest queued behind it.
+        assert!(db.group_commits() <= 3, "40 units took {} commits", db.group_commits());
+    }
+
+    #[tokio::test]
+    async fn a_failing_unit_rolls_back_only_its_own_writes() {
+        let (_dir, db) = sqlite().await;
+        let units = vec![(1, false), (2, false), (3, false), (99, true), (4, false), (5, false)];
+        let results = queued_behind_a_writer(&db, units).await;
+        let answers: Vec<_> = results.iter().map(|r| r.as_ref().map_err(ToString::to_string).cloned()).collect();
+        assert_eq!(answers[..3], [Ok(1), Ok(2), Ok(3)]);
+        assert!(answers[3].as_ref().is_err_and(|e| e.contains("unit 99 refused")), "{answers:?}");
+        assert_eq!(answers[4..], [Ok(4), Ok(5)]);
+        // Each committed once (a second insert of a value would break the primary key).
+        assert_eq!(stored(&db).await, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_unit_whose_caller_left_before_it_ran_is_not_run() {
+        let (_dir, db) = sqlite().await;
+        let blocker = db.begin_write().await.expect("begin");
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(insert(1, false)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let gone = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(insert(2, false)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gone.abort();
+        blocker.rollback().await;
+        assert_eq!(first.await.expect("join").expect("write"), 1);
+        // The writer has taken the next unit by the time a third one answers.
+        assert_eq!(db.write(insert(3, false)).await.expect("write"), 3);
+        assert_eq!(stored(&db).await, vec![1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_unit_is_abandoned_and_the_others_commit() {
+        let (_dir, db) = sqlite().await;
+        let blocker = db.begin_write().await.expect("begin");
+        let ok = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(insert(1, false)).await }
+        });
+        let panics = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(|_tx: &WriteTxn| -> UnitFuture<'_, i64, DbErr> { Box::pin(async { panic!("unit panicked") }) })
+                    .await
+            }
+        });
+        let after = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(insert(2, false)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        blocker.rollback().await;
+        assert_eq!(ok.await.expect("join").expect("write"), 1);
+        let err = panics.await.expect("join").expect_err("a panicking unit cannot commit");
+        assert!(err.to_string().contains("abandoned"), "{err}");
+        assert_eq!(after.await.expect("join").expect("write"), 2);
+        assert_eq!(stored(&db).await, vec![1, 2]);
+    }
+}
