@@ -15,6 +15,8 @@
 //! counts: it must be a pure function of the database and what it captured (no side effects
 //! besides the transaction). A failed commit sends every unit of the group back to run alone.
 //!
+//! A unit runs in its caller's `tracing` span: the events it emits carry the caller's trace.
+//!
 //! A unit whose caller stopped waiting before it ran is not run. Once it has run, its caller
 //! going away changes nothing: it commits with its group.
 //!
@@ -31,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::FutureExt;
 use sea_orm::DbErr;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::Instrument;
 
 use super::{Db, WriteTxn};
 
@@ -58,6 +61,9 @@ trait Job: Send {
 
 struct Queued<F, T, E> {
     unit: F,
+    /// The caller's span: the unit runs in it, so what it emits (an event's trace context)
+    /// belongs to the caller's trace, not to the writer.
+    span: tracing::Span,
     outcome: Option<Result<T, E>>,
     reply: oneshot::Sender<Result<T, E>>,
 }
@@ -75,7 +81,7 @@ where
     fn run<'a>(&'a mut self, tx: &'a WriteTxn) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
             // A panicking unit fails alone; its caller sees the write abandoned.
-            let outcome = AssertUnwindSafe((self.unit)(tx)).catch_unwind().await;
+            let outcome = AssertUnwindSafe((self.unit)(tx).instrument(self.span.clone())).catch_unwind().await;
             let ok = matches!(outcome, Ok(Ok(_)));
             self.outcome = outcome.ok();
             ok
@@ -122,6 +128,7 @@ impl GroupCommit {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Queued {
             unit,
+            span: tracing::Span::current(),
             outcome: None,
             reply,
         });
@@ -368,5 +375,20 @@ mod tests {
         assert!(err.to_string().contains("abandoned"), "{err}");
         assert_eq!(after.await.expect("join").expect("write"), 2);
         assert_eq!(stored(&db).await, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_unit_runs_in_the_span_of_its_caller() {
+        // This test's runtime has one thread: the writer task runs under this subscriber too.
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        let (_dir, db) = sqlite().await;
+        let caller = tracing::info_span!("caller");
+        let seen = db
+            .write(|_tx: &WriteTxn| -> UnitFuture<'_, Option<tracing::Id>, DbErr> { Box::pin(async { Ok(tracing::Span::current().id()) }) })
+            .instrument(caller.clone())
+            .await
+            .expect("write");
+        assert!(caller.id().is_some());
+        assert_eq!(seen, caller.id(), "the unit ran outside its caller's span");
     }
 }
