@@ -10,7 +10,7 @@ use std::fmt;
 
 use std::sync::OnceLock;
 
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use tracing::dispatcher::WeakDispatch;
 use tracing::span::Id;
 use tracing::{Dispatch, Event, Subscriber};
@@ -38,11 +38,12 @@ impl<F> WithTraceIds<F> {
     }
 }
 
-/// The OpenTelemetry ids of a span, as lower-case hex (a span extension).
-#[derive(Debug, Clone)]
+/// The OpenTelemetry ids of a span (a span extension); written as lower-case hex, only when a
+/// line is logged in the span.
+#[derive(Debug, Clone, Copy)]
 struct TraceIds {
-    trace_id: String,
-    span_id: String,
+    trace_id: TraceId,
+    span_id: SpanId,
 }
 
 /// Notes the OpenTelemetry trace and span id of each span when it is first entered.
@@ -73,22 +74,21 @@ where
         let sc = cx.span().span_context().clone();
         if sc.is_valid() {
             span.extensions_mut().insert(TraceIds {
-                trace_id: sc.trace_id().to_string(),
-                span_id: sc.span_id().to_string(),
+                trace_id: sc.trace_id(),
+                span_id: sc.span_id(),
             });
         }
     }
 }
 
 /// The ids of the span an event belongs to, as noted by [`TraceIdLayer`].
-fn ids<S>(ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>) -> Option<(String, String)>
+fn ids<S>(ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>) -> Option<(TraceId, SpanId)>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let span = ctx.parent_span()?;
-    let ext = span.extensions();
-    let ids = ext.get::<TraceIds>()?;
-    Some((ids.trace_id.clone(), ids.span_id.clone()))
+    let ids = *span.extensions().get::<TraceIds>()?;
+    Some((ids.trace_id, ids.span_id))
 }
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>

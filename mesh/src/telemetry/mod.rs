@@ -106,7 +106,13 @@ fn tracer_provider(service_name: &str, endpoint: Option<&str>) -> (SdkTracerProv
 fn install_subscriber(tracer: opentelemetry_sdk::trace::SdkTracer, env: &impl Env) -> bool {
     let filter = EnvFilter::try_new(env.string_or(ENV_LOG, "info,sqlx=warn,async_nats=warn,h2=warn,tower=warn"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // No thread id/name (a String per span) and no busy/idle times (two clock reads each time
+    // a span's future is polled): per-span costs every request and event pays, even with
+    // nothing exported.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_tracked_inactivity(false);
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(otel)
