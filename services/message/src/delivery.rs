@@ -4,10 +4,10 @@
 //! A message is due when it is PENDING or FAILED and its `next_attempt_at_ms` has come. Due
 //! messages are taken oldest first, in batches of [`BATCH`]:
 //!
-//! 1. claim them (one write transaction for the batch): move each one's `next_attempt_at_ms` to
-//!    the end of a lease, but only if nobody changed it since it was read; a message claimed by
-//!    another dispatcher (a second replica on the same database) is skipped, so two never send
-//!    it at once;
+//! 1. claim them (one statement): move their `next_attempt_at_ms` to the end of a lease, which
+//!    makes them not due for anyone else; on PostgreSQL rows another dispatcher (a second
+//!    replica on the same database) is claiming right now are skipped, not waited for, so two
+//!    never send a message at once and each takes its own share;
 //! 2. send the claimed ones, concurrently;
 //! 3. record the outcomes (one write transaction for the batch): SENT with the delivery time and
 //!    `MessageSent`, or FAILED with the reason and the next attempt after a backoff
@@ -138,8 +138,8 @@ impl Dispatcher {
         // Read inside a write transaction: on SQLite this waits for a consumer's transaction
         // that has just recorded messages (and woken us) to commit.
         let tx = db.begin_write().await?;
-        let due = repo::due(&*tx, now_ms(), BATCH).await?;
-        let claimed = self.claim(&tx, due).await?;
+        let now = now_ms();
+        let claimed = repo::claim_due(&*tx, now, self.lease_until(now), BATCH).await?;
         tx.commit().await?;
         let attempted = claimed.len();
         self.send_and_record(claimed).await?;
@@ -156,7 +156,7 @@ impl Dispatcher {
 
     /// The rows of `rows` this dispatcher could claim in `tx` (see the module docs).
     async fn claim(&self, tx: &WriteTxn, rows: Vec<MessageRow>) -> Result<Vec<MessageRow>, MessageError> {
-        let lease_until = now_ms().saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
+        let lease_until = self.lease_until(now_ms());
         let mut claimed = Vec::with_capacity(rows.len());
         for mut row in rows {
             if repo::claim(&**tx, &row.message_id, row.next_attempt_at_ms, lease_until).await? {
@@ -166,6 +166,11 @@ impl Dispatcher {
             }
         }
         Ok(claimed)
+    }
+
+    /// The end of the lease of a claim made at `now`.
+    fn lease_until(&self, now: i64) -> i64 {
+        now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX))
     }
 
     /// Sends claimed messages concurrently, then records every outcome in one transaction.

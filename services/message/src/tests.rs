@@ -751,6 +751,45 @@ async fn on_postgresql_too_events_record_once_and_deliveries_are_retried() {
     pg.drop_now().await;
 }
 
+/// Two replicas' dispatchers on one PostgreSQL database: while one holds its claim open, the
+/// other takes the remaining due messages at once (`SKIP LOCKED`) instead of waiting for the
+/// first's rows or claiming them again.
+#[tokio::test]
+async fn on_postgresql_two_dispatchers_claim_different_messages_without_waiting() {
+    let Some(pg) = PgDatabase::create().await else {
+        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
+        return;
+    };
+    let f = fixture_on(&pg.url).await;
+    let handler = f.reservations();
+    for (r, customer) in [("r-1", "alice"), ("r-2", "bob")] {
+        assert_eq!(f.apply(&handler, &paid(r, customer, "host-1")).await, Outcome::Applied);
+    }
+    assert_eq!(f.count().await, 4);
+    let now = sharemesh_mesh::events::now_ms() + 1_000;
+    let first = f.db.begin_write().await.unwrap();
+    let mine = repo::claim_due(&*first, now, now + 60_000, 2).await.unwrap();
+    assert_eq!(mine.len(), 2);
+    let theirs = tokio::time::timeout(Duration::from_secs(5), async {
+        let second = f.db.begin_write().await.unwrap();
+        let theirs = repo::claim_due(&*second, now, now + 60_000, 100).await.unwrap();
+        second.commit().await.unwrap();
+        theirs
+    })
+    .await
+    .expect("the second dispatcher waited for the first one's rows");
+    first.commit().await.unwrap();
+    let ids = |rows: &[MessageRow]| rows.iter().map(|r| r.message_id.clone()).collect::<Vec<_>>();
+    assert_eq!(theirs.len(), 2, "the other two messages");
+    assert!(ids(&theirs).iter().all(|id| !ids(&mine).contains(id)), "a message claimed twice");
+    // Claimed: due to nobody until the lease ends.
+    let again = f.db.begin_write().await.unwrap();
+    assert!(repo::claim_due(&*again, now, now + 60_000, 100).await.unwrap().is_empty());
+    again.commit().await.unwrap();
+    drop(f);
+    pg.drop_now().await;
+}
+
 /// The whole service through [`crate::run`]: a real nats-server, gRPC with bearer tokens.
 mod service {
     use sharemesh_contracts::message::v1::ListMessagesRequest;

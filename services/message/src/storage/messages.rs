@@ -1,8 +1,9 @@
 //! The `messages` table and its queries.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    TryInsertResult,
 };
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message, RecipientRole};
@@ -174,18 +175,31 @@ pub async fn find(db: &impl ConnectionTrait, message_id: &str) -> Result<Option<
     entity::Entity::find_by_id(message_id.to_owned()).one(db).await
 }
 
-/// Up to `limit` messages due at `now_ms` (PENDING or FAILED, `next_attempt_at_ms <= now_ms`),
-/// oldest first.
-pub async fn due(db: &impl ConnectionTrait, now_ms: i64, limit: u64) -> Result<Vec<MessageRow>, sea_orm::DbErr> {
+/// Claims up to `limit` messages due at `now_ms` (PENDING or FAILED, `next_attempt_at_ms <=
+/// now_ms`), oldest first, for one attempt each, in one statement: moves their
+/// `next_attempt_at_ms` to `lease_until_ms` and returns them as stored now. On PostgreSQL the
+/// rows are taken `FOR UPDATE SKIP LOCKED`, so dispatchers of two replicas claim different
+/// messages instead of the same ones, and never wait for each other. See [`claim`] for the
+/// lease.
+pub async fn claim_due(db: &impl ConnectionTrait, now_ms: i64, lease_until_ms: i64, limit: u64) -> Result<Vec<MessageRow>, sea_orm::DbErr> {
     use entity::Column as C;
-    entity::Entity::find()
+    let due = entity::Entity::find()
+        .select_only()
+        .column(C::MessageId)
         .filter(C::DeliveryStatus.is_in(UNDELIVERED.map(DeliveryStatus::stored)))
         .filter(C::NextAttemptAtMs.lte(now_ms))
         .order_by_asc(C::CreatedAtMs)
         .order_by_asc(C::MessageId)
         .limit(limit)
-        .all(db)
-        .await
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .into_query();
+    let mut rows = entity::Entity::update_many()
+        .col_expr(C::NextAttemptAtMs, Expr::value(lease_until_ms))
+        .filter(C::MessageId.in_subquery(due))
+        .exec_with_returning(db)
+        .await?;
+    rows.sort_by(|a, b| (a.created_at_ms, &a.message_id).cmp(&(b.created_at_ms, &b.message_id)));
+    Ok(rows)
 }
 
 /// Claims a due message for one attempt: moves its `next_attempt_at_ms` from `seen_next_ms` (the
