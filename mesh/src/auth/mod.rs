@@ -14,6 +14,7 @@
 //! A [`Verifier`] checks the `authorization: Bearer <jwt>` metadata of each call and stores the
 //! [`Caller`] in the request's extensions; handlers read it with [`Caller::from_request`].
 
+pub mod accepted;
 pub mod oidc;
 
 use std::fmt;
@@ -307,6 +308,8 @@ pub struct Verifier {
     service_key: Arc<DecodingKey>,
     service_validation: Arc<Validation>,
     users: Arc<Users>,
+    /// Tokens accepted recently: checked once, not on every call.
+    accepted: Arc<accepted::Accepted>,
 }
 
 impl Verifier {
@@ -336,19 +339,34 @@ impl Verifier {
             service_key: Arc::new(DecodingKey::from_secret(config.service_secret.as_bytes())),
             service_validation: Arc::new(service_validation),
             users: Arc::new(users),
+            accepted: Arc::default(),
         }
     }
 
-    /// The caller a token names, or UNAUTHENTICATED saying why not.
+    /// The caller a token names, or UNAUTHENTICATED saying why not. A token accepted in the
+    /// last minute (and not expired since) is answered from memory ([`accepted`]).
     pub fn verify(&self, token: &str) -> Result<Caller, Status> {
+        if let Some(caller) = self.accepted.get(token) {
+            return Ok(caller);
+        }
+        let (caller, exp) = self.check(token)?;
+        self.accepted.insert(token, &caller, exp);
+        Ok(caller)
+    }
+
+    /// The full check of [`Verifier::verify`]: the caller and the token's `exp`.
+    fn check(&self, token: &str) -> Result<(Caller, u64), Status> {
         #[derive(Deserialize)]
-        struct Issuer {
+        struct Unverified {
             #[serde(default)]
             iss: String,
+            #[serde(default)]
+            exp: u64,
         }
         let header = jsonwebtoken::decode_header(token).map_err(unauthenticated)?;
-        let issuer = jsonwebtoken::dangerous::insecure_decode::<Issuer>(token)
-            .map(|d| d.claims.iss)
+        // Read before the signature is checked; used only once it has been.
+        let Unverified { iss: issuer, exp } = jsonwebtoken::dangerous::insecure_decode::<Unverified>(token)
+            .map(|d| d.claims)
             .map_err(unauthenticated)?;
         if issuer == INTERNAL_ISSUER {
             if header.alg != Algorithm::HS256 {
@@ -358,10 +376,11 @@ impl Verifier {
             if data.claims.role != Role::Service || data.claims.sub.is_empty() {
                 return Err(unauthenticated("a service token names a service"));
             }
-            return Ok(Caller {
+            let caller = Caller {
                 id: data.claims.sub,
                 role: Role::Service,
-            });
+            };
+            return Ok((caller, exp));
         }
         let caller = match self.users.as_ref() {
             Users::Hs256 { key, validation } => {
@@ -381,7 +400,7 @@ impl Verifier {
                 "the service role belongs to calls between services, signed with the service key",
             ));
         }
-        Ok(caller)
+        Ok((caller, exp))
     }
 
     /// Checks the `authorization` metadata and stores the [`Caller`] in the request.
