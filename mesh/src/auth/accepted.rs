@@ -6,7 +6,9 @@
 //! RSA check; a token found here skips all of it. Only tokens that passed the full check are
 //! kept, each until its own `exp` and never longer than [`MAX_AGE`], so the answer is the one
 //! the full check would give (it accepts up to a few seconds of clock skew past `exp`; this
-//! stops at `exp`). Bounded: at [`CAPACITY`] entries the set starts over.
+//! stops at `exp`). Bounded: at [`CAPACITY`] entries the set starts over. One difference: a key
+//! the identity provider withdraws stops the tokens it signed within [`MAX_AGE`] of their last
+//! full check, rather than at the next refresh of the provider's keys.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
