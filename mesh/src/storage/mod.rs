@@ -42,7 +42,7 @@ impl Db {
     }
 
     /// [`Db::connect`] with at most `max_connections` pooled connections (default: 16 on
-    /// PostgreSQL, 8 on SQLite). On PostgreSQL every replica of every service holds up to this
+    /// PostgreSQL, [`SQLITE_POOL`] on SQLite). On PostgreSQL every replica of every service holds up to this
     /// many: keep replicas × pool below the server's `max_connections`.
     pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<Self, DbErr> {
         let mut opts = ConnectOptions::new(url.to_owned());
@@ -56,7 +56,7 @@ impl Db {
             }
             // A SQLite "connection" is a file handle in this process: nothing to ping, and a
             // ping is one more hand-off to sqlx's per-connection worker thread on every query.
-            opts.max_connections(max_connections.unwrap_or(8))
+            opts.max_connections(max_connections.unwrap_or(SQLITE_POOL))
                 .min_connections(1)
                 .test_before_acquire(false);
             // WAL with `synchronous=NORMAL`: a commit appends to the WAL without fsync, the WAL is
@@ -198,6 +198,11 @@ impl Db {
         self.outbox_wakeup.clone()
     }
 }
+
+/// Default SQLite pool: one writer at a time and reads that take microseconds need few
+/// connections, and each keeps its own page cache (up to 2 MiB) and statement cache; 2, 4 and 8
+/// gave the same throughput in the bench, 4 about 2.4 MiB less resident memory than 8.
+pub const SQLITE_POOL: u32 = 4;
 
 /// How much of a SQLite file is memory-mapped (256 MiB; larger files read the rest by `pread`).
 const SQLITE_MMAP_SIZE: &str = "268435456";
