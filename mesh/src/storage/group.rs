@@ -10,10 +10,16 @@
 //! Each unit sees the writes of the units before it in its group, as it would had they
 //! committed first, so the result is the same as running them one by one in queue order. A unit
 //! that fails leaves no trace: the group is rolled back; the units before it run again as a
-//! group, the failed one again alone (its answer is the error of that run), the units after it
-//! as a group of their own. A unit can therefore run more than once, and only its committed run
+//! group, the units after it as a group of their own, and then the failed one again alone (its
+//! answer is the error of that run): it may have failed waiting for a lock, and must not hold up
+//! the rest. (Callers queued at the same time are concurrent: any order of theirs is one they
+//! could have had.) A unit can therefore run more than once, and only its committed run
 //! counts: it must be a pure function of the database and what it captured (no side effects
-//! besides the transaction). A failed commit sends every unit of the group back to run alone.
+//! besides the transaction). A commit the database refused (and so rolled back) sends every unit
+//! of the group back to run alone; a commit whose outcome is unknown (a lost connection) answers
+//! every unit with that error, as a unit's own transaction would have. On PostgreSQL a unit of a
+//! group waits at most 50 ms for a row lock (then it runs alone, and waits as long as it must), so
+//! two groups holding locks the other wants never wait for each other for long.
 //!
 //! A unit runs in its caller's `tracing` span: the events it emits carry the caller's trace.
 //!
@@ -31,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::FutureExt;
-use sea_orm::DbErr;
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, RuntimeErr};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
 
@@ -41,6 +47,9 @@ use super::{Db, WriteTxn};
 pub const MAX_UNITS: usize = 64;
 /// Groups PostgreSQL runs at once (SQLite: one).
 pub const PG_WRITERS: usize = 4;
+/// How long a unit in a group of several waits for a row lock on PostgreSQL (see
+/// [`run_together`]).
+const GROUP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '50ms'";
 /// Units waiting for a writer before callers wait to queue.
 const QUEUE: usize = 4096;
 
@@ -70,7 +79,7 @@ struct Queued<F, T, E> {
 
 impl<F, T, E> Job for Queued<F, T, E>
 where
-    F: for<'t> Fn(&'t WriteTxn) -> UnitFuture<'t, T, E> + Send + 'static,
+    F: for<'t> Fn(&'t WriteTxn) -> UnitFuture<'t, T, E> + Send + Sync + 'static,
     T: Send + 'static,
     E: From<DbErr> + Send + 'static,
 {
@@ -81,7 +90,13 @@ where
     fn run<'a>(&'a mut self, tx: &'a WriteTxn) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
             // A panicking unit fails alone; its caller sees the write abandoned.
-            let outcome = AssertUnwindSafe((self.unit)(tx).instrument(self.span.clone())).catch_unwind().await;
+            // The closure is called inside the guarded future, so a panic before its own future
+            // exists is caught too.
+            let span = self.span.clone();
+            let unit = &self.unit;
+            let outcome = AssertUnwindSafe(async move { unit(tx).instrument(span).await })
+                .catch_unwind()
+                .await;
             let ok = matches!(outcome, Ok(Ok(_)));
             self.outcome = outcome.ok();
             ok
@@ -121,7 +136,7 @@ impl GroupCommit {
     /// Queues `unit` and waits for its committed outcome.
     pub(super) async fn write<T, E, F>(&self, unit: F) -> Result<T, E>
     where
-        F: for<'t> Fn(&'t WriteTxn) -> UnitFuture<'t, T, E> + Send + 'static,
+        F: for<'t> Fn(&'t WriteTxn) -> UnitFuture<'t, T, E> + Send + Sync + 'static,
         T: Send + 'static,
         E: From<DbErr> + Send + 'static,
     {
@@ -172,8 +187,12 @@ enum Together {
     Committed,
     /// The unit at this index failed; the group was rolled back.
     UnitFailed(usize),
-    /// BEGIN or COMMIT failed; the group was rolled back.
-    Failed,
+    /// BEGIN failed, or the database refused the COMMIT and rolled the group back: each unit
+    /// may run again alone.
+    RolledBack,
+    /// The COMMIT's outcome is unknown (the connection failed): running the units again could
+    /// apply them twice, so each one answers with this error, as a transaction of its own would.
+    Unknown(String),
 }
 
 /// Runs `units` in queue order: together while they succeed, splitting around a failed unit.
@@ -191,21 +210,32 @@ async fn run_groups(db: &Db, units: Vec<Box<dyn Job>>, commits: &AtomicU64) {
             Together::UnitFailed(i) => {
                 let after = group.split_off(i + 1);
                 let failed = group.pop().into_iter().collect::<Vec<_>>();
-                for part in [after, failed, group] {
+                for part in [failed, after, group] {
                     if !part.is_empty() {
                         work.push_front(part);
                     }
                 }
             }
-            Together::Failed => group.into_iter().rev().for_each(|job| work.push_front(vec![job])),
+            Together::RolledBack => group.into_iter().rev().for_each(|job| work.push_front(vec![job])),
+            Together::Unknown(e) => group
+                .into_iter()
+                .for_each(|job| job.fail(DbErr::Custom(format!("the commit's outcome is unknown: {e}")))),
         }
     }
 }
 
 async fn run_together(db: &Db, group: &mut [Box<dyn Job>], commits: &AtomicU64) -> Together {
     let Ok(tx) = db.begin_write().await else {
-        return Together::Failed;
+        return Together::RolledBack;
     };
+    // Units of one group take row locks in turn and hold them to the end: two groups (of this
+    // replica's writers, or of two replicas) can wait for each other. A unit that waits longer
+    // than this fails the group, which releases its locks; the unit then runs alone, and waits
+    // as long as it has to.
+    if db.backend() == DatabaseBackend::Postgres && tx.execute_unprepared(GROUP_LOCK_TIMEOUT).await.is_err() {
+        tx.rollback().await;
+        return Together::RolledBack;
+    }
     for (i, job) in group.iter_mut().enumerate() {
         if !job.run(&tx).await {
             tx.rollback().await;
@@ -217,11 +247,29 @@ async fn run_together(db: &Db, group: &mut [Box<dyn Job>], commits: &AtomicU64) 
             commits.fetch_add(1, Ordering::Relaxed);
             Together::Committed
         }
+        Err(e) if refused(&e) => {
+            tracing::debug!(error = %e, units = group.len(), "group commit refused; running its units one by one");
+            Together::RolledBack
+        }
         Err(e) => {
-            tracing::debug!(error = %e, units = group.len(), "group commit failed; running its units one by one");
-            Together::Failed
+            tracing::warn!(error = %e, units = group.len(), "group commit failed; its outcome is unknown");
+            Together::Unknown(e.to_string())
         }
     }
+}
+
+/// True when the database answered a COMMIT with a refusal that rolled the transaction back (an
+/// integrity violation, class 23, or a serialization failure or deadlock, class 40), as opposed
+/// to a failure that leaves its outcome unknown.
+fn refused(err: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
+        return false;
+    };
+    db.code().is_some_and(|c| c.starts_with("23") || c.starts_with("40"))
 }
 
 async fn run_alone(db: &Db, mut job: Box<dyn Job>, commits: &AtomicU64) {
@@ -390,5 +438,94 @@ mod tests {
             .expect("write");
         assert!(caller.id().is_some());
         assert_eq!(seen, caller.id(), "the unit ran outside its caller's span");
+    }
+
+    #[tokio::test]
+    async fn a_unit_that_panics_before_its_future_exists_leaves_the_writer_running() {
+        let (_dir, db) = sqlite().await;
+        let err = db
+            .write(|_tx: &WriteTxn| -> UnitFuture<'_, i64, DbErr> { panic!("no future at all") })
+            .await
+            .expect_err("a panicking unit cannot commit");
+        assert!(err.to_string().contains("abandoned"), "{err}");
+        assert_eq!(db.write(insert(7, false)).await.expect("the writer still runs"), 7);
+    }
+
+    /// On PostgreSQL a unit of a group that waits for a row lock held elsewhere fails the group
+    /// after the lock timeout: the units queued with it commit without waiting for that lock, and
+    /// it runs again alone, after them, and waits as long as it must.
+    #[tokio::test]
+    async fn on_postgresql_a_unit_blocked_on_a_lock_does_not_hold_up_its_group() {
+        fn touch(tx: &WriteTxn) -> UnitFuture<'_, i64, DbErr> {
+            Box::pin(async move {
+                tx.execute_unprepared("UPDATE t SET v = 100 WHERE v = 100").await?;
+                Ok(100)
+            })
+        }
+        let Some(pg) = crate::testing::PgDatabase::create().await else {
+            eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
+            return;
+        };
+        let db = Db::connect(&pg.url).await.expect("connect");
+        db.conn()
+            .execute_unprepared("CREATE TABLE t (v BIGINT PRIMARY KEY); INSERT INTO t VALUES (100)")
+            .await
+            .expect("create");
+        // Another transaction holds the row `touch` wants.
+        let holder = db.begin_write().await.expect("begin");
+        holder
+            .execute_unprepared("SELECT v FROM t WHERE v = 100 FOR UPDATE")
+            .await
+            .expect("lock");
+        // Every writer busy with a unit that waits at a gate, so the next units queue up.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut busy = Vec::new();
+        for _ in 0..PG_WRITERS {
+            let (db, gate) = (db.clone(), gate.clone());
+            busy.push(tokio::spawn(async move {
+                db.write(move |_tx: &WriteTxn| -> UnitFuture<'_, i64, DbErr> {
+                    let gate = gate.clone();
+                    Box::pin(async move {
+                        gate.acquire().await.map_err(|e| DbErr::Custom(e.to_string()))?.forget();
+                        Ok(0)
+                    })
+                })
+                .await
+            }));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(insert(1, false)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let blocked = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(touch).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let last = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(insert(2, false)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // One writer is freed and takes the three queued units as a group.
+        gate.add_permits(1);
+        for (h, v) in [(first, 1), (last, 2)] {
+            let answer = tokio::time::timeout(Duration::from_secs(5), h)
+                .await
+                .expect("a unit waited for the lock another unit of its group wanted")
+                .expect("join");
+            assert_eq!(answer.expect("write"), v);
+        }
+        assert!(!blocked.is_finished(), "the blocked unit cannot have run: the lock is still held");
+        holder.rollback().await;
+        assert_eq!(blocked.await.expect("join").expect("write once the lock is free"), 100);
+        gate.add_permits(PG_WRITERS);
+        for h in busy {
+            h.await.expect("join").expect("write");
+        }
+        drop(db);
+        pg.drop_now().await;
     }
 }

@@ -101,7 +101,7 @@ impl Db {
     /// rolls back only its own writes. A failed commit is `E::from` the database error.
     pub async fn write<T, E, F>(&self, unit: F) -> Result<T, E>
     where
-        F: for<'t> Fn(&'t WriteTxn) -> group::UnitFuture<'t, T, E> + Send + 'static,
+        F: for<'t> Fn(&'t WriteTxn) -> group::UnitFuture<'t, T, E> + Send + Sync + 'static,
         T: Send + 'static,
         E: From<DbErr> + Send + 'static,
     {
