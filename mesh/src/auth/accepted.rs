@@ -6,9 +6,10 @@
 //! RSA check; a token found here skips all of it. Only tokens that passed the full check are
 //! kept, each until its own `exp` and never longer than [`MAX_AGE`], so the answer is the one
 //! the full check would give (it accepts up to a few seconds of clock skew past `exp`; this
-//! stops at `exp`). Bounded: at [`CAPACITY`] entries the set starts over. One difference: a key
-//! the identity provider withdraws stops the tokens it signed within [`MAX_AGE`] of their last
-//! full check, rather than at the next refresh of the provider's keys.
+//! stops at `exp`). Bounded: at [`CAPACITY`] entries the set starts over. Only tokens checked
+//! against keys fixed for the life of the process are kept (service tokens, and user tokens under
+//! the HS256 secret): an identity provider may withdraw a key, and the tokens it signed must fail
+//! at the next refresh of the provider's keys, so those are checked every time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

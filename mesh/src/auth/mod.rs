@@ -343,14 +343,19 @@ impl Verifier {
         }
     }
 
-    /// The caller a token names, or UNAUTHENTICATED saying why not. A token accepted in the
-    /// last minute (and not expired since) is answered from memory ([`accepted`]).
+    /// The caller a token names, or UNAUTHENTICATED saying why not. A service token, or a user
+    /// token under the HS256 secret, accepted in the last minute (and not expired since) is
+    /// answered from memory ([`accepted`]); tokens of an identity provider are checked every time.
     pub fn verify(&self, token: &str) -> Result<Caller, Status> {
         if let Some(caller) = self.accepted.get(token) {
             return Ok(caller);
         }
         let (caller, exp) = self.check(token)?;
-        self.accepted.insert(token, &caller, exp);
+        // Only tokens checked against keys fixed for the life of the process: an identity
+        // provider may withdraw its keys, and their tokens must fail at the next key refresh.
+        if !matches!(self.users.as_ref(), Users::Oidc(_)) || caller.role == Role::Service {
+            self.accepted.insert(token, &caller, exp);
+        }
         Ok(caller)
     }
 
