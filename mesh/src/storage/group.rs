@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::FutureExt;
-use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, RuntimeErr};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
 
@@ -262,14 +262,7 @@ async fn run_together(db: &Db, group: &mut [Box<dyn Job>], commits: &AtomicU64) 
 /// integrity violation, class 23, or a serialization failure or deadlock, class 40), as opposed
 /// to a failure that leaves its outcome unknown.
 fn refused(err: &DbErr) -> bool {
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
-    else {
-        return false;
-    };
-    let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
-        return false;
-    };
-    db.code().is_some_and(|c| c.starts_with("23") || c.starts_with("40"))
+    super::error_code(err).is_some_and(|c| c.starts_with("23") || c.starts_with("40"))
 }
 
 async fn run_alone(db: &Db, mut job: Box<dyn Job>, commits: &AtomicU64) {

@@ -107,16 +107,8 @@ impl Db {
     {
         match &self.group {
             Some(group) => group.write(unit).await,
-            None => {
-                let tx = self.begin_write().await?;
-                let out = unit(&tx).await;
-                if out.is_ok() {
-                    tx.commit().await?;
-                } else {
-                    tx.rollback().await;
-                }
-                out
-            }
+            // Only the writers' own handle has no group, and they run units, not queue them.
+            None => Err(E::from(DbErr::Custom("a database writer cannot queue a write".into()))),
         }
     }
 
@@ -356,14 +348,20 @@ pub fn violates(err: &DbErr, name: &str) -> bool {
 /// exclusion constraint can meet), or SQLite's busy answers. Running the whole transaction again
 /// is safe, and is what [`retry_conflicts`] does.
 pub fn is_transient_conflict(err: &DbErr) -> bool {
+    matches!(error_code(err).as_deref(), Some("40001" | "40P01" | "5" | "517"))
+}
+
+/// The database's own code for `err` (a PostgreSQL SQLSTATE, a SQLite result code), if the
+/// database answered with one.
+pub fn error_code(err: &DbErr) -> Option<String> {
     let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
     else {
-        return false;
+        return None;
     };
     let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
-        return false;
+        return None;
     };
-    matches!(db.code().as_deref(), Some("40001" | "40P01" | "5" | "517"))
+    db.code().map(|c| c.into_owned())
 }
 
 /// How many times [`retry_conflicts`] runs a transaction at most.
