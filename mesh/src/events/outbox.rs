@@ -348,7 +348,7 @@ impl Relay {
         };
         let rows = match &lead {
             Some(tx) => pending(&**tx, self.batch).await?,
-            None => pending(self.db.conn(), self.batch).await?,
+            None => pending(&self.db, self.batch).await?,
         };
         if rows.is_empty() {
             return Ok(Pass::Published(0));
@@ -493,11 +493,12 @@ const PENDING_SAMPLE: Duration = Duration::from_secs(1);
 const OTHER_REPLICA_RECHECK: Duration = Duration::from_millis(25);
 
 /// Pending rows in commit order, at most `limit`.
-async fn pending(db: &impl sea_orm::ConnectionTrait, limit: u64) -> Result<Vec<entity::Model>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::PublishedAtMs.is_null())
-        .order_by_asc(entity::Column::Seq)
-        .limit(limit)
-        .all(db)
-        .await
+async fn pending(db: &impl crate::storage::ReadModels, limit: u64) -> Result<Vec<entity::Model>, sea_orm::DbErr> {
+    db.read_all(
+        entity::Entity::find()
+            .filter(entity::Column::PublishedAtMs.is_null())
+            .order_by_asc(entity::Column::Seq)
+            .limit(limit),
+    )
+    .await
 }

@@ -3,13 +3,15 @@
 //! committed in groups ([`group`]).
 
 pub mod group;
+mod reads;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr, TransactionTrait,
+    ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QuerySelect, RuntimeErr,
+    Select, TransactionTrait, TryIntoModel,
 };
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
@@ -18,6 +20,8 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
+    /// SQLite file only: connections that read on the calling thread ([`reads`]).
+    readers: Option<Arc<reads::SqliteReaders>>,
     /// SQLite has one writer at a time: writers queue here instead of failing with SQLITE_BUSY.
     write_lock: Option<Arc<Mutex<()>>>,
     /// Woken after a commit that wrote outbox rows.
@@ -72,7 +76,7 @@ impl Db {
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
-                    .pragma("mmap_size", SQLITE_MMAP_SIZE)
+                    .pragma("mmap_size", SQLITE_MMAP_SIZE.to_string())
             });
         } else {
             // A pooled connection is pinged only after it sat idle long enough for a server,
@@ -83,6 +87,7 @@ impl Db {
         }
         let conn = sea_orm::Database::connect(opts).await?;
         let mut db = Self {
+            readers: reads::SqliteReaders::for_url(url).map(Arc::new),
             conn,
             write_lock: sqlite.then(|| Arc::new(Mutex::new(()))),
             outbox_wakeup: Arc::new(Notify::new()),
@@ -117,9 +122,14 @@ impl Db {
         self.group.as_ref().map_or(0, group::GroupCommit::commits)
     }
 
-    /// The connection pool, for reads.
+    /// The connection pool, for reads ([`ReadModels`] on `Db` reads whole models faster).
     pub fn conn(&self) -> &DatabaseConnection {
         &self.conn
+    }
+
+    /// Reads of [`ReadModels`] answered on the calling thread (SQLite files only).
+    pub fn direct_reads(&self) -> u64 {
+        self.readers.as_ref().map_or(0, |r| r.direct_reads())
     }
 
     /// SQLite or PostgreSQL.
@@ -191,13 +201,62 @@ impl Db {
     }
 }
 
-/// Default SQLite pool: one writer at a time and reads that take microseconds need few
-/// connections, and each keeps its own page cache (up to 2 MiB) and statement cache; 2, 4 and 8
-/// gave the same throughput in the bench, 4 about 2.4 MiB less resident memory than 8.
+/// Where whole models are read from: a transaction or the pool (any sea-orm connection), or a
+/// [`Db`] outside a transaction, which on a SQLite file reads on the calling thread ([`reads`]).
+/// Repositories take `&impl ReadModels` for their reads, so one function serves handlers (given
+/// the `Db`) and write units (given their transaction).
+pub trait ReadModels: Sync {
+    /// The models `select` finds.
+    fn read_all<E>(&self, select: Select<E>) -> impl Future<Output = Result<Vec<E::Model>, DbErr>> + Send
+    where
+        E: EntityTrait,
+        E::Model: Send,
+        E::ActiveModel: TryIntoModel<E::Model>;
+
+    /// The first model `select` finds.
+    fn read_one<E>(&self, select: Select<E>) -> impl Future<Output = Result<Option<E::Model>, DbErr>> + Send
+    where
+        E: EntityTrait,
+        E::Model: Send,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        async move { Ok(self.read_all(select.limit(1)).await?.into_iter().next()) }
+    }
+}
+
+impl<C: ConnectionTrait> ReadModels for C {
+    fn read_all<E>(&self, select: Select<E>) -> impl Future<Output = Result<Vec<E::Model>, DbErr>> + Send
+    where
+        E: EntityTrait,
+        E::Model: Send,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        select.all(self)
+    }
+}
+
+impl ReadModels for Db {
+    async fn read_all<E>(&self, select: Select<E>) -> Result<Vec<E::Model>, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: Send,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        if let Some(models) = self.readers.as_ref().and_then(|r| r.models(&select)) {
+            return Ok(models);
+        }
+        select.all(&self.conn).await
+    }
+}
+
+/// Default SQLite pool: one writer at a time and the reads that do not run on the calling thread
+/// ([`reads`]) need few connections, and each keeps its own page cache (up to 2 MiB) and
+/// statement cache; 2, 4 and 8 gave the same throughput in the bench, 4 about 2.4 MiB less
+/// resident memory than 8.
 pub const SQLITE_POOL: u32 = 4;
 
 /// How much of a SQLite file is memory-mapped (256 MiB; larger files read the rest by `pread`).
-const SQLITE_MMAP_SIZE: &str = "268435456";
+const SQLITE_MMAP_SIZE: i64 = 268_435_456;
 
 /// Key of the PostgreSQL advisory lock migrations run under (`"SHMIGRAT"` as an integer).
 pub const MIGRATION_LOCK: i64 = 0x5348_4d49_4752_4154;

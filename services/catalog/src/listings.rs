@@ -220,7 +220,7 @@ impl Catalog {
     /// One listing (deleted ones too: reservations still refer to them).
     pub async fn get(&self, listing_id: &str) -> Result<Listing, CatalogError> {
         sharemesh_mesh::status::validate_id("listing_id", listing_id)?;
-        repo::find(self.db.conn(), listing_id)
+        repo::find(&self.db, listing_id)
             .await?
             .map(|r| r.to_proto())
             .ok_or_else(|| CatalogError::NotFound(format!("listing {listing_id} not found")))
@@ -233,7 +233,7 @@ impl Catalog {
         }
         let fingerprint = format!("{filter:?}");
         let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| CatalogError::invalid(e.field(), e.to_string()))?;
-        let mut rows = repo::list(self.db.conn(), &filter, page.offset, page.limit + 1).await?;
+        let mut rows = repo::list(&self.db, &filter, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
         Ok(ListingPage {

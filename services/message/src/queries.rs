@@ -25,7 +25,7 @@ impl Messages {
     pub async fn list(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<MessagePage, MessageError> {
         let fingerprint = format!("recipient={}", caller.id);
         let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| MessageError::invalid(e.field(), e.to_string()))?;
-        let mut rows = repo::list_for_recipient(self.db.conn(), &caller.id, page.offset, page.limit + 1).await?;
+        let mut rows = repo::list_for_recipient(&self.db, &caller.id, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
         Ok(MessagePage {

@@ -164,7 +164,7 @@ impl Payments {
     }
 
     async fn existing(&self, reservation_id: &str) -> Result<Payment, PaymentError> {
-        repo::find_by_reservation(self.db.conn(), reservation_id)
+        repo::find_by_reservation(&self.db, reservation_id)
             .await?
             .map(|r| r.to_proto())
             .ok_or_else(|| PaymentError::FailedPrecondition(format!("the payment of reservation {reservation_id} is being written; retry")))

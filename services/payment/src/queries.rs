@@ -29,7 +29,7 @@ impl Payments {
     /// One payment: NOT_FOUND when absent, PERMISSION_DENIED when it is another customer's.
     pub async fn get(&self, caller: &Caller, payment_id: &str) -> Result<Payment, PaymentError> {
         domain::validate_id("payment_id", payment_id)?;
-        let row = repo::find(self.db.conn(), payment_id)
+        let row = repo::find(&self.db, payment_id)
             .await?
             .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} not found")))?;
         if !sees_all(caller) && caller.id != row.customer_id {
@@ -52,7 +52,7 @@ impl Payments {
         };
         let fingerprint = format!("{filter:?}");
         let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| PaymentError::invalid(e.field(), e.to_string()))?;
-        let mut rows = repo::list(self.db.conn(), &filter, page.offset, page.limit + 1).await?;
+        let mut rows = repo::list(&self.db, &filter, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
         Ok(PaymentPage {

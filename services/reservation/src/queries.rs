@@ -21,7 +21,7 @@ pub struct ReservationPage {
 impl Reservations {
     pub(crate) async fn load(&self, reservation_id: &str) -> Result<ReservationRow, ReservationError> {
         domain::validate_id("reservation_id", reservation_id)?;
-        repo::find(self.db.conn(), reservation_id)
+        repo::find(&self.db, reservation_id)
             .await?
             .ok_or_else(|| ReservationError::NotFound(format!("reservation {reservation_id} not found")))
     }
@@ -59,7 +59,7 @@ impl Reservations {
         }
         let fingerprint = format!("{filter:?}");
         let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| ReservationError::invalid(e.field(), e.to_string()))?;
-        let mut rows = repo::list(self.db.conn(), &filter, page.offset, page.limit + 1).await?;
+        let mut rows = repo::list(&self.db, &filter, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
         Ok(ReservationPage {

@@ -37,7 +37,7 @@ impl Reservations {
     /// Resumes every saga idle for longer than `stale`; returns how many were resumed.
     pub async fn recover_once(&self, stale: Duration) -> Result<usize, ReservationError> {
         let before = now_ms() - stale.as_millis() as i64;
-        let rows = repo::stuck(self.db.conn(), before, 200).await?;
+        let rows = repo::stuck(&self.db, before, 200).await?;
         let mut resumed = 0;
         for mut row in rows {
             let Some(_guard) = self.in_flight.try_enter(&row.reservation_id) else {

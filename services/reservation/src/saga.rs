@@ -68,7 +68,7 @@ impl Reservations {
         let (start_ms, end_ms) = domain::validate_window(req.window, now_ms(), self.horizon)?;
         domain::validate_request_id(&req.request_id)?;
         let card = req.card.ok_or_else(|| ReservationError::invalid("card", "is required"))?;
-        let previous = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await?;
+        let previous = repo::find_by_request(&self.db, &caller.id, &req.request_id).await?;
         let attempt = match previous {
             Some(existing) if existing.retryable => existing.attempt + 1,
             Some(existing) => return Ok(existing.to_proto()),
@@ -119,7 +119,7 @@ impl Reservations {
         match stored {
             Ok(stored) => row = stored,
             Err(e) if is_unique_violation(&e) => {
-                let existing = repo::find_by_request(self.db.conn(), &caller.id, &req.request_id).await?;
+                let existing = repo::find_by_request(&self.db, &caller.id, &req.request_id).await?;
                 return existing
                     .filter(|r| !r.retryable)
                     .map(|r| r.to_proto())

@@ -86,10 +86,10 @@ impl Views {
         if listing_id.is_empty() {
             return Err(ViewError::invalid("listing_id", "is required"));
         }
-        let row = listing_views::find(self.db.conn(), listing_id)
+        let row = listing_views::find(&self.db, listing_id)
             .await?
             .ok_or_else(|| ViewError::NotFound(format!("no view of listing {listing_id} (yet)")))?;
-        let reservations = reservation_views::for_listings(self.db.conn(), vec![listing_id.to_owned()]).await?;
+        let reservations = reservation_views::for_listings(&self.db, vec![listing_id.to_owned()]).await?;
         Ok(listing_view(&row, reservations.iter().collect(), caller))
     }
 
@@ -106,11 +106,11 @@ impl Views {
         let status = (status != ListingStatus::Unspecified).then(|| status.as_str_name());
         let fingerprint = format!("{kind:?}/{status:?}");
         let page = page::decode(page_size, page_token, &fingerprint).map_err(|e| ViewError::invalid(e.field(), e.to_string()))?;
-        let mut rows = listing_views::list(self.db.conn(), kind, status, page.offset, page.limit + 1).await?;
+        let mut rows = listing_views::list(&self.db, kind, status, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
         let ids = rows.iter().map(|r| r.listing_id.clone()).collect();
-        let reservations = reservation_views::for_listings(self.db.conn(), ids).await?;
+        let reservations = reservation_views::for_listings(&self.db, ids).await?;
         let mut by_listing: HashMap<&str, Vec<&ReservationViewRow>> = HashMap::new();
         for r in &reservations {
             by_listing.entry(r.listing_id.as_str()).or_default().push(r);
@@ -125,7 +125,7 @@ impl Views {
     /// The caller's own reservations with listing, reservation and payment state.
     pub async fn my_page(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<(MyPage, String), ViewError> {
         let page = page::decode(page_size, page_token, &caller.id).map_err(|e| ViewError::invalid(e.field(), e.to_string()))?;
-        let mut rows = reservation_views::for_customer(self.db.conn(), &caller.id, page.offset, page.limit + 1).await?;
+        let mut rows = reservation_views::for_customer(&self.db, &caller.id, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
         let names = self.unknown_listings(&rows).await?;
@@ -171,7 +171,7 @@ impl Views {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let views = listing_views::by_ids(self.db.conn(), ids).await?;
+        let views = listing_views::by_ids(&self.db, ids).await?;
         Ok(views.into_iter().map(|l| (l.listing_id.clone(), l)).collect())
     }
 }

@@ -6,6 +6,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryF
 use sharemesh_contracts::catalog::v1::{Hold, HoldStatus};
 use sharemesh_contracts::common::v1::TimeWindow;
 use sharemesh_contracts::ext::timestamp_from_ms;
+use sharemesh_mesh::storage::ReadModels;
 
 use crate::domain::CatalogError;
 
@@ -130,10 +131,8 @@ impl HoldRow {
 }
 
 /// The hold of a reservation.
-pub async fn find_by_reservation(db: &impl ConnectionTrait, reservation_id: &str) -> Result<Option<HoldRow>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::ReservationId.eq(reservation_id))
-        .one(db)
+pub async fn find_by_reservation(db: &impl ReadModels, reservation_id: &str) -> Result<Option<HoldRow>, sea_orm::DbErr> {
+    db.read_one(entity::Entity::find().filter(entity::Column::ReservationId.eq(reservation_id)))
         .await
 }
 

@@ -5,6 +5,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoA
 use sharemesh_contracts::catalog::v1::{CarDetails, Listing as ListingProto, ListingStatus, TalentDetails, listing};
 use sharemesh_contracts::common::v1::{ListingKind, Money};
 use sharemesh_contracts::ext::timestamp_from_ms;
+use sharemesh_mesh::storage::ReadModels;
 
 use super::holds;
 
@@ -142,8 +143,8 @@ pub async fn save(db: &impl ConnectionTrait, row: ListingRow) -> Result<(), sea_
 }
 
 /// One listing by id.
-pub async fn find(db: &impl ConnectionTrait, listing_id: &str) -> Result<Option<ListingRow>, sea_orm::DbErr> {
-    entity::Entity::find_by_id(listing_id.to_owned()).one(db).await
+pub async fn find(db: &impl ReadModels, listing_id: &str) -> Result<Option<ListingRow>, sea_orm::DbErr> {
+    db.read_one(entity::Entity::find_by_id(listing_id.to_owned())).await
 }
 
 /// [`find`], locking the row until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite's
@@ -171,7 +172,7 @@ pub struct ListFilter {
 }
 
 /// Listings newest first, `limit` rows from `offset`.
-pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, limit: u64) -> Result<Vec<ListingRow>, sea_orm::DbErr> {
+pub async fn list(db: &impl ReadModels, filter: &ListFilter, offset: u64, limit: u64) -> Result<Vec<ListingRow>, sea_orm::DbErr> {
     use entity::Column as C;
     let mut q = entity::Entity::find();
     if !filter.include_deleted {
@@ -197,12 +198,13 @@ pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, l
             .to_owned();
         q = q.filter(Expr::exists(busy).not());
     }
-    q.order_by_desc(C::CreatedAtMs)
-        .order_by_asc(C::ListingId)
-        .offset(offset)
-        .limit(limit)
-        .all(db)
-        .await
+    db.read_all(
+        q.order_by_desc(C::CreatedAtMs)
+            .order_by_asc(C::ListingId)
+            .offset(offset)
+            .limit(limit),
+    )
+    .await
 }
 
 /// Marks a listing changed: bumps the version and the update time.

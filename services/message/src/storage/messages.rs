@@ -7,6 +7,7 @@ use sea_orm::{
 };
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message, RecipientRole};
+use sharemesh_mesh::storage::ReadModels;
 
 use crate::domain::{self, MessageError};
 
@@ -171,8 +172,8 @@ pub async fn save_claimed(db: &impl ConnectionTrait, row: MessageRow, lease_unti
 }
 
 /// One message by id.
-pub async fn find(db: &impl ConnectionTrait, message_id: &str) -> Result<Option<MessageRow>, sea_orm::DbErr> {
-    entity::Entity::find_by_id(message_id.to_owned()).one(db).await
+pub async fn find(db: &impl ReadModels, message_id: &str) -> Result<Option<MessageRow>, sea_orm::DbErr> {
+    db.read_one(entity::Entity::find_by_id(message_id.to_owned())).await
 }
 
 /// Claims up to `limit` messages due at `now_ms` (PENDING or FAILED, `next_attempt_at_ms <=
@@ -221,20 +222,21 @@ pub async fn claim(db: &impl ConnectionTrait, message_id: &str, seen_next_ms: i6
 /// A recipient's messages newest first, `limit` rows from `offset`. Ties within a millisecond
 /// are broken by the id, a UUIDv7 (time-ordered), so the order stays newest first.
 pub async fn list_for_recipient(
-    db: &impl ConnectionTrait,
+    db: &impl ReadModels,
     recipient_id: &str,
     offset: u64,
     limit: u64,
 ) -> Result<Vec<MessageRow>, sea_orm::DbErr> {
     use entity::Column as C;
-    entity::Entity::find()
-        .filter(C::RecipientId.eq(recipient_id))
-        .order_by_desc(C::CreatedAtMs)
-        .order_by_desc(C::MessageId)
-        .offset(offset)
-        .limit(limit)
-        .all(db)
-        .await
+    db.read_all(
+        entity::Entity::find()
+            .filter(C::RecipientId.eq(recipient_id))
+            .order_by_desc(C::CreatedAtMs)
+            .order_by_desc(C::MessageId)
+            .offset(offset)
+            .limit(limit),
+    )
+    .await
 }
 
 #[cfg(test)]

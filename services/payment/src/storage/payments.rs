@@ -4,6 +4,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoA
 use sharemesh_contracts::common::v1::Money;
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::payment::v1::{CardSummary, Payment, PaymentStatus};
+use sharemesh_mesh::storage::ReadModels;
 
 /// A row of `payments`.
 pub mod entity {
@@ -96,15 +97,13 @@ pub async fn save(db: &impl ConnectionTrait, row: PaymentRow) -> Result<(), sea_
 }
 
 /// One payment by id.
-pub async fn find(db: &impl ConnectionTrait, payment_id: &str) -> Result<Option<PaymentRow>, sea_orm::DbErr> {
-    entity::Entity::find_by_id(payment_id.to_owned()).one(db).await
+pub async fn find(db: &impl ReadModels, payment_id: &str) -> Result<Option<PaymentRow>, sea_orm::DbErr> {
+    db.read_one(entity::Entity::find_by_id(payment_id.to_owned())).await
 }
 
 /// The payment of a reservation.
-pub async fn find_by_reservation(db: &impl ConnectionTrait, reservation_id: &str) -> Result<Option<PaymentRow>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::ReservationId.eq(reservation_id))
-        .one(db)
+pub async fn find_by_reservation(db: &impl ReadModels, reservation_id: &str) -> Result<Option<PaymentRow>, sea_orm::DbErr> {
+    db.read_one(entity::Entity::find().filter(entity::Column::ReservationId.eq(reservation_id)))
         .await
 }
 
@@ -119,7 +118,7 @@ pub struct ListFilter {
 
 /// Payments newest first, `limit` rows from `offset`. Ties within a millisecond are broken by
 /// the id, a UUIDv7 (time-ordered), so the order stays newest first.
-pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, limit: u64) -> Result<Vec<PaymentRow>, sea_orm::DbErr> {
+pub async fn list(db: &impl ReadModels, filter: &ListFilter, offset: u64, limit: u64) -> Result<Vec<PaymentRow>, sea_orm::DbErr> {
     use entity::Column as C;
     let mut q = entity::Entity::find();
     if let Some(customer) = &filter.customer_id {
@@ -128,12 +127,13 @@ pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, l
     if let Some(reservation) = &filter.reservation_id {
         q = q.filter(C::ReservationId.eq(reservation.clone()));
     }
-    q.order_by_desc(C::CreatedAtMs)
-        .order_by_desc(C::PaymentId)
-        .offset(offset)
-        .limit(limit)
-        .all(db)
-        .await
+    db.read_all(
+        q.order_by_desc(C::CreatedAtMs)
+            .order_by_desc(C::PaymentId)
+            .offset(offset)
+            .limit(limit),
+    )
+    .await
 }
 
 /// Marks a payment changed: bumps the version and the update time.

@@ -6,6 +6,7 @@ use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::payment::v1::CardSummary;
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
+use sharemesh_mesh::storage::ReadModels;
 
 /// A row of `reservations`.
 pub mod entity {
@@ -107,22 +108,19 @@ impl ReservationRow {
 }
 
 /// One reservation by id.
-pub async fn find(db: &impl ConnectionTrait, reservation_id: &str) -> Result<Option<ReservationRow>, sea_orm::DbErr> {
-    entity::Entity::find_by_id(reservation_id.to_owned()).one(db).await
+pub async fn find(db: &impl ReadModels, reservation_id: &str) -> Result<Option<ReservationRow>, sea_orm::DbErr> {
+    db.read_one(entity::Entity::find_by_id(reservation_id.to_owned())).await
 }
 
 /// The latest attempt of the reservation a customer placed with `request_id`.
-pub async fn find_by_request(
-    db: &impl ConnectionTrait,
-    customer_id: &str,
-    request_id: &str,
-) -> Result<Option<ReservationRow>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::CustomerId.eq(customer_id))
-        .filter(entity::Column::RequestId.eq(request_id))
-        .order_by_desc(entity::Column::Attempt)
-        .one(db)
-        .await
+pub async fn find_by_request(db: &impl ReadModels, customer_id: &str, request_id: &str) -> Result<Option<ReservationRow>, sea_orm::DbErr> {
+    db.read_one(
+        entity::Entity::find()
+            .filter(entity::Column::CustomerId.eq(customer_id))
+            .filter(entity::Column::RequestId.eq(request_id))
+            .order_by_desc(entity::Column::Attempt),
+    )
+    .await
 }
 
 /// Claims a stale PENDING saga for this replica: bumps its version and touch time if nobody
@@ -176,7 +174,7 @@ pub struct ListFilter {
 }
 
 /// Reservations newest first, `limit` rows from `offset`.
-pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, limit: u64) -> Result<Vec<ReservationRow>, sea_orm::DbErr> {
+pub async fn list(db: &impl ReadModels, filter: &ListFilter, offset: u64, limit: u64) -> Result<Vec<ReservationRow>, sea_orm::DbErr> {
     use entity::Column as C;
     let mut q = entity::Entity::find();
     if let Some(v) = &filter.customer_id {
@@ -191,21 +189,23 @@ pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter, offset: u64, l
     if let Some(v) = &filter.listing_id {
         q = q.filter(C::ListingId.eq(v.clone()));
     }
-    q.order_by_desc(C::CreatedAtMs)
-        .order_by_asc(C::ReservationId)
-        .offset(offset)
-        .limit(limit)
-        .all(db)
-        .await
+    db.read_all(
+        q.order_by_desc(C::CreatedAtMs)
+            .order_by_asc(C::ReservationId)
+            .offset(offset)
+            .limit(limit),
+    )
+    .await
 }
 
 /// PENDING reservations not touched since `before_ms`: sagas a crash interrupted.
-pub async fn stuck(db: &impl ConnectionTrait, before_ms: i64, limit: u64) -> Result<Vec<ReservationRow>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::Status.eq(ReservationStatus::Pending.stored()))
-        .filter(entity::Column::UpdatedAtMs.lt(before_ms))
-        .order_by_asc(entity::Column::UpdatedAtMs)
-        .limit(limit)
-        .all(db)
-        .await
+pub async fn stuck(db: &impl ReadModels, before_ms: i64, limit: u64) -> Result<Vec<ReservationRow>, sea_orm::DbErr> {
+    db.read_all(
+        entity::Entity::find()
+            .filter(entity::Column::Status.eq(ReservationStatus::Pending.stored()))
+            .filter(entity::Column::UpdatedAtMs.lt(before_ms))
+            .order_by_asc(entity::Column::UpdatedAtMs)
+            .limit(limit),
+    )
+    .await
 }

@@ -1,6 +1,7 @@
 //! `listing_views`: one row per listing, as the catalog last described it.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sharemesh_mesh::storage::ReadModels;
 
 /// A row of `listing_views`.
 pub mod entity {
@@ -51,21 +52,25 @@ pub mod entity {
 pub use entity::Model as ListingViewRow;
 
 /// One row.
-pub async fn find(db: &impl ConnectionTrait, listing_id: &str) -> Result<Option<ListingViewRow>, sea_orm::DbErr> {
-    entity::Entity::find_by_id(listing_id.to_owned()).one(db).await
+pub async fn find(db: &impl ReadModels, listing_id: &str) -> Result<Option<ListingViewRow>, sea_orm::DbErr> {
+    db.read_one(entity::Entity::find_by_id(listing_id.to_owned())).await
 }
 
 /// The rows of `listing_ids` that exist.
-pub async fn by_ids(db: &impl ConnectionTrait, listing_ids: Vec<String>) -> Result<Vec<ListingViewRow>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::ListingId.is_in(listing_ids))
-        .all(db)
-        .await
+pub async fn by_ids(db: &impl ReadModels, listing_ids: Vec<String>) -> Result<Vec<ListingViewRow>, sea_orm::DbErr> {
+    // At most one row per id: the limit says so to the reader (bounded reads run on the caller's thread).
+    let at_most = listing_ids.len() as u64;
+    db.read_all(
+        entity::Entity::find()
+            .filter(entity::Column::ListingId.is_in(listing_ids))
+            .limit(at_most),
+    )
+    .await
 }
 
 /// Rows by kind and status (names of the proto enums; `None` = any), by id.
 pub async fn list(
-    db: &impl ConnectionTrait,
+    db: &impl ReadModels,
     kind: Option<&str>,
     status: Option<&str>,
     offset: u64,
@@ -78,5 +83,6 @@ pub async fn list(
     if let Some(s) = status {
         q = q.filter(entity::Column::Status.eq(s));
     }
-    q.order_by_asc(entity::Column::ListingId).offset(offset).limit(limit).all(db).await
+    db.read_all(q.order_by_asc(entity::Column::ListingId).offset(offset).limit(limit))
+        .await
 }

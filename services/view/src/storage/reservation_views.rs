@@ -1,7 +1,8 @@
 //! `reservation_views`: one row per reservation with its reservation and payment state, each
 //! with the version of the aggregate it came from.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sharemesh_mesh::storage::ReadModels;
 
 /// A row of `reservation_views`.
 pub mod entity {
@@ -56,36 +57,38 @@ pub mod entity {
 pub use entity::Model as ReservationViewRow;
 
 /// One row.
-pub async fn find(db: &impl ConnectionTrait, reservation_id: &str) -> Result<Option<ReservationViewRow>, sea_orm::DbErr> {
-    entity::Entity::find_by_id(reservation_id.to_owned()).one(db).await
+pub async fn find(db: &impl ReadModels, reservation_id: &str) -> Result<Option<ReservationViewRow>, sea_orm::DbErr> {
+    db.read_one(entity::Entity::find_by_id(reservation_id.to_owned())).await
 }
 
 /// Known reservations of `listing_ids`, except rejected ones, by start.
-pub async fn for_listings(db: &impl ConnectionTrait, listing_ids: Vec<String>) -> Result<Vec<ReservationViewRow>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::ListingId.is_in(listing_ids))
-        .filter(entity::Column::ReservationVersion.gt(0))
-        .filter(entity::Column::ReservationStatus.ne("RESERVATION_STATUS_REJECTED"))
-        .order_by_asc(entity::Column::StartMs)
-        .order_by_asc(entity::Column::ReservationId)
-        .all(db)
-        .await
+pub async fn for_listings(db: &impl ReadModels, listing_ids: Vec<String>) -> Result<Vec<ReservationViewRow>, sea_orm::DbErr> {
+    db.read_all(
+        entity::Entity::find()
+            .filter(entity::Column::ListingId.is_in(listing_ids))
+            .filter(entity::Column::ReservationVersion.gt(0))
+            .filter(entity::Column::ReservationStatus.ne("RESERVATION_STATUS_REJECTED"))
+            .order_by_asc(entity::Column::StartMs)
+            .order_by_asc(entity::Column::ReservationId),
+    )
+    .await
 }
 
 /// A customer's known reservations, most recently changed first.
 pub async fn for_customer(
-    db: &impl ConnectionTrait,
+    db: &impl ReadModels,
     customer_id: &str,
     offset: u64,
     limit: u64,
 ) -> Result<Vec<ReservationViewRow>, sea_orm::DbErr> {
-    entity::Entity::find()
-        .filter(entity::Column::CustomerId.eq(customer_id))
-        .filter(entity::Column::ReservationVersion.gt(0))
-        .order_by_desc(entity::Column::UpdatedAtMs)
-        .order_by_asc(entity::Column::ReservationId)
-        .offset(offset)
-        .limit(limit)
-        .all(db)
-        .await
+    db.read_all(
+        entity::Entity::find()
+            .filter(entity::Column::CustomerId.eq(customer_id))
+            .filter(entity::Column::ReservationVersion.gt(0))
+            .order_by_desc(entity::Column::UpdatedAtMs)
+            .order_by_asc(entity::Column::ReservationId)
+            .offset(offset)
+            .limit(limit),
+    )
+    .await
 }

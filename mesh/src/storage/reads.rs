@@ -1,0 +1,516 @@
+//! Reads outside a transaction: [`super::ReadModels`] on a [`super::Db`].
+//!
+//! On PostgreSQL they go to the pool. On SQLite a read runs on the calling thread, on a
+//! connection of its own opened with rusqlite on the same file, instead of on sqlx-sqlite's
+//! per-connection worker thread: sqlx hands every statement to that thread and back (two thread
+//! wake-ups), and every connection returned to its pool costs a spawned task and a ping (two
+//! more). A point read takes microseconds in SQLite, far less than those hand-offs; the bench's
+//! profile of GetListing had a fifth of catalog's CPU on sqlx's worker threads and most of
+//! another tenth waking them.
+//!
+//! SQLite in WAL mode lets these readers run beside the writer: a statement sees every
+//! transaction committed before it started, so a caller reads its own committed writes.
+//!
+//! A row becomes a model the way sea-orm's own drivers do it, through the entity: each result
+//! column is matched by name to the entity's column, and its SQLite value is turned into the
+//! `Value` that column's type takes (an `i32` field takes `Value::Int`, an `i64` field
+//! `Value::BigInt`). Whatever this module cannot type exactly — a column type it does not map, a
+//! value that does not fit its column (text in an integer column), a parameter type it does not
+//! bind, a busy database — runs on the pool instead, as does a statement without a `LIMIT`
+//! (it may scan without bound, and the pool runs it off the runtime's threads). So a read here
+//! answers what the pool would have (the pool panics on a `u64` parameter above `i64::MAX`; here
+//! it falls back to the pool).
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::types::ValueRef;
+use sea_orm::sea_query::ColumnType;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseBackend, DbErr, EntityTrait, IdenStatic, Iterable, QueryTrait, Select, Statement, TryIntoModel,
+    Value,
+};
+
+/// rusqlite connections on one SQLite file, opened as needed and reused.
+pub(super) struct SqliteReaders {
+    path: PathBuf,
+    idle: Mutex<Vec<Reader>>,
+    opened: AtomicUsize,
+    /// Most readers open at once.
+    max: usize,
+    /// Set when a reader could not be opened: every read goes to the pool from then on.
+    off: AtomicBool,
+    direct: AtomicU64,
+}
+
+impl SqliteReaders {
+    /// Readers of the file of `url`; `None` for in-memory SQLite and other backends.
+    pub(super) fn for_url(url: &str) -> Option<Self> {
+        let workers = std::thread::available_parallelism().map_or(2, usize::from);
+        sqlite_file(url).map(|path| Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+            opened: AtomicUsize::new(0),
+            max: workers.clamp(2, MAX_READERS),
+            off: AtomicBool::new(false),
+            direct: AtomicU64::new(0),
+        })
+    }
+
+    /// Reads answered here so far (the rest went to the pool).
+    pub(super) fn direct_reads(&self) -> u64 {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// The models `select` finds, read on the calling thread; `None` when the read must run on
+    /// the pool instead.
+    pub(super) fn models<E>(&self, select: &Select<E>) -> Option<Vec<E::Model>>
+    where
+        E: EntityTrait,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        let stmt = select.build(DatabaseBackend::Sqlite);
+        if !stmt.sql.contains(" LIMIT ") {
+            return None;
+        }
+        let mut reader = self.take()?;
+        let models = reader.models::<E>(&stmt);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
+        match models {
+            Ok(models) => {
+                self.direct.fetch_add(1, Ordering::Relaxed);
+                Some(models)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, sql = %stmt.sql, "SQLite read left to the pool");
+                None
+            }
+        }
+    }
+
+    fn take(&self) -> Option<Reader> {
+        if let Some(reader) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(reader);
+        }
+        if self.off.load(Ordering::Relaxed) {
+            return None;
+        }
+        if self.opened.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.opened.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        match Reader::open(&self.path) {
+            Ok(reader) => Some(reader),
+            Err(e) => {
+                self.opened.fetch_sub(1, Ordering::Relaxed);
+                self.off.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot open a SQLite reader; every read goes through the pool");
+                None
+            }
+        }
+    }
+}
+
+/// Most readers open at once. Reads run on the runtime's worker threads and never wait while
+/// holding one, so a process needs about one per worker thread (one per core, at least 2, at
+/// most this); past that, reads go to the pool.
+const MAX_READERS: usize = 8;
+
+/// Statements with more parameters than this (long `IN (...)` lists, whose SQL text varies with
+/// the list) are prepared each time instead of displacing the cached ones.
+const CACHED_PARAMS: usize = 16;
+
+/// Page cache of a reader, KiB: the file's pages come from the memory map; this holds the pages
+/// read from the WAL.
+const READER_CACHE_KIB: i64 = 512;
+
+/// Prepared statements each reader keeps.
+const STATEMENT_CACHE: usize = 64;
+
+/// One connection and how the result columns of each statement it ran map to entity columns
+/// (by entity type, then SQL text).
+struct Reader {
+    conn: rusqlite::Connection,
+    columns: HashMap<TypeId, HashMap<String, Arc<[Column]>>>,
+}
+
+/// Why a statement was left to the pool.
+#[derive(Debug)]
+enum Unfit {
+    Sqlite(rusqlite::Error),
+    /// A parameter or column type this module does not map exactly.
+    Type(String),
+    /// The entity refused a value or a row.
+    Model(DbErr),
+}
+
+impl std::fmt::Display for Unfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(e) => write!(f, "{e}"),
+            Self::Type(what) => f.write_str(what),
+            Self::Model(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Unfit {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+impl Reader {
+    fn open(path: &std::path::Path) -> Result<Self, rusqlite::Error> {
+        use rusqlite::OpenFlags;
+        // Read-write without CREATE: the file and its WAL index exist (the pool opened them),
+        // and a read-write open shares the WAL index like any other connection; `query_only`
+        // then refuses every write on this connection.
+        let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.pragma_update(None, "mmap_size", super::SQLITE_MMAP_SIZE)?;
+        conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+        // Never wait on the calling thread: a busy database (WAL recovery, a checkpoint
+        // restarting the log) sends the read to the pool, which waits without blocking.
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Self {
+            conn,
+            columns: HashMap::new(),
+        })
+    }
+
+    /// Runs `stmt` (built from a `Select<E>`) and turns each row into an `E::Model`.
+    fn models<E>(&mut self, stmt: &Statement) -> Result<Vec<E::Model>, Unfit>
+    where
+        E: EntityTrait,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        let params = match &stmt.values {
+            Some(values) => values.0.iter().map(param).collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        if params.len() > CACHED_PARAMS {
+            let mut prepared = self.conn.prepare(&stmt.sql)?;
+            let columns = columns_of::<E>(&prepared)?;
+            return rows_to_models::<E>(prepared.query(rusqlite::params_from_iter(params))?, &columns);
+        }
+        let mut prepared = self.conn.prepare_cached(&stmt.sql)?;
+        let maps = self.columns.entry(TypeId::of::<E>()).or_default();
+        let columns = match maps.get(&stmt.sql) {
+            Some(columns) => columns.clone(),
+            None => {
+                let columns: Arc<[Column]> = columns_of::<E>(&prepared)?.into();
+                // Bounded like the statement cache; a map is cheap to build again.
+                if maps.len() >= STATEMENT_CACHE {
+                    maps.clear();
+                }
+                maps.insert(stmt.sql.clone(), columns.clone());
+                columns
+            }
+        };
+        rows_to_models::<E>(prepared.query(rusqlite::params_from_iter(params))?, &columns)
+    }
+}
+
+/// Turns each row into an `E::Model`, column `i` typed as `columns[i]` says.
+fn rows_to_models<E>(mut rows: rusqlite::Rows<'_>, columns: &[Column]) -> Result<Vec<E::Model>, Unfit>
+where
+    E: EntityTrait,
+    E::ActiveModel: TryIntoModel<E::Model>,
+{
+    let entity_columns: Vec<E::Column> = E::Column::iter().collect();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut model = E::ActiveModel::default();
+        for (i, column) in columns.iter().enumerate() {
+            let entity_column = *entity_columns
+                .get(column.entity)
+                .ok_or_else(|| Unfit::Type(format!("no column {} in the entity", column.entity)))?;
+            let v = row.get_ref(i)?;
+            let value = column.kind.value(v).ok_or_else(|| {
+                Unfit::Type(format!(
+                    "column {} ({:?}) holds {:?}",
+                    entity_column.as_str(),
+                    column.kind,
+                    v.data_type()
+                ))
+            })?;
+            model.try_set(entity_column, value).map_err(Unfit::Model)?;
+        }
+        out.push(model.try_into_model().map_err(Unfit::Model)?);
+    }
+    Ok(out)
+}
+
+/// A result column: which entity column it is (its index in `E::Column::iter()`) and the
+/// value type that column takes.
+#[derive(Debug)]
+struct Column {
+    entity: usize,
+    kind: Kind,
+}
+
+/// The `Value` variant an entity column takes, from its column type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `i32`.
+    Int,
+    /// `i64`.
+    BigInt,
+    /// `bool`, stored as 0 or 1.
+    Bool,
+    /// `String`.
+    Text,
+    /// `Vec<u8>`.
+    Bytes,
+    /// `f64`.
+    Double,
+}
+
+/// Maps each result column of `stmt` to the column of `E` with its name.
+fn columns_of<E: EntityTrait>(stmt: &rusqlite::Statement<'_>) -> Result<Vec<Column>, Unfit> {
+    let entity_columns: Vec<E::Column> = E::Column::iter().collect();
+    stmt.column_names()
+        .into_iter()
+        .map(|name| {
+            let entity = entity_columns
+                .iter()
+                .position(|c| c.as_str() == name)
+                .ok_or_else(|| Unfit::Type(format!("result column {name} is not a column of {}", E::default().as_str())))?;
+            let kind = match entity_columns[entity].def().get_column_type() {
+                ColumnType::Integer => Kind::Int,
+                ColumnType::BigInteger => Kind::BigInt,
+                ColumnType::Boolean => Kind::Bool,
+                ColumnType::String(_) | ColumnType::Text | ColumnType::Char(_) => Kind::Text,
+                ColumnType::Binary(_) | ColumnType::VarBinary(_) | ColumnType::Blob => Kind::Bytes,
+                ColumnType::Double => Kind::Double,
+                other => return Err(Unfit::Type(format!("column {name} has type {other:?}"))),
+            };
+            Ok(Column { entity, kind })
+        })
+        .collect()
+}
+
+impl Kind {
+    /// `v` as this kind's `Value` (NULL as its typed `None`); `None` when it does not fit.
+    fn value(self, v: ValueRef<'_>) -> Option<Value> {
+        Some(match (self, v) {
+            (Self::Int, ValueRef::Null) => Value::Int(None),
+            (Self::Int, ValueRef::Integer(i)) => Value::Int(Some(i32::try_from(i).ok()?)),
+            (Self::BigInt, ValueRef::Null) => Value::BigInt(None),
+            (Self::BigInt, ValueRef::Integer(i)) => Value::BigInt(Some(i)),
+            (Self::Bool, ValueRef::Null) => Value::Bool(None),
+            (Self::Bool, ValueRef::Integer(i)) => Value::Bool(Some(i != 0)),
+            (Self::Text, ValueRef::Null) => Value::String(None),
+            (Self::Text, ValueRef::Text(t)) => Value::String(Some(std::str::from_utf8(t).ok()?.to_owned())),
+            (Self::Bytes, ValueRef::Null) => Value::Bytes(None),
+            (Self::Bytes, ValueRef::Blob(b)) => Value::Bytes(Some(b.to_vec())),
+            (Self::Double, ValueRef::Null) => Value::Double(None),
+            (Self::Double, ValueRef::Real(f)) => Value::Double(Some(f)),
+            _ => return None,
+        })
+    }
+}
+
+/// A statement parameter as SQLite stores it (as sea-query-sqlx binds the same values for
+/// sqlx-sqlite); other types (enums, dates, JSON, UUIDs) send the read to the pool.
+fn param(v: &Value) -> Result<rusqlite::types::Value, Unfit> {
+    use rusqlite::types::Value as Sql;
+    fn int(v: Option<i64>) -> Sql {
+        v.map_or(Sql::Null, Sql::Integer)
+    }
+    Ok(match v {
+        Value::Bool(b) => int(b.map(i64::from)),
+        Value::TinyInt(i) => int(i.map(i64::from)),
+        Value::SmallInt(i) => int(i.map(i64::from)),
+        Value::Int(i) => int(i.map(i64::from)),
+        Value::BigInt(i) => int(*i),
+        Value::TinyUnsigned(i) => int(i.map(i64::from)),
+        Value::SmallUnsigned(i) => int(i.map(i64::from)),
+        Value::Unsigned(i) => int(i.map(i64::from)),
+        Value::BigUnsigned(Some(i)) => Sql::Integer(i64::try_from(*i).map_err(|_| Unfit::Type(format!("parameter {i} out of range")))?),
+        Value::BigUnsigned(None) => Sql::Null,
+        Value::Float(f) => f.map_or(Sql::Null, |f| Sql::Real(f64::from(f))),
+        Value::Double(f) => f.map_or(Sql::Null, Sql::Real),
+        Value::String(s) => s.clone().map_or(Sql::Null, Sql::Text),
+        Value::Char(c) => c.map_or(Sql::Null, |c| Sql::Text(c.to_string())),
+        Value::Bytes(b) => b.clone().map_or(Sql::Null, Sql::Blob),
+        other => return Err(Unfit::Type(format!("parameter of type {other:?}"))),
+    })
+}
+
+/// The file of a SQLite URL (`sqlite://path?mode=rwc`, `sqlite:///abs/path`); `None` for in-memory databases and for
+/// other backends.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    // As sqlx-sqlite reads it, so both open the same file.
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.split('&').any(|kv| kv == "mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+    use super::*;
+    use crate::storage::{Db, ReadModels};
+
+    /// A model with a field of every type the readers map.
+    #[allow(unreachable_pub)]
+    mod typed {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "typed")]
+        pub struct Model {
+            #[sea_orm(primary_key)]
+            pub id: i64,
+            pub small: i32,
+            pub maybe_small: Option<i32>,
+            pub big: i64,
+            pub maybe_big: Option<i64>,
+            pub flag: bool,
+            pub name: String,
+            pub maybe_name: Option<String>,
+            pub payload: Vec<u8>,
+            pub ratio: f64,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    const TABLE: &str = "CREATE TABLE typed (id INTEGER PRIMARY KEY AUTOINCREMENT, small INTEGER NOT NULL, \
+        maybe_small INTEGER, big BIGINT NOT NULL, maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, \
+        maybe_name TEXT, payload BLOB NOT NULL, ratio REAL NOT NULL)";
+
+    async fn file_db(dir: &tempfile::TempDir) -> Db {
+        let db = Db::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
+            .await
+            .expect("connect");
+        db.conn().execute_unprepared(TABLE).await.expect("create");
+        db.conn()
+            .execute_unprepared(
+                "INSERT INTO typed VALUES (1, -7, NULL, 9000000000, NULL, 1, 'a', NULL, x'00ff', 0.5), \
+                 (2, 2147483647, -2147483648, -1, 5000000000, 0, 'ü', 'b', x'', 2)",
+            )
+            .await
+            .expect("insert");
+        db
+    }
+
+    #[tokio::test]
+    async fn models_read_on_the_calling_thread_equal_the_pools() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = file_db(&dir).await;
+        let select = || typed::Entity::find().order_by_asc(typed::Column::Id).limit(10);
+        let pooled = select().all(db.conn()).await.expect("pool");
+        let direct = db.read_all(select()).await.expect("direct");
+        assert_eq!(db.direct_reads(), 1, "the read ran on the pool");
+        assert_eq!(direct, pooled);
+        assert_eq!(direct.len(), 2);
+        // Parameters of each kind bind as the pool binds them.
+        let found = db
+            .read_one(
+                typed::Entity::find()
+                    .filter(typed::Column::Small.eq(i32::MAX))
+                    .filter(typed::Column::Big.lt(0i64))
+                    .filter(typed::Column::Flag.eq(false))
+                    .filter(typed::Column::Name.eq("ü"))
+                    .filter(typed::Column::Ratio.gt(1.5)),
+            )
+            .await
+            .expect("direct");
+        assert_eq!(found.map(|m| m.id), Some(2));
+        assert_eq!(db.direct_reads(), 2);
+        // A long `IN (...)` list is prepared afresh rather than cached; the answer is the same.
+        let ids: Vec<i64> = (0..40).collect();
+        let many = db
+            .read_all(
+                typed::Entity::find()
+                    .filter(typed::Column::Id.is_in(ids))
+                    .order_by_asc(typed::Column::Id)
+                    .limit(40),
+            )
+            .await
+            .expect("direct");
+        assert_eq!(many, pooled);
+        assert_eq!(db.direct_reads(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_read_without_a_limit_runs_on_the_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = file_db(&dir).await;
+        assert_eq!(db.read_all(typed::Entity::find()).await.expect("read").len(), 2);
+        assert_eq!(db.direct_reads(), 0, "an unbounded read ran on the calling thread");
+    }
+
+    #[tokio::test]
+    async fn a_read_sees_what_was_committed_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = file_db(&dir).await;
+        let all = || typed::Entity::find().limit(100);
+        let before = db.read_all(all()).await.expect("read").len();
+        db.write(|tx| {
+            Box::pin(async move {
+                tx.execute_unprepared("INSERT INTO typed VALUES (3, 0, 0, 0, 0, 0, 'c', 'c', x'01', 1)")
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .await
+        .expect("write");
+        let after = db.read_all(all()).await.expect("read");
+        assert_eq!((before, after.len()), (2, 3));
+        assert_eq!(db.direct_reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_value_that_does_not_fit_its_column_is_read_by_the_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = file_db(&dir).await;
+        // SQLite keeps text in an INTEGER column; an i64 in an i32 column cannot be a model.
+        db.conn()
+            .execute_unprepared("UPDATE typed SET small = 'seven' WHERE id = 1; UPDATE typed SET maybe_small = 4294967296 WHERE id = 2")
+            .await
+            .expect("update");
+        for id in [1, 2] {
+            let select = || typed::Entity::find_by_id(id);
+            let direct = db.read_one(select()).await.map_err(|e| e.to_string());
+            let pooled = select().one(db.conn()).await.map_err(|e| e.to_string());
+            assert_eq!(direct, pooled, "row {id}");
+        }
+        assert_eq!(db.direct_reads(), 0, "a misfit was read directly");
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_read_by_the_pool() {
+        let db = Db::connect("sqlite::memory:").await.expect("connect");
+        db.conn().execute_unprepared(TABLE).await.expect("create");
+        assert!(db.read_all(typed::Entity::find()).await.expect("read").is_empty());
+        assert_eq!(db.direct_reads(), 0);
+    }
+
+    #[test]
+    fn the_file_of_a_url() {
+        assert_eq!(sqlite_file("sqlite://./data/catalog.db?mode=rwc"), Some("./data/catalog.db".into()));
+        assert_eq!(sqlite_file("sqlite:///tmp/x.db"), Some("/tmp/x.db".into()));
+        assert_eq!(sqlite_file("sqlite:////tmp/x.db"), Some("//tmp/x.db".into()));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://x.db?mode=memory&cache=shared"), None);
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
+    }
+}
