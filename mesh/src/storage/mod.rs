@@ -249,11 +249,13 @@ impl ReadModels for Db {
     }
 }
 
-/// Default SQLite pool: one writer at a time and the reads that do not run on the calling thread
-/// ([`reads`]) need few connections, and each keeps its own page cache (up to 2 MiB) and
-/// statement cache; 2, 4 and 8 gave the same throughput in the bench, 4 about 2.4 MiB less
-/// resident memory than 8.
-pub const SQLITE_POOL: u32 = 4;
+/// Default SQLite pool. Reads of whole models run on connections of their own ([`reads`]); the
+/// pool serves the one writer at a time and the few reads that do not run on the calling thread,
+/// and each connection keeps its own page cache (up to 2 MiB) and statement cache, and its own
+/// memory map (counted in the process's RSS once per connection). Measured in the bench on the
+/// same day: 2 connections gave the same throughput as 4 and 3–10 MiB less resident memory
+/// after the load (before the readers, 2, 4 and 8 gave the same throughput too).
+pub const SQLITE_POOL: u32 = 2;
 
 /// How much of a SQLite file is memory-mapped (256 MiB; larger files read the rest by `pread`).
 const SQLITE_MMAP_SIZE: i64 = 268_435_456;
