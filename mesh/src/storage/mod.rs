@@ -3,6 +3,7 @@
 //! committed in groups ([`group`]).
 
 pub mod group;
+mod pg_reads;
 mod reads;
 
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Db {
     conn: DatabaseConnection,
     /// SQLite file only: connections that read on the calling thread ([`reads`]).
     readers: Option<Arc<reads::SqliteReaders>>,
+    /// PostgreSQL only: connections kept out of the pool for reads ([`pg_reads`]).
+    pg_readers: Option<Arc<pg_reads::PgReaders>>,
     /// SQLite has one writer at a time: writers queue here instead of failing with SQLITE_BUSY.
     write_lock: Option<Arc<Mutex<()>>>,
     /// Woken after a commit that wrote outbox rows.
@@ -88,6 +91,8 @@ impl Db {
         let conn = sea_orm::Database::connect(opts).await?;
         let mut db = Self {
             readers: reads::SqliteReaders::for_url(url).map(Arc::new),
+            pg_readers: (conn.get_database_backend() == DatabaseBackend::Postgres)
+                .then(|| Arc::new(pg_reads::PgReaders::new(conn.get_postgres_connection_pool().clone()))),
             conn,
             write_lock: sqlite.then(|| Arc::new(Mutex::new(()))),
             outbox_wakeup: Arc::new(Notify::new()),
@@ -127,9 +132,10 @@ impl Db {
         &self.conn
     }
 
-    /// Reads of [`ReadModels`] answered on the calling thread (SQLite files only).
+    /// Reads of [`ReadModels`] answered without the pool: on the calling thread (a SQLite
+    /// file) or on a kept connection (PostgreSQL).
     pub fn direct_reads(&self) -> u64 {
-        self.readers.as_ref().map_or(0, |r| r.direct_reads())
+        self.readers.as_ref().map_or(0, |r| r.direct_reads()) + self.pg_readers.as_ref().map_or(0, |r| r.direct_reads())
     }
 
     /// SQLite or PostgreSQL.
@@ -202,7 +208,8 @@ impl Db {
 }
 
 /// Where whole models are read from: a transaction or the pool (any sea-orm connection), or a
-/// [`Db`] outside a transaction, which on a SQLite file reads on the calling thread ([`reads`]).
+/// [`Db`] outside a transaction, which on a SQLite file reads on the calling thread ([`reads`])
+/// and on PostgreSQL on connections it keeps out of the pool ([`pg_reads`]).
 /// Repositories take `&impl ReadModels` for their reads, so one function serves handlers (given
 /// the `Db`) and write units (given their transaction).
 pub trait ReadModels: Sync {
@@ -243,6 +250,11 @@ impl ReadModels for Db {
         E::ActiveModel: TryIntoModel<E::Model>,
     {
         if let Some(models) = self.readers.as_ref().and_then(|r| r.models(&select)) {
+            return Ok(models);
+        }
+        if let Some(pg) = &self.pg_readers
+            && let Some(models) = pg.models(&select).await
+        {
             return Ok(models);
         }
         select.all(&self.conn).await

@@ -1,0 +1,195 @@
+//! Reads outside a transaction on PostgreSQL ([`super::ReadModels`] on a [`super::Db`]), one
+//! round trip each.
+//!
+//! sqlx pings every connection that goes back to its pool (sqlx-core 0.9,
+//! `PoolConnection::return_to_pool`, no option turns it off), so every query sea-orm runs on the
+//! pool is two round trips to the server: the query, then a `Sync` for the ping. These readers
+//! keep a few of the pool's connections checked out and run reads on them the way sea-orm does
+//! (the same SQL, values bound by `sea-query-sqlx`, rows turned into models through sea-orm's own
+//! `QueryResult`), without giving the connection back in between.
+//!
+//! The kept connections count in the pool's size (`SHAREMESH_DB_POOL`): at most a quarter of it
+//! (at least 1) is kept. When every kept connection is busy, or a read fails on one (a server or
+//! proxy that closed an idle connection, an SQL error), the read runs on the pool instead — so a
+//! read here answers what the pool would have — and a connection that failed goes back to the
+//! pool, whose ping closes it if it is broken.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres};
+use sea_orm::{DatabaseBackend, EntityTrait, FromQueryResult, QueryResult, QueryTrait, Select, Values};
+use sea_query_sqlx::SqlxValues;
+
+/// Connections kept out of a PostgreSQL pool for reads.
+pub(super) struct PgReaders {
+    pool: PgPool,
+    idle: Mutex<Vec<PoolConnection<Postgres>>>,
+    /// Connections taken from the pool (idle here or running a read).
+    kept: AtomicUsize,
+    max: usize,
+    direct: AtomicU64,
+}
+
+impl PgReaders {
+    /// Readers keeping at most a quarter of `pool`'s `max_connections` (at least 1).
+    pub(super) fn new(pool: PgPool) -> Self {
+        let max = (pool.options().get_max_connections() as usize / 4).max(1);
+        Self {
+            pool,
+            idle: Mutex::new(Vec::new()),
+            kept: AtomicUsize::new(0),
+            max,
+            direct: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads answered here so far (the rest went to the pool).
+    pub(super) fn direct_reads(&self) -> u64 {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// The models `select` finds, read on a kept connection; `None` when the read must run on
+    /// the pool instead.
+    pub(super) async fn models<E: EntityTrait>(&self, select: &Select<E>) -> Option<Vec<E::Model>> {
+        let mut kept = self.take()?;
+        let stmt = select.build(DatabaseBackend::Postgres);
+        let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
+        let query = sea_orm::sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values));
+        let rows = match query.fetch_all(&mut **kept.conn.as_mut()?).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Back to the pool (its ping closes a broken connection); the pool runs the read.
+                tracing::debug!(error = %e, "PostgreSQL read left to the pool");
+                return None;
+            }
+        };
+        let models = rows
+            .into_iter()
+            .map(|row| E::Model::from_query_result(&QueryResult::from(row), ""))
+            .collect::<Result<Vec<_>, _>>();
+        self.give_back(kept);
+        match models {
+            Ok(models) => {
+                self.direct.fetch_add(1, Ordering::Relaxed);
+                Some(models)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "PostgreSQL read left to the pool");
+                None
+            }
+        }
+    }
+
+    /// An idle kept connection, or one more from the pool if fewer than `max` are kept and the
+    /// pool has one idle now (never waits).
+    fn take(&self) -> Option<Kept<'_>> {
+        if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(Kept {
+                readers: self,
+                conn: Some(conn),
+            });
+        }
+        if self.kept.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.kept.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        match self.pool.try_acquire() {
+            Some(conn) => Some(Kept {
+                readers: self,
+                conn: Some(conn),
+            }),
+            None => {
+                self.kept.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn give_back(&self, mut kept: Kept<'_>) {
+        if let Some(conn) = kept.conn.take() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        }
+    }
+}
+
+/// A kept connection in use. Dropped without [`PgReaders::give_back`] (a failed read, or the
+/// caller gone mid-query), it goes back to the pool, which pings it (closing it if the
+/// interrupted query left it unusable), and no longer counts as kept.
+struct Kept<'a> {
+    readers: &'a PgReaders,
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Drop for Kept<'_> {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.readers.kept.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder};
+
+    use crate::storage::{Db, ReadModels};
+
+    #[allow(unreachable_pub)]
+    mod typed {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "typed")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub id: i64,
+            pub small: Option<i32>,
+            pub flag: bool,
+            pub name: String,
+            pub payload: Vec<u8>,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    /// Reads run on a kept connection and answer what the pool answers; a kept connection the
+    /// server closed costs one read a trip to the pool, which still answers.
+    #[tokio::test]
+    async fn on_postgresql_reads_run_on_kept_connections_and_survive_a_closed_one() {
+        let Some(pg) = crate::testing::PgDatabase::create().await else {
+            eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
+            return;
+        };
+        let db = Db::connect(&pg.url).await.expect("connect");
+        db.conn()
+            .execute_unprepared(
+                "CREATE TABLE typed (id BIGINT PRIMARY KEY, small INTEGER, flag BOOLEAN NOT NULL, name TEXT NOT NULL, payload BYTEA NOT NULL);
+                 INSERT INTO typed VALUES (1, NULL, TRUE, 'a', '\\x00ff'), (2, 7, FALSE, 'ü', '')",
+            )
+            .await
+            .expect("create");
+        let select = || typed::Entity::find().order_by_asc(typed::Column::Id);
+        let pooled = select().all(db.conn()).await.expect("pool");
+        assert_eq!(pooled.len(), 2);
+        assert_eq!(db.read_all(select()).await.expect("direct"), pooled);
+        assert_eq!(db.direct_reads(), 1, "the read ran on the pool");
+
+        // The kept connection is the only other session of this database: the server ends it.
+        db.conn()
+            .execute_unprepared(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .await
+            .expect("terminate");
+        assert_eq!(db.read_all(select()).await.expect("read after its connection was closed"), pooled);
+        assert_eq!(db.direct_reads(), 1, "a read on a closed connection answered");
+        assert_eq!(db.read_all(select()).await.expect("read"), pooled);
+        assert_eq!(db.direct_reads(), 2, "no connection was kept again");
+    }
+}
