@@ -255,7 +255,7 @@ impl ReadModels for Db {
         if let Some(pg) = &self.pg_readers
             && let Some(models) = pg.models(&select).await
         {
-            return Ok(models);
+            return models;
         }
         select.all(&self.conn).await
     }

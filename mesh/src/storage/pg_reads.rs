@@ -9,23 +9,32 @@
 //! `QueryResult`), without giving the connection back in between.
 //!
 //! The kept connections count in the pool's size (`SHAREMESH_DB_POOL`): at most a quarter of it
-//! (at least 1) is kept. When every kept connection is busy, or a read fails on one (a server or
+//! (at least 1) is kept, and only while the pool has room to spare — when every other
+//! connection is in use, a read gives its connection back. When every kept connection is busy, or a read fails on one (a server or
 //! proxy that closed an idle connection, an SQL error), the read runs on the pool instead — so a
 //! read here answers what the pool would have — and a connection that failed goes back to the
 //! pool, whose ping closes it if it is broken.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres};
-use sea_orm::{DatabaseBackend, EntityTrait, FromQueryResult, QueryResult, QueryTrait, Select, Values};
+use sea_orm::{DatabaseBackend, DbErr, EntityTrait, FromQueryResult, QueryResult, QueryTrait, RuntimeErr, Select, Values};
 use sea_query_sqlx::SqlxValues;
+
+/// How long a kept connection may sit unused before it is closed instead of used.
+pub(super) const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// Connections of the pool left to the writers before any is kept for reads.
+const LEFT_TO_WRITERS: usize = super::group::PG_WRITERS + 4;
 
 /// Connections kept out of a PostgreSQL pool for reads.
 pub(super) struct PgReaders {
     pool: PgPool,
-    idle: Mutex<Vec<PoolConnection<Postgres>>>,
+    /// Kept connections not in use, with the time each was last used.
+    idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
     /// Connections taken from the pool (idle here or running a read).
     kept: AtomicUsize,
     max: usize,
@@ -33,9 +42,9 @@ pub(super) struct PgReaders {
 }
 
 impl PgReaders {
-    /// Readers keeping at most a quarter of `pool`'s `max_connections` (at least 1).
+    /// Readers keeping a quarter of what `pool` has beyond [`LEFT_TO_WRITERS`] connections.
     pub(super) fn new(pool: PgPool) -> Self {
-        let max = (pool.options().get_max_connections() as usize / 4).max(1);
+        let max = (pool.options().get_max_connections() as usize).saturating_sub(LEFT_TO_WRITERS) / 4;
         Self {
             pool,
             idle: Mutex::new(Vec::new()),
@@ -50,46 +59,52 @@ impl PgReaders {
         self.direct.load(Ordering::Relaxed)
     }
 
-    /// The models `select` finds, read on a kept connection; `None` when the read must run on
-    /// the pool instead.
-    pub(super) async fn models<E: EntityTrait>(&self, select: &Select<E>) -> Option<Vec<E::Model>> {
+    /// The models `select` finds (or the SQL error the pool would answer too), read on a kept
+    /// connection; `None` when the read must run on the pool instead.
+    pub(super) async fn models<E: EntityTrait>(&self, select: &Select<E>) -> Option<Result<Vec<E::Model>, DbErr>> {
         let mut kept = self.take()?;
         let stmt = select.build(DatabaseBackend::Postgres);
         let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
         let query = sea_orm::sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values));
         let rows = match query.fetch_all(&mut **kept.conn.as_mut()?).await {
             Ok(rows) => rows,
+            // The server refused the statement and the session goes on: the pool would answer
+            // the same error (as sea-orm maps it).
+            Err(sea_orm::sqlx::Error::Database(e)) if !ends_the_session(e.as_ref()) => {
+                self.give_back(kept);
+                return Some(Err(DbErr::Query(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(e).into()))));
+            }
             Err(e) => {
                 // Back to the pool (its ping closes a broken connection); the pool runs the read.
                 tracing::debug!(error = %e, "PostgreSQL read left to the pool");
                 return None;
             }
         };
-        let models = rows
-            .into_iter()
-            .map(|row| E::Model::from_query_result(&QueryResult::from(row), ""))
-            .collect::<Result<Vec<_>, _>>();
         self.give_back(kept);
-        match models {
-            Ok(models) => {
-                self.direct.fetch_add(1, Ordering::Relaxed);
-                Some(models)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "PostgreSQL read left to the pool");
-                None
-            }
-        }
+        self.direct.fetch_add(1, Ordering::Relaxed);
+        // Rows become models as sea-orm's own driver makes them: the same error if one does not fit.
+        Some(
+            rows.into_iter()
+                .map(|row| E::Model::from_query_result(&QueryResult::from(row), ""))
+                .collect(),
+        )
     }
 
     /// An idle kept connection, or one more from the pool if fewer than `max` are kept and the
     /// pool has one idle now (never waits).
     fn take(&self) -> Option<Kept<'_>> {
-        if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Some(Kept {
-                readers: self,
-                conn: Some(conn),
-            });
+        let parked = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some((mut conn, last_used)) = parked {
+            if last_used.elapsed() < MAX_IDLE {
+                return Some(Kept {
+                    readers: self,
+                    conn: Some(conn),
+                });
+            }
+            // Closed (sqlx bounds the close) rather than trusted; the pool serves this read.
+            conn.close_on_drop();
+            self.kept.fetch_sub(1, Ordering::Relaxed);
+            return None;
         }
         if self.kept.fetch_add(1, Ordering::Relaxed) >= self.max {
             self.kept.fetch_sub(1, Ordering::Relaxed);
@@ -107,11 +122,24 @@ impl PgReaders {
         }
     }
 
+    /// Keeps the connection for the next read while the pool has room to spare (an idle
+    /// connection, or fewer open than its maximum); when the pool is saturated it goes back to
+    /// the pool instead, so reads never hold connections the writers are waiting for.
     fn give_back(&self, mut kept: Kept<'_>) {
-        if let Some(conn) = kept.conn.take() {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        let spare = self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections();
+        if spare && let Some(conn) = kept.conn.take() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push((conn, Instant::now()));
         }
+        // Otherwise `kept` drops here: the connection goes back to the pool.
     }
+}
+
+/// True for an error after which the server closes the session (severity FATAL or PANIC, such
+/// as an administrator's `pg_terminate_backend`), or one that is not PostgreSQL's.
+fn ends_the_session(e: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
+    use sea_orm::sqlx::postgres::{PgDatabaseError, PgSeverity};
+    e.try_downcast_ref::<PgDatabaseError>()
+        .is_none_or(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic))
 }
 
 /// A kept connection in use. Dropped without [`PgReaders::give_back`] (a failed read, or the
@@ -132,7 +160,8 @@ impl Drop for Kept<'_> {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder};
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
     use crate::storage::{Db, ReadModels};
 
@@ -177,7 +206,7 @@ mod tests {
         let pooled = select().all(db.conn()).await.expect("pool");
         assert_eq!(pooled.len(), 2);
         assert_eq!(db.read_all(select()).await.expect("direct"), pooled);
-        assert_eq!(db.direct_reads(), 1, "the read ran on the pool");
+        assert_eq!(db.direct_reads(), 1, "the read did not run on a kept connection");
 
         // The kept connection is the only other session of this database: the server ends it.
         db.conn()
@@ -191,5 +220,14 @@ mod tests {
         assert_eq!(db.direct_reads(), 1, "a read on a closed connection answered");
         assert_eq!(db.read_all(select()).await.expect("read"), pooled);
         assert_eq!(db.direct_reads(), 2, "no connection was kept again");
+
+        // An SQL error answers as the pool answers it, and leaves the connection kept.
+        let refused = || typed::Entity::find().filter(Expr::cust("small = 'seven'"));
+        let direct = db.read_all(refused()).await.map_err(|e| e.to_string());
+        let pooled_err = refused().all(db.conn()).await.map_err(|e| e.to_string());
+        assert!(direct.is_err(), "{direct:?}");
+        assert_eq!(direct, pooled_err);
+        assert_eq!(db.read_all(select()).await.expect("read"), pooled);
+        assert_eq!(db.direct_reads(), 3);
     }
 }
