@@ -26,7 +26,7 @@
 //! A unit whose caller stopped waiting before it ran is not run. Once it has run, its caller
 //! going away changes nothing: it commits with its group.
 //!
-//! SQLite has one writer (the [`Db`](super::Db)'s lock); PostgreSQL runs [`PG_WRITERS`] groups
+//! SQLite has one writer (the [`Db`]'s lock); PostgreSQL runs [`PG_WRITERS`] groups
 //! at a time, as concurrent transactions.
 
 use std::collections::VecDeque;

@@ -3,8 +3,8 @@
 //! committed in groups ([`group`]).
 
 pub mod group;
-mod pg_reads;
-mod reads;
+pub mod pg_reads;
+pub mod reads;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,12 +8,17 @@
 //! (the same SQL, values bound by `sea-query-sqlx`, rows turned into models through sea-orm's own
 //! `QueryResult`), without giving the connection back in between.
 //!
-//! The kept connections count in the pool's size (`SHAREMESH_DB_POOL`): at most a quarter of it
-//! (at least 1) is kept, and only while the pool has room to spare — when every other
-//! connection is in use, a read gives its connection back. When every kept connection is busy, or a read fails on one (a server or
-//! proxy that closed an idle connection, an SQL error), the read runs on the pool instead — so a
-//! read here answers what the pool would have — and a connection that failed goes back to the
-//! pool, whose ping closes it if it is broken.
+//! The kept connections count in the pool's size (`SHAREMESH_DB_POOL`), and the writers come
+//! first: a quarter of what the pool has beyond [`super::group::PG_WRITERS`] + 4 connections (for
+//! the group writers, the event consumers, the relay and the dispatcher) is kept — none up to a
+//! pool of 11 (the chart's default of 5 keeps none), 2 of the services' default 16. A read gives
+//! its connection back instead of keeping it while the pool has nothing to spare, and a
+//! connection idle for [`MAX_IDLE`] is closed rather than used (a proxy or firewall may have
+//! dropped it without a word; the pool pings such a connection before it hands it out, these
+//! readers never ping). An SQL error is answered as the pool would answer it. When every kept
+//! connection is busy, or a read fails on one for any other reason (a connection the server
+//! closed), the read runs on the pool instead — so a read here answers what the pool would
+//! have — and the failed connection goes back to the pool, whose ping closes it if it is broken.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,7 +30,7 @@ use sea_orm::{DatabaseBackend, DbErr, EntityTrait, FromQueryResult, QueryResult,
 use sea_query_sqlx::SqlxValues;
 
 /// How long a kept connection may sit unused before it is closed instead of used.
-pub(super) const MAX_IDLE: Duration = Duration::from_secs(30);
+pub const MAX_IDLE: Duration = Duration::from_secs(30);
 
 /// Connections of the pool left to the writers before any is kept for reads.
 const LEFT_TO_WRITERS: usize = super::group::PG_WRITERS + 4;
