@@ -3,6 +3,7 @@
 //! committed in groups ([`group`]).
 
 pub mod group;
+mod parked;
 pub mod pg_reads;
 pub mod reads;
 
@@ -485,6 +486,34 @@ pub async fn try_xact_lock(tx: &WriteTxn, key: i64) -> Result<bool, DbErr> {
 /// True when `err` is a unique-key violation.
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// A model with a field of every type the readers ([`reads`], [`pg_reads`]) map, for their tests.
+#[cfg(test)]
+#[allow(unreachable_pub)]
+pub(crate) mod typed {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "typed")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        pub small: i32,
+        pub maybe_small: Option<i32>,
+        pub big: i64,
+        pub maybe_big: Option<i64>,
+        pub flag: bool,
+        pub name: String,
+        pub maybe_name: Option<String>,
+        pub payload: Vec<u8>,
+        pub ratio: f64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
 }
 
 #[cfg(test)]

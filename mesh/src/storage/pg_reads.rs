@@ -20,14 +20,14 @@
 //! closed), the read runs on the pool instead — so a read here answers what the pool would
 //! have — and the failed connection goes back to the pool, whose ping closes it if it is broken.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres};
-use sea_orm::{DatabaseBackend, DbErr, EntityTrait, FromQueryResult, QueryResult, QueryTrait, RuntimeErr, Select, Values};
+use sea_orm::{DatabaseBackend, DbErr, EntityTrait, FromQueryResult, QueryResult, QueryTrait, RuntimeErr, Select, Statement, Values};
 use sea_query_sqlx::SqlxValues;
+
+use super::parked::Parked;
 
 /// How long a kept connection may sit unused before it is closed instead of used.
 pub const MAX_IDLE: Duration = Duration::from_secs(30);
@@ -38,12 +38,8 @@ const LEFT_TO_WRITERS: usize = super::group::PG_WRITERS + 4;
 /// Connections kept out of a PostgreSQL pool for reads.
 pub(super) struct PgReaders {
     pool: PgPool,
-    /// Kept connections not in use, with the time each was last used.
-    idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
-    /// Connections taken from the pool (idle here or running a read).
-    kept: AtomicUsize,
-    max: usize,
-    direct: AtomicU64,
+    /// Connections taken from the pool; an idle one with the time it was last used.
+    kept: Parked<(PoolConnection<Postgres>, Instant)>,
 }
 
 impl PgReaders {
@@ -52,25 +48,21 @@ impl PgReaders {
         let max = (pool.options().get_max_connections() as usize).saturating_sub(LEFT_TO_WRITERS) / 4;
         Self {
             pool,
-            idle: Mutex::new(Vec::new()),
-            kept: AtomicUsize::new(0),
-            max,
-            direct: AtomicU64::new(0),
+            kept: Parked::new(max),
         }
     }
 
     /// Reads answered here so far (the rest went to the pool).
     pub(super) fn direct_reads(&self) -> u64 {
-        self.direct.load(Ordering::Relaxed)
+        self.kept.reads()
     }
 
     /// The models `select` finds (or the SQL error the pool would answer too), read on a kept
     /// connection; `None` when the read must run on the pool instead.
     pub(super) async fn models<E: EntityTrait>(&self, select: &Select<E>) -> Option<Result<Vec<E::Model>, DbErr>> {
         let mut kept = self.take()?;
-        let stmt = select.build(DatabaseBackend::Postgres);
-        let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
-        let query = sea_orm::sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values));
+        let Statement { sql, values, .. } = select.build(DatabaseBackend::Postgres);
+        let query = sea_orm::sqlx::query_with(AssertSqlSafe(sql.as_str()), SqlxValues(values.unwrap_or(Values(Vec::new()))));
         let rows = match query.fetch_all(&mut **kept.conn.as_mut()?).await {
             Ok(rows) => rows,
             // The server refused the statement and the session goes on: the pool would answer
@@ -86,7 +78,7 @@ impl PgReaders {
             }
         };
         self.give_back(kept);
-        self.direct.fetch_add(1, Ordering::Relaxed);
+        self.kept.answered();
         // Rows become models as sea-orm's own driver makes them: the same error if one does not fit.
         Some(
             rows.into_iter()
@@ -98,33 +90,27 @@ impl PgReaders {
     /// An idle kept connection, or one more from the pool if fewer than `max` are kept and the
     /// pool has one idle now (never waits).
     fn take(&self) -> Option<Kept<'_>> {
-        let parked = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some((mut conn, last_used)) = parked {
-            if last_used.elapsed() < MAX_IDLE {
-                return Some(Kept {
-                    readers: self,
-                    conn: Some(conn),
-                });
+        let conn = match self.kept.pop() {
+            Some((conn, last_used)) if last_used.elapsed() < MAX_IDLE => conn,
+            Some((mut stale, _)) => {
+                // Closed (sqlx bounds the close) rather than trusted; the pool serves this read.
+                stale.close_on_drop();
+                self.kept.release();
+                return None;
             }
-            // Closed (sqlx bounds the close) rather than trusted; the pool serves this read.
-            conn.close_on_drop();
-            self.kept.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        if self.kept.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.kept.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        match self.pool.try_acquire() {
-            Some(conn) => Some(Kept {
-                readers: self,
-                conn: Some(conn),
-            }),
-            None => {
-                self.kept.fetch_sub(1, Ordering::Relaxed);
-                None
-            }
-        }
+            None if self.kept.reserve() => match self.pool.try_acquire() {
+                Some(conn) => conn,
+                None => {
+                    self.kept.release();
+                    return None;
+                }
+            },
+            None => return None,
+        };
+        Some(Kept {
+            readers: self,
+            conn: Some(conn),
+        })
     }
 
     /// Keeps the connection for the next read while the pool has room to spare (an idle
@@ -133,7 +119,7 @@ impl PgReaders {
     fn give_back(&self, mut kept: Kept<'_>) {
         let spare = self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections();
         if spare && let Some(conn) = kept.conn.take() {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push((conn, Instant::now()));
+            self.kept.push((conn, Instant::now()));
         }
         // Otherwise `kept` drops here: the connection goes back to the pool.
     }
@@ -158,7 +144,7 @@ struct Kept<'a> {
 impl Drop for Kept<'_> {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
-            self.readers.kept.fetch_sub(1, Ordering::Relaxed);
+            self.readers.kept.release();
         }
     }
 }
@@ -168,28 +154,7 @@ mod tests {
     use sea_orm::sea_query::Expr;
     use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
-    use crate::storage::{Db, ReadModels};
-
-    #[allow(unreachable_pub)]
-    mod typed {
-        use sea_orm::entity::prelude::*;
-
-        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-        #[sea_orm(table_name = "typed")]
-        pub struct Model {
-            #[sea_orm(primary_key, auto_increment = false)]
-            pub id: i64,
-            pub small: Option<i32>,
-            pub flag: bool,
-            pub name: String,
-            pub payload: Vec<u8>,
-        }
-
-        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-        pub enum Relation {}
-
-        impl ActiveModelBehavior for ActiveModel {}
-    }
+    use crate::storage::{Db, ReadModels, typed};
 
     /// Reads run on a kept connection and answer what the pool answers; a kept connection the
     /// server closed costs one read a trip to the pool, which still answers.
@@ -202,8 +167,11 @@ mod tests {
         let db = Db::connect(&pg.url).await.expect("connect");
         db.conn()
             .execute_unprepared(
-                "CREATE TABLE typed (id BIGINT PRIMARY KEY, small INTEGER, flag BOOLEAN NOT NULL, name TEXT NOT NULL, payload BYTEA NOT NULL);
-                 INSERT INTO typed VALUES (1, NULL, TRUE, 'a', '\\x00ff'), (2, 7, FALSE, 'ü', '')",
+                "CREATE TABLE typed (id BIGINT PRIMARY KEY, small INTEGER NOT NULL, maybe_small INTEGER, big BIGINT NOT NULL, \
+                 maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, maybe_name TEXT, payload BYTEA NOT NULL, \
+                 ratio DOUBLE PRECISION NOT NULL);
+                 INSERT INTO typed VALUES (1, -7, NULL, 9000000000, NULL, TRUE, 'a', NULL, '\\x00ff', 0.5), \
+                 (2, 2147483647, -2147483648, -1, 5000000000, FALSE, 'ü', 'b', '', 2)",
             )
             .await
             .expect("create");

@@ -1,6 +1,7 @@
-//! Reads outside a transaction: [`super::ReadModels`] on a [`super::Db`].
+//! Reads outside a transaction on a SQLite file ([`super::ReadModels`] on a [`super::Db`]; on
+//! PostgreSQL: [`super::pg_reads`]).
 //!
-//! On PostgreSQL they go to the pool. On SQLite a read runs on the calling thread, on a
+//! A read runs on the calling thread, on a
 //! connection of its own opened with rusqlite on the same file, instead of on sqlx-sqlite's
 //! per-connection worker thread: sqlx hands every statement to that thread and back (two thread
 //! wake-ups), and every connection returned to its pool costs a spawned task and a ping (two
@@ -24,8 +25,8 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::types::ValueRef;
 use sea_orm::sea_query::ColumnType;
@@ -34,16 +35,14 @@ use sea_orm::{
     Value,
 };
 
+use super::parked::Parked;
+
 /// rusqlite connections on one SQLite file, opened as needed and reused.
 pub(super) struct SqliteReaders {
     path: PathBuf,
-    idle: Mutex<Vec<Reader>>,
-    opened: AtomicUsize,
-    /// Most readers open at once.
-    max: usize,
+    readers: Parked<Reader>,
     /// Set when a reader could not be opened: every read goes to the pool from then on.
     off: AtomicBool,
-    direct: AtomicU64,
 }
 
 impl SqliteReaders {
@@ -52,17 +51,14 @@ impl SqliteReaders {
         let workers = std::thread::available_parallelism().map_or(2, usize::from);
         sqlite_file(url).map(|path| Self {
             path,
-            idle: Mutex::new(Vec::new()),
-            opened: AtomicUsize::new(0),
-            max: workers.clamp(2, MAX_READERS),
+            readers: Parked::new(workers.clamp(2, MAX_READERS)),
             off: AtomicBool::new(false),
-            direct: AtomicU64::new(0),
         })
     }
 
     /// Reads answered here so far (the rest went to the pool).
     pub(super) fn direct_reads(&self) -> u64 {
-        self.direct.load(Ordering::Relaxed)
+        self.readers.reads()
     }
 
     /// The models `select` finds, read on the calling thread; `None` when the read must run on
@@ -78,10 +74,10 @@ impl SqliteReaders {
         }
         let mut reader = self.take()?;
         let models = reader.models::<E>(&stmt);
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
+        self.readers.push(reader);
         match models {
             Ok(models) => {
-                self.direct.fetch_add(1, Ordering::Relaxed);
+                self.readers.answered();
                 Some(models)
             }
             Err(e) => {
@@ -92,20 +88,16 @@ impl SqliteReaders {
     }
 
     fn take(&self) -> Option<Reader> {
-        if let Some(reader) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+        if let Some(reader) = self.readers.pop() {
             return Some(reader);
         }
-        if self.off.load(Ordering::Relaxed) {
-            return None;
-        }
-        if self.opened.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.opened.fetch_sub(1, Ordering::Relaxed);
+        if self.off.load(Ordering::Relaxed) || !self.readers.reserve() {
             return None;
         }
         match Reader::open(&self.path) {
             Ok(reader) => Some(reader),
             Err(e) => {
-                self.opened.fetch_sub(1, Ordering::Relaxed);
+                self.readers.release();
                 self.off.store(true, Ordering::Relaxed);
                 tracing::warn!(error = %e, path = %self.path.display(), "cannot open a SQLite reader; every read goes through the pool");
                 None
@@ -223,23 +215,20 @@ where
     E::ActiveModel: TryIntoModel<E::Model>,
 {
     let entity_columns: Vec<E::Column> = E::Column::iter().collect();
+    let targets = columns
+        .iter()
+        .map(|c| entity_columns.get(c.entity).map(|&e| (e, c.kind)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Unfit::Type("a column map of another entity".into()))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let mut model = E::ActiveModel::default();
-        for (i, column) in columns.iter().enumerate() {
-            let entity_column = *entity_columns
-                .get(column.entity)
-                .ok_or_else(|| Unfit::Type(format!("no column {} in the entity", column.entity)))?;
+        for (i, &(column, kind)) in targets.iter().enumerate() {
             let v = row.get_ref(i)?;
-            let value = column.kind.value(v).ok_or_else(|| {
-                Unfit::Type(format!(
-                    "column {} ({:?}) holds {:?}",
-                    entity_column.as_str(),
-                    column.kind,
-                    v.data_type()
-                ))
-            })?;
-            model.try_set(entity_column, value).map_err(Unfit::Model)?;
+            let value = kind
+                .value(v)
+                .ok_or_else(|| Unfit::Type(format!("column {} ({kind:?}) holds {:?}", column.as_str(), v.data_type())))?;
+            model.try_set(column, value).map_err(Unfit::Model)?;
         }
         out.push(model.try_into_model().map_err(Unfit::Model)?);
     }
@@ -363,34 +352,7 @@ mod tests {
     use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
     use super::*;
-    use crate::storage::{Db, ReadModels};
-
-    /// A model with a field of every type the readers map.
-    #[allow(unreachable_pub)]
-    mod typed {
-        use sea_orm::entity::prelude::*;
-
-        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-        #[sea_orm(table_name = "typed")]
-        pub struct Model {
-            #[sea_orm(primary_key)]
-            pub id: i64,
-            pub small: i32,
-            pub maybe_small: Option<i32>,
-            pub big: i64,
-            pub maybe_big: Option<i64>,
-            pub flag: bool,
-            pub name: String,
-            pub maybe_name: Option<String>,
-            pub payload: Vec<u8>,
-            pub ratio: f64,
-        }
-
-        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-        pub enum Relation {}
-
-        impl ActiveModelBehavior for ActiveModel {}
-    }
+    use crate::storage::{Db, ReadModels, typed};
 
     const TABLE: &str = "CREATE TABLE typed (id INTEGER PRIMARY KEY AUTOINCREMENT, small INTEGER NOT NULL, \
         maybe_small INTEGER, big BIGINT NOT NULL, maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, \

@@ -1,0 +1,75 @@
+//! The bookkeeping both readers share ([`super::reads`] on SQLite, [`super::pg_reads`] on
+//! PostgreSQL): connections kept beside the pool, at most so many, and a count of the reads they
+//! answered.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Connections `C` a reader keeps: the idle ones, how many exist (idle or in use) out of at most
+/// `max`, and how many reads they answered. Taking one never waits.
+pub(super) struct Parked<C> {
+    idle: Mutex<Vec<C>>,
+    count: AtomicUsize,
+    max: usize,
+    answered: AtomicU64,
+}
+
+impl<C> Parked<C> {
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+            max,
+            answered: AtomicU64::new(0),
+        }
+    }
+
+    /// An idle connection, if one is parked.
+    pub(super) fn pop(&self) -> Option<C> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Parks a connection in use again, for the next read.
+    pub(super) fn push(&self, conn: C) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+    }
+
+    /// Counts one more connection if fewer than `max` exist; false (nothing counted) at `max`.
+    pub(super) fn reserve(&self) -> bool {
+        if self.count.fetch_add(1, Ordering::Relaxed) < self.max {
+            return true;
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// One connection fewer: it was not made after all, was closed, or went back to the pool.
+    pub(super) fn release(&self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a read answered on a parked connection.
+    pub(super) fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads answered on parked connections so far.
+    pub(super) fn reads(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_max_connections_are_counted() {
+        let parked = Parked::<u8>::new(2);
+        assert!(parked.reserve() && parked.reserve());
+        assert!(!parked.reserve(), "a third connection was counted");
+        parked.release();
+        assert!(parked.reserve());
+        assert!(Parked::<u8>::new(0).pop().is_none() && !Parked::<u8>::new(0).reserve());
+    }
+}
