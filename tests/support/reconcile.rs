@@ -17,6 +17,9 @@ use sharemesh_mesh::auth::Role;
 
 use crate::{NatsServer, Service, authed, stream_messages, token};
 
+/// Reservations ListListingViews shows per listing (the view service's own bound).
+const LISTED_RESERVATIONS: usize = 10;
+
 /// Every reservation, as the reservation service knows them.
 pub async fn reservations(reservation: &Service) -> Vec<Reservation> {
     let mut r = ReservationServiceClient::new(reservation.channel().await);
@@ -176,25 +179,46 @@ pub async fn read_models_match(reservation: &Service, view: &Service) -> Result<
         }
     }
     let views = listing_views(view).await;
+    // A listed view shows the not-yet-ended, not rejected reservations that end first.
+    let mut upcoming: HashMap<&str, Vec<(i64, &Reservation)>> = HashMap::new();
+    let now = sharemesh_mesh::events::now_ms();
     for r in truth
         .iter()
         .filter(|r| r.status != ReservationStatus::Rejected as i32 && !r.listing_title.is_empty())
     {
-        let id = &r.reservation_id;
+        let end = r.window.as_ref().and_then(|w| w.to_ms()).map_or(0, |(_, end)| end);
+        if end > now {
+            upcoming.entry(r.listing_id.as_str()).or_default().push((end, r));
+        }
+    }
+    for (listing, mut theirs) in upcoming {
+        theirs.sort_by(|a, b| (a.0, &a.1.reservation_id).cmp(&(b.0, &b.1.reservation_id)));
         let v = views
             .iter()
-            .find(|v| v.listing_id == r.listing_id)
-            .ok_or_else(|| format!("no listing view of {}", r.listing_id))?;
-        let lr = v
-            .reservations
-            .iter()
-            .find(|x| &x.reservation_id == id)
-            .ok_or_else(|| format!("{id} is missing from the view of listing {}", r.listing_id))?;
-        if lr.reservation_status != r.status || lr.payment_status != r.payment_status {
+            .find(|v| v.listing_id == listing)
+            .ok_or_else(|| format!("no listing view of {listing}"))?;
+        let shown = theirs.len().min(LISTED_RESERVATIONS);
+        if v.reservations.len() != shown || v.more_reservations != (theirs.len() > shown) {
             return Err(format!(
-                "the listing view shows {id} as ({}, {}), reservation as ({}, {})",
-                lr.reservation_status, lr.payment_status, r.status, r.payment_status
+                "the view of {listing} shows {} reservations (more: {}), reservation has {} upcoming",
+                v.reservations.len(),
+                v.more_reservations,
+                theirs.len()
             ));
+        }
+        for (_, r) in &theirs[..shown] {
+            let id = &r.reservation_id;
+            let lr = v
+                .reservations
+                .iter()
+                .find(|x| &x.reservation_id == id)
+                .ok_or_else(|| format!("{id} is missing from the view of listing {listing}"))?;
+            if lr.reservation_status != r.status || lr.payment_status != r.payment_status {
+                return Err(format!(
+                    "the listing view shows {id} as ({}, {}), reservation as ({}, {})",
+                    lr.reservation_status, lr.payment_status, r.status, r.payment_status
+                ));
+            }
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ use sharemesh_contracts::payment::v1::PaymentStatus;
 use sharemesh_contracts::reservation::v1::ReservationStatus;
 use sharemesh_contracts::view::v1::{ListingReservation, ListingView, MyPage, MyPageEntry, listing_view};
 use sharemesh_mesh::auth::{Caller, Role};
+use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::page;
 
 use crate::Views;
@@ -38,7 +39,17 @@ fn money(amount_minor: i64, currency: &str) -> Option<Money> {
     (!currency.is_empty()).then(|| Money::new(amount_minor, currency))
 }
 
-fn listing_view(row: &ListingViewRow, reservations: Vec<&ReservationViewRow>, caller: &Caller) -> ListingView {
+/// Most reservations GetListingView shows.
+pub const RESERVATIONS_PER_VIEW: u64 = 100;
+/// Most reservations ListListingViews shows per listing.
+pub const RESERVATIONS_PER_LISTED_VIEW: u64 = 10;
+
+/// A listing's view, showing up to `shown` of `upcoming` (which holds one more when there are
+/// more), by start.
+fn listing_view(row: &ListingViewRow, mut upcoming: Vec<ReservationViewRow>, shown: u64, caller: &Caller) -> ListingView {
+    let more_reservations = upcoming.len() as u64 > shown;
+    upcoming.truncate(shown as usize);
+    upcoming.sort_by(|a, b| (a.start_ms, &a.reservation_id).cmp(&(b.start_ms, &b.reservation_id)));
     let details = match ListingKind::from_str_name(&row.kind) {
         Some(ListingKind::Car) => Some(listing_view::Details::Car(CarDetails {
             model: row.car_model.clone().unwrap_or_default(),
@@ -60,8 +71,8 @@ fn listing_view(row: &ListingViewRow, reservations: Vec<&ReservationViewRow>, ca
         price: money(row.price_minor, &row.currency),
         details,
         status: ListingStatus::from_str_name(&row.status).unwrap_or(ListingStatus::Unspecified) as i32,
-        reservations: reservations
-            .into_iter()
+        reservations: upcoming
+            .iter()
             .map(|r| ListingReservation {
                 reservation_id: r.reservation_id.clone(),
                 customer_id: if sees_customers || caller.id == r.customer_id {
@@ -77,6 +88,7 @@ fn listing_view(row: &ListingViewRow, reservations: Vec<&ReservationViewRow>, ca
             .collect(),
         version: row.version,
         update_time: Some(timestamp_from_ms(row.updated_at_ms)),
+        more_reservations,
     }
 }
 
@@ -89,8 +101,8 @@ impl Views {
         let row = listing_views::find(&self.db, listing_id)
             .await?
             .ok_or_else(|| ViewError::NotFound(format!("no view of listing {listing_id} (yet)")))?;
-        let reservations = reservation_views::for_listings(&self.db, vec![listing_id.to_owned()]).await?;
-        Ok(listing_view(&row, reservations.iter().collect(), caller))
+        let upcoming = reservation_views::upcoming(&self.db, listing_id, now_ms(), RESERVATIONS_PER_VIEW + 1).await?;
+        Ok(listing_view(&row, upcoming, RESERVATIONS_PER_VIEW, caller))
     }
 
     /// Listings and their reservations, filtered by kind and status, by listing id.
@@ -109,15 +121,12 @@ impl Views {
         let mut rows = listing_views::list(&self.db, kind, status, page.offset, page.limit + 1).await?;
         let has_more = rows.len() as u64 > page.limit;
         rows.truncate(page.limit as usize);
-        let ids = rows.iter().map(|r| r.listing_id.clone()).collect();
-        let reservations = reservation_views::for_listings(&self.db, ids).await?;
-        let mut by_listing: HashMap<&str, Vec<&ReservationViewRow>> = HashMap::new();
-        for r in &reservations {
-            by_listing.entry(r.listing_id.as_str()).or_default().push(r);
-        }
+        let ids: Vec<String> = rows.iter().map(|r| r.listing_id.clone()).collect();
+        let shown = RESERVATIONS_PER_LISTED_VIEW;
+        let mut upcoming = reservation_views::upcoming_for_listings(&self.db, &ids, now_ms(), shown).await?;
         let views = rows
             .iter()
-            .map(|row| listing_view(row, by_listing.remove(row.listing_id.as_str()).unwrap_or_default(), caller))
+            .map(|row| listing_view(row, upcoming.remove(&row.listing_id).unwrap_or_default(), shown, caller))
             .collect();
         Ok((views, page::next_token(page, has_more, &fingerprint)))
     }

@@ -430,3 +430,68 @@ async fn two_concurrent_projectors_on_postgres_end_as_a_serial_run() {
     }
     pg.drop_now().await;
 }
+
+/// A row of `reservation_views` on `listing`, ending at `end_ms`.
+fn view_row(id: &str, listing: &str, end_ms: i64, status: ReservationStatus) -> reservation_views::ReservationViewRow {
+    reservation_views::ReservationViewRow {
+        reservation_id: id.into(),
+        listing_id: listing.into(),
+        customer_id: "alice".into(),
+        host_id: "host-1".into(),
+        listing_title: "Avante".into(),
+        listing_kind: ListingKind::Car.as_str_name().into(),
+        start_ms: end_ms - 10,
+        end_ms,
+        amount_minor: 1,
+        currency: "KRW".into(),
+        reservation_status: status.as_str_name().into(),
+        status_reason: String::new(),
+        reservation_version: 1,
+        payment_status: PaymentStatus::Unspecified.as_str_name().into(),
+        payment_version: 0,
+        updated_at_ms: 1,
+    }
+}
+
+fn ids(rows: &[reservation_views::ReservationViewRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.reservation_id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn listing_views_read_a_bounded_share_of_upcoming_reservations_however_often_a_listing_is_booked() {
+    use reservation_views::{entity, upcoming, upcoming_for_listings};
+    use sea_orm::IntoActiveModel;
+    let (db, _dir) = fresh_db().await;
+    let now = 1_000;
+    let mut rows = vec![
+        view_row("past", "quiet", now, ReservationStatus::Confirmed),
+        view_row("rejected", "quiet", now + 50, ReservationStatus::Rejected),
+        view_row("q-late", "quiet", now + 90, ReservationStatus::Cancelled),
+        view_row("q-soon", "quiet", now + 20, ReservationStatus::Confirmed),
+    ];
+    // A listing booked far more often than any view shows, its ids sorting before the quiet one's.
+    rows.extend((0..300).map(|i| view_row(&format!("b-{i:03}"), "busy", now + 1 + i, ReservationStatus::Confirmed)));
+    entity::Entity::insert_many(rows.into_iter().map(IntoActiveModel::into_active_model))
+        .exec(db.conn())
+        .await
+        .expect("insert");
+
+    let quiet = upcoming(&db, "quiet", now, 100).await.expect("read");
+    assert_eq!(ids(&quiet), ["q-soon", "q-late"], "not ended, not rejected, ending first");
+
+    // Both listings on one page: the busy one's share cannot push the quiet one's out.
+    let page = upcoming_for_listings(&db, &["busy".into(), "quiet".into()], now, 10)
+        .await
+        .expect("read");
+    assert_eq!(ids(&page["quiet"]), ["q-soon", "q-late"]);
+    assert_eq!(page["busy"].len(), 11, "one more than shown, so the view can say there are more");
+    assert_eq!(page["busy"][0].reservation_id, "b-000");
+    assert_eq!(page["busy"][10].reservation_id, "b-010");
+
+    // Listings whose reservations all fit answer from one statement, with every row.
+    let few = upcoming_for_listings(&db, &["quiet".into(), "none".into()], now, 10)
+        .await
+        .expect("read");
+    assert_eq!(ids(&few["quiet"]), ["q-soon", "q-late"]);
+    assert!(!few.contains_key("none"));
+}

@@ -45,11 +45,23 @@ const TABLES: &str = "CREATE TABLE listing_views (
     CREATE INDEX reservation_views_by_listing ON reservation_views (listing_id, start_ms);
     CREATE INDEX reservation_views_by_customer ON reservation_views (customer_id, updated_at_ms)";
 
-const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
-    name: "m0001_view_read_models",
-    sqlite: TABLES,
-    postgres: TABLES,
-}];
+/// A listing view shows the reservations that have not ended yet, those ending first: an index
+/// by end lets that read stop at its limit however long the listing's history.
+const UPCOMING_INDEX: &str = "DROP INDEX reservation_views_by_listing;
+    CREATE INDEX reservation_views_upcoming ON reservation_views (listing_id, end_ms, reservation_id)";
+
+const MIGRATIONS: &[SqlMigration] = &[
+    SqlMigration {
+        name: "m0001_view_read_models",
+        sqlite: TABLES,
+        postgres: TABLES,
+    },
+    SqlMigration {
+        name: "m0002_view_upcoming_reservations",
+        sqlite: UPCOMING_INDEX,
+        postgres: UPCOMING_INDEX,
+    },
+];
 
 /// The view's migrations: the mesh's outbox and inbox, then the read models.
 pub struct Migrator;

@@ -1,6 +1,8 @@
 //! `reservation_views`: one row per reservation with its reservation and payment state, each
 //! with the version of the aggregate it came from.
 
+use std::collections::HashMap;
+
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use sharemesh_mesh::storage::ReadModels;
 
@@ -61,17 +63,65 @@ pub async fn find(db: &impl ReadModels, reservation_id: &str) -> Result<Option<R
     db.read_one(entity::Entity::find_by_id(reservation_id.to_owned())).await
 }
 
-/// Known reservations of `listing_ids`, except rejected ones, by start.
-pub async fn for_listings(db: &impl ReadModels, listing_ids: Vec<String>) -> Result<Vec<ReservationViewRow>, sea_orm::DbErr> {
+/// A listing's reservations that have not ended by `now_ms`, except rejected ones: at most
+/// `limit`, those ending first (then by id).
+pub async fn upcoming(db: &impl ReadModels, listing_id: &str, now_ms: i64, limit: u64) -> Result<Vec<ReservationViewRow>, sea_orm::DbErr> {
     db.read_all(
-        entity::Entity::find()
-            .filter(entity::Column::ListingId.is_in(listing_ids))
-            .filter(entity::Column::ReservationVersion.gt(0))
-            .filter(entity::Column::ReservationStatus.ne("RESERVATION_STATUS_REJECTED"))
-            .order_by_asc(entity::Column::StartMs)
-            .order_by_asc(entity::Column::ReservationId),
+        upcoming_query(vec![listing_id.to_owned()], now_ms)
+            .order_by_asc(entity::Column::EndMs)
+            .order_by_asc(entity::Column::ReservationId)
+            .limit(limit),
     )
     .await
+}
+
+/// [`upcoming`] for each of `listing_ids`, with at most `per_listing + 1` rows each (one more
+/// than shown, so a caller knows when there are more).
+///
+/// One statement answers when the listings together have no more than that many; it walks the
+/// `(listing_id, end_ms)` index in order and stops at its limit, so a listing booked thousands of
+/// times costs no more than its share. Only when that limit is reached does each listing get a
+/// statement of its own, each as bounded.
+pub async fn upcoming_for_listings(
+    db: &impl ReadModels,
+    listing_ids: &[String],
+    now_ms: i64,
+    per_listing: u64,
+) -> Result<HashMap<String, Vec<ReservationViewRow>>, sea_orm::DbErr> {
+    let each = per_listing + 1;
+    let together = each.saturating_mul(listing_ids.len() as u64);
+    let rows = db
+        .read_all(
+            upcoming_query(listing_ids.to_vec(), now_ms)
+                .order_by_asc(entity::Column::ListingId)
+                .order_by_asc(entity::Column::EndMs)
+                .order_by_asc(entity::Column::ReservationId)
+                .limit(together),
+        )
+        .await?;
+    let mut by_listing: HashMap<String, Vec<ReservationViewRow>> = HashMap::new();
+    if (rows.len() as u64) < together {
+        for r in rows {
+            let theirs = by_listing.entry(r.listing_id.clone()).or_default();
+            if (theirs.len() as u64) < each {
+                theirs.push(r);
+            }
+        }
+        return Ok(by_listing);
+    }
+    for id in listing_ids {
+        by_listing.insert(id.clone(), upcoming(db, id, now_ms, each).await?);
+    }
+    Ok(by_listing)
+}
+
+/// Known, not rejected reservations of `listing_ids` that end after `now_ms`.
+fn upcoming_query(listing_ids: Vec<String>, now_ms: i64) -> sea_orm::Select<entity::Entity> {
+    entity::Entity::find()
+        .filter(entity::Column::ListingId.is_in(listing_ids))
+        .filter(entity::Column::EndMs.gt(now_ms))
+        .filter(entity::Column::ReservationVersion.gt(0))
+        .filter(entity::Column::ReservationStatus.ne("RESERVATION_STATUS_REJECTED"))
 }
 
 /// A customer's known reservations, most recently changed first.
