@@ -269,6 +269,8 @@ enum Mode {
 struct Recorder {
     mode: Mode,
     calls: AtomicU32,
+    /// What [`EventHandler::wanted`] answers.
+    wanted: Option<Vec<String>>,
 }
 
 impl Recorder {
@@ -276,6 +278,15 @@ impl Recorder {
         Arc::new(Self {
             mode,
             calls: AtomicU32::new(0),
+            wanted: None,
+        })
+    }
+    /// A recorder that wants `EVENT_TYPE` only.
+    fn of_one_type() -> Arc<Self> {
+        Arc::new(Self {
+            mode: Mode::Succeed,
+            calls: AtomicU32::new(0),
+            wanted: Some(vec![EVENT_TYPE.to_owned()]),
         })
     }
     fn calls(&self) -> u32 {
@@ -305,17 +316,26 @@ impl EventHandler for Recorder {
             }
         })
     }
+
+    fn wanted(&self) -> Option<Vec<String>> {
+        self.wanted.clone()
+    }
 }
 
 /// Publishes an event straight to the stream with its own `Nats-Msg-Id`.
 async fn publish_raw(js: &jetstream::Context, event_id: &str, msg_id: &str) {
+    publish_typed(js, EVENT_TYPE, event_id, msg_id).await;
+}
+
+/// Publishes an event of `event_type` (also its subject) straight to the stream.
+async fn publish_typed(js: &jetstream::Context, event_type: &'static str, event_id: &str, msg_id: &str) {
     let mut h = HeaderMap::new();
     h.insert("Nats-Msg-Id", msg_id);
     h.insert(events::CE_ID, event_id);
-    h.insert(events::CE_TYPE, EVENT_TYPE);
+    h.insert(events::CE_TYPE, event_type);
     h.insert(events::CE_SOURCE, SOURCE);
     let ack = js
-        .publish_with_headers(EVENT_TYPE, h, bytes::Bytes::from_static(b"\x01"))
+        .publish_with_headers(event_type, h, bytes::Bytes::from_static(b"\x01"))
         .await
         .expect("publish");
     let ack = timeout(WAIT, ack).await.expect("ack in time").expect("ack");
@@ -514,5 +534,51 @@ async fn a_burst_is_applied_in_batches_and_one_bad_event_costs_only_itself() {
     // events reached the handler twice, their effects committed once. (Without batches the
     // handler would be called exactly once per distinct event: 200.)
     assert!(handler.calls() > 200, "no batch was rolled back: {} calls", handler.calls());
+    stop(&shutdown, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_delivers_only_the_types_a_handler_wants_also_to_a_consumer_made_without_that_filter() {
+    const OTHER_TYPE: &str = "sharemesh.test.v1.OtherThingHappened";
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    events::ensure_stream(&js, CONTEXT).await.expect("stream");
+    let (db, _dir) = fresh_db().await;
+    // An older release's consumer: no filter, so it is delivered every type.
+    publish_raw(&js, "first", "msg-first").await;
+    let (shutdown, task) = start_inbox(&db, &js, Recorder::new(Mode::Succeed), policy(5)).await;
+    all_acked(&js, 1).await;
+    stop(&shutdown, task).await;
+
+    for i in 0..3 {
+        publish_typed(&js, OTHER_TYPE, &format!("other-{i}"), &format!("msg-other-{i}")).await;
+    }
+    publish_raw(&js, "second", "msg-second").await;
+    let handler = Recorder::of_one_type();
+    let (shutdown, task) = start_inbox(&db, &js, handler.clone(), policy(5)).await;
+    eventually("the wanted event applied", WAIT, || async {
+        (scalar(&db, "SELECT COUNT(*) FROM effects").await == 2).then_some(())
+    })
+    .await;
+    let durable = format!("{CONSUMER}-from-{CONTEXT}");
+    let mut consumer = js
+        .get_stream(STREAM)
+        .await
+        .expect("stream")
+        .get_consumer::<pull::Config>(&durable)
+        .await
+        .expect("consumer");
+    let info = consumer.info().await.expect("info").clone();
+    // The server keeps a single filter as `filter_subject`.
+    let filters = [info.config.filter_subjects.clone(), vec![info.config.filter_subject.clone()]].concat();
+    assert!(
+        filters.iter().any(|f| f == EVENT_TYPE),
+        "the consumer was not updated to the handler's filter: {filters:?}"
+    );
+    assert_eq!(info.num_pending, 0);
+    // Two deliveries in all: the first event, then only the wanted one of the four after it.
+    assert_eq!(info.delivered.consumer_sequence, 2, "the broker delivered unwanted types");
+    assert_eq!(handler.calls(), 1);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_inbox").await, 2);
     stop(&shutdown, task).await;
 }

@@ -148,13 +148,19 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Applies `event` inside `tx` (which also records the event id); may enqueue outbox events.
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a>;
 
-    /// Whether events of `event_type` can change anything here (default: all). The others are
-    /// acknowledged without a transaction or an inbox row: a handler that answers `false` for
-    /// a type it would act on loses those events.
-    fn wants(&self, event_type: &str) -> bool {
-        let _ = event_type;
-        true
+    /// The event types that can change anything here (protobuf full names, which are also the
+    /// events' subjects), or `None` (the default) for every event of the stream. The consumer
+    /// asks the broker for these subjects only; another type that still arrives is acknowledged
+    /// without a transaction or an inbox row. A handler that leaves out a type it would act on
+    /// loses those events.
+    fn wanted(&self) -> Option<Vec<String>> {
+        None
     }
+}
+
+/// Whether `event_type` is one of `wanted` ([`EventHandler::wanted`]).
+fn wants(wanted: Option<&[String]>, event_type: &str) -> bool {
+    wanted.is_none_or(|types| types.iter().any(|t| t == event_type))
 }
 
 /// What happened to one delivery.
@@ -233,17 +239,17 @@ impl Inbox {
         let stream = super::ensure_stream_with(&self.js, &self.source_context, &self.streams).await?;
         super::ensure_dlq_stream(&self.js, &self.streams).await?;
         let name = self.durable_name();
+        // Created, or updated to this configuration when it exists (every replica asks for the
+        // same): a new filter or ack wait applies to a consumer made by an older release too.
         let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.policy.ack_wait,
-                    max_ack_pending: 256,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: self.policy.ack_wait,
+                max_ack_pending: 256,
+                filter_subjects: self.handler.wanted().unwrap_or_default(),
+                ..Default::default()
+            })
             .await?;
         let mut messages = consumer.messages().await?.ready_chunks(BATCH);
         tracing::info!(consumer = %name, stream = %super::stream_name(&self.source_context), "consuming events");
@@ -452,7 +458,7 @@ fn lag(msg: &jetstream::Message) -> Option<f64> {
 
 /// Applies `event` through `handler` unless `consumer` has applied it before.
 pub async fn apply_once(db: &Db, consumer: &str, handler: &dyn EventHandler, event: &IncomingEvent) -> Result<Outcome, HandleError> {
-    if !handler.wants(&event.event_type) {
+    if !wants(handler.wanted().as_deref(), &event.event_type) {
         return Ok(Outcome::NotWanted);
     }
     let tx = db.begin_write().await?;
@@ -473,7 +479,8 @@ pub async fn apply_batch(
     handler: &dyn EventHandler,
     events: &[(IncomingEvent, tracing::Span)],
 ) -> Result<Vec<Outcome>, HandleError> {
-    let wanted: Vec<bool> = events.iter().map(|(e, _)| handler.wants(&e.event_type)).collect();
+    let types = handler.wanted();
+    let wanted: Vec<bool> = events.iter().map(|(e, _)| wants(types.as_deref(), &e.event_type)).collect();
     if !wanted.contains(&true) {
         return Ok(vec![Outcome::NotWanted; events.len()]);
     }

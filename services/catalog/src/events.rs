@@ -119,8 +119,15 @@ impl EventHandler for ReservationEvents {
         })
     }
 
-    fn wants(&self, event_type: &str) -> bool {
-        ReservationChange::of(event_type).is_some_and(|c| release_reason(c).is_some())
+    /// The changes that release a booking.
+    fn wanted(&self) -> Option<Vec<String>> {
+        Some(
+            ReservationChange::ALL
+                .into_iter()
+                .filter(|c| release_reason(*c).is_some())
+                .map(ReservationChange::type_name)
+                .collect(),
+        )
     }
 }
 

@@ -109,8 +109,10 @@ impl EventHandler for CatalogEvents {
     }
 
     /// Only ListingRegistered sends a message.
-    fn wants(&self, event_type: &str) -> bool {
-        sharemesh_contracts::events::is::<sharemesh_contracts::catalog::v1::ListingRegistered>(event_type)
+    fn wanted(&self) -> Option<Vec<String>> {
+        Some(vec![
+            <sharemesh_contracts::catalog::v1::ListingRegistered as prost::Name>::full_name(),
+        ])
     }
 }
 

@@ -113,8 +113,15 @@ impl EventHandler for ReservationEvents {
         })
     }
 
-    fn wants(&self, event_type: &str) -> bool {
-        ReservationChange::of(event_type).is_some_and(acts_on)
+    /// The changes that move money.
+    fn wanted(&self) -> Option<Vec<String>> {
+        Some(
+            ReservationChange::ALL
+                .into_iter()
+                .filter(|c| acts_on(*c))
+                .map(ReservationChange::type_name)
+                .collect(),
+        )
     }
 }
 

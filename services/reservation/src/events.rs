@@ -60,7 +60,9 @@ impl EventHandler for PaymentEvents {
     }
 
     /// Only a refund (PaymentCancelled) changes a reservation.
-    fn wants(&self, event_type: &str) -> bool {
-        sharemesh_contracts::events::is::<sharemesh_contracts::payment::v1::PaymentCancelled>(event_type)
+    fn wanted(&self) -> Option<Vec<String>> {
+        Some(vec![
+            <sharemesh_contracts::payment::v1::PaymentCancelled as prost::Name>::full_name(),
+        ])
     }
 }
