@@ -27,7 +27,7 @@ pub fn is<M: Name>(event_type: &str) -> bool {
 }
 
 /// Defines the enum of one stream: a variant per event message, `decode` by type name,
-/// `type_name`, `encode_to_vec`, `metadata`, and `From` each message.
+/// `type_names`, `type_name`, `encode_to_vec`, `metadata`, and `From` each message.
 macro_rules! stream_events {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident($ty:ty)),+ $(,)? }) => {
         $(#[$doc])*
@@ -46,6 +46,11 @@ macro_rules! stream_events {
                     }
                 )+
                 Ok(None)
+            }
+
+            /// The protobuf full names of every event of this stream.
+            pub fn type_names() -> Vec<String> {
+                vec![$(<$ty as Name>::full_name()),+]
             }
 
             /// The protobuf full name of the event: its `ce-type` and subject.

@@ -150,9 +150,9 @@ pub trait EventHandler: Send + Sync + 'static {
 
     /// The event types that can change anything here (protobuf full names, which are also the
     /// events' subjects), or `None` (the default) for every event of the stream. The consumer
-    /// asks the broker for these subjects only; another type that still arrives is acknowledged
-    /// without a transaction or an inbox row. A handler that leaves out a type it would act on
-    /// loses those events.
+    /// asks the broker for those of its stream only (one handler may serve several streams);
+    /// another type that still arrives is acknowledged without a transaction or an inbox row. A
+    /// handler that leaves out a type it would act on loses those events.
     fn wanted(&self) -> Option<Vec<String>> {
         None
     }
@@ -213,6 +213,19 @@ impl Inbox {
         self
     }
 
+    /// The subjects to ask the broker for: the wanted types of this consumer's stream (none:
+    /// every subject).
+    fn filter_subjects(&self) -> Vec<String> {
+        let stream = super::stream_subjects(&self.source_context);
+        let prefix = stream.trim_end_matches('>');
+        let wanted = self.handler.wanted().unwrap_or_default();
+        let ours: Vec<String> = wanted.iter().filter(|t| t.starts_with(prefix)).cloned().collect();
+        if ours.is_empty() && !wanted.is_empty() {
+            tracing::warn!(consumer = %self.durable_name(), "the handler wants no event of this stream; every event is delivered and acknowledged unapplied");
+        }
+        ours
+    }
+
     fn durable_name(&self) -> String {
         format!("{}-from-{}", self.consumer, self.source_context)
     }
@@ -247,7 +260,7 @@ impl Inbox {
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: self.policy.ack_wait,
                 max_ack_pending: 256,
-                filter_subjects: self.handler.wanted().unwrap_or_default(),
+                filter_subjects: self.filter_subjects(),
                 ..Default::default()
             })
             .await?;

@@ -1,8 +1,12 @@
 //! PlaceReservation: the orchestrated booking saga.
 //!
 //! PENDING -> catalog `HoldListing` -> payment `ApprovePayment` -> catalog `ConfirmHold` ->
-//! PAID (or CONFIRMED at once for auto-confirmed kinds). Every step is persisted before the next
-//! starts, so [`crate::recovery`] can finish or compensate a saga a crash interrupted.
+//! PAID (or CONFIRMED at once for auto-confirmed kinds). The saga is persisted before each call
+//! that could leave an effect recovery must know of, so [`crate::recovery`] can finish or
+//! compensate a saga a crash interrupted: PENDING at the hold step before the hold, then at the
+//! payment step before the charge. The charge's outcome is persisted with the booking, in one
+//! commit: a crash between them leaves the saga at the payment step, whose recovery asks payment
+//! what it charged instead of charging again, and books the hold (`ConfirmHold` is idempotent).
 //!
 //! Compensation follows one rule, so that no driver undoes what another committed: the decision
 //! is committed first (REJECTED, version-checked), and only a driver whose decision committed
@@ -204,8 +208,8 @@ impl Reservations {
             row.card_last4 = card.last4;
         }
         if status == PaymentStatus::Approved {
-            row.charged()?;
-            return self.commit(row, None, "").await;
+            // Committed with the booking (see the module docs).
+            return row.charged();
         }
         let reason = match status {
             PaymentStatus::Declined => format!("payment declined: {}", payment.decline_reason),
@@ -261,7 +265,8 @@ impl Reservations {
                 Ok(())
             }
             // Charged, and the hold may be booked already (a lost answer): never reject here.
-            // The reservation stays PENDING at this step; recovery books it when catalog answers.
+            // The reservation stays PENDING at the payment step; recovery finds the charge and
+            // books the hold when catalog answers.
             Err(status) if is_outage(&status) => Err(self.upstreams.unavailable("catalog", &status)),
             Err(status) => {
                 let reason = format!(

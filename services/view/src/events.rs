@@ -2,6 +2,8 @@
 //! the read models, inside the inbox's transaction. Each stream's events are matched in full: a
 //! new event in the contracts does not compile here until the view decides what it shows.
 
+use prost::Name;
+use sharemesh_contracts::catalog::v1::{ListingDeleted, ListingRegistered, ListingUpdated};
 use sharemesh_contracts::events::{CatalogEvent, PaymentEvent, ReservationEvent};
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
 use sharemesh_mesh::storage::WriteTxn;
@@ -49,5 +51,22 @@ impl Projector {
 impl EventHandler for Projector {
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
         Box::pin(async move { self.project(&**tx, event).await })
+    }
+
+    /// What [`Projector::project`] applies: every reservation and payment event, and the catalog
+    /// events that change a listing.
+    fn wanted(&self) -> Option<Vec<String>> {
+        let listing_changes = [
+            <ListingRegistered as Name>::full_name(),
+            <ListingUpdated as Name>::full_name(),
+            <ListingDeleted as Name>::full_name(),
+        ];
+        Some(
+            listing_changes
+                .into_iter()
+                .chain(ReservationEvent::type_names())
+                .chain(PaymentEvent::type_names())
+                .collect(),
+        )
     }
 }
