@@ -88,6 +88,9 @@ pub async fn upcoming_for_listings(
     now_ms: i64,
     per_listing: u64,
 ) -> Result<HashMap<String, Vec<ReservationViewRow>>, sea_orm::DbErr> {
+    if listing_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let each = per_listing + 1;
     let together = each.saturating_mul(listing_ids.len() as u64);
     let rows = db
