@@ -468,6 +468,7 @@ async fn listing_views_read_a_bounded_share_of_upcoming_reservations_however_oft
         view_row("rejected", "quiet", now + 50, ReservationStatus::Rejected),
         view_row("q-late", "quiet", now + 90, ReservationStatus::Cancelled),
         view_row("q-soon", "quiet", now + 20, ReservationStatus::Confirmed),
+        view_row("a-only", "alpha", now + 5, ReservationStatus::Paid),
     ];
     // A listing booked far more often than any view shows, its ids sorting before the quiet one's.
     rows.extend((0..300).map(|i| view_row(&format!("b-{i:03}"), "busy", now + 1 + i, ReservationStatus::Confirmed)));
@@ -487,6 +488,21 @@ async fn listing_views_read_a_bounded_share_of_upcoming_reservations_however_oft
     assert_eq!(page["busy"].len(), 11, "one more than shown, so the view can say there are more");
     assert_eq!(page["busy"][0].reservation_id, "b-000");
     assert_eq!(page["busy"][10].reservation_id, "b-010");
+
+    // The first statement stops inside the busy listing: the one before it is whole, and only
+    // the one after it is read again.
+    let before = db.direct_reads();
+    let page = upcoming_for_listings(&db, &["alpha".into(), "busy".into(), "quiet".into()], now, 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        db.direct_reads() - before,
+        2,
+        "one statement for the page, one for the listing it did not reach"
+    );
+    assert_eq!(ids(&page["alpha"]), ["a-only"]);
+    assert_eq!(page["busy"].len(), 11);
+    assert_eq!(ids(&page["quiet"]), ["q-soon", "q-late"]);
 
     // Listings whose reservations all fit answer from one statement, with every row.
     let few = upcoming_for_listings(&db, &["quiet".into(), "none".into()], now, 10)

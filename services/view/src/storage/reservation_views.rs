@@ -80,8 +80,8 @@ pub async fn upcoming(db: &impl ReadModels, listing_id: &str, now_ms: i64, limit
 ///
 /// One statement answers when the listings together have no more than that many; it walks the
 /// `(listing_id, end_ms)` index in order and stops at its limit, so a listing booked thousands of
-/// times costs no more than its share. Only when that limit is reached does each listing get a
-/// statement of its own, each as bounded.
+/// times costs no more than its share. Only when that limit is reached do the listings it did not
+/// finish get a statement of their own, each as bounded.
 pub async fn upcoming_for_listings(
     db: &impl ReadModels,
     listing_ids: &[String],
@@ -102,19 +102,32 @@ pub async fn upcoming_for_listings(
                 .limit(together),
         )
         .await?;
+    // When the statement stopped at its limit, the last listing it reached may be cut short,
+    // and the listings after it were not reached at all. Every other listing it returned rows
+    // of is whole: the rows come grouped by listing, so the statement went past it.
+    let stopped_in = ((rows.len() as u64) == together)
+        .then(|| rows.last().map(|r| r.listing_id.clone()))
+        .flatten();
     let mut by_listing: HashMap<String, Vec<ReservationViewRow>> = HashMap::new();
-    if (rows.len() as u64) < together {
-        for r in rows {
-            let theirs = by_listing.entry(r.listing_id.clone()).or_default();
-            if (theirs.len() as u64) < each {
-                theirs.push(r);
-            }
+    for r in rows {
+        let theirs = by_listing.entry(r.listing_id.clone()).or_default();
+        if (theirs.len() as u64) < each {
+            theirs.push(r);
         }
+    }
+    let Some(stopped_in) = stopped_in else {
         return Ok(by_listing);
-    }
+    };
     for id in listing_ids {
-        by_listing.insert(id.clone(), upcoming(db, id, now_ms, each).await?);
+        let whole = match by_listing.get(id) {
+            Some(theirs) => *id != stopped_in || theirs.len() as u64 == each,
+            None => false,
+        };
+        if !whole {
+            by_listing.insert(id.clone(), upcoming(db, id, now_ms, each).await?);
+        }
     }
+    by_listing.retain(|_, theirs| !theirs.is_empty());
     Ok(by_listing)
 }
 
