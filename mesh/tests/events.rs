@@ -318,8 +318,8 @@ impl EventHandler for Recorder {
         })
     }
 
-    fn wanted(&self) -> Option<Vec<String>> {
-        self.wanted.clone()
+    fn wanted(&self) -> Option<&[String]> {
+        self.wanted.as_deref()
     }
 }
 

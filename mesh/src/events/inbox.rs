@@ -153,7 +153,8 @@ pub trait EventHandler: Send + Sync + 'static {
     /// asks the broker for those of its stream only (one handler may serve several streams);
     /// another type that still arrives is acknowledged without a transaction or an inbox row. A
     /// handler that leaves out a type it would act on loses those events.
-    fn wanted(&self) -> Option<Vec<String>> {
+    /// Asked for every delivery: return a list built once (a field, a `LazyLock`), not a new one.
+    fn wanted(&self) -> Option<&[String]> {
         None
     }
 }
@@ -471,7 +472,7 @@ fn lag(msg: &jetstream::Message) -> Option<f64> {
 
 /// Applies `event` through `handler` unless `consumer` has applied it before.
 pub async fn apply_once(db: &Db, consumer: &str, handler: &dyn EventHandler, event: &IncomingEvent) -> Result<Outcome, HandleError> {
-    if !wants(handler.wanted().as_deref(), &event.event_type) {
+    if !wants(handler.wanted(), &event.event_type) {
         return Ok(Outcome::NotWanted);
     }
     let tx = db.begin_write().await?;
@@ -493,7 +494,7 @@ pub async fn apply_batch(
     events: &[(IncomingEvent, tracing::Span)],
 ) -> Result<Vec<Outcome>, HandleError> {
     let types = handler.wanted();
-    let wanted: Vec<bool> = events.iter().map(|(e, _)| wants(types.as_deref(), &e.event_type)).collect();
+    let wanted: Vec<bool> = events.iter().map(|(e, _)| wants(types, &e.event_type)).collect();
     if !wanted.contains(&true) {
         return Ok(vec![Outcome::NotWanted; events.len()]);
     }

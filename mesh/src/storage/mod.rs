@@ -93,7 +93,9 @@ impl Db {
         let mut db = Self {
             readers: reads::SqliteReaders::for_url(url).map(Arc::new),
             pg_readers: (conn.get_database_backend() == DatabaseBackend::Postgres)
-                .then(|| Arc::new(pg_reads::PgReaders::new(conn.get_postgres_connection_pool().clone()))),
+                .then(|| pg_reads::PgReaders::new(conn.get_postgres_connection_pool().clone()))
+                .flatten()
+                .map(Arc::new),
             conn,
             write_lock: sqlite.then(|| Arc::new(Mutex::new(()))),
             outbox_wakeup: Arc::new(Notify::new()),

@@ -43,13 +43,14 @@ pub(super) struct PgReaders {
 }
 
 impl PgReaders {
-    /// Readers keeping a quarter of what `pool` has beyond [`LEFT_TO_WRITERS`] connections.
-    pub(super) fn new(pool: PgPool) -> Self {
+    /// Readers keeping a quarter of what `pool` has beyond [`LEFT_TO_WRITERS`] connections;
+    /// `None` when that is none (every read goes to the pool without asking here first).
+    pub(super) fn new(pool: PgPool) -> Option<Self> {
         let max = (pool.options().get_max_connections() as usize).saturating_sub(LEFT_TO_WRITERS) / 4;
-        Self {
+        (max > 0).then(|| Self {
             pool,
             kept: Parked::new(max),
-        }
+        })
     }
 
     /// Reads answered here so far (the rest went to the pool).

@@ -1,6 +1,8 @@
 //! The catalog's events: what it publishes (through the outbox, in the command's transaction)
 //! and what it consumes (a cancelled or rejected reservation releases its hold or booking).
 
+use std::sync::LazyLock;
+
 use sharemesh_contracts::catalog::v1::{Hold, Listing, ListingBooked, ListingDeleted, ListingRegistered, ListingReleased, ListingUpdated};
 use sharemesh_contracts::common::v1::EventMetadata;
 use sharemesh_contracts::events::{CatalogEvent, ReservationChange, ReservationEvent};
@@ -120,14 +122,15 @@ impl EventHandler for ReservationEvents {
     }
 
     /// The changes that release a booking.
-    fn wanted(&self) -> Option<Vec<String>> {
-        Some(
+    fn wanted(&self) -> Option<&[String]> {
+        static RELEASING: LazyLock<Vec<String>> = LazyLock::new(|| {
             ReservationChange::ALL
                 .into_iter()
                 .filter(|c| release_reason(*c).is_some())
                 .map(ReservationChange::type_name)
-                .collect(),
-        )
+                .collect()
+        });
+        Some(&RELEASING)
     }
 }
 

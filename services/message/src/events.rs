@@ -5,6 +5,8 @@
 //! Recording is idempotent twice over: the inbox applies an event id once per consumer, and the
 //! unique key `(event_id, recipient_role)` keeps a replayed event from recording a second message.
 
+use std::sync::LazyLock;
+
 use sharemesh_contracts::common::v1::EventMetadata;
 use sharemesh_contracts::events::{CatalogEvent, MessageEvent, ReservationEvent};
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message, MessageSent};
@@ -109,10 +111,10 @@ impl EventHandler for CatalogEvents {
     }
 
     /// Only ListingRegistered sends a message.
-    fn wanted(&self) -> Option<Vec<String>> {
-        Some(vec![
-            <sharemesh_contracts::catalog::v1::ListingRegistered as prost::Name>::full_name(),
-        ])
+    fn wanted(&self) -> Option<&[String]> {
+        static REGISTERED: LazyLock<Vec<String>> =
+            LazyLock::new(|| vec![<sharemesh_contracts::catalog::v1::ListingRegistered as prost::Name>::full_name()]);
+        Some(&REGISTERED)
     }
 }
 

@@ -3,6 +3,8 @@
 //!
 //! Published payloads carry a [`Payment`], whose card is brand and last four digits only.
 
+use std::sync::LazyLock;
+
 use sharemesh_contracts::common::v1::EventMetadata;
 use sharemesh_contracts::events::{PaymentEvent, ReservationChange, ReservationEvent};
 use sharemesh_contracts::payment::v1::{Payment, PaymentApproved, PaymentCancelled, PaymentDeclined, PaymentStatus};
@@ -114,14 +116,15 @@ impl EventHandler for ReservationEvents {
     }
 
     /// The changes that move money.
-    fn wanted(&self) -> Option<Vec<String>> {
-        Some(
+    fn wanted(&self) -> Option<&[String]> {
+        static MOVING_MONEY: LazyLock<Vec<String>> = LazyLock::new(|| {
             ReservationChange::ALL
                 .into_iter()
                 .filter(|c| acts_on(*c))
                 .map(ReservationChange::type_name)
-                .collect(),
-        )
+                .collect()
+        });
+        Some(&MOVING_MONEY)
     }
 }
 

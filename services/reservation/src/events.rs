@@ -4,6 +4,8 @@
 //! Every event's correlation id is the reservation id; its causation id is the event that caused
 //! it (the reservation's previous event, or the consumed event).
 
+use std::sync::LazyLock;
+
 use sharemesh_contracts::common::v1::EventMetadata;
 use sharemesh_contracts::events::{PaymentEvent, ReservationChange, ReservationEvent};
 use sharemesh_contracts::reservation::v1::Reservation;
@@ -60,9 +62,9 @@ impl EventHandler for PaymentEvents {
     }
 
     /// Only a refund (PaymentCancelled) changes a reservation.
-    fn wanted(&self) -> Option<Vec<String>> {
-        Some(vec![
-            <sharemesh_contracts::payment::v1::PaymentCancelled as prost::Name>::full_name(),
-        ])
+    fn wanted(&self) -> Option<&[String]> {
+        static REFUNDS: LazyLock<Vec<String>> =
+            LazyLock::new(|| vec![<sharemesh_contracts::payment::v1::PaymentCancelled as prost::Name>::full_name()]);
+        Some(&REFUNDS)
     }
 }

@@ -2,6 +2,8 @@
 //! the read models, inside the inbox's transaction. Each stream's events are matched in full: a
 //! new event in the contracts does not compile here until the view decides what it shows.
 
+use std::sync::LazyLock;
+
 use prost::Name;
 use sharemesh_contracts::catalog::v1::{ListingDeleted, ListingRegistered, ListingUpdated};
 use sharemesh_contracts::events::{CatalogEvent, PaymentEvent, ReservationEvent};
@@ -55,18 +57,19 @@ impl EventHandler for Projector {
 
     /// What [`Projector::project`] applies: every reservation and payment event, and the catalog
     /// events that change a listing.
-    fn wanted(&self) -> Option<Vec<String>> {
-        let listing_changes = [
-            <ListingRegistered as Name>::full_name(),
-            <ListingUpdated as Name>::full_name(),
-            <ListingDeleted as Name>::full_name(),
-        ];
-        Some(
+    fn wanted(&self) -> Option<&[String]> {
+        static PROJECTED: LazyLock<Vec<String>> = LazyLock::new(|| {
+            let listing_changes = [
+                <ListingRegistered as Name>::full_name(),
+                <ListingUpdated as Name>::full_name(),
+                <ListingDeleted as Name>::full_name(),
+            ];
             listing_changes
                 .into_iter()
                 .chain(ReservationEvent::type_names())
                 .chain(PaymentEvent::type_names())
-                .collect(),
-        )
+                .collect()
+        });
+        Some(&PROJECTED)
     }
 }

@@ -124,10 +124,12 @@ pub async fn upcoming_for_listings(
             None => false,
         };
         if !whole {
-            by_listing.insert(id.clone(), upcoming(db, id, now_ms, each).await?);
+            let theirs = upcoming(db, id, now_ms, each).await?;
+            if !theirs.is_empty() {
+                by_listing.insert(id.clone(), theirs);
+            }
         }
     }
-    by_listing.retain(|_, theirs| !theirs.is_empty());
     Ok(by_listing)
 }
 
