@@ -131,7 +131,7 @@ pub struct Runtime {
 impl Runtime {
     /// Starts the [`Process`], opens and migrates the database (`M`), connects to NATS (without
     /// waiting for it) and starts the outbox relay.
-    pub async fn start<M: MigratorTrait>(mut config: MeshConfig, shutdown: Shutdown) -> Result<Self, RunError> {
+    pub async fn start<M: MigratorTrait + crate::storage::Tables>(mut config: MeshConfig, shutdown: Shutdown) -> Result<Self, RunError> {
         let data = config
             .data
             .take()

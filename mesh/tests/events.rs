@@ -34,6 +34,11 @@ impl sea_orm_migration::MigratorTrait for Migrator {
     }
 }
 
+/// Only the mesh's own tables, which every database describes.
+impl sharemesh_mesh::storage::Tables for Migrator {
+    fn tables(_: &mut sharemesh_mesh::storage::writes::TableTypes) {}
+}
+
 /// A migrated SQLite database in its own temp dir (kept alive by the returned guard).
 async fn fresh_db() -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -147,6 +147,12 @@ async fn provision(js: &jetstream::Context, config: stream::Config) -> Result<st
     Ok(stream)
 }
 
+/// Describes the mesh's own tables (outbox, inbox) to a SQLite writer (see
+/// [`crate::storage::Tables`]).
+pub fn describe_tables(tables: &mut crate::storage::writes::TableTypes) {
+    tables.add::<outbox::entity::Entity>().add::<inbox::entity::Entity>();
+}
+
 /// Migrations of the mesh's own tables (outbox, inbox); every service runs them.
 pub const MIGRATIONS: &[crate::storage::SqlMigration] = &[
     crate::storage::SqlMigration {

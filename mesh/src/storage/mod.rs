@@ -1,19 +1,22 @@
 //! Storage through sea-orm: SQLite (default, a file under the data dir) or PostgreSQL, chosen by
 //! `DATABASE_URL`; migrations written as SQL per backend and run at start; commands' writes
-//! committed in groups ([`group`]).
+//! committed in groups ([`group`]). On a SQLite file, reads outside a transaction ([`reads`]) and
+//! every write transaction ([`writes`]) run on the calling thread instead of sqlx's
+//! per-connection worker thread.
 
 pub mod group;
 mod parked;
 pub mod pg_reads;
 pub mod reads;
+pub mod writes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QuerySelect, RuntimeErr,
-    Select, TransactionTrait, TryIntoModel,
+    ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, ExecResult, QueryResult,
+    QuerySelect, RuntimeErr, Select, Statement, TransactionTrait, TryIntoModel,
 };
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
@@ -26,6 +29,9 @@ pub struct Db {
     readers: Option<Arc<reads::SqliteReaders>>,
     /// PostgreSQL only: connections kept out of the pool for reads ([`pg_reads`]).
     pg_readers: Option<Arc<pg_reads::PgReaders>>,
+    /// SQLite file only: the connection write transactions run on, on the calling thread
+    /// ([`writes`]).
+    writer: Option<Arc<writes::SqliteWriter>>,
     /// SQLite has one writer at a time: writers queue here instead of failing with SQLITE_BUSY.
     write_lock: Option<Arc<Mutex<()>>>,
     /// Woken after a commit that wrote outbox rows.
@@ -90,7 +96,9 @@ impl Db {
                 .test_before_acquire_if_idle_for(Duration::from_secs(30));
         }
         let conn = sea_orm::Database::connect(opts).await?;
+        let writer = sqlite_writer(url);
         let mut db = Self {
+            writer,
             readers: reads::SqliteReaders::for_url(url).map(Arc::new),
             pg_readers: (conn.get_database_backend() == DatabaseBackend::Postgres)
                 .then(|| pg_reads::PgReaders::new(conn.get_postgres_connection_pool().clone()))
@@ -146,12 +154,29 @@ impl Db {
         self.conn.get_database_backend()
     }
 
+    /// Describes tables whose rows write transactions read back (see [`Tables`]); the mesh's
+    /// own are described from the start.
+    pub fn describe(&self, add: impl FnOnce(&mut writes::TableTypes)) {
+        if let Some(writer) = &self.writer {
+            writer.describe(add);
+        }
+    }
+
     /// Starts a write transaction. Dropping it without [`WriteTxn::commit`] rolls back.
     pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
         let guard = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
+        if let Some(writer) = &self.writer {
+            writer.begin().await?;
+            return Ok(WriteTxn {
+                txn: Some(TxnConn::Sqlite(writer.clone())),
+                guard,
+                wrote_outbox: AtomicBool::new(false),
+                wakeup: self.outbox_wakeup.clone(),
+            });
+        }
         // BEGIN IMMEDIATE on SQLite: take the write lock up front, so a writer in another
         // process (a second instance during a restart) makes this one wait (busy timeout)
         // instead of failing with SQLITE_BUSY_SNAPSHOT when it upgrades from reading to writing.
@@ -165,7 +190,7 @@ impl Db {
             self.conn.begin().await?
         };
         Ok(WriteTxn {
-            txn: Some(txn),
+            txn: Some(TxnConn::Pool(txn)),
             guard,
             wrote_outbox: AtomicBool::new(false),
             wakeup: self.outbox_wakeup.clone(),
@@ -179,7 +204,10 @@ impl Db {
     /// migrates, the others wait, then find nothing left to do. (Concurrent `CREATE EXTENSION` /
     /// `CREATE TABLE IF NOT EXISTS` otherwise fail on PostgreSQL's catalog unique indexes.) The
     /// lock dies with the connection, so a replica killed mid-migration blocks nobody.
-    pub async fn migrate<M: sea_orm_migration::MigratorTrait>(&self) -> Result<(), DbErr> {
+    ///
+    /// The tables of `M` are described to the SQLite writer ([`Tables`]).
+    pub async fn migrate<M: sea_orm_migration::MigratorTrait + Tables>(&self) -> Result<(), DbErr> {
+        self.describe(M::tables);
         if self.backend() != DatabaseBackend::Postgres {
             return M::up(&self.conn, None).await;
         }
@@ -293,10 +321,57 @@ fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
 /// A write transaction: state changes and their outbox events commit together.
 pub struct WriteTxn {
     /// `None` only after commit or during drop.
-    txn: Option<DatabaseTransaction>,
+    txn: Option<TxnConn>,
     guard: Option<OwnedMutexGuard<()>>,
     wrote_outbox: AtomicBool,
     wakeup: Arc<Notify>,
+}
+
+/// What a [`WriteTxn`] runs its statements on: the SQLite file's writer, on the calling thread
+/// ([`writes`]), or a sea-orm transaction on the pool (PostgreSQL, in-memory SQLite).
+pub enum TxnConn {
+    /// A transaction open on the SQLite writer.
+    Sqlite(Arc<writes::SqliteWriter>),
+    /// A transaction on a pooled connection.
+    Pool(DatabaseTransaction),
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl ConnectionTrait for TxnConn {
+    fn get_database_backend(&self) -> DatabaseBackend {
+        match self {
+            Self::Sqlite(_) => DatabaseBackend::Sqlite,
+            Self::Pool(txn) => txn.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Sqlite(writer) => writes::exec_result(writer.execute(&stmt)?).await,
+            Self::Pool(txn) => txn.execute_raw(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Sqlite(writer) => writes::exec_result(writer.execute_unprepared(sql)?).await,
+            Self::Pool(txn) => txn.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            Self::Sqlite(writer) => Ok(writes::query_results(writer.query(&stmt, 1)?).await?.pop()),
+            Self::Pool(txn) => txn.query_one_raw(stmt).await,
+        }
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Self::Sqlite(writer) => writes::query_results(writer.query(&stmt, usize::MAX)?).await,
+            Self::Pool(txn) => txn.query_all_raw(stmt).await,
+        }
+    }
 }
 
 impl WriteTxn {
@@ -306,20 +381,28 @@ impl WriteTxn {
             .txn
             .take()
             .ok_or_else(|| DbErr::Custom("transaction already finished".into()))?;
-        // On error sea-orm rolls back; the writer lock is released when `self` drops, after.
-        txn.commit().await?;
+        // On error the transaction is rolled back; the writer lock is released when `self`
+        // drops, after.
+        match txn {
+            TxnConn::Sqlite(writer) => writer.commit()?,
+            TxnConn::Pool(txn) => txn.commit().await?,
+        }
         if self.wrote_outbox.load(Ordering::Relaxed) {
             self.wakeup.notify_one();
         }
         Ok(())
     }
 
-    /// Rolls back now (dropping does it too, in the background); a failed rollback is logged.
+    /// Rolls back now (dropping does it too); a failed rollback is logged.
     pub async fn rollback(mut self) {
-        if let Some(txn) = self.txn.take()
-            && let Err(e) = txn.rollback().await
-        {
-            tracing::warn!(error = %e, "rollback failed");
+        match self.txn.take() {
+            Some(TxnConn::Sqlite(writer)) => writer.rollback(),
+            Some(TxnConn::Pool(txn)) => {
+                if let Err(e) = txn.rollback().await {
+                    tracing::warn!(error = %e, "rollback failed");
+                }
+            }
+            None => {}
         }
     }
 
@@ -334,6 +417,13 @@ impl Drop for WriteTxn {
     fn drop(&mut self) {
         let (Some(txn), guard) = (self.txn.take(), self.guard.take()) else {
             return;
+        };
+        let txn = match txn {
+            TxnConn::Sqlite(writer) => {
+                writer.rollback();
+                return;
+            }
+            TxnConn::Pool(txn) => txn,
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -350,10 +440,33 @@ impl Drop for WriteTxn {
 }
 
 impl std::ops::Deref for WriteTxn {
-    type Target = DatabaseTransaction;
-    fn deref(&self) -> &DatabaseTransaction {
+    type Target = TxnConn;
+    fn deref(&self) -> &TxnConn {
         // Only `commit` and `drop` take the transaction, and both consume or end `self`.
         self.txn.as_ref().expect("transaction is open while WriteTxn is alive")
+    }
+}
+
+/// The entities of a service's tables, described to the SQLite writer so rows a write reads
+/// back are typed by their entity ([`writes`]); implemented by each service's migrator.
+pub trait Tables {
+    /// Adds each entity, e.g. `tables.add::<listings::Entity>()`.
+    fn tables(tables: &mut writes::TableTypes);
+}
+
+/// The writer of a SQLite file URL (with the mesh's own tables described); `None` for other
+/// URLs, and when it cannot be opened (then transactions run on the pool).
+fn sqlite_writer(url: &str) -> Option<Arc<writes::SqliteWriter>> {
+    let path = reads::sqlite_file(url)?;
+    match writes::SqliteWriter::open(&path) {
+        Ok(writer) => {
+            writer.describe(crate::events::describe_tables);
+            Some(Arc::new(writer))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cannot open the SQLite writer; writes run on the pool");
+            None
+        }
     }
 }
 
@@ -430,14 +543,19 @@ pub fn is_transient_conflict(err: &DbErr) -> bool {
 /// The database's own code for `err` (a PostgreSQL SQLSTATE, a SQLite result code), if the
 /// database answered with one.
 pub fn error_code(err: &DbErr) -> Option<String> {
+    database_error(err).and_then(|db| db.code().map(|c| c.into_owned()))
+}
+
+/// The database's own error inside `err`, if the database answered with one.
+fn database_error(err: &DbErr) -> Option<&dyn sea_orm::sqlx::error::DatabaseError> {
     let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
     else {
         return None;
     };
-    let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
-        return None;
-    };
-    db.code().map(|c| c.into_owned())
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => Some(db.as_ref()),
+        _ => None,
+    }
 }
 
 /// How many times [`retry_conflicts`] runs a transaction at most.
@@ -488,6 +606,7 @@ pub async fn try_xact_lock(tx: &WriteTxn, key: i64) -> Result<bool, DbErr> {
 /// True when `err` is a unique-key violation.
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+        || database_error(err).is_some_and(|e| e.is_unique_violation())
 }
 
 /// A model with a field of every type the readers ([`reads`], [`pg_reads`]) map, for their tests.
@@ -495,6 +614,11 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
 #[allow(unreachable_pub)]
 pub(crate) mod typed {
     use sea_orm::entity::prelude::*;
+
+    /// Its table on SQLite.
+    pub const SQLITE_TABLE: &str = "CREATE TABLE typed (id INTEGER PRIMARY KEY AUTOINCREMENT, small INTEGER NOT NULL, \
+        maybe_small INTEGER, big BIGINT NOT NULL, maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, \
+        maybe_name TEXT, payload BLOB NOT NULL, ratio REAL NOT NULL)";
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "typed")]

@@ -245,7 +245,7 @@ struct Column {
 
 /// The `Value` variant an entity column takes, from its column type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     /// `i32`.
     Int,
     /// `i64`.
@@ -270,23 +270,29 @@ fn columns_of<E: EntityTrait>(stmt: &rusqlite::Statement<'_>) -> Result<Vec<Colu
                 .iter()
                 .position(|c| c.as_str() == name)
                 .ok_or_else(|| Unfit::Type(format!("result column {name} is not a column of {}", E::default().as_str())))?;
-            let kind = match entity_columns[entity].def().get_column_type() {
-                ColumnType::Integer => Kind::Int,
-                ColumnType::BigInteger => Kind::BigInt,
-                ColumnType::Boolean => Kind::Bool,
-                ColumnType::String(_) | ColumnType::Text | ColumnType::Char(_) => Kind::Text,
-                ColumnType::Binary(_) | ColumnType::VarBinary(_) | ColumnType::Blob => Kind::Bytes,
-                ColumnType::Double => Kind::Double,
-                other => return Err(Unfit::Type(format!("column {name} has type {other:?}"))),
-            };
+            let def = entity_columns[entity].def();
+            let kind = Kind::of(&def).ok_or_else(|| Unfit::Type(format!("column {name} has type {:?}", def.get_column_type())))?;
             Ok(Column { entity, kind })
         })
         .collect()
 }
 
 impl Kind {
+    /// The kind of an entity column; `None` for a type this module does not map.
+    pub(super) fn of(def: &sea_orm::ColumnDef) -> Option<Self> {
+        Some(match def.get_column_type() {
+            ColumnType::Integer => Self::Int,
+            ColumnType::BigInteger => Self::BigInt,
+            ColumnType::Boolean => Self::Bool,
+            ColumnType::String(_) | ColumnType::Text | ColumnType::Char(_) => Self::Text,
+            ColumnType::Binary(_) | ColumnType::VarBinary(_) | ColumnType::Blob => Self::Bytes,
+            ColumnType::Double => Self::Double,
+            _ => return None,
+        })
+    }
+
     /// `v` as this kind's `Value` (NULL as its typed `None`); `None` when it does not fit.
-    fn value(self, v: ValueRef<'_>) -> Option<Value> {
+    pub(super) fn value(self, v: ValueRef<'_>) -> Option<Value> {
         Some(match (self, v) {
             (Self::Int, ValueRef::Null) => Value::Int(None),
             (Self::Int, ValueRef::Integer(i)) => Value::Int(Some(i32::try_from(i).ok()?)),
@@ -305,9 +311,15 @@ impl Kind {
     }
 }
 
-/// A statement parameter as SQLite stores it (as sea-query-sqlx binds the same values for
-/// sqlx-sqlite); other types (enums, dates, JSON, UUIDs) send the read to the pool.
+/// A statement parameter as SQLite stores it; other types (enums, dates, JSON, UUIDs) send the
+/// read to the pool.
 fn param(v: &Value) -> Result<rusqlite::types::Value, Unfit> {
+    param_value(v).map_err(Unfit::Type)
+}
+
+/// A statement parameter as SQLite stores it (as sea-query-sqlx binds the same values for
+/// sqlx-sqlite); other types (enums, dates, JSON, UUIDs) are refused, with what they are.
+pub(super) fn param_value(v: &Value) -> Result<rusqlite::types::Value, String> {
     use rusqlite::types::Value as Sql;
     fn int(v: Option<i64>) -> Sql {
         v.map_or(Sql::Null, Sql::Integer)
@@ -321,20 +333,20 @@ fn param(v: &Value) -> Result<rusqlite::types::Value, Unfit> {
         Value::TinyUnsigned(i) => int(i.map(i64::from)),
         Value::SmallUnsigned(i) => int(i.map(i64::from)),
         Value::Unsigned(i) => int(i.map(i64::from)),
-        Value::BigUnsigned(Some(i)) => Sql::Integer(i64::try_from(*i).map_err(|_| Unfit::Type(format!("parameter {i} out of range")))?),
+        Value::BigUnsigned(Some(i)) => Sql::Integer(i64::try_from(*i).map_err(|_| format!("parameter {i} out of range"))?),
         Value::BigUnsigned(None) => Sql::Null,
         Value::Float(f) => f.map_or(Sql::Null, |f| Sql::Real(f64::from(f))),
         Value::Double(f) => f.map_or(Sql::Null, Sql::Real),
         Value::String(s) => s.clone().map_or(Sql::Null, Sql::Text),
         Value::Char(c) => c.map_or(Sql::Null, |c| Sql::Text(c.to_string())),
         Value::Bytes(b) => b.clone().map_or(Sql::Null, Sql::Blob),
-        other => return Err(Unfit::Type(format!("parameter of type {other:?}"))),
+        other => return Err(format!("parameter of type {other:?}")),
     })
 }
 
 /// The file of a SQLite URL (`sqlite://path?mode=rwc`, `sqlite:///abs/path`); `None` for in-memory databases and for
 /// other backends.
-fn sqlite_file(url: &str) -> Option<PathBuf> {
+pub(super) fn sqlite_file(url: &str) -> Option<PathBuf> {
     if !url.starts_with("sqlite:") {
         return None;
     }
@@ -354,15 +366,11 @@ mod tests {
     use super::*;
     use crate::storage::{Db, ReadModels, typed};
 
-    const TABLE: &str = "CREATE TABLE typed (id INTEGER PRIMARY KEY AUTOINCREMENT, small INTEGER NOT NULL, \
-        maybe_small INTEGER, big BIGINT NOT NULL, maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, \
-        maybe_name TEXT, payload BLOB NOT NULL, ratio REAL NOT NULL)";
-
     async fn file_db(dir: &tempfile::TempDir) -> Db {
         let db = Db::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
             .await
             .expect("connect");
-        db.conn().execute_unprepared(TABLE).await.expect("create");
+        db.conn().execute_unprepared(typed::SQLITE_TABLE).await.expect("create");
         db.conn()
             .execute_unprepared(
                 "INSERT INTO typed VALUES (1, -7, NULL, 9000000000, NULL, 1, 'a', NULL, x'00ff', 0.5), \
@@ -461,7 +469,7 @@ mod tests {
     #[tokio::test]
     async fn an_in_memory_database_is_read_by_the_pool() {
         let db = Db::connect("sqlite::memory:").await.expect("connect");
-        db.conn().execute_unprepared(TABLE).await.expect("create");
+        db.conn().execute_unprepared(typed::SQLITE_TABLE).await.expect("create");
         assert!(db.read_all(typed::Entity::find()).await.expect("read").is_empty());
         assert_eq!(db.direct_reads(), 0);
     }

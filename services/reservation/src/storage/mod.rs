@@ -98,3 +98,9 @@ impl MigratorTrait for Migrator {
         with_mesh_tables(MIGRATIONS)
     }
 }
+
+impl sharemesh_mesh::storage::Tables for Migrator {
+    fn tables(tables: &mut sharemesh_mesh::storage::writes::TableTypes) {
+        tables.add::<reservations::entity::Entity>();
+    }
+}

@@ -71,3 +71,11 @@ impl MigratorTrait for Migrator {
         with_mesh_tables(MIGRATIONS)
     }
 }
+
+impl sharemesh_mesh::storage::Tables for Migrator {
+    fn tables(tables: &mut sharemesh_mesh::storage::writes::TableTypes) {
+        tables
+            .add::<listing_views::entity::Entity>()
+            .add::<reservation_views::entity::Entity>();
+    }
+}
