@@ -96,14 +96,18 @@ pub struct SqliteWriter {
     checkpoints: Arc<AtomicU64>,
 }
 
-/// The connection and, per statement, the value type of each result column.
+/// The connection and, per statement, the name and value type of each result column.
 struct Writer {
     conn: rusqlite::Connection,
-    columns: HashMap<String, Arc<[Option<Kind>]>>,
+    columns: HashMap<String, Arc<[ResultColumn]>>,
 }
 
+/// A result column: its name and the value type of the entity column it comes from (`None`: a
+/// computed column).
+type ResultColumn = (String, Option<Kind>);
+
 impl SqliteWriter {
-    /// A writer of the file at `path` (created and migrated by the pool first).
+    /// A writer of the file at `path` (which the pool created).
     pub(super) fn open(path: &Path) -> Result<Self, rusqlite::Error> {
         Ok(Self {
             conn: Mutex::new(Writer {
@@ -260,24 +264,23 @@ impl SqliteWriter {
             cached = conn.prepare_cached(&stmt.sql).map_err(query_err)?;
             &mut cached
         };
-        let kinds = match columns.get(&stmt.sql) {
-            Some(kinds) => kinds.clone(),
+        let result_columns = match columns.get(&stmt.sql) {
+            Some(known) => known.clone(),
             None => {
-                let kinds: Arc<[Option<Kind>]> = self.kinds(prepared)?.into();
+                let made: Arc<[ResultColumn]> = self.result_columns(prepared)?.into();
                 if columns.len() >= STATEMENT_CACHE {
                     columns.clear();
                 }
-                columns.insert(stmt.sql.clone(), kinds.clone());
-                kinds
+                columns.insert(stmt.sql.clone(), made.clone());
+                made
             }
         };
-        let names: Vec<String> = prepared.column_names().into_iter().map(str::to_owned).collect();
         let mut rows = prepared.query(rusqlite::params_from_iter(params)).map_err(query_err)?;
         let mut out = Vec::new();
         while out.len() < limit {
             let Some(row) = rows.next().map_err(query_err)? else { break };
             let mut values = BTreeMap::new();
-            for (i, (name, kind)) in names.iter().zip(kinds.iter()).enumerate() {
+            for (i, (name, kind)) in result_columns.iter().enumerate() {
                 let v = row.get_ref(i).map_err(query_err)?;
                 let value = match kind {
                     Some(kind) => kind
@@ -292,15 +295,18 @@ impl SqliteWriter {
         Ok(out)
     }
 
-    /// The value type of each result column of `stmt`: its entity column's, or `None` for a
-    /// computed column.
-    fn kinds(&self, stmt: &rusqlite::Statement<'_>) -> Result<Vec<Option<Kind>>, DbErr> {
+    /// The name and value type of each result column of `stmt`: its entity column's type, or
+    /// `None` for a computed column.
+    fn result_columns(&self, stmt: &rusqlite::Statement<'_>) -> Result<Vec<ResultColumn>, DbErr> {
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
         stmt.columns_with_metadata()
             .iter()
-            .map(|c| match (c.table_name(), c.origin_name()) {
-                (Some(table), Some(column)) => tables.kind(table, column).map(Some),
-                _ => Ok(None),
+            .map(|c| {
+                let kind = match (c.table_name(), c.origin_name()) {
+                    (Some(table), Some(column)) => Some(tables.kind(table, column)?),
+                    _ => None,
+                };
+                Ok((c.name().to_owned(), kind))
             })
             .collect()
     }
