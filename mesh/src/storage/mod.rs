@@ -96,16 +96,16 @@ impl Db {
                 .test_before_acquire_if_idle_for(Duration::from_secs(30));
         }
         let conn = sea_orm::Database::connect(opts).await?;
-        let writer = sqlite_writer(url);
+        let write_lock = sqlite.then(|| Arc::new(Mutex::new(())));
         let mut db = Self {
-            writer,
+            writer: write_lock.as_ref().and_then(|lock| sqlite_writer(url, lock.clone())),
             readers: reads::SqliteReaders::for_url(url).map(Arc::new),
             pg_readers: (conn.get_database_backend() == DatabaseBackend::Postgres)
                 .then(|| pg_reads::PgReaders::new(conn.get_postgres_connection_pool().clone()))
                 .flatten()
                 .map(Arc::new),
             conn,
-            write_lock: sqlite.then(|| Arc::new(Mutex::new(()))),
+            write_lock,
             outbox_wakeup: Arc::new(Notify::new()),
             url: url.into(),
             group: None,
@@ -454,11 +454,12 @@ pub trait Tables {
     fn tables(tables: &mut writes::TableTypes);
 }
 
-/// The writer of a SQLite file URL (with the mesh's own tables described); `None` for other
-/// URLs, and when it cannot be opened (then transactions run on the pool).
-fn sqlite_writer(url: &str) -> Option<Arc<writes::SqliteWriter>> {
+/// The writer of a SQLite file URL (with the mesh's own tables described), whose transactions
+/// hold `lock`; `None` for other URLs, and when it cannot be opened (then transactions run on the
+/// pool).
+fn sqlite_writer(url: &str, lock: Arc<Mutex<()>>) -> Option<Arc<writes::SqliteWriter>> {
     let path = reads::sqlite_file(url)?;
-    match writes::SqliteWriter::open(&path) {
+    match writes::SqliteWriter::open(&path, lock) {
         Ok(writer) => {
             writer.describe(crate::events::describe_tables);
             Some(Arc::new(writer))

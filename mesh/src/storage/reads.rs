@@ -111,9 +111,16 @@ impl SqliteReaders {
 /// most this); past that, reads go to the pool.
 const MAX_READERS: usize = 8;
 
-/// Statements with more parameters than this (long `IN (...)` lists, whose SQL text varies with
-/// the list) are prepared each time instead of displacing the cached ones.
+/// Statements whose text varies with a list (`IN (?, ?, …)`, rows of a multi-row `VALUES`) and
+/// that have more parameters than this are prepared each time instead of displacing the cached
+/// ones; every other statement is cached (a model's full-row UPDATE has as many parameters as
+/// columns, and its text never varies).
 const CACHED_PARAMS: usize = 16;
+
+/// True when `sql`, with `params` parameters, is worth keeping prepared (see [`CACHED_PARAMS`]).
+pub(super) fn worth_caching(sql: &str, params: usize) -> bool {
+    params <= CACHED_PARAMS || !(sql.contains(" IN (") || sql.contains("), ("))
+}
 
 /// Page cache of a reader, KiB: the file's pages come from the memory map; this holds the pages
 /// read from the WAL.
@@ -185,7 +192,7 @@ impl Reader {
             Some(values) => values.0.iter().map(param).collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
-        if params.len() > CACHED_PARAMS {
+        if !worth_caching(&stmt.sql, params.len()) {
             let mut prepared = self.conn.prepare(&stmt.sql)?;
             let columns = columns_of::<E>(&prepared)?;
             return rows_to_models::<E>(prepared.query(rusqlite::params_from_iter(params))?, &columns);
@@ -472,6 +479,15 @@ mod tests {
         db.conn().execute_unprepared(typed::SQLITE_TABLE).await.expect("create");
         assert!(db.read_all(typed::Entity::find()).await.expect("read").is_empty());
         assert_eq!(db.direct_reads(), 0);
+    }
+
+    #[test]
+    fn long_statements_are_cached_unless_their_text_varies_with_a_list() {
+        let full_row_update = "UPDATE \"messages\" SET \"a\" = ?, \"b\" = ? WHERE \"id\" = ?";
+        assert!(worth_caching(full_row_update, 18));
+        assert!(worth_caching("UPDATE \"t\" SET \"x\" = ? WHERE \"seq\" IN (?, ?)", 3));
+        assert!(!worth_caching("UPDATE \"t\" SET \"x\" = ? WHERE \"seq\" IN (?, ?, ?)", 40));
+        assert!(!worth_caching("INSERT INTO \"t\" (\"a\", \"b\") VALUES (?, ?), (?, ?)", 20));
     }
 
     #[test]

@@ -26,7 +26,10 @@
 //!
 //! Checkpoints: the writer never checkpoints while committing (that would copy the WAL into the
 //! file and fsync it on the calling thread); every [`CHECKPOINT_EVERY`] commits a passive
-//! checkpoint runs on a blocking thread, on a connection of its own.
+//! checkpoint runs on a blocking thread, on a connection of its own, between two transactions
+//! (it holds the writer lock, as SQLite's own checkpoint inside a commit would): it then copies
+//! every frame, and the next transaction writes the WAL from its start again. A WAL that grew
+//! past [`WAL_LIMIT`] (a long reader kept it from starting over) is cut back to it then.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -41,7 +44,7 @@ use sea_orm::{
     RuntimeErr, Statement, Value,
 };
 
-use super::reads::{Kind, param_value};
+use super::reads::{Kind, param_value, worth_caching};
 
 /// How long `BEGIN IMMEDIATE` waits for another process's writer (sqlx's busy timeout was the
 /// same).
@@ -50,11 +53,11 @@ pub const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// Commits between passive checkpoints.
 pub const CHECKPOINT_EVERY: u64 = 100;
 
+/// The size a WAL that grew is cut back to when it starts over (`journal_size_limit`).
+pub const WAL_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// Prepared statements the writer keeps.
 const STATEMENT_CACHE: usize = 128;
-
-/// Statements with more parameters than this are prepared each time (see `reads`).
-const CACHED_PARAMS: usize = 16;
 
 /// The value types of the columns of each table an entity describes, by table and column name.
 #[derive(Debug, Default)]
@@ -94,6 +97,8 @@ pub struct SqliteWriter {
     checkpointing: Arc<AtomicBool>,
     checkpointer: Arc<Mutex<Option<rusqlite::Connection>>>,
     checkpoints: Arc<AtomicU64>,
+    /// The [`super::Db`]'s writer lock: checkpoints run while holding it.
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The connection and, per statement, the name and value type of each result column.
@@ -107,8 +112,8 @@ struct Writer {
 type ResultColumn = (String, Option<Kind>);
 
 impl SqliteWriter {
-    /// A writer of the file at `path` (which the pool created).
-    pub(super) fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+    /// A writer of the file at `path` (which the pool created), whose transactions hold `lock`.
+    pub(super) fn open(path: &Path, lock: Arc<tokio::sync::Mutex<()>>) -> Result<Self, rusqlite::Error> {
         Ok(Self {
             conn: Mutex::new(Writer {
                 conn: open(path)?,
@@ -120,6 +125,7 @@ impl SqliteWriter {
             checkpointing: Arc::new(AtomicBool::new(false)),
             checkpointer: Arc::new(Mutex::new(None)),
             checkpoints: Arc::new(AtomicU64::new(0)),
+            lock,
         })
     }
 
@@ -181,32 +187,30 @@ impl SqliteWriter {
         if self.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (busy, conn, path, done) = (
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.checkpointing.store(false, Ordering::Release);
+            return;
+        };
+        let (busy, conn, path, done, writers) = (
             self.checkpointing.clone(),
             self.checkpointer.clone(),
             self.path.clone(),
             self.checkpoints.clone(),
+            self.lock.clone(),
         );
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            busy.store(false, Ordering::Release);
-            return;
-        };
-        handle.spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let result = match conn.take() {
-                Some(c) => Ok(c),
-                None => open(&path),
-            }
-            .and_then(|c| {
-                let done = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                *conn = Some(c);
-                done
-            });
-            match result {
-                Ok(()) => {
+        handle.spawn(async move {
+            // Between transactions: with no frame appended while it copies, the checkpoint
+            // catches up with the WAL, and the next transaction starts the WAL over from its
+            // beginning instead of growing it (a checkpoint racing the writer never catches up).
+            let writers_wait = writers.lock_owned().await;
+            let outcome = tokio::task::spawn_blocking(move || checkpoint(&conn, &path)).await;
+            drop(writers_wait);
+            match outcome {
+                Ok(Ok(())) => {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; the next one retries"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "SQLite checkpoint failed; the next one retries"),
+                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint did not finish; the next one retries"),
             }
             busy.store(false, Ordering::Release);
         });
@@ -222,7 +226,7 @@ impl SqliteWriter {
     pub(super) fn execute(&self, stmt: &Statement) -> Result<MockExecResult, DbErr> {
         let params = params(stmt)?;
         let writer = self.lock();
-        let changed = if params.len() > CACHED_PARAMS {
+        let changed = if !worth_caching(&stmt.sql, params.len()) {
             writer
                 .conn
                 .prepare(&stmt.sql)
@@ -257,7 +261,7 @@ impl SqliteWriter {
         let mut writer = self.lock();
         let Writer { conn, columns } = &mut *writer;
         let (mut uncached, mut cached);
-        let prepared: &mut rusqlite::Statement<'_> = if params.len() > CACHED_PARAMS {
+        let prepared: &mut rusqlite::Statement<'_> = if !worth_caching(&stmt.sql, params.len()) {
             uncached = conn.prepare(&stmt.sql).map_err(query_err)?;
             &mut uncached
         } else {
@@ -339,6 +343,19 @@ pub(super) async fn query_results(rows: Vec<Row>) -> Result<Vec<QueryResult>, Db
         .await
 }
 
+/// A passive checkpoint of the file at `path`, on the checkpointer's own connection (opened on
+/// first use).
+fn checkpoint(conn: &Mutex<Option<rusqlite::Connection>>, path: &Path) -> Result<(), rusqlite::Error> {
+    let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+    let c = match conn.take() {
+        Some(c) => c,
+        None => open(path)?,
+    };
+    let done = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    *conn = Some(c);
+    done
+}
+
 /// Opens the writer's connection on the file the pool created.
 fn open(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
     use rusqlite::OpenFlags;
@@ -350,6 +367,7 @@ fn open(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "mmap_size", super::SQLITE_MMAP_SIZE)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_LIMIT)?;
     conn.busy_timeout(Duration::ZERO)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
@@ -458,7 +476,7 @@ impl DatabaseError for SqliteFailure {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
+    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
 
     use super::*;
     use crate::storage::{Db, TxnConn, WriteTxn, is_transient_conflict, is_unique_violation, typed};
@@ -604,21 +622,40 @@ mod tests {
         drop(held);
     }
 
+    /// Writes with reads beside them, as under load: the WAL starts over after each checkpoint
+    /// instead of growing with every commit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn commits_are_checkpointed_in_the_background() {
+    async fn commits_are_checkpointed_in_the_background_and_the_wal_starts_over() {
+        use crate::storage::ReadModels;
         let dir = tempfile::tempdir().expect("tempdir");
         let db = file_db(&dir).await;
         let writer = db.writer.clone().expect("a file has a writer");
-        for id in 1..=i64::try_from(CHECKPOINT_EVERY).expect("small") {
+        let commits = 10 * CHECKPOINT_EVERY;
+        for id in 1..=i64::try_from(commits).expect("small") {
             let tx = db.begin_write().await.expect("begin");
-            model(id).into_active_model().insert(&*tx).await.expect("insert");
+            let mut row = model(id);
+            row.name = "x".repeat(3000);
+            row.into_active_model().insert(&*tx).await.expect("insert");
             tx.commit().await.expect("commit");
+            let seen = db.read_all(typed::Entity::find_by_id(id).limit(1)).await.expect("read");
+            assert_eq!(seen.len(), 1);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while writer.checkpoints() == 0 {
-            assert!(Instant::now() < deadline, "no checkpoint after {CHECKPOINT_EVERY} commits");
+        while writer.checkpoints() < 9 {
+            assert!(
+                Instant::now() < deadline,
+                "{} checkpoints after {commits} commits",
+                writer.checkpoints()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Each commit writes a few pages; without starting over the WAL would hold them all.
+        let wal = std::fs::metadata(dir.path().join("w.db-wal")).expect("wal").len();
+        let all = commits * 2 * 4096;
+        assert!(
+            wal < all / 3,
+            "WAL of {wal} bytes after {commits} commits (all of them: about {all})"
+        );
         // Nothing checkpoints inside a commit.
         let conn = writer.lock();
         let auto: i64 = conn.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).expect("pragma");
