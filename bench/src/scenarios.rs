@@ -29,6 +29,10 @@ use crate::mesh::SECRET;
 use crate::stats::{Recorder, Summary, percentile_ms};
 
 const HOUR_MS: i64 = 3_600_000;
+/// How long each booked window is.
+const WINDOW_MS: i64 = 10 * 60_000;
+/// How far apart the booked windows start.
+const WINDOW_EVERY_MS: i64 = 2 * WINDOW_MS;
 /// The event-lag run's ceiling of PlaceReservation calls in flight.
 const MAX_IN_FLIGHT: usize = 256;
 /// Outstanding reservations the lag poller asks the view about at once.
@@ -56,10 +60,10 @@ impl Tokens {
     }
 }
 
-/// A distinct one-hour window per call: the n-th window starts 2n hours after the first whole
-/// hour a day from now, so no two calls of one run ever overlap, whichever listing they book,
-/// and all lie inside the mesh's booking horizon (5 years: about 21,900 windows; a full run
-/// books under 10,000).
+/// A distinct ten-minute window per call: the n-th window starts 20n minutes after the first
+/// whole hour a day from now, so no two calls of one run ever overlap, whichever listing they
+/// book, and all lie inside the mesh's booking horizon (5 years: about 131,000 windows; a full
+/// run books about 30,000 at 800 reservations/s).
 #[derive(Clone)]
 pub(crate) struct Windows {
     next: Arc<AtomicU64>,
@@ -80,8 +84,8 @@ impl Windows {
     /// The next window and its number (also used for request ids).
     fn next(&self) -> (u64, TimeWindow) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let start = self.from_ms + i64::try_from(n).unwrap_or(i64::MAX / 4).saturating_mul(2 * HOUR_MS);
-        (n, TimeWindow::from_ms(start, start + HOUR_MS))
+        let start = self.from_ms + i64::try_from(n).unwrap_or(i64::MAX / 4).saturating_mul(WINDOW_EVERY_MS);
+        (n, TimeWindow::from_ms(start, start + WINDOW_MS))
     }
 }
 

@@ -25,7 +25,7 @@
 //!   value would read as NULL.
 //!
 //! Checkpoints: the writer never checkpoints while committing (that would copy the WAL into the
-//! file and fsync it on the calling thread); every [`CHECKPOINT_EVERY`] commits a passive
+//! file and fsync it on the calling thread); once the WAL holds [`CHECKPOINT_FRAMES`] pages a passive
 //! checkpoint runs on a blocking thread, on a connection of its own, between two transactions
 //! (it holds the writer lock, as SQLite's own checkpoint inside a commit would): it then copies
 //! every frame, and the next transaction writes the WAL from its start again. A WAL that grew
@@ -50,8 +50,21 @@ use super::reads::{Kind, param_value, worth_caching};
 /// same).
 pub const BUSY_WAIT: Duration = Duration::from_secs(10);
 
-/// Commits between passive checkpoints.
-pub const CHECKPOINT_EVERY: u64 = 100;
+/// Pages in the WAL that start a checkpoint (SQLite's own automatic checkpoint starts at this
+/// many too, inside the commit).
+pub const CHECKPOINT_FRAMES: i32 = 1000;
+
+thread_local! {
+    /// The pages in the WAL after the last commit on this thread, as SQLite's WAL hook tells it
+    /// (the hook runs inside the COMMIT, on the thread that runs it).
+    static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// SQLite's WAL hook: keeps the count for [`SqliteWriter::commit`].
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    Ok(())
+}
 
 /// The size a WAL that grew is cut back to when it starts over (`journal_size_limit`).
 pub const WAL_LIMIT: i64 = 64 * 1024 * 1024;
@@ -93,7 +106,6 @@ pub struct SqliteWriter {
     conn: Mutex<Writer>,
     tables: RwLock<TableTypes>,
     path: PathBuf,
-    commits: AtomicU64,
     checkpointing: Arc<AtomicBool>,
     checkpointer: Arc<Mutex<Option<rusqlite::Connection>>>,
     checkpoints: Arc<AtomicU64>,
@@ -121,7 +133,6 @@ impl SqliteWriter {
             }),
             tables: RwLock::new(TableTypes::default()),
             path: path.to_owned(),
-            commits: AtomicU64::new(0),
             checkpointing: Arc::new(AtomicBool::new(false)),
             checkpointer: Arc::new(Mutex::new(None)),
             checkpoints: Arc::new(AtomicU64::new(0)),
@@ -158,16 +169,17 @@ impl SqliteWriter {
         }
     }
 
-    /// Commits the open transaction; every [`CHECKPOINT_EVERY`] commits starts a checkpoint in
-    /// the background.
+    /// Commits the open transaction; once the WAL holds [`CHECKPOINT_FRAMES`] pages, starts a
+    /// checkpoint in the background.
     pub(super) fn commit(&self) -> Result<(), DbErr> {
+        WAL_FRAMES.set(0);
         let outcome = self.lock().conn.execute_batch("COMMIT");
         if let Err(e) = outcome {
             // A failed COMMIT may leave the transaction open (SQLITE_BUSY); end it.
             self.rollback();
             return Err(exec_err(e));
         }
-        if self.commits.fetch_add(1, Ordering::Relaxed) % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1 {
+        if WAL_FRAMES.get() >= CHECKPOINT_FRAMES {
             self.checkpoint_in_background();
         }
         Ok(())
@@ -368,6 +380,8 @@ fn open(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
     conn.pragma_update(None, "mmap_size", super::SQLITE_MMAP_SIZE)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.pragma_update(None, "journal_size_limit", WAL_LIMIT)?;
+    // After `wal_autocheckpoint`, which sets a hook of its own.
+    conn.wal_hook(Some(note_wal_frames));
     conn.busy_timeout(Duration::ZERO)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
@@ -630,7 +644,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = file_db(&dir).await;
         let writer = db.writer.clone().expect("a file has a writer");
-        let commits = 10 * CHECKPOINT_EVERY;
+        let commits = 3000u64;
         for id in 1..=i64::try_from(commits).expect("small") {
             let tx = db.begin_write().await.expect("begin");
             let mut row = model(id);
@@ -641,7 +655,7 @@ mod tests {
             assert_eq!(seen.len(), 1);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while writer.checkpoints() < 9 {
+        while writer.checkpoints() < 2 {
             assert!(
                 Instant::now() < deadline,
                 "{} checkpoints after {commits} commits",
@@ -649,12 +663,14 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Each commit writes a few pages; without starting over the WAL would hold them all.
+        // Each commit writes two or more pages (a frame of 4 KiB and its header each): without
+        // starting over the WAL would hold them all; starting over, it holds about
+        // CHECKPOINT_FRAMES of them.
         let wal = std::fs::metadata(dir.path().join("w.db-wal")).expect("wal").len();
-        let all = commits * 2 * 4096;
+        let frames = u64::try_from(CHECKPOINT_FRAMES).expect("positive");
         assert!(
-            wal < all / 3,
-            "WAL of {wal} bytes after {commits} commits (all of them: about {all})"
+            wal < 2 * frames * 4152 && wal < commits * 2 * 4152 / 2,
+            "WAL of {wal} bytes after {commits} commits"
         );
         // Nothing checkpoints inside a commit.
         let conn = writer.lock();
