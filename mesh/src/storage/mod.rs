@@ -384,7 +384,14 @@ impl WriteTxn {
         // On error the transaction is rolled back; the writer lock is released when `self`
         // drops, after.
         match txn {
-            TxnConn::Sqlite(writer) => writer.commit()?,
+            TxnConn::Sqlite(writer) => {
+                writer.commit()?;
+                // Its statements ran without ever giving the thread back (each is done when
+                // called); yield once per transaction, so a loop of writes (a dispatcher or a
+                // consumer working off a backlog) cannot keep other tasks, NATS's connection
+                // among them, off this worker thread.
+                tokio::task::yield_now().await;
+            }
             TxnConn::Pool(txn) => txn.commit().await?,
         }
         if self.wrote_outbox.load(Ordering::Relaxed) {
