@@ -611,10 +611,10 @@ pub async fn try_xact_lock(tx: &WriteTxn, key: i64) -> Result<bool, DbErr> {
     row.try_get::<bool>("", "locked")
 }
 
-/// True when `err` is a unique-key violation.
+/// True when `err` is a unique-key violation (as the database's own error says: sqlx's, and the
+/// SQLite writer's ([`writes`]), which keeps SQLite's codes).
 pub fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
-        || database_error(err).is_some_and(|e| e.is_unique_violation())
+    database_error(err).is_some_and(|e| e.is_unique_violation())
 }
 
 /// A model with a field of every type the readers ([`reads`], [`pg_reads`]) map, for their tests.
@@ -622,6 +622,22 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
 #[allow(unreachable_pub)]
 pub(crate) mod typed {
     use sea_orm::entity::prelude::*;
+
+    /// The URL of a SQLite file in `dir` (the file itself: `typed.db`).
+    pub fn url(dir: &tempfile::TempDir) -> String {
+        format!("sqlite://{}/typed.db?mode=rwc", dir.path().display())
+    }
+
+    /// A database on a SQLite file in `dir` with the empty table of this model, described to its
+    /// writer.
+    pub async fn file_db(dir: &tempfile::TempDir) -> crate::storage::Db {
+        let db = crate::storage::Db::connect(&url(dir)).await.expect("connect");
+        db.conn().execute_unprepared(SQLITE_TABLE).await.expect("create");
+        db.describe(|t| {
+            t.add::<Entity>();
+        });
+        db
+    }
 
     /// Its table on SQLite.
     pub const SQLITE_TABLE: &str = "CREATE TABLE typed (id INTEGER PRIMARY KEY AUTOINCREMENT, small INTEGER NOT NULL, \

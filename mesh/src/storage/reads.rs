@@ -118,8 +118,68 @@ const MAX_READERS: usize = 8;
 const CACHED_PARAMS: usize = 16;
 
 /// True when `sql`, with `params` parameters, is worth keeping prepared (see [`CACHED_PARAMS`]).
-pub(super) fn worth_caching(sql: &str, params: usize) -> bool {
+fn worth_caching(sql: &str, params: usize) -> bool {
     params <= CACHED_PARAMS || !(sql.contains(" IN (") || sql.contains("), ("))
+}
+
+/// A statement prepared for one run, or kept in its connection's cache (see [`worth_caching`]).
+pub(super) enum Prepared<'c> {
+    Kept(rusqlite::CachedStatement<'c>),
+    Once(rusqlite::Statement<'c>),
+}
+
+impl<'c> Prepared<'c> {
+    /// `sql`, with `params` parameters, prepared on `conn`.
+    pub(super) fn new(conn: &'c rusqlite::Connection, sql: &str, params: usize) -> rusqlite::Result<Self> {
+        Ok(if worth_caching(sql, params) {
+            Self::Kept(conn.prepare_cached(sql)?)
+        } else {
+            Self::Once(conn.prepare(sql)?)
+        })
+    }
+
+    /// What `make` makes of this statement's result columns: kept in `maps` (at most `cap`, by
+    /// SQL text) beside a kept statement, made anew for a statement prepared once.
+    pub(super) fn columns<C: ?Sized, E>(
+        &self,
+        maps: &mut HashMap<String, Arc<C>>,
+        sql: &str,
+        cap: usize,
+        make: impl FnOnce(&rusqlite::Statement<'_>) -> Result<Arc<C>, E>,
+    ) -> Result<Arc<C>, E> {
+        if matches!(self, Self::Once(_)) {
+            return make(self);
+        }
+        if let Some(known) = maps.get(sql) {
+            return Ok(known.clone());
+        }
+        let made = make(self)?;
+        // Bounded like the statement cache; a map is cheap to make again.
+        if maps.len() >= cap {
+            maps.clear();
+        }
+        maps.insert(sql.to_owned(), made.clone());
+        Ok(made)
+    }
+}
+
+impl<'c> std::ops::Deref for Prepared<'c> {
+    type Target = rusqlite::Statement<'c>;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Kept(s) => s,
+            Self::Once(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Prepared<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Self::Kept(s) => s,
+            Self::Once(s) => s,
+        }
+    }
 }
 
 /// Page cache of a reader, KiB: the file's pages come from the memory map; this holds the pages
@@ -192,25 +252,9 @@ impl Reader {
             Some(values) => values.0.iter().map(param).collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
-        if !worth_caching(&stmt.sql, params.len()) {
-            let mut prepared = self.conn.prepare(&stmt.sql)?;
-            let columns = columns_of::<E>(&prepared)?;
-            return rows_to_models::<E>(prepared.query(rusqlite::params_from_iter(params))?, &columns);
-        }
-        let mut prepared = self.conn.prepare_cached(&stmt.sql)?;
+        let mut prepared = Prepared::new(&self.conn, &stmt.sql, params.len())?;
         let maps = self.columns.entry(TypeId::of::<E>()).or_default();
-        let columns = match maps.get(&stmt.sql) {
-            Some(columns) => columns.clone(),
-            None => {
-                let columns: Arc<[Column]> = columns_of::<E>(&prepared)?.into();
-                // Bounded like the statement cache; a map is cheap to build again.
-                if maps.len() >= STATEMENT_CACHE {
-                    maps.clear();
-                }
-                maps.insert(stmt.sql.clone(), columns.clone());
-                columns
-            }
-        };
+        let columns = prepared.columns(maps, &stmt.sql, STATEMENT_CACHE, |s| columns_of::<E>(s).map(Arc::from))?;
         rows_to_models::<E>(prepared.query(rusqlite::params_from_iter(params))?, &columns)
     }
 }
@@ -374,10 +418,7 @@ mod tests {
     use crate::storage::{Db, ReadModels, typed};
 
     async fn file_db(dir: &tempfile::TempDir) -> Db {
-        let db = Db::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
-            .await
-            .expect("connect");
-        db.conn().execute_unprepared(typed::SQLITE_TABLE).await.expect("create");
+        let db = typed::file_db(dir).await;
         db.conn()
             .execute_unprepared(
                 "INSERT INTO typed VALUES (1, -7, NULL, 9000000000, NULL, 1, 'a', NULL, x'00ff', 0.5), \

@@ -44,7 +44,7 @@ use sea_orm::{
     RuntimeErr, Statement, Value,
 };
 
-use super::reads::{Kind, param_value, worth_caching};
+use super::reads::{Kind, Prepared, param_value};
 
 /// How long `BEGIN IMMEDIATE` waits for another process's writer (sqlx's busy timeout was the
 /// same).
@@ -79,7 +79,7 @@ pub struct TableTypes(HashMap<String, HashMap<String, Kind>>);
 impl TableTypes {
     /// Adds the columns of `E`'s table. An entity column of a type rows cannot be typed as here
     /// (a date, a UUID, JSON) is left out: a write reading it back fails loudly.
-    pub fn add<E: EntityTrait + Default>(&mut self) -> &mut Self {
+    pub fn add<E: EntityTrait>(&mut self) -> &mut Self {
         let columns = E::Column::iter()
             .filter_map(|c| Kind::of(&sea_orm::ColumnTrait::def(&c)).map(|k| (c.as_str().to_owned(), k)))
             .collect();
@@ -105,12 +105,18 @@ impl TableTypes {
 pub struct SqliteWriter {
     conn: Mutex<Writer>,
     tables: RwLock<TableTypes>,
+    checkpoints: Arc<Checkpoints>,
+}
+
+/// The checkpoints of the file: one at a time, on a connection of their own (opened on first
+/// use), each holding the writer lock.
+struct Checkpoints {
     path: PathBuf,
-    checkpointing: Arc<AtomicBool>,
-    checkpointer: Arc<Mutex<Option<rusqlite::Connection>>>,
-    checkpoints: Arc<AtomicU64>,
-    /// The [`super::Db`]'s writer lock: checkpoints run while holding it.
-    lock: Arc<tokio::sync::Mutex<()>>,
+    conn: Mutex<Option<rusqlite::Connection>>,
+    running: AtomicBool,
+    done: AtomicU64,
+    /// The [`super::Db`]'s writer lock.
+    writers: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The connection and, per statement, the name and value type of each result column.
@@ -132,11 +138,13 @@ impl SqliteWriter {
                 columns: HashMap::new(),
             }),
             tables: RwLock::new(TableTypes::default()),
-            path: path.to_owned(),
-            checkpointing: Arc::new(AtomicBool::new(false)),
-            checkpointer: Arc::new(Mutex::new(None)),
-            checkpoints: Arc::new(AtomicU64::new(0)),
-            lock,
+            checkpoints: Arc::new(Checkpoints {
+                path: path.to_owned(),
+                conn: Mutex::new(None),
+                running: AtomicBool::new(false),
+                done: AtomicU64::new(0),
+                writers: lock,
+            }),
         })
     }
 
@@ -180,7 +188,7 @@ impl SqliteWriter {
             return Err(exec_err(e));
         }
         if WAL_FRAMES.get() >= CHECKPOINT_FRAMES {
-            self.checkpoint_in_background();
+            self.checkpoints.start();
         }
         Ok(())
     }
@@ -195,61 +203,19 @@ impl SqliteWriter {
         }
     }
 
-    fn checkpoint_in_background(&self) {
-        if self.checkpointing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            self.checkpointing.store(false, Ordering::Release);
-            return;
-        };
-        let (busy, conn, path, done, writers) = (
-            self.checkpointing.clone(),
-            self.checkpointer.clone(),
-            self.path.clone(),
-            self.checkpoints.clone(),
-            self.lock.clone(),
-        );
-        handle.spawn(async move {
-            // Between transactions: with no frame appended while it copies, the checkpoint
-            // catches up with the WAL, and the next transaction starts the WAL over from its
-            // beginning instead of growing it (a checkpoint racing the writer never catches up).
-            let writers_wait = writers.lock_owned().await;
-            let outcome = tokio::task::spawn_blocking(move || checkpoint(&conn, &path)).await;
-            drop(writers_wait);
-            match outcome {
-                Ok(Ok(())) => {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "SQLite checkpoint failed; the next one retries"),
-                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint did not finish; the next one retries"),
-            }
-            busy.store(false, Ordering::Release);
-        });
-    }
-
     /// Checkpoints run so far.
     #[cfg(test)]
     pub(super) fn checkpoints(&self) -> u64 {
-        self.checkpoints.load(Ordering::Relaxed)
+        self.checkpoints.done.load(Ordering::Relaxed)
     }
 
     /// Runs a statement that returns no rows.
     pub(super) fn execute(&self, stmt: &Statement) -> Result<MockExecResult, DbErr> {
         let params = params(stmt)?;
         let writer = self.lock();
-        let changed = if !worth_caching(&stmt.sql, params.len()) {
-            writer
-                .conn
-                .prepare(&stmt.sql)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
-        } else {
-            writer
-                .conn
-                .prepare_cached(&stmt.sql)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
-        }
-        .map_err(exec_err)?;
+        let changed = Prepared::new(&writer.conn, &stmt.sql, params.len())
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
+            .map_err(exec_err)?;
         Ok(MockExecResult {
             last_insert_id: u64::try_from(writer.conn.last_insert_rowid()).unwrap_or(0),
             rows_affected: changed as u64,
@@ -272,25 +238,8 @@ impl SqliteWriter {
         let params = params(stmt)?;
         let mut writer = self.lock();
         let Writer { conn, columns } = &mut *writer;
-        let (mut uncached, mut cached);
-        let prepared: &mut rusqlite::Statement<'_> = if !worth_caching(&stmt.sql, params.len()) {
-            uncached = conn.prepare(&stmt.sql).map_err(query_err)?;
-            &mut uncached
-        } else {
-            cached = conn.prepare_cached(&stmt.sql).map_err(query_err)?;
-            &mut cached
-        };
-        let result_columns = match columns.get(&stmt.sql) {
-            Some(known) => known.clone(),
-            None => {
-                let made: Arc<[ResultColumn]> = self.result_columns(prepared)?.into();
-                if columns.len() >= STATEMENT_CACHE {
-                    columns.clear();
-                }
-                columns.insert(stmt.sql.clone(), made.clone());
-                made
-            }
-        };
+        let mut prepared = Prepared::new(conn, &stmt.sql, params.len()).map_err(query_err)?;
+        let result_columns = prepared.columns(columns, &stmt.sql, STATEMENT_CACHE, |s| self.result_columns(s).map(Arc::from))?;
         let mut rows = prepared.query(rusqlite::params_from_iter(params)).map_err(query_err)?;
         let mut out = Vec::new();
         while out.len() < limit {
@@ -355,17 +304,45 @@ pub(super) async fn query_results(rows: Vec<Row>) -> Result<Vec<QueryResult>, Db
         .await
 }
 
-/// A passive checkpoint of the file at `path`, on the checkpointer's own connection (opened on
-/// first use).
-fn checkpoint(conn: &Mutex<Option<rusqlite::Connection>>, path: &Path) -> Result<(), rusqlite::Error> {
-    let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-    let c = match conn.take() {
-        Some(c) => c,
-        None => open(path)?,
-    };
-    let done = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-    *conn = Some(c);
-    done
+impl Checkpoints {
+    /// Starts a checkpoint in the background, unless one is running.
+    fn start(self: &Arc<Self>) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.running.store(false, Ordering::Release);
+            return;
+        };
+        let this = self.clone();
+        handle.spawn(async move {
+            // Between transactions: with no frame appended while it copies, the checkpoint
+            // catches up with the WAL, and the next transaction starts the WAL over from its
+            // beginning instead of growing it (a checkpoint racing the writer never catches up).
+            let writers_wait = this.writers.lock().await;
+            let run = this.clone();
+            let outcome = tokio::task::spawn_blocking(move || run.passive()).await;
+            drop(writers_wait);
+            match outcome {
+                Ok(Ok(())) => {
+                    this.done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "SQLite checkpoint failed; the next one retries"),
+                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint did not finish; the next one retries"),
+            }
+            this.running.store(false, Ordering::Release);
+        });
+    }
+
+    /// A passive checkpoint, on the blocking thread it runs on.
+    fn passive(&self) -> Result<(), rusqlite::Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = match &mut *conn {
+            Some(c) => c,
+            none => none.insert(open(&self.path)?),
+        };
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    }
 }
 
 /// Opens the writer's connection on the file the pool created.
@@ -495,17 +472,6 @@ mod tests {
     use super::*;
     use crate::storage::{Db, TxnConn, WriteTxn, is_transient_conflict, is_unique_violation, typed};
 
-    async fn file_db(dir: &tempfile::TempDir) -> Db {
-        let db = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
-            .await
-            .expect("connect");
-        db.conn().execute_unprepared(typed::SQLITE_TABLE).await.expect("create");
-        db.describe(|t| {
-            t.add::<typed::Entity>();
-        });
-        db
-    }
-
     fn model(id: i64) -> typed::Model {
         typed::Model {
             id,
@@ -528,7 +494,7 @@ mod tests {
     #[tokio::test]
     async fn rows_a_write_reads_back_are_typed_by_their_entity() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = file_db(&dir).await;
+        let db = typed::file_db(&dir).await;
         let tx = db.begin_write().await.expect("begin");
         assert!(on_the_writer(&tx), "a SQLite file's writes run on the writer");
         // INSERT ... RETURNING: i32 and i64 columns, NULLs of each type, bool, text, blob, real.
@@ -564,7 +530,7 @@ mod tests {
     #[tokio::test]
     async fn a_table_no_entity_describes_is_refused_not_guessed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = file_db(&dir).await;
+        let db = typed::file_db(&dir).await;
         db.conn()
             .execute_unprepared("CREATE TABLE loose (v INTEGER)")
             .await
@@ -583,7 +549,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_failures_keep_the_codes_callers_decide_by() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = file_db(&dir).await;
+        let db = typed::file_db(&dir).await;
         let tx = db.begin_write().await.expect("begin");
         model(1).into_active_model().insert(&*tx).await.expect("insert");
         let err = model(1).into_active_model().insert(&*tx).await.expect_err("the same key twice");
@@ -601,11 +567,9 @@ mod tests {
     #[tokio::test]
     async fn a_writer_in_another_process_is_waited_for_without_blocking_the_thread() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = file_db(&dir).await;
+        let db = typed::file_db(&dir).await;
         // A second handle on the file has its own writer, as another process would.
-        let other = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
-            .await
-            .expect("connect");
+        let other = Db::connect(&typed::url(&dir)).await.expect("connect");
         let first = other.begin_write().await.expect("begin");
         first
             .execute_unprepared("INSERT INTO typed VALUES (7, 1, NULL, 2, NULL, 0, 'x', NULL, x'', 1.0)")
@@ -642,7 +606,7 @@ mod tests {
     async fn commits_are_checkpointed_in_the_background_and_the_wal_starts_over() {
         use crate::storage::ReadModels;
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = file_db(&dir).await;
+        let db = typed::file_db(&dir).await;
         let writer = db.writer.clone().expect("a file has a writer");
         let commits = 3000u64;
         for id in 1..=i64::try_from(commits).expect("small") {
@@ -666,7 +630,7 @@ mod tests {
         // Each commit writes two or more pages (a frame of 4 KiB and its header each): without
         // starting over the WAL would hold them all; starting over, it holds about
         // CHECKPOINT_FRAMES of them.
-        let wal = std::fs::metadata(dir.path().join("w.db-wal")).expect("wal").len();
+        let wal = std::fs::metadata(dir.path().join("typed.db-wal")).expect("wal").len();
         let frames = u64::try_from(CHECKPOINT_FRAMES).expect("positive");
         assert!(
             wal < 2 * frames * 4152 && wal < commits * 2 * 4152 / 2,
