@@ -8,30 +8,43 @@ use sharemesh_contracts::common::v1::{ListingKind, Money};
 pub const MAX_TITLE: usize = 200;
 /// Longest description accepted.
 pub const MAX_DESCRIPTION: usize = 5000;
+/// Longest car model or talent category accepted.
+pub const MAX_NAME: usize = 100;
 /// Longest window one hold may cover (90 days).
 pub const MAX_WINDOW_MS: i64 = 90 * 24 * 3600 * 1000;
 
 /// Everything the catalog service answers besides success: the mesh's one rejection type.
 pub type CatalogError = sharemesh_mesh::status::Rejection;
 
-/// Checks a title.
+/// Checks a title: not blank, at most [`MAX_TITLE`] characters, one line.
 pub fn validate_title(title: &str) -> Result<(), CatalogError> {
-    if title.trim().is_empty() {
-        return Err(CatalogError::invalid("title", "must not be empty"));
-    }
-    if title.chars().count() > MAX_TITLE {
-        return Err(CatalogError::invalid("title", format!("must be at most {MAX_TITLE} characters")));
-    }
-    Ok(())
+    validate_name("title", title, MAX_TITLE)
 }
 
-/// Checks a description.
+/// Checks a description: at most [`MAX_DESCRIPTION`] characters; line breaks and tabs are its only
+/// control characters.
 pub fn validate_description(description: &str) -> Result<(), CatalogError> {
-    if description.chars().count() > MAX_DESCRIPTION {
-        return Err(CatalogError::invalid(
-            "description",
-            format!("must be at most {MAX_DESCRIPTION} characters"),
-        ));
+    validate_text("description", description, MAX_DESCRIPTION, |c| matches!(c, '\n' | '\r' | '\t'))
+}
+
+/// Checks a one-line name (a title, a car model, a talent category): not blank, at most `max`
+/// characters, no control characters.
+fn validate_name(field: &'static str, value: &str, max: usize) -> Result<(), CatalogError> {
+    if value.trim().is_empty() {
+        return Err(CatalogError::invalid(field, "must not be empty"));
+    }
+    validate_text(field, value, max, |_| false)
+}
+
+/// Checks text shown to others and copied into events, views and messages: at most `max`
+/// characters, and no control character but those `allowed` lets through (a NUL or an escape
+/// sequence in a title reaches every screen, log and webhook that shows it).
+fn validate_text(field: &'static str, value: &str, max: usize, allowed: fn(char) -> bool) -> Result<(), CatalogError> {
+    if value.chars().count() > max {
+        return Err(CatalogError::invalid(field, format!("must be at most {max} characters")));
+    }
+    if value.chars().any(|c| c.is_control() && !allowed(c)) {
+        return Err(CatalogError::invalid(field, "must not contain control characters"));
     }
     Ok(())
 }
@@ -51,9 +64,7 @@ pub fn validate_details(details: Option<&listing::Details>) -> Result<ListingKin
 }
 
 fn validate_car(car: &CarDetails) -> Result<(), CatalogError> {
-    if car.model.trim().is_empty() {
-        return Err(CatalogError::invalid("car.model", "must not be empty"));
-    }
+    validate_name("car.model", &car.model, MAX_NAME)?;
     if CarType::try_from(car.car_type).map_or(true, |t| t == CarType::Unspecified) {
         return Err(CatalogError::invalid(
             "car.car_type",
@@ -67,9 +78,7 @@ fn validate_car(car: &CarDetails) -> Result<(), CatalogError> {
 }
 
 fn validate_talent(talent: &TalentDetails) -> Result<(), CatalogError> {
-    if talent.category.trim().is_empty() {
-        return Err(CatalogError::invalid("talent.category", "must not be empty"));
-    }
+    validate_name("talent.category", &talent.category, MAX_NAME)?;
     if !(5..=24 * 60).contains(&talent.session_minutes) {
         return Err(CatalogError::invalid("talent.session_minutes", "must be between 5 and 1440"));
     }
@@ -102,6 +111,50 @@ pub fn window_amount(kind: ListingKind, unit_price: i64, session_minutes: i32, s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text a caller sends is copied into events, views and messages: bounded, and without
+    /// control characters but a description's line breaks.
+    #[test]
+    fn text_fields_are_bounded_and_free_of_control_characters() {
+        fn invalid<T>(r: Result<T, CatalogError>, f: &str, why: &str) -> bool {
+            matches!(r, Err(CatalogError::Invalid { field, ref reason }) if field == f && reason.contains(why))
+        }
+        assert!(invalid(validate_title("a\u{0}b"), "title", "control"));
+        assert!(invalid(validate_title("a\nb"), "title", "control"));
+        assert!(invalid(validate_title("\u{1b}[31mred"), "title", "control"));
+        assert!(validate_title("아반떼 2030 — 깨끗함").is_ok());
+        assert!(validate_description("line one\r\n\tline two").is_ok());
+        assert!(invalid(validate_description("bell\u{7}"), "description", "control"));
+        let car = |model: String| {
+            listing::Details::Car(CarDetails {
+                model,
+                car_type: CarType::Sedan as i32,
+                seats: 5,
+            })
+        };
+        assert!(validate_details(Some(&car("m".repeat(MAX_NAME)))).is_ok());
+        assert!(invalid(
+            validate_details(Some(&car("m".repeat(MAX_NAME + 1)))),
+            "car.model",
+            "at most 100"
+        ));
+        let talent = |category: String| {
+            listing::Details::Talent(TalentDetails {
+                category,
+                session_minutes: 60,
+            })
+        };
+        assert!(invalid(
+            validate_details(Some(&talent("c".repeat(1_000_000)))),
+            "talent.category",
+            "at most 100"
+        ));
+        assert!(invalid(
+            validate_details(Some(&talent("tab\there".into()))),
+            "talent.category",
+            "control"
+        ));
+    }
 
     #[test]
     fn validation_names_the_field() {

@@ -21,26 +21,35 @@ const REQUIRED: i32 = 2;
 /// `google.api.FieldBehavior.OUTPUT_ONLY`.
 const OUTPUT_ONLY: i32 = 3;
 
+/// JSON Schema for "no control character" (what `char::is_control` finds: C0, DEL and C1), but
+/// for the ones listed.
+macro_rules! no_control_but {
+    ($($allowed:literal)?) => {
+        concat!(r#""not":{"pattern":"[\\u0000-"#, $($allowed,)? r#"\\u001f\\u007f-\\u009f]"}"#)
+    };
+}
+
+/// A one-line title: not blank, at most 200 characters (catalog's `validate_title`).
+const TITLE: &str = concat!(r#"{"maxLength":200,"pattern":"\\S","#, no_control_but!(), "}");
+/// A car model or talent category: as a title, at most 100 characters.
+const NAME: &str = concat!(r#"{"maxLength":100,"pattern":"\\S","#, no_control_but!(), "}");
+/// A description: at most 5000 characters, line breaks and tabs allowed.
+const DESCRIPTION: &str = concat!(r#"{"maxLength":5000,"#, no_control_but!(r#"\\u0008\\u000b\\u000c\\u000e-"#), "}");
+
 /// What the services check that the descriptors do not say (services/*/src/domain.rs, mesh's
 /// page tokens), as JSON Schema keywords merged into the property of `message.jsonName`. Rules
 /// JSON Schema cannot state are not here: the Luhn check, a card's expiry, a window's order and
 /// its distance from now, a page token's seal, and everything that depends on stored state.
 const CONSTRAINTS: &[(&str, &str)] = &[
-    (
-        "sharemesh.catalog.v1.RegisterListingRequest.title",
-        r#"{"maxLength":200,"pattern":"\\S"}"#,
-    ),
-    (
-        "sharemesh.catalog.v1.UpdateListingRequest.title",
-        r#"{"maxLength":200,"pattern":"\\S"}"#,
-    ),
-    ("sharemesh.catalog.v1.RegisterListingRequest.description", r#"{"maxLength":5000}"#),
-    ("sharemesh.catalog.v1.UpdateListingRequest.description", r#"{"maxLength":5000}"#),
+    ("sharemesh.catalog.v1.RegisterListingRequest.title", TITLE),
+    ("sharemesh.catalog.v1.UpdateListingRequest.title", TITLE),
+    ("sharemesh.catalog.v1.RegisterListingRequest.description", DESCRIPTION),
+    ("sharemesh.catalog.v1.UpdateListingRequest.description", DESCRIPTION),
     ("sharemesh.common.v1.Money.amountMinor", r#"{"pattern":"^0*[1-9][0-9]{0,17}$"}"#),
     ("sharemesh.common.v1.Money.currency", r#"{"pattern":"^[A-Z]{3}$"}"#),
-    ("sharemesh.catalog.v1.CarDetails.model", r#"{"pattern":"\\S"}"#),
+    ("sharemesh.catalog.v1.CarDetails.model", NAME),
     ("sharemesh.catalog.v1.CarDetails.seats", r#"{"minimum":1,"maximum":60}"#),
-    ("sharemesh.catalog.v1.TalentDetails.category", r#"{"pattern":"\\S"}"#),
+    ("sharemesh.catalog.v1.TalentDetails.category", NAME),
     (
         "sharemesh.catalog.v1.TalentDetails.sessionMinutes",
         r#"{"minimum":5,"maximum":1440}"#,
@@ -1083,8 +1092,16 @@ mod tests {
         );
         assert_eq!(
             s["sharemesh.catalog.v1.CarDetails"]["properties"]["seats"],
-            json!({ "type": "integer", "format": "int32", "minimum": 1, "maximum": 60, "description": "Number of seats, including the driver's; at least 1." })
+            json!({ "type": "integer", "format": "int32", "minimum": 1, "maximum": 60, "description": "Number of seats, including the driver's; 1-60." })
         );
+        // Catalog refuses control characters in a title (a description keeps its line breaks).
+        let register = &s["sharemesh.catalog.v1.RegisterListingRequest"]["properties"];
+        assert_eq!(register["title"]["not"]["pattern"], "[\\u0000-\\u001f\\u007f-\\u009f]");
+        assert_eq!(
+            register["description"]["not"]["pattern"],
+            "[\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]"
+        );
+        assert_eq!(s["sharemesh.catalog.v1.CarDetails"]["properties"]["model"]["maxLength"], 100);
         assert_eq!(s["sharemesh.view.v1.MyPageEntry"]["properties"]["cancelled"]["type"], "boolean");
         assert_eq!(
             s["sharemesh.catalog.v1.ListListingsResponse"]["properties"]["listings"]["type"],
