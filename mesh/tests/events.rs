@@ -11,7 +11,9 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull};
 use sea_orm::{ConnectionTrait, Statement};
 use sea_orm_migration::MigrationTrait;
-use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, Inbox, InboxPolicy, IncomingEvent};
+use sharemesh_mesh::events::inbox::{
+    EventHandler, HandleError, HandleFuture, Inbox, InboxPolicy, IncomingEvent, Outcome, apply_batch, apply_once,
+};
 use sharemesh_mesh::events::outbox::{self, OutgoingEvent, Pass, Relay};
 use sharemesh_mesh::events::{self, DLQ_PREFIX, DLQ_STREAM};
 use sharemesh_mesh::server::Shutdown;
@@ -411,6 +413,69 @@ async fn inbox_applies_a_redelivered_event_once_and_acks_both_copies() {
     assert_eq!(handler.calls(), 1, "the duplicate reached the handler");
     assert_eq!(dlq_messages(&js).await, 0);
     stop(&shutdown, task).await;
+}
+
+fn incoming(event_id: &str, event_type: &str) -> IncomingEvent {
+    IncomingEvent {
+        event_id: event_id.to_owned(),
+        event_type: event_type.to_owned(),
+        payload: bytes::Bytes::new(),
+        delivered: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_records_its_events_in_one_go_and_applies_each_new_one_once() {
+    let (db, _dir) = fresh_db().await;
+    let handler = Recorder::of_one_type();
+    let before = incoming("applied-before", EVENT_TYPE);
+    assert_eq!(
+        apply_once(&db, CONSUMER, handler.as_ref(), &before).await.expect("apply once"),
+        Outcome::Applied
+    );
+    let batch: Vec<(IncomingEvent, tracing::Span)> = [
+        incoming("applied-before", EVENT_TYPE),
+        incoming("new-1", EVENT_TYPE),
+        incoming("new-1", EVENT_TYPE),
+        incoming("unwanted", "sharemesh.test.v1.OtherThing"),
+        incoming("new-2", EVENT_TYPE),
+    ]
+    .into_iter()
+    .map(|e| (e, tracing::Span::none()))
+    .collect();
+    let outcomes = apply_batch(&db, CONSUMER, handler.as_ref(), &batch).await.expect("apply batch");
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Duplicate,
+            Outcome::Applied,
+            Outcome::Duplicate,
+            Outcome::NotWanted,
+            Outcome::Applied
+        ]
+    );
+    assert_eq!(handler.calls(), 3, "each new event reaches the handler once");
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM effects").await, 3);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM mesh_inbox").await,
+        3,
+        "the unwanted one is not recorded"
+    );
+    // The whole batch again: nothing new.
+    let again = apply_batch(&db, CONSUMER, handler.as_ref(), &batch)
+        .await
+        .expect("apply batch again");
+    assert_eq!(
+        again,
+        [
+            Outcome::Duplicate,
+            Outcome::Duplicate,
+            Outcome::Duplicate,
+            Outcome::NotWanted,
+            Outcome::Duplicate
+        ]
+    );
+    assert_eq!(handler.calls(), 3);
 }
 
 /// Waits for the one dead-lettered message and checks its headers.

@@ -6,7 +6,8 @@
 //! message is copied to `sharemesh.dlq.<consumer>` with the reason, logged, and only then acked.
 //!
 //! Events that are already waiting when the consumer looks (a burst) are applied as one batch:
-//! one transaction for all of them, one commit, then every ack. The rules per event do not
+//! one transaction for all of them (one statement records all their ids; only the events whose
+//! ids were new reach the handler), one commit, then every ack. The rules per event do not
 //! change: if any handler of the batch fails, the whole transaction rolls back and each event is
 //! applied again on its own, with its own retries and dead-lettering, so one bad event never
 //! takes a good one down with it and nothing is acked before its effect is committed.
@@ -499,43 +500,55 @@ pub async fn apply_batch(
         return Ok(vec![Outcome::NotWanted; events.len()]);
     }
     let tx = db.begin_write().await?;
+    let wanted_events = events.iter().zip(&wanted).filter(|(_, w)| **w).map(|((e, _), _)| e);
+    let mut new = record_all(&tx, consumer, wanted_events).await?;
     let mut outcomes = Vec::with_capacity(events.len());
     for ((event, span), wanted) in events.iter().zip(wanted) {
-        if !wanted {
-            outcomes.push(Outcome::NotWanted);
-            continue;
-        }
-        let outcome = async {
-            if !record(&tx, consumer, event).await? {
-                return Ok::<_, HandleError>(Outcome::Duplicate);
-            }
-            handler.handle(&tx, event).await?;
-            Ok(Outcome::Applied)
-        }
-        .instrument(span.clone())
-        .await?;
+        let outcome = if !wanted {
+            Outcome::NotWanted
+        } else if !new.remove(&event.event_id) {
+            // Applied before, or earlier in this batch.
+            Outcome::Duplicate
+        } else {
+            handler.handle(&tx, event).instrument(span.clone()).await?;
+            Outcome::Applied
+        };
         outcomes.push(outcome);
     }
     tx.commit().await?;
     Ok(outcomes)
 }
 
+/// Records that `consumer` applied `events` (one statement); returns the ids it had not
+/// applied before.
+async fn record_all<'e>(
+    tx: &WriteTxn,
+    consumer: &str,
+    events: impl Iterator<Item = &'e IncomingEvent>,
+) -> Result<std::collections::HashSet<String>, sea_orm::DbErr> {
+    let now = super::now_ms();
+    let mut seen = std::collections::HashSet::new();
+    // One row per event id: a statement must not insert one key twice.
+    let rows: Vec<entity::ActiveModel> = events
+        .filter(|event| seen.insert(event.event_id.as_str()))
+        .map(|event| entity::ActiveModel {
+            consumer: Set(consumer.to_owned()),
+            event_id: Set(event.event_id.clone()),
+            subject: Set(event.event_type.clone()),
+            handled_at_ms: Set(now),
+        })
+        .collect();
+    let inserted = entity::Entity::insert_many(rows)
+        .on_conflict_do_nothing()
+        .exec_with_returning_keys(&**tx)
+        .await?;
+    Ok(match inserted {
+        sea_orm::TryInsertResult::Inserted(keys) => keys.into_iter().map(|(_, event_id)| event_id).collect(),
+        sea_orm::TryInsertResult::Empty | sea_orm::TryInsertResult::Conflicted => std::collections::HashSet::new(),
+    })
+}
+
 /// Records that `consumer` applied `event` (one statement); `false` when it already had.
 async fn record(tx: &WriteTxn, consumer: &str, event: &IncomingEvent) -> Result<bool, sea_orm::DbErr> {
-    let row = entity::ActiveModel {
-        consumer: Set(consumer.to_owned()),
-        event_id: Set(event.event_id.clone()),
-        subject: Set(event.event_type.clone()),
-        handled_at_ms: Set(super::now_ms()),
-    };
-    match entity::Entity::insert(row)
-        .on_conflict_do_nothing()
-        .exec_without_returning(&**tx)
-        .await
-    {
-        Ok(sea_orm::TryInsertResult::Inserted(n)) => Ok(n > 0),
-        // Conflicted: the row was there (ON CONFLICT DO NOTHING, so never a unique violation).
-        Ok(_) => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(!record_all(tx, consumer, std::iter::once(event)).await?.is_empty())
 }

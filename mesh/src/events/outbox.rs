@@ -117,6 +117,18 @@ stream_event!(
 /// Stores `event` in the caller's transaction (its id, aggregate and time come from its
 /// metadata); it is published after the commit. The one way services publish.
 pub async fn emit(tx: &WriteTxn, source: &str, event: &impl StreamEvent) -> Result<(), sea_orm::DbErr> {
+    enqueue(tx, source, outgoing(event)?).await
+}
+
+/// [`emit`] for several events, in one statement (in their order): what a batch of work that
+/// publishes an event per item writes, instead of one insert per item.
+pub async fn emit_all<E: StreamEvent>(tx: &WriteTxn, source: &str, events: &[E]) -> Result<(), sea_orm::DbErr> {
+    let outgoing = events.iter().map(outgoing).collect::<Result<Vec<_>, _>>()?;
+    enqueue_all(tx, source, outgoing).await
+}
+
+/// The outbox's view of `event`: its id, aggregate and time from its metadata.
+fn outgoing(event: &impl StreamEvent) -> Result<OutgoingEvent, sea_orm::DbErr> {
     let meta = event
         .metadata()
         .ok_or_else(|| sea_orm::DbErr::Custom(format!("{} has no metadata", event.type_name())))?;
@@ -125,31 +137,44 @@ pub async fn emit(tx: &WriteTxn, source: &str, event: &impl StreamEvent) -> Resu
         .as_ref()
         .map(sharemesh_contracts::ext::timestamp_to_ms)
         .unwrap_or_else(super::now_ms);
-    let outgoing = OutgoingEvent {
+    Ok(OutgoingEvent {
         event_id: meta.event_id.clone(),
         event_type: event.type_name(),
         aggregate_id: meta.aggregate_id.clone(),
         payload: event.encode_to_vec(),
         occurred_at_ms: occurred,
-    };
-    enqueue(tx, source, outgoing).await
+    })
 }
 
 /// Stores `event` in the caller's transaction; it is published after the commit.
 pub async fn enqueue(tx: &WriteTxn, source: &str, event: OutgoingEvent) -> Result<(), sea_orm::DbErr> {
-    let row = entity::ActiveModel {
+    enqueue_all(tx, source, vec![event]).await
+}
+
+/// Stores `events` in the caller's transaction, in one statement (one row each, inserted in
+/// their order); they are published after the commit.
+pub async fn enqueue_all(tx: &WriteTxn, source: &str, events: Vec<OutgoingEvent>) -> Result<(), sea_orm::DbErr> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // The writer's trace context: the same for every row of one call.
+    let (traceparent, tracestate) = (
+        crate::telemetry::propagation::current_traceparent(),
+        crate::telemetry::propagation::current_tracestate(),
+    );
+    let rows = events.into_iter().map(|event| entity::ActiveModel {
         seq: sea_orm::NotSet,
         event_id: Set(event.event_id),
         subject: Set(event.event_type),
         source: Set(source.to_owned()),
         aggregate_id: Set(event.aggregate_id),
         payload: Set(event.payload),
-        traceparent: Set(crate::telemetry::propagation::current_traceparent()),
-        tracestate: Set(crate::telemetry::propagation::current_tracestate()),
+        traceparent: Set(traceparent.clone()),
+        tracestate: Set(tracestate.clone()),
         occurred_at_ms: Set(event.occurred_at_ms),
         published_at_ms: Set(None),
-    };
-    entity::Entity::insert(row).exec_without_returning(&**tx).await?;
+    });
+    entity::Entity::insert_many(rows).exec_without_returning(&**tx).await?;
     tx.mark_outbox_written();
     Ok(())
 }
@@ -337,7 +362,7 @@ impl Relay {
         let lead = match self.db.backend() {
             sea_orm::DatabaseBackend::Postgres => {
                 let tx = self.db.begin_write().await?;
-                if !crate::storage::try_xact_lock(&tx, OUTBOX_LOCK).await? {
+                if !lead_pass(&tx).await? {
                     return Ok(Pass::OtherReplica);
                 }
                 Some(tx)
@@ -357,15 +382,7 @@ impl Relay {
         if !done.is_empty() {
             // Through the write path: on SQLite writers must queue, not race.
             let tx = match lead {
-                Some(tx) => {
-                    // The mark need not wait for PostgreSQL's WAL flush: a mark lost to a server
-                    // crash only makes the next pass publish those rows again, which JetStream
-                    // drops within its duplicate window and every consumer's inbox drops after
-                    // it. Durable marks cost an fsync per pass, on the server every command and
-                    // consumer also waits on.
-                    sea_orm::ConnectionTrait::execute_unprepared(&*tx, "SET LOCAL synchronous_commit = off").await?;
-                    tx
-                }
+                Some(tx) => tx,
                 None => self.db.begin_write().await?,
             };
             entity::Entity::update_many()
@@ -477,6 +494,27 @@ pub enum Pass {
     Published(usize),
     /// Another replica holds the outbox lock and is publishing.
     OtherReplica,
+}
+
+/// Takes the PostgreSQL advisory lock [`OUTBOX_LOCK`] for the rest of `tx` if nobody holds it
+/// (true when taken), and lets `tx` commit without waiting for the WAL flush — one statement.
+/// The lock ends with the transaction, also when its process dies.
+///
+/// The commit only marks rows published, and a mark need not be durable: one lost to a server
+/// crash makes the next pass publish those rows again, which JetStream drops within its
+/// duplicate window and every consumer's inbox drops after it. Durable marks would cost an
+/// fsync per pass, on the server every command and consumer also waits on.
+async fn lead_pass(tx: &WriteTxn) -> Result<bool, sea_orm::DbErr> {
+    use sea_orm::ConnectionTrait;
+    let row = tx
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT pg_try_advisory_xact_lock($1) AS locked, set_config('synchronous_commit', 'off', true) AS synchronous_commit",
+            [OUTBOX_LOCK.into()],
+        ))
+        .await?
+        .ok_or_else(|| sea_orm::DbErr::Custom("pg_try_advisory_xact_lock returned no row".into()))?;
+    row.try_get::<bool>("", "locked")
 }
 
 /// Key of the PostgreSQL advisory lock one relay pass holds (`"SHOUTBOX"` as an integer).

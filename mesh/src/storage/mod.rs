@@ -592,25 +592,6 @@ where
     }
 }
 
-/// Takes the PostgreSQL advisory lock `key` for the rest of `tx` if nobody holds it; true when
-/// taken. Replicas sharing a database use it to elect who does a job now (the outbox relay's
-/// pass); the lock ends with the transaction, also when its process dies. On SQLite (one process,
-/// one writer) it is always true.
-pub async fn try_xact_lock(tx: &WriteTxn, key: i64) -> Result<bool, DbErr> {
-    if tx.get_database_backend() != DatabaseBackend::Postgres {
-        return Ok(true);
-    }
-    let row = tx
-        .query_one_raw(sea_orm::Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            "SELECT pg_try_advisory_xact_lock($1) AS locked",
-            [key.into()],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("pg_try_advisory_xact_lock returned no row".into()))?;
-    row.try_get::<bool>("", "locked")
-}
-
 /// True when `err` is a unique-key violation (as the database's own error says: sqlx's, and the
 /// SQLite writer's ([`writes`]), which keeps SQLite's codes).
 pub fn is_unique_violation(err: &DbErr) -> bool {

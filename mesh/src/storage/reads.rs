@@ -117,9 +117,15 @@ const MAX_READERS: usize = 8;
 /// columns, and its text never varies).
 const CACHED_PARAMS: usize = 16;
 
-/// True when `sql`, with `params` parameters, is worth keeping prepared (see [`CACHED_PARAMS`]).
+/// A multi-row `VALUES` of up to this many rows is cached whatever its parameters: its text has
+/// that few forms (an event's messages, one per recipient), and parsing a wide insert costs more
+/// than running it.
+const CACHED_ROWS: usize = 4;
+
+/// True when `sql`, with `params` parameters, is worth keeping prepared (see [`CACHED_PARAMS`]
+/// and [`CACHED_ROWS`]).
 fn worth_caching(sql: &str, params: usize) -> bool {
-    params <= CACHED_PARAMS || !(sql.contains(" IN (") || sql.contains("), ("))
+    params <= CACHED_PARAMS || !(sql.contains(" IN (") || sql.matches("), (").count() >= CACHED_ROWS)
 }
 
 /// A statement prepared for one run, or kept in its connection's cache (see [`worth_caching`]).
@@ -523,12 +529,20 @@ mod tests {
     }
 
     #[test]
-    fn long_statements_are_cached_unless_their_text_varies_with_a_list() {
+    fn long_statements_are_cached_unless_their_text_varies_with_a_list_or_many_rows() {
         let full_row_update = "UPDATE \"messages\" SET \"a\" = ?, \"b\" = ? WHERE \"id\" = ?";
         assert!(worth_caching(full_row_update, 18));
         assert!(worth_caching("UPDATE \"t\" SET \"x\" = ? WHERE \"seq\" IN (?, ?)", 3));
         assert!(!worth_caching("UPDATE \"t\" SET \"x\" = ? WHERE \"seq\" IN (?, ?, ?)", 40));
-        assert!(!worth_caching("INSERT INTO \"t\" (\"a\", \"b\") VALUES (?, ?), (?, ?)", 20));
+        // Rows of ten columns.
+        let rows = |n: usize| {
+            format!(
+                "INSERT INTO \"t\" VALUES {}",
+                vec![format!("({})", ["?"; 10].join(", ")); n].join(", ")
+            )
+        };
+        assert!(worth_caching(&rows(4), 40), "a few rows: a few forms");
+        assert!(!worth_caching(&rows(5), 50));
     }
 
     #[test]

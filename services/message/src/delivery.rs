@@ -173,7 +173,9 @@ impl Dispatcher {
         now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX))
     }
 
-    /// Sends claimed messages concurrently, then records every outcome in one transaction.
+    /// Sends claimed messages concurrently, then records every outcome in one transaction: the
+    /// deliveries in one statement (and their `MessageSent`s in another), each failure on its
+    /// own. The attempts are answered in the order of `claimed`.
     async fn send_and_record(&self, claimed: Vec<MessageRow>) -> Result<Vec<Attempt>, MessageError> {
         if claimed.is_empty() {
             return Ok(Vec::new());
@@ -183,59 +185,88 @@ impl Dispatcher {
         let now = now_ms();
         let tx = self.messages.db().begin_write().await?;
         let mut attempts = Vec::with_capacity(claimed.len());
+        // The delivered rows, each with its place in `attempts`.
+        let (mut delivered, mut places) = (Vec::new(), Vec::new());
         for (row, outcome) in claimed.into_iter().zip(outcomes) {
-            attempts.push(self.record(&tx, row, outcome, now).await?);
+            match outcome {
+                Ok(()) => {
+                    // Checks the row may be delivered; the statement below writes the same.
+                    row.clone().delivered(now)?;
+                    places.push(attempts.len());
+                    attempts.push(Attempt::Sent);
+                    delivered.push(row);
+                }
+                Err(e) => attempts.push(self.record_failure(&tx, row, e.reason(), now).await?),
+            }
+        }
+        for lost in record_deliveries(&tx, delivered, now).await? {
+            attempts[places[lost]] = Attempt::LeaseLost;
         }
         tx.commit().await?;
         Ok(attempts)
     }
 
-    /// Records the outcome of one attempt in `tx`, if the claim `row` was sent under still holds.
-    async fn record(
-        &self,
-        tx: &WriteTxn,
-        mut row: MessageRow,
-        outcome: Result<(), crate::sender::SendError>,
-        now: i64,
-    ) -> Result<Attempt, MessageError> {
+    /// Records a failed attempt of the claim `row` in `tx`, if that claim still holds.
+    async fn record_failure(&self, tx: &WriteTxn, mut row: MessageRow, reason: &str, now: i64) -> Result<Attempt, MessageError> {
         let lease_until = row.next_attempt_at_ms;
-        let attempt = match outcome {
-            Ok(()) => {
-                row.delivered(now)?;
-                Attempt::Sent
-            }
-            Err(e) => {
-                let next_attempt_at_ms = row.failed(e.reason(), now, self.retry_base)?;
-                Attempt::Failed {
-                    reason: row.failure_reason.clone(),
-                    next_attempt_at_ms,
-                }
-            }
-        };
-        let sent = (attempt == Attempt::Sent).then(|| (row.to_proto(), row.event_id.clone()));
+        let next_attempt_at_ms = row.failed(reason, now, self.retry_base)?;
         let (message_id, recipient_id, attempts) = (row.message_id.clone(), row.recipient_id.clone(), row.attempts);
+        let reason = row.failure_reason.clone();
         if !repo::save_claimed(&**tx, row, lease_until).await? {
-            tracing::warn!(%message_id, %recipient_id, "message attempt outlived its lease; another dispatcher's record stands");
+            lease_lost(&message_id, &recipient_id);
             return Ok(Attempt::LeaseLost);
         }
-        if let Some((message, event_id)) = sent {
-            events::sent(tx, message, &event_id, now).await?;
-        }
-        match &attempt {
-            Attempt::Sent => tracing::debug!(%message_id, %recipient_id, attempts, "message sent"),
-            Attempt::Failed {
-                reason,
-                next_attempt_at_ms,
-            } => tracing::warn!(
-                %message_id,
-                %recipient_id,
-                attempts,
-                reason = %reason,
-                retry_in_ms = next_attempt_at_ms - now,
-                "message delivery failed; will retry"
-            ),
-            Attempt::Skipped | Attempt::LeaseLost => {}
-        }
-        Ok(attempt)
+        tracing::warn!(
+            %message_id,
+            %recipient_id,
+            attempts,
+            reason = %reason,
+            retry_in_ms = next_attempt_at_ms - now,
+            "message delivery failed; will retry"
+        );
+        Ok(Attempt::Failed {
+            reason,
+            next_attempt_at_ms,
+        })
     }
+}
+
+/// Records the deliveries of `rows` (claims, as stored when claimed) in `tx` with their
+/// `MessageSent`s: one statement per lease (a batch has one), one for the events. Returns the
+/// positions in `rows` whose claim was lost meanwhile: nothing is recorded for those.
+async fn record_deliveries(tx: &WriteTxn, rows: Vec<MessageRow>, now: i64) -> Result<Vec<usize>, MessageError> {
+    let mut leases: Vec<i64> = rows.iter().map(|r| r.next_attempt_at_ms).collect();
+    leases.sort_unstable();
+    leases.dedup();
+    let mut written = std::collections::HashMap::new();
+    for lease in leases {
+        let ids = rows
+            .iter()
+            .filter(|r| r.next_attempt_at_ms == lease)
+            .map(|r| r.message_id.clone())
+            .collect();
+        for stored in repo::save_delivered(&**tx, ids, lease, now).await? {
+            written.insert(stored.message_id.clone(), stored);
+        }
+    }
+    let mut lost = Vec::new();
+    let mut sent = Vec::with_capacity(written.len());
+    for (i, row) in rows.iter().enumerate() {
+        match written.remove(&row.message_id) {
+            Some(stored) => {
+                tracing::debug!(message_id = %stored.message_id, recipient_id = %stored.recipient_id, attempts = stored.attempts, "message sent");
+                sent.push((stored.to_proto(), stored.event_id));
+            }
+            None => {
+                lease_lost(&row.message_id, &row.recipient_id);
+                lost.push(i);
+            }
+        }
+    }
+    events::sent_all(tx, sent, now).await?;
+    Ok(lost)
+}
+
+fn lease_lost(message_id: &str, recipient_id: &str) {
+    tracing::warn!(%message_id, %recipient_id, "message attempt outlived its lease; another dispatcher's record stands");
 }

@@ -12,7 +12,7 @@ use sharemesh_contracts::events::{CatalogEvent, MessageEvent, ReservationEvent};
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message, MessageSent};
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
 use sharemesh_mesh::events::now_ms;
-use sharemesh_mesh::events::outbox::emit;
+use sharemesh_mesh::events::outbox::emit_all;
 use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Messages;
@@ -28,9 +28,9 @@ impl Messages {
     /// Returns how many were new.
     pub async fn record_in(&self, tx: &WriteTxn, event: &IncomingEvent, drafts: Vec<Draft>) -> Result<usize, sea_orm::DbErr> {
         let now = now_ms();
-        let mut recorded = 0;
-        for draft in drafts {
-            let row = MessageRow {
+        let rows: Vec<MessageRow> = drafts
+            .into_iter()
+            .map(|draft| MessageRow {
                 message_id: uuid::Uuid::now_v7().to_string(),
                 event_id: event.event_id.clone(),
                 recipient_id: draft.recipient_id,
@@ -46,13 +46,13 @@ impl Messages {
                 next_attempt_at_ms: now,
                 created_at_ms: now,
                 delivered_at_ms: None,
-            };
-            let (message_id, recipient_id, role) = (row.message_id.clone(), row.recipient_id.clone(), row.recipient_role.clone());
-            if repo::insert_new(&**tx, row).await? {
-                recorded += 1;
-                tracing::debug!(%message_id, %recipient_id, %role, event_id = %event.event_id, "message recorded");
-            }
+            })
+            .collect();
+        let inserted = repo::insert_new(&**tx, rows.clone()).await?;
+        for row in rows.iter().filter(|r| inserted.contains(&r.message_id)) {
+            tracing::debug!(message_id = %row.message_id, recipient_id = %row.recipient_id, role = %row.recipient_role, event_id = %event.event_id, "message recorded");
         }
+        let recorded = inserted.len();
         if recorded > 0 {
             // Before the commit: the dispatcher may look too early, in which case its poll (or,
             // on SQLite, its wait for the writer lock) finds the rows.
@@ -118,10 +118,20 @@ impl EventHandler for CatalogEvents {
     }
 }
 
-/// Emits `MessageSent` for `message` (as delivered) inside `tx`. Its aggregate is the message,
-/// at version `attempts + 1` (recorded at 1, each attempt one more); it is correlated with the
-/// reservation (or the listing) and caused by the event the message was made from.
-pub async fn sent(tx: &WriteTxn, message: Message, caused_by_event: &str, now_ms: i64) -> Result<(), sea_orm::DbErr> {
+/// Emits `MessageSent` for each delivered message inside `tx`, in one statement: each paired
+/// with the id of the event it was made from. Its aggregate is the message, at version
+/// `attempts + 1` (recorded at 1, each attempt one more); it is correlated with the reservation
+/// (or the listing) and caused by the event the message was made from.
+pub async fn sent_all(tx: &WriteTxn, delivered: Vec<(Message, String)>, now_ms: i64) -> Result<(), sea_orm::DbErr> {
+    let events: Vec<MessageEvent> = delivered
+        .into_iter()
+        .map(|(message, caused_by_event)| sent(message, &caused_by_event, now_ms))
+        .collect();
+    emit_all(tx, SOURCE, &events).await
+}
+
+/// `MessageSent` for `message`, as delivered at `now_ms`.
+fn sent(message: Message, caused_by_event: &str, now_ms: i64) -> MessageEvent {
     let event_id = uuid::Uuid::now_v7().to_string();
     let id = message.message_id.clone();
     let correlation = [&message.reservation_id, &message.listing_id, &message.message_id]
@@ -138,9 +148,8 @@ pub async fn sent(tx: &WriteTxn, message: Message, caused_by_event: &str, now_ms
         "",
         now_ms,
     );
-    let event = MessageEvent::Sent(MessageSent {
+    MessageEvent::Sent(MessageSent {
         metadata: Some(metadata),
         message: Some(message),
-    });
-    emit(tx, SOURCE, &event).await
+    })
 }

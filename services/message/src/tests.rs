@@ -357,6 +357,53 @@ async fn a_failed_delivery_is_kept_with_its_reason_and_retried_until_it_is_sent(
     assert_eq!(f.sent_events().await.len(), 1);
 }
 
+/// A sender that fails for one recipient only.
+struct FailsFor(&'static str);
+
+impl Sender for FailsFor {
+    fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        Box::pin(async move {
+            if message.recipient_id == self.0 {
+                return Err(SendError::new("host system is down"));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn one_pass_records_its_deliveries_together_and_each_failure_in_its_place() {
+    let f = fixture().await;
+    f.apply(&f.reservations(), &paid("r-1", "alice", "host-1")).await;
+    f.apply(&f.reservations(), &paid("r-2", "bob", "host-1")).await;
+    let dispatcher = f.dispatcher(Arc::new(FailsFor("host-1")));
+    assert_eq!(dispatcher.deliver_due().await.unwrap(), 4);
+    for row in f.rows().await {
+        if row.recipient_id == "host-1" {
+            assert_eq!((row.delivery_status.as_str(), row.attempts), ("FAILED", 1));
+            assert_eq!(row.failure_reason, "host system is down");
+            assert!(row.delivered_at_ms.is_none());
+        } else {
+            assert_eq!((row.delivery_status.as_str(), row.attempts), ("SENT", 1), "{row:?}");
+            assert_eq!(row.next_attempt_at_ms, row.delivered_at_ms.unwrap());
+        }
+    }
+    let mut sent: Vec<String> = f
+        .sent_events()
+        .await
+        .iter()
+        .map(|e| e.message.as_ref().unwrap().recipient_id.clone())
+        .collect();
+    sent.sort();
+    assert_eq!(sent, ["alice", "bob"], "one MessageSent per delivery, none for a failure");
+    // The failures alone are due again, later; the deliveries never.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let retry = f.dispatcher(Arc::new(FakeSender::default()));
+    assert_eq!(retry.deliver_due().await.unwrap(), 2);
+    assert!(f.rows().await.iter().all(|r| r.delivery_status == "SENT"));
+    assert_eq!(f.sent_events().await.len(), 4);
+}
+
 #[tokio::test]
 async fn a_message_claimed_by_another_dispatcher_is_not_sent_twice() {
     let f = fixture().await;

@@ -1,6 +1,6 @@
 //! The `messages` table and its queries.
 
-use sea_orm::sea_query::{Expr, LockBehavior, LockType};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
     TryInsertResult,
@@ -142,16 +142,45 @@ impl MessageRow {
     }
 }
 
-/// Inserts a new message unless one for the same `(event_id, recipient_role)` exists; true when
-/// inserted. `ON CONFLICT DO NOTHING` rather than catching the violation: on PostgreSQL a failed
-/// statement would abort the surrounding inbox transaction.
-pub async fn insert_new(db: &impl ConnectionTrait, row: MessageRow) -> Result<bool, sea_orm::DbErr> {
+/// Inserts new messages, in one statement, skipping each whose `(event_id, recipient_role)` is
+/// already recorded; returns the ids inserted. `ON CONFLICT DO NOTHING` rather than catching the
+/// violation: on PostgreSQL a failed statement would abort the surrounding inbox transaction.
+pub async fn insert_new(db: &impl ConnectionTrait, rows: Vec<MessageRow>) -> Result<Vec<String>, sea_orm::DbErr> {
     use entity::Column as C;
-    let result = entity::Entity::insert(row.into_active_model())
+    let result = entity::Entity::insert_many(rows.into_iter().map(IntoActiveModel::into_active_model))
         .on_conflict_do_nothing_on([C::EventId, C::RecipientRole])
-        .exec_without_returning(db)
+        .exec_with_returning_keys(db)
         .await?;
-    Ok(matches!(result, TryInsertResult::Inserted(n) if n > 0))
+    Ok(match result {
+        TryInsertResult::Inserted(ids) => ids,
+        TryInsertResult::Empty | TryInsertResult::Conflicted => Vec::new(),
+    })
+}
+
+/// Records delivery by this attempt of the messages `ids`, claimed until `lease_until_ms`, at
+/// `now_ms`, in one statement: SENT, counted, delivered now (what [`MessageRow::delivered`]
+/// makes of each). A message whose claim was lost meanwhile (see [`save_claimed`]) is left as
+/// it is. Returns the messages written, as stored now.
+pub async fn save_delivered(
+    db: &impl ConnectionTrait,
+    ids: Vec<String>,
+    lease_until_ms: i64,
+    now_ms: i64,
+) -> Result<Vec<MessageRow>, sea_orm::DbErr> {
+    use entity::Column as C;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    entity::Entity::update_many()
+        .col_expr(C::DeliveryStatus, Expr::value(DeliveryStatus::Sent.stored()))
+        .col_expr(C::Attempts, Expr::col(C::Attempts).add(1))
+        .col_expr(C::DeliveredAtMs, Expr::value(now_ms))
+        .col_expr(C::NextAttemptAtMs, Expr::value(now_ms))
+        .filter(C::MessageId.is_in(ids))
+        .filter(C::NextAttemptAtMs.eq(lease_until_ms))
+        .filter(C::DeliveryStatus.ne(DeliveryStatus::Sent.stored()))
+        .exec_with_returning(db)
+        .await
 }
 
 /// Records an attempt: writes every column of `row`, made under the claim that moved its
