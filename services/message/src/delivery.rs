@@ -10,7 +10,7 @@
 //!    never send a message at once and each takes its own share;
 //! 2. send the claimed ones, concurrently;
 //! 3. record the outcomes (one write transaction for the batch): SENT with the delivery time and
-//!    `MessageSent`, or FAILED with the reason and the next attempt after a backoff
+//!    `MessageSent` (one statement for all the deliveries, one for their events), or FAILED with the reason and the next attempt after a backoff
 //!    ([`crate::domain::retry_delay`]). `attempts` counts both. An outcome is recorded only while
 //!    the claim still holds: if the lease lapsed and another dispatcher took the message over,
 //!    its record stands and this one writes nothing (no second `MessageSent`).
@@ -190,8 +190,8 @@ impl Dispatcher {
         for (row, outcome) in claimed.into_iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {
-                    // Checks the row may be delivered; the statement below writes the same.
-                    row.clone().delivered(now)?;
+                    // What `MessageRow::delivered` checks; the statement below writes what it sets.
+                    row.require_undelivered()?;
                     places.push(attempts.len());
                     attempts.push(Attempt::Sent);
                     delivered.push(row);
@@ -267,6 +267,7 @@ async fn record_deliveries(tx: &WriteTxn, rows: Vec<MessageRow>, now: i64) -> Re
     Ok(lost)
 }
 
+/// Logs an attempt whose claim another dispatcher took over meanwhile.
 fn lease_lost(message_id: &str, recipient_id: &str) {
     tracing::warn!(%message_id, %recipient_id, "message attempt outlived its lease; another dispatcher's record stands");
 }

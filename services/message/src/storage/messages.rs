@@ -89,7 +89,7 @@ impl MessageRow {
     }
 
     /// Unless PENDING or FAILED, why no attempt may be recorded.
-    fn require_undelivered(&self) -> Result<(), MessageError> {
+    pub fn require_undelivered(&self) -> Result<(), MessageError> {
         if UNDELIVERED.contains(&self.status()) {
             return Ok(());
         }
