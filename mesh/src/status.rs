@@ -110,6 +110,24 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Checks text a caller sends that others will see (it is copied into events, views and
+/// messages): at most `max` characters, and no control character but those `allowed` lets
+/// through (a NUL or an escape sequence reaches every screen, log and webhook that shows it).
+pub fn validate_text(field: &'static str, value: &str, max: usize, allowed: fn(char) -> bool) -> Result<(), Rejection> {
+    if value.chars().count() > max {
+        return Err(Rejection::invalid(field, format!("must be at most {max} characters")));
+    }
+    if value.chars().any(|c| c.is_control() && !allowed(c)) {
+        return Err(Rejection::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// The control characters free text (a description, a reason) may hold: line breaks and tabs.
+pub fn line_breaks_and_tabs(c: char) -> bool {
+    matches!(c, '\n' | '\r' | '\t')
+}
+
 /// Checks an amount of money (`field`: `price`, `amount`): present, positive, a three-letter
 /// upper-case currency code.
 pub fn validate_money<'a>(field: &'static str, money: Option<&'a Money>) -> Result<&'a Money, Rejection> {
@@ -191,6 +209,18 @@ mod tests {
             })
         ));
         assert!(validate_money("amount", Some(&krw(1, "KRW"))).is_ok());
+        let no_controls = |_| false;
+        assert!(validate_text("title", "아반떼 — 깨끗함", 20, no_controls).is_ok());
+        assert!(matches!(
+            validate_text("title", "a\u{1b}[31m", 20, no_controls),
+            Err(Rejection::Invalid { field: "title", ref reason }) if reason.contains("control")
+        ));
+        assert!(validate_text("reason", "one\r\n\ttwo", 20, line_breaks_and_tabs).is_ok());
+        assert!(validate_text("reason", "nul\u{0}", 20, line_breaks_and_tabs).is_err());
+        assert!(matches!(
+            validate_text("reason", &"x".repeat(21), 20, line_breaks_and_tabs),
+            Err(Rejection::Invalid { field: "reason", ref reason }) if reason.contains("at most 20")
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use sharemesh_contracts::catalog::v1::{CarDetails, CarType, TalentDetails, listing};
 use sharemesh_contracts::common::v1::{ListingKind, Money};
+use sharemesh_mesh::status::{line_breaks_and_tabs, validate_text};
 
 /// Longest title accepted.
 pub const MAX_TITLE: usize = 200;
@@ -24,7 +25,7 @@ pub fn validate_title(title: &str) -> Result<(), CatalogError> {
 /// Checks a description: at most [`MAX_DESCRIPTION`] characters; line breaks and tabs are its only
 /// control characters.
 pub fn validate_description(description: &str) -> Result<(), CatalogError> {
-    validate_text("description", description, MAX_DESCRIPTION, |c| matches!(c, '\n' | '\r' | '\t'))
+    validate_text("description", description, MAX_DESCRIPTION, line_breaks_and_tabs)
 }
 
 /// Checks a one-line name (a title, a car model, a talent category): not blank, at most `max`
@@ -34,19 +35,6 @@ fn validate_name(field: &'static str, value: &str, max: usize) -> Result<(), Cat
         return Err(CatalogError::invalid(field, "must not be empty"));
     }
     validate_text(field, value, max, |_| false)
-}
-
-/// Checks text shown to others and copied into events, views and messages: at most `max`
-/// characters, and no control character but those `allowed` lets through (a NUL or an escape
-/// sequence in a title reaches every screen, log and webhook that shows it).
-fn validate_text(field: &'static str, value: &str, max: usize, allowed: fn(char) -> bool) -> Result<(), CatalogError> {
-    if value.chars().count() > max {
-        return Err(CatalogError::invalid(field, format!("must be at most {max} characters")));
-    }
-    if value.chars().any(|c| c.is_control() && !allowed(c)) {
-        return Err(CatalogError::invalid(field, "must not contain control characters"));
-    }
-    Ok(())
 }
 
 /// Checks a price: present, positive, a three-letter upper-case currency code.

@@ -33,8 +33,22 @@ macro_rules! no_control_but {
 const TITLE: &str = concat!(r#"{"maxLength":200,"pattern":"\\S","#, no_control_but!(), "}");
 /// A car model or talent category: as a title, at most 100 characters.
 const NAME: &str = concat!(r#"{"maxLength":100,"pattern":"\\S","#, no_control_but!(), "}");
-/// A description: at most 5000 characters, line breaks and tabs allowed.
-const DESCRIPTION: &str = concat!(r#"{"maxLength":5000,"#, no_control_but!(r#"\\u0008\\u000b\\u000c\\u000e-"#), "}");
+/// Free text of at most `$max` characters, line breaks and tabs its only control characters
+/// (`sharemesh_mesh::status::line_breaks_and_tabs`).
+macro_rules! free_text {
+    ($max:literal) => {
+        concat!(
+            r#"{"maxLength":"#,
+            $max,
+            ",",
+            no_control_but!(r#"\\u0008\\u000b\\u000c\\u000e-"#),
+            "}"
+        )
+    };
+}
+
+/// A listing's description.
+const DESCRIPTION: &str = free_text!(5000);
 
 /// What the services check that the descriptors do not say (services/*/src/domain.rs, mesh's
 /// page tokens), as JSON Schema keywords merged into the property of `message.jsonName`. Rules
@@ -64,7 +78,7 @@ const CONSTRAINTS: &[(&str, &str)] = &[
         "sharemesh.reservation.v1.PlaceReservationRequest.requestId",
         r#"{"maxLength":128,"pattern":"^[!-~]+$"}"#,
     ),
-    ("sharemesh.reservation.v1.CancelReservationRequest.reason", r#"{"maxLength":500}"#),
+    ("sharemesh.reservation.v1.CancelReservationRequest.reason", free_text!(500)),
 ];
 
 /// Fields of shared messages the services require whenever the message is sent (the descriptors
@@ -1102,6 +1116,9 @@ mod tests {
             "[\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]"
         );
         assert_eq!(s["sharemesh.catalog.v1.CarDetails"]["properties"]["model"]["maxLength"], 100);
+        let cancel = &s["sharemesh.reservation.v1.CancelReservationRequest"]["properties"]["reason"];
+        assert_eq!(cancel["maxLength"], 500);
+        assert_eq!(cancel["not"], register["description"]["not"]);
         assert_eq!(s["sharemesh.view.v1.MyPageEntry"]["properties"]["cancelled"]["type"], "boolean");
         assert_eq!(
             s["sharemesh.catalog.v1.ListListingsResponse"]["properties"]["listings"]["type"],

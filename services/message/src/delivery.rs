@@ -21,6 +21,7 @@
 //!
 //! The dispatcher wakes when a consumer records messages and otherwise every poll interval.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,21 +187,20 @@ impl Dispatcher {
         let tx = self.messages.db().begin_write().await?;
         let mut attempts = Vec::with_capacity(claimed.len());
         // The delivered rows, each with its place in `attempts`.
-        let (mut delivered, mut places) = (Vec::new(), Vec::new());
+        let mut delivered = Vec::new();
         for (row, outcome) in claimed.into_iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {
                     // What `MessageRow::delivered` checks; the statement below writes what it sets.
                     row.require_undelivered()?;
-                    places.push(attempts.len());
+                    delivered.push((attempts.len(), row));
                     attempts.push(Attempt::Sent);
-                    delivered.push(row);
                 }
                 Err(e) => attempts.push(self.record_failure(&tx, row, e.reason(), now).await?),
             }
         }
-        for lost in record_deliveries(&tx, delivered, now).await? {
-            attempts[places[lost]] = Attempt::LeaseLost;
+        for place in record_deliveries(&tx, delivered, now).await? {
+            attempts[place] = Attempt::LeaseLost;
         }
         tx.commit().await?;
         Ok(attempts)
@@ -231,27 +231,23 @@ impl Dispatcher {
     }
 }
 
-/// Records the deliveries of `rows` (claims, as stored when claimed) in `tx` with their
-/// `MessageSent`s: one statement per lease (a batch has one), one for the events. Returns the
-/// positions in `rows` whose claim was lost meanwhile: nothing is recorded for those.
-async fn record_deliveries(tx: &WriteTxn, rows: Vec<MessageRow>, now: i64) -> Result<Vec<usize>, MessageError> {
-    let mut leases: Vec<i64> = rows.iter().map(|r| r.next_attempt_at_ms).collect();
-    leases.sort_unstable();
-    leases.dedup();
-    let mut written = std::collections::HashMap::new();
-    for lease in leases {
-        let ids = rows
-            .iter()
-            .filter(|r| r.next_attempt_at_ms == lease)
-            .map(|r| r.message_id.clone())
-            .collect();
+/// Records the deliveries of `rows` (claims as stored when claimed, each with a caller's tag) in
+/// `tx` with their `MessageSent`s: one statement per lease (a batch has one), one for the events.
+/// Returns the tags of the rows whose claim was lost meanwhile: nothing is recorded for those.
+async fn record_deliveries(tx: &WriteTxn, rows: Vec<(usize, MessageRow)>, now: i64) -> Result<Vec<usize>, MessageError> {
+    let mut by_lease: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for (_, row) in &rows {
+        by_lease.entry(row.next_attempt_at_ms).or_default().push(row.message_id.clone());
+    }
+    let mut written = HashMap::new();
+    for (lease, ids) in by_lease {
         for stored in repo::save_delivered(&**tx, ids, lease, now).await? {
             written.insert(stored.message_id.clone(), stored);
         }
     }
     let mut lost = Vec::new();
     let mut sent = Vec::with_capacity(written.len());
-    for (i, row) in rows.iter().enumerate() {
+    for (tag, row) in rows {
         match written.remove(&row.message_id) {
             Some(stored) => {
                 tracing::debug!(message_id = %stored.message_id, recipient_id = %stored.recipient_id, attempts = stored.attempts, "message sent");
@@ -259,7 +255,7 @@ async fn record_deliveries(tx: &WriteTxn, rows: Vec<MessageRow>, now: i64) -> Re
             }
             None => {
                 lease_lost(&row.message_id, &row.recipient_id);
-                lost.push(i);
+                lost.push(tag);
             }
         }
     }

@@ -48,11 +48,11 @@ impl Messages {
                 delivered_at_ms: None,
             })
             .collect();
-        let inserted = repo::insert_new(&**tx, rows.clone()).await?;
-        for row in rows.iter().filter(|r| inserted.contains(&r.message_id)) {
-            tracing::debug!(message_id = %row.message_id, recipient_id = %row.recipient_id, role = %row.recipient_role, event_id = %event.event_id, "message recorded");
+        let recorded = repo::insert_new(&**tx, rows).await?;
+        for message_id in &recorded {
+            tracing::debug!(%message_id, event_id = %event.event_id, "message recorded");
         }
-        let recorded = inserted.len();
+        let recorded = recorded.len();
         if recorded > 0 {
             // Before the commit: the dispatcher may look too early, in which case its poll (or,
             // on SQLite, its wait for the writer lock) finds the rows.

@@ -7,10 +7,15 @@ use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 use sharemesh_mesh::auth::Caller;
 use sharemesh_mesh::storage::WriteTxn;
 
+use sharemesh_mesh::status::{line_breaks_and_tabs, validate_text};
+
 use crate::Reservations;
 use crate::domain::ReservationError;
 use crate::storage::reservations as repo;
 use sharemesh_contracts::events::ReservationChange;
+
+/// Longest cancellation reason accepted.
+pub const MAX_REASON: usize = 500;
 
 impl Reservations {
     /// PAID or CONFIRMED -> CANCEL_REQUESTED, by the customer, the listing's host or an admin.
@@ -18,9 +23,7 @@ impl Reservations {
     pub async fn cancel(&self, caller: &Caller, reservation_id: &str, reason: &str) -> Result<Reservation, ReservationError> {
         // The request is checked before the state: a bad request is refused whatever state the
         // reservation is in.
-        if reason.chars().count() > 500 {
-            return Err(ReservationError::invalid("reason", "must be at most 500 characters"));
-        }
+        validate_text("reason", reason, MAX_REASON, line_breaks_and_tabs)?;
         let mut row = self.load(reservation_id).await?;
         if !(caller.is_admin() || caller.id == row.customer_id || caller.id == row.host_id) {
             return Err(ReservationError::PermissionDenied(

@@ -330,3 +330,29 @@ async fn payment_down_releases_the_hold_and_the_request_runs_again() {
     let booked = w.place(&w.car, 0, "4242424242424242", "req-1").await.expect("runs again");
     assert_eq!(status(&booked), ReservationStatus::Confirmed);
 }
+
+/// A cancellation reason is shown to the other party and copied into events, views and
+/// messages: an escape sequence or a NUL is refused, before the reservation is even looked up.
+#[tokio::test]
+async fn a_cancellation_reason_with_control_characters_is_refused() {
+    let w = world().await;
+    let alice = caller("alice", Role::Customer);
+    for reason in ["\u{1b}[2Jgone", "nul\u{0}", &"x".repeat(crate::cancellation::MAX_REASON + 1)] {
+        let err = w
+            .reservations
+            .cancel(&alice, "no-such-reservation", reason)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, ReservationError::Invalid { field: "reason", .. }),
+            "{reason:?}: {err:?}"
+        );
+    }
+    // Line breaks and tabs are text: this one gets as far as the lookup.
+    let err = w
+        .reservations
+        .cancel(&alice, "no-such-reservation", "plans changed,\r\n\tsorry")
+        .await
+        .expect_err("no such reservation");
+    assert!(!matches!(err, ReservationError::Invalid { .. }), "{err:?}");
+}
