@@ -527,10 +527,12 @@ async fn record_all<'e>(
     events: impl Iterator<Item = &'e IncomingEvent>,
 ) -> Result<std::collections::HashSet<String>, sea_orm::DbErr> {
     let now = super::now_ms();
-    let mut seen = std::collections::HashSet::new();
-    // One row per event id: a statement must not insert one key twice.
+    // One row per event id (a statement must not insert one key twice), in id order: two
+    // replicas recording overlapping batches (a redelivery) then take the keys' locks in the same
+    // order, and the second waits for the first instead of deadlocking with it.
+    let events: std::collections::BTreeMap<&str, &IncomingEvent> = events.map(|e| (e.event_id.as_str(), e)).collect();
     let rows: Vec<entity::ActiveModel> = events
-        .filter(|event| seen.insert(event.event_id.as_str()))
+        .into_values()
         .map(|event| entity::ActiveModel {
             consumer: Set(consumer.to_owned()),
             event_id: Set(event.event_id.clone()),
