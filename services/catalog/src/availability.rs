@@ -141,9 +141,7 @@ impl Catalog {
         let now = now_ms();
         // Booking puts the window through the exclusion constraint again: take the listing's
         // lock first, as a new hold does, then read the hold as it stands under the lock.
-        let held = self.hold_of(tx, reservation_id).await?;
-        listings_repo::find_for_update(&**tx, &held.listing_id).await?;
-        let mut row = self.hold_of(tx, reservation_id).await?;
+        let mut row = self.locked_hold_of(tx, reservation_id).await?;
         match row.book(now)? {
             Booking::Booked => {}
             Booking::AlreadyBooked => return Ok(Ok(row.to_proto())),
@@ -189,9 +187,7 @@ impl Catalog {
     pub async fn release_in(&self, tx: &WriteTxn, reservation_id: &str, reason: &str, cause: &Cause) -> Result<Hold, CatalogError> {
         // Under the listing's lock, as confirm takes it: a release (a rejection's compensation
         // arriving as an event) and a confirm of the same hold never interleave.
-        let held = self.hold_of(tx, reservation_id).await?;
-        listings_repo::find_for_update(&**tx, &held.listing_id).await?;
-        let mut row = self.hold_of(tx, reservation_id).await?;
+        let mut row = self.locked_hold_of(tx, reservation_id).await?;
         let now = now_ms();
         if !row.release(now) {
             return Ok(row.to_proto());
@@ -201,7 +197,9 @@ impl Catalog {
         Ok(row.to_proto())
     }
 
-    async fn hold_of(&self, tx: &WriteTxn, reservation_id: &str) -> Result<HoldRow, CatalogError> {
+    /// A reservation's hold, read under its listing's lock.
+    async fn locked_hold_of(&self, tx: &WriteTxn, reservation_id: &str) -> Result<HoldRow, CatalogError> {
+        listings_repo::lock_for_reservation(&**tx, reservation_id).await?;
         repo::find_by_reservation(&**tx, reservation_id)
             .await?
             .ok_or_else(|| CatalogError::NotFound(format!("no hold for reservation {reservation_id}")))

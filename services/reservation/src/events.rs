@@ -18,8 +18,16 @@ use crate::Reservations;
 /// `ce-source` of reservation events.
 pub const SOURCE: &str = "sharemesh/reservation";
 
-/// Enqueues the event of `change` about `reservation` (its state after the change) caused by
-/// `causation_id`; returns the new event's id.
+/// The event of `change` about `reservation` (its state after the change) caused by
+/// `causation_id`, with a new event id.
+pub fn event(change: ReservationChange, reservation: Reservation, causation_id: &str, actor_id: &str, now_ms: i64) -> ReservationEvent {
+    let event_id = uuid::Uuid::now_v7().to_string();
+    let id = reservation.reservation_id.clone();
+    let metadata = EventMetadata::new(&event_id, &id, reservation.version, &id, causation_id, actor_id, now_ms);
+    ReservationEvent::new(change, metadata, reservation)
+}
+
+/// Enqueues the event of `change` (see [`event`]) in `tx`; returns the new event's id.
 pub async fn emit(
     tx: &WriteTxn,
     change: ReservationChange,
@@ -28,11 +36,19 @@ pub async fn emit(
     actor_id: &str,
     now_ms: i64,
 ) -> Result<String, sea_orm::DbErr> {
-    let event_id = uuid::Uuid::now_v7().to_string();
-    let id = reservation.reservation_id.clone();
-    let metadata = EventMetadata::new(&event_id, &id, reservation.version, &id, causation_id, actor_id, now_ms);
-    outbox::emit(tx, SOURCE, &ReservationEvent::new(change, metadata, reservation)).await?;
-    Ok(event_id)
+    let event = event(change, reservation, causation_id, actor_id, now_ms);
+    outbox::emit(tx, SOURCE, &event).await?;
+    Ok(event_id(&event))
+}
+
+/// Enqueues `events` in `tx`, in one statement.
+pub async fn emit_all(tx: &WriteTxn, events: &[ReservationEvent]) -> Result<(), sea_orm::DbErr> {
+    outbox::emit_all(tx, SOURCE, events).await
+}
+
+/// The id in `event`'s metadata.
+pub fn event_id(event: &ReservationEvent) -> String {
+    event.metadata().map(|m| m.event_id.clone()).unwrap_or_default()
 }
 
 /// Consumes the payment stream: a refund completes a requested cancellation.

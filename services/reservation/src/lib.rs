@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sharemesh_contracts::common::v1::ListingKind;
-use sharemesh_contracts::events::ReservationChange;
+use sharemesh_contracts::events::{ReservationChange, ReservationEvent};
 use sharemesh_contracts::reservation::v1::reservation_service_server::ReservationServiceServer;
 use sharemesh_mesh::auth::Verifier;
 use sharemesh_mesh::config::{ConfigError, Env, EnvExt, MeshConfig};
@@ -163,20 +163,8 @@ impl Reservations {
         actor: &str,
     ) -> Result<(), ReservationError> {
         let expected = row.version;
-        let now = now_ms();
-        row.version += 1;
-        row.updated_at_ms = now;
-        if let Some(kind) = event {
-            let cause = causation.map_or_else(|| row.last_event_id.clone(), str::to_owned);
-            row.last_event_id = events::emit(tx, kind, row.to_proto(), &cause, actor, now).await?;
-        }
-        if !repo::save_if_version(&**tx, row.clone(), expected).await? {
-            return Err(ReservationError::Aborted(format!(
-                "reservation {} changed concurrently; retry",
-                row.reservation_id
-            )));
-        }
-        Ok(())
+        let staged = stage(row, event, causation, actor);
+        save_in(tx, row, expected, staged.as_slice()).await
     }
 
     /// [`Reservations::apply_in`], committed (with other writes queued at the same time, see
@@ -200,6 +188,44 @@ impl Reservations {
             .await?;
         Ok(())
     }
+}
+
+/// Stages one change of `row`: bumps its version and change time and, with `event`, builds the
+/// event carrying the row as changed (caused by `causation`, else by the reservation's previous
+/// event), which becomes the row's last event. Nothing is written: see [`save_in`].
+pub(crate) fn stage(
+    row: &mut ReservationRow,
+    event: Option<ReservationChange>,
+    causation: Option<&str>,
+    actor: &str,
+) -> Option<ReservationEvent> {
+    let now = now_ms();
+    row.version += 1;
+    row.updated_at_ms = now;
+    let kind = event?;
+    let cause = causation.map_or_else(|| row.last_event_id.clone(), str::to_owned);
+    let event = events::event(kind, row.to_proto(), &cause, actor, now);
+    row.last_event_id = events::event_id(&event);
+    Some(event)
+}
+
+/// Writes `row`, changed by one or more [`stage`]s since it was read at version `expected`, and
+/// enqueues their `staged` events, in `tx` — one UPDATE and at most one insert however many
+/// changes. ABORTED when the stored row is no longer at `expected` (changed concurrently).
+pub(crate) async fn save_in(
+    tx: &WriteTxn,
+    row: &ReservationRow,
+    expected: i64,
+    staged: &[ReservationEvent],
+) -> Result<(), ReservationError> {
+    if !repo::save_if_version(&**tx, row.clone(), expected).await? {
+        return Err(ReservationError::Aborted(format!(
+            "reservation {} changed concurrently; retry",
+            row.reservation_id
+        )));
+    }
+    events::emit_all(tx, staged).await?;
+    Ok(())
 }
 
 /// Runs the reservation service until `shutdown`.

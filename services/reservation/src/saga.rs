@@ -31,8 +31,8 @@ use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::storage::group::UnitFuture;
 use sharemesh_mesh::storage::{WriteTxn, is_unique_violation};
 
-use crate::Reservations;
 use crate::domain::{self, ReservationError, Step};
+use crate::{Reservations, save_in, stage};
 use sharemesh_contracts::events::ReservationChange;
 
 use crate::events;
@@ -251,11 +251,15 @@ impl Reservations {
                     .write(move |tx: &WriteTxn| -> UnitFuture<'_, ReservationRow, ReservationError> {
                         let (this, mut row) = (this.clone(), booked.clone());
                         Box::pin(async move {
-                            this.apply_in(tx, &mut row, Some(ReservationChange::Paid), None, "").await?;
+                            // Paid, and for a kind confirmed on booking Confirmed too: two
+                            // events, written as one change of the row.
+                            let expected = row.version;
+                            let mut staged: Vec<_> = stage(&mut row, Some(ReservationChange::Paid), None, "").into_iter().collect();
                             if this.auto_confirm.contains(&row.listing_kind) {
                                 row.confirm()?;
-                                this.apply_in(tx, &mut row, Some(ReservationChange::Confirmed), None, "").await?;
+                                staged.extend(stage(&mut row, Some(ReservationChange::Confirmed), None, ""));
                             }
+                            save_in(tx, &row, expected, &staged).await?;
                             Ok(row)
                         })
                     })

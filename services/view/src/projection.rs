@@ -14,11 +14,14 @@
 //!   row, and the row stays unnamed for good.
 //!
 //! Replicas of the view consume one durable consumer, so two of them can apply events of the same
-//! row at the same moment. Every rule therefore reads its row locked (`SELECT … FOR UPDATE` on
-//! PostgreSQL; SQLite has one writer) and decides on what is committed, never on a stale copy:
-//! see [`upsert_locked`].
+//! row at the same moment. Every rule is therefore one `INSERT … ON CONFLICT DO UPDATE … WHERE`
+//! (see [`upsert`]): the database decides on the committed row, never on a stale copy. On
+//! PostgreSQL the statement inserts, or locks the existing row and evaluates its `WHERE` on the
+//! row's latest version (an insert of the same id in flight is waited for); SQLite has one
+//! writer. One statement per event, where reading the row locked and then writing it took two.
 
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PrimaryKeyTrait, QuerySelect, TryInsertResult};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, OnConflict};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Iterable};
 use sharemesh_contracts::catalog::v1::{Listing, ListingStatus, listing};
 use sharemesh_contracts::common::v1::ListingKind;
 use sharemesh_contracts::ext::timestamp_to_ms;
@@ -26,7 +29,7 @@ use sharemesh_contracts::payment::v1::{Payment, PaymentStatus};
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 
 use crate::storage::listing_views::{self, ListingViewRow};
-use crate::storage::reservation_views::{self, ReservationViewRow};
+use crate::storage::reservation_views::{self, ReservationViewRow, entity::Column as Res};
 
 fn ms(ts: Option<&prost_types::Timestamp>) -> i64 {
     ts.map(timestamp_to_ms).unwrap_or(0)
@@ -39,48 +42,44 @@ fn kind_name(kind: i32) -> String {
         .to_owned()
 }
 
-/// Changes the row of `id` under a row lock: `change` sees the committed row (or `None`) and
-/// returns the new row, or `None` to leave it. When the row does not exist and another replica
-/// inserts it first, the insert does nothing and the change is decided again on that row.
-async fn upsert_locked<E, A>(
-    db: &impl ConnectionTrait,
-    id: &str,
-    mut change: impl FnMut(Option<E::Model>) -> Option<E::Model>,
-) -> Result<(), sea_orm::DbErr>
+/// Inserts `row`, or when its id exists, applies `on_conflict` to the stored row (its `WHERE`
+/// decides whether the event is newer than what the row holds), in one statement.
+async fn upsert<E, A>(db: &impl ConnectionTrait, row: E::Model, on_conflict: OnConflict) -> Result<(), sea_orm::DbErr>
 where
     E: EntityTrait,
-    <E::PrimaryKey as PrimaryKeyTrait>::ValueType: From<String>,
     A: ActiveModelTrait<Entity = E> + sea_orm::ActiveModelBehavior + Send,
     E::Model: IntoActiveModel<A>,
 {
-    for _ in 0..3 {
-        let existing = E::find_by_id(id.to_owned()).lock_exclusive().one(db).await?;
-        let exists = existing.is_some();
-        let Some(row) = change(existing) else {
-            return Ok(());
-        };
-        if exists {
-            return row.into_active_model().reset_all().update(db).await.map(|_| ());
-        }
-        if let TryInsertResult::Inserted(n) = E::insert(row.into_active_model())
-            .on_conflict_do_nothing()
-            .exec_without_returning(db)
-            .await?
-            && n > 0
-        {
-            return Ok(());
-        }
-    }
-    Err(sea_orm::DbErr::Custom(format!("row {id} kept being inserted concurrently")))
+    E::insert(row.into_active_model())
+        .on_conflict(on_conflict)
+        .exec_without_returning(db)
+        .await
+        .map(|_| ())
 }
 
-/// Applies a listing snapshot (ListingRegistered / Updated / Deleted).
+/// The stored row's `column`.
+fn stored<E: EntityTrait>(column: impl ColumnTrait + sea_orm::sea_query::IntoIden) -> Expr {
+    Expr::col((E::default(), column))
+}
+
+/// The incoming row's `column` (`excluded.column`).
+fn incoming(column: impl sea_orm::sea_query::IntoIden) -> Expr {
+    Expr::col((sea_orm::sea_query::Alias::new("excluded"), column))
+}
+
+/// The later of the stored and incoming change times: `updated_at_ms` only moves forward.
+fn later_change<E: EntityTrait>(column: impl ColumnTrait + sea_orm::sea_query::IntoIden + Copy) -> Expr {
+    Func::greatest([stored::<E>(column), incoming(column)]).into()
+}
+
+/// Applies a listing snapshot (ListingRegistered / Updated / Deleted): the whole row, if newer.
 pub async fn apply_listing(db: &impl ConnectionTrait, l: &Listing) -> Result<(), sea_orm::DbErr> {
-    let row = listing_row(l);
-    upsert_locked::<listing_views::entity::Entity, _>(db, &l.listing_id, |existing| {
-        existing.is_none_or(|old| old.version < l.version).then(|| row.clone())
-    })
-    .await
+    use listing_views::entity::{Column, Entity};
+    let on_conflict = OnConflict::column(Column::ListingId)
+        .update_columns(Column::iter().filter(|c| !matches!(c, Column::ListingId)))
+        .action_and_where(stored::<Entity>(Column::Version).lt(incoming(Column::Version)))
+        .to_owned();
+    upsert::<Entity, _>(db, listing_row(l), on_conflict).await
 }
 
 fn listing_row(l: &Listing) -> ListingViewRow {
@@ -140,62 +139,84 @@ fn empty_reservation(id: &str) -> ReservationViewRow {
     }
 }
 
-/// Applies a reservation snapshot (any Reservation* event).
+/// Applies a reservation snapshot (any Reservation* event), if newer than the row's. The
+/// payment status it carries is taken only while no payment event has been applied.
 pub async fn apply_reservation(db: &impl ConnectionTrait, r: &Reservation) -> Result<(), sea_orm::DbErr> {
-    upsert_locked::<reservation_views::entity::Entity, _>(db, &r.reservation_id, |existing| {
-        if existing.as_ref().is_some_and(|row| row.reservation_version >= r.version) {
-            return None;
-        }
-        let mut row = existing.unwrap_or_else(|| empty_reservation(&r.reservation_id));
-        let (start_ms, end_ms) = r.window.as_ref().and_then(|w| w.to_ms()).unwrap_or((0, 0));
-        let amount = r.amount.clone().unwrap_or_default();
-        row.listing_id = r.listing_id.clone();
-        row.customer_id = r.customer_id.clone();
-        row.host_id = r.host_id.clone();
-        row.listing_title = r.listing_title.clone();
-        row.listing_kind = kind_name(r.listing_kind);
-        row.start_ms = start_ms;
-        row.end_ms = end_ms;
-        row.amount_minor = amount.amount_minor;
-        row.currency = amount.currency;
-        row.reservation_status = ReservationStatus::try_from(r.status)
+    use reservation_views::entity::Entity;
+    let (start_ms, end_ms) = r.window.as_ref().and_then(|w| w.to_ms()).unwrap_or((0, 0));
+    let amount = r.amount.clone().unwrap_or_default();
+    let row = ReservationViewRow {
+        listing_id: r.listing_id.clone(),
+        customer_id: r.customer_id.clone(),
+        host_id: r.host_id.clone(),
+        listing_title: r.listing_title.clone(),
+        listing_kind: kind_name(r.listing_kind),
+        start_ms,
+        end_ms,
+        amount_minor: amount.amount_minor,
+        currency: amount.currency,
+        reservation_status: ReservationStatus::try_from(r.status)
             .unwrap_or(ReservationStatus::Unspecified)
             .as_str_name()
-            .to_owned();
-        row.status_reason = r.status_reason.clone();
-        row.reservation_version = r.version;
-        if row.payment_version == 0 {
-            row.payment_status = PaymentStatus::try_from(r.payment_status)
-                .unwrap_or(PaymentStatus::Unspecified)
-                .as_str_name()
-                .to_owned();
-        }
-        row.updated_at_ms = row.updated_at_ms.max(ms(r.update_time.as_ref()));
-        Some(row)
-    })
-    .await
+            .to_owned(),
+        status_reason: r.status_reason.clone(),
+        reservation_version: r.version,
+        payment_status: payment_status_name(r.payment_status),
+        updated_at_ms: ms(r.update_time.as_ref()),
+        ..empty_reservation(&r.reservation_id)
+    };
+    let snapshot = [
+        Res::ListingId,
+        Res::CustomerId,
+        Res::HostId,
+        Res::ListingTitle,
+        Res::ListingKind,
+        Res::StartMs,
+        Res::EndMs,
+        Res::AmountMinor,
+        Res::Currency,
+        Res::ReservationStatus,
+        Res::StatusReason,
+        Res::ReservationVersion,
+    ];
+    let payment_status =
+        Expr::case(stored::<Entity>(Res::PaymentVersion).eq(0), incoming(Res::PaymentStatus)).finally(stored::<Entity>(Res::PaymentStatus));
+    let on_conflict = OnConflict::column(Res::ReservationId)
+        .update_columns(snapshot)
+        .values([
+            (Res::PaymentStatus, payment_status.into()),
+            (Res::UpdatedAtMs, later_change::<Entity>(Res::UpdatedAtMs)),
+        ])
+        .action_and_where(stored::<Entity>(Res::ReservationVersion).lt(incoming(Res::ReservationVersion)))
+        .to_owned();
+    upsert::<Entity, _>(db, row, on_conflict).await
 }
 
-/// Applies a payment snapshot (PaymentApproved / Declined / Cancelled).
+fn payment_status_name(status: i32) -> String {
+    PaymentStatus::try_from(status)
+        .unwrap_or(PaymentStatus::Unspecified)
+        .as_str_name()
+        .to_owned()
+}
+
+/// Applies a payment snapshot (PaymentApproved / Declined / Cancelled), if newer than the
+/// payment the row reflects. Before the reservation's first event the row holds only this.
 pub async fn apply_payment(db: &impl ConnectionTrait, p: &Payment) -> Result<(), sea_orm::DbErr> {
+    use reservation_views::entity::Entity;
     if p.reservation_id.is_empty() {
         return Ok(());
     }
-    upsert_locked::<reservation_views::entity::Entity, _>(db, &p.reservation_id, |existing| {
-        if existing.as_ref().is_some_and(|row| row.payment_version >= p.version) {
-            return None;
-        }
-        let mut row = existing.unwrap_or_else(|| ReservationViewRow {
-            customer_id: p.customer_id.clone(),
-            ..empty_reservation(&p.reservation_id)
-        });
-        row.payment_status = PaymentStatus::try_from(p.status)
-            .unwrap_or(PaymentStatus::Unspecified)
-            .as_str_name()
-            .to_owned();
-        row.payment_version = p.version;
-        row.updated_at_ms = row.updated_at_ms.max(ms(p.update_time.as_ref()));
-        Some(row)
-    })
-    .await
+    let row = ReservationViewRow {
+        customer_id: p.customer_id.clone(),
+        payment_status: payment_status_name(p.status),
+        payment_version: p.version,
+        updated_at_ms: ms(p.update_time.as_ref()),
+        ..empty_reservation(&p.reservation_id)
+    };
+    let on_conflict = OnConflict::column(Res::ReservationId)
+        .update_columns([Res::PaymentStatus, Res::PaymentVersion])
+        .value(Res::UpdatedAtMs, later_change::<Entity>(Res::UpdatedAtMs))
+        .action_and_where(stored::<Entity>(Res::PaymentVersion).lt(incoming(Res::PaymentVersion)))
+        .to_owned();
+    upsert::<Entity, _>(db, row, on_conflict).await
 }
