@@ -131,11 +131,11 @@ impl Payments {
         actor: &str,
         now: i64,
     ) -> Result<Decision, PaymentError> {
-        if let Some(existing) = repo::find_by_reservation(&**tx, reservation_id).await? {
-            return Ok(Decision::Existing(existing.to_proto()));
-        }
         let Some(charge) = charge else {
-            return Ok(Decision::Invalid);
+            // A retry gets the first result even when this attempt does not validate.
+            return Ok(repo::find_by_reservation(&**tx, reservation_id)
+                .await?
+                .map_or(Decision::Invalid, |existing| Decision::Existing(existing.to_proto())));
         };
         let decline_reason = domain::decline_reason(&charge.card, charge.amount.amount_minor, self.limit_minor);
         let row = PaymentRow {
@@ -153,7 +153,13 @@ impl Payments {
             updated_at_ms: now,
         };
         let payment = row.to_proto();
-        repo::insert(&**tx, row).await?;
+        if !repo::insert_new(&**tx, row).await? {
+            // Decided already (a retried call): the first result, whatever this attempt carries.
+            let existing = repo::find_by_reservation(&**tx, reservation_id)
+                .await?
+                .ok_or_else(|| PaymentError::Aborted(format!("the payment of reservation {reservation_id} changed concurrently; retry")))?;
+            return Ok(Decision::Existing(existing.to_proto()));
+        }
         let cause = Cause {
             correlation_id: reservation_id.to_owned(),
             causation_id: reservation_id.to_owned(),

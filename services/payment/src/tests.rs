@@ -128,6 +128,9 @@ async fn approving_twice_charges_once() {
     // A retry, even one asking for another amount, returns the first payment unchanged.
     let again = approve(&f, "r-1", "alice", 99_000, VISA).await;
     assert_eq!(again, first);
+    // So does one that would not validate on its own (no card).
+    let without_card = f.payments.approve(&service(), "r-1", "alice", Some(&krw(12_000)), None).await;
+    assert_eq!(without_card.unwrap(), first);
     assert_eq!(f.payment_rows().await, 1);
     let approved = f.events_of::<PaymentApproved>().await;
     assert_eq!(approved.len(), 1);
@@ -143,11 +146,11 @@ async fn approving_twice_charges_once() {
     assert_eq!(decoded.payment.unwrap(), first);
 }
 
-#[tokio::test]
-async fn concurrent_approvals_of_one_reservation_charge_once() {
-    let f = fixture().await;
-    let calls = (0..16).map(|_| {
-        let payments = f.payments.clone();
+/// Sixteen approvals of one reservation sent at once, spread over `replicas` (one database):
+/// every call answers the same payment, and there is one row and one PaymentApproved.
+async fn concurrent_approvals_charge_once(f: &Fixture, replicas: &[Payments]) {
+    let calls = (0..16).map(|i| {
+        let payments = replicas[i % replicas.len()].clone();
         tokio::spawn(async move {
             payments
                 .approve(&service(), "r-race", "alice", Some(&krw(5_000)), Some(&card(VISA)))
@@ -163,6 +166,33 @@ async fn concurrent_approvals_of_one_reservation_charge_once() {
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(f.payment_rows().await, 1);
     assert_eq!(f.events_of::<PaymentApproved>().await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_approvals_of_one_reservation_charge_once() {
+    let f = fixture().await;
+    concurrent_approvals_charge_once(&f, std::slice::from_ref(&f.payments)).await;
+}
+
+#[tokio::test]
+async fn on_postgres_concurrent_approvals_from_two_replicas_charge_once() {
+    let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+        eprintln!("SKIPPED: SHAREMESH_TEST_POSTGRES is not set");
+        return;
+    };
+    let replica = || async {
+        let db = Db::connect(&pg.url).await.unwrap();
+        db.migrate::<crate::storage::Migrator>().await.unwrap();
+        db
+    };
+    let (a, b) = (replica().await, replica().await);
+    let f = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        payments: Payments::new(a.clone(), LIMIT),
+        db: a,
+    };
+    concurrent_approvals_charge_once(&f, &[f.payments.clone(), Payments::new(b, LIMIT)]).await;
+    pg.drop_now().await;
 }
 
 #[tokio::test]

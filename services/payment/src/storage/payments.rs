@@ -91,6 +91,16 @@ pub async fn insert(db: &impl ConnectionTrait, row: PaymentRow) -> Result<(), se
         .map(|_| ())
 }
 
+/// Inserts a new payment unless the reservation has one already: false then, and nothing
+/// changes (one statement where a read and an insert took two).
+pub async fn insert_new(db: &impl ConnectionTrait, row: PaymentRow) -> Result<bool, sea_orm::DbErr> {
+    let inserted = entity::Entity::insert(row.into_active_model())
+        .on_conflict_do_nothing_on([entity::Column::ReservationId])
+        .exec_without_returning(db)
+        .await?;
+    Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+}
+
 /// Writes every column of `row` (which must exist).
 pub async fn save(db: &impl ConnectionTrait, row: PaymentRow) -> Result<(), sea_orm::DbErr> {
     row.into_active_model().reset_all().update(db).await.map(|_| ())
