@@ -219,5 +219,6 @@ mod tests {
         assert_eq!(direct, pooled_err);
         assert_eq!(db.read_all(select()).await.expect("read"), pooled);
         assert_eq!(db.direct_reads(), 4);
+        pg.drop_now().await;
     }
 }
