@@ -509,6 +509,17 @@ async fn exactly_one_of_200_overlapping_holds_wins(database_url: Option<&str>) {
     assert_eq!((ok, refused), (1, 199));
 }
 
+/// Runs `scenario` with the URL of a throwaway PostgreSQL database, or says SKIPPED when none is
+/// configured.
+async fn on_postgres<F: std::future::Future<Output = ()>>(scenario: impl FnOnce(String) -> F) {
+    let Some(db) = PgDatabase::create().await else {
+        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
+        return;
+    };
+    scenario(db.url.clone()).await;
+    db.drop_now().await;
+}
+
 #[tokio::test]
 async fn concurrent_overlapping_holds_on_sqlite() {
     exactly_one_of_200_overlapping_holds_wins(None).await;
@@ -516,12 +527,7 @@ async fn concurrent_overlapping_holds_on_sqlite() {
 
 #[tokio::test]
 async fn concurrent_overlapping_holds_on_postgres() {
-    let Some(db) = PgDatabase::create().await else {
-        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
-        return;
-    };
-    exactly_one_of_200_overlapping_holds_wins(Some(&db.url)).await;
-    db.drop_now().await;
+    on_postgres(|url| async move { exactly_one_of_200_overlapping_holds_wins(Some(&url)).await }).await;
 }
 
 /// Confirms and releases of the same holds, sent at once: each pair ends RELEASED whichever ran
@@ -615,12 +621,7 @@ async fn confirm_racing_release_on_sqlite() {
 
 #[tokio::test]
 async fn confirm_racing_release_on_postgres() {
-    let Some(db) = PgDatabase::create().await else {
-        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
-        return;
-    };
-    a_confirm_racing_a_release_of_the_same_hold_never_interleaves(Some(&db.url)).await;
-    db.drop_now().await;
+    on_postgres(|url| async move { a_confirm_racing_a_release_of_the_same_hold_never_interleaves(Some(&url)).await }).await;
 }
 
 #[tokio::test]

@@ -5,9 +5,8 @@
 use sharemesh_contracts::payment::v1::PaymentStatus;
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 use sharemesh_mesh::auth::Caller;
-use sharemesh_mesh::storage::WriteTxn;
-
 use sharemesh_mesh::status::{line_breaks_and_tabs, validate_text};
+use sharemesh_mesh::storage::WriteTxn;
 
 use crate::Reservations;
 use crate::domain::ReservationError;

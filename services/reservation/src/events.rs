@@ -19,12 +19,18 @@ use crate::Reservations;
 pub const SOURCE: &str = "sharemesh/reservation";
 
 /// The event of `change` about `reservation` (its state after the change) caused by
-/// `causation_id`, with a new event id.
-pub fn event(change: ReservationChange, reservation: Reservation, causation_id: &str, actor_id: &str, now_ms: i64) -> ReservationEvent {
+/// `causation_id`, and its new id.
+pub fn event(
+    change: ReservationChange,
+    reservation: Reservation,
+    causation_id: &str,
+    actor_id: &str,
+    now_ms: i64,
+) -> (String, ReservationEvent) {
     let event_id = uuid::Uuid::now_v7().to_string();
     let id = reservation.reservation_id.clone();
     let metadata = EventMetadata::new(&event_id, &id, reservation.version, &id, causation_id, actor_id, now_ms);
-    ReservationEvent::new(change, metadata, reservation)
+    (event_id, ReservationEvent::new(change, metadata, reservation))
 }
 
 /// Enqueues the event of `change` (see [`event`]) in `tx`; returns the new event's id.
@@ -36,19 +42,14 @@ pub async fn emit(
     actor_id: &str,
     now_ms: i64,
 ) -> Result<String, sea_orm::DbErr> {
-    let event = event(change, reservation, causation_id, actor_id, now_ms);
+    let (event_id, event) = event(change, reservation, causation_id, actor_id, now_ms);
     outbox::emit(tx, SOURCE, &event).await?;
-    Ok(event_id(&event))
+    Ok(event_id)
 }
 
 /// Enqueues `events` in `tx`, in one statement.
 pub async fn emit_all(tx: &WriteTxn, events: &[ReservationEvent]) -> Result<(), sea_orm::DbErr> {
     outbox::emit_all(tx, SOURCE, events).await
-}
-
-/// The id in `event`'s metadata.
-pub fn event_id(event: &ReservationEvent) -> String {
-    event.metadata().map(|m| m.event_id.clone()).unwrap_or_default()
 }
 
 /// Consumes the payment stream: a refund completes a requested cancellation.

@@ -204,8 +204,8 @@ pub(crate) fn stage(
     row.updated_at_ms = now;
     let kind = event?;
     let cause = causation.map_or_else(|| row.last_event_id.clone(), str::to_owned);
-    let event = events::event(kind, row.to_proto(), &cause, actor, now);
-    row.last_event_id = events::event_id(&event);
+    let (event_id, event) = events::event(kind, row.to_proto(), &cause, actor, now);
+    row.last_event_id = event_id;
     Some(event)
 }
 

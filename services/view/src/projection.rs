@@ -165,20 +165,8 @@ pub async fn apply_reservation(db: &impl ConnectionTrait, r: &Reservation) -> Re
         updated_at_ms: ms(r.update_time.as_ref()),
         ..empty_reservation(&r.reservation_id)
     };
-    let snapshot = [
-        Res::ListingId,
-        Res::CustomerId,
-        Res::HostId,
-        Res::ListingTitle,
-        Res::ListingKind,
-        Res::StartMs,
-        Res::EndMs,
-        Res::AmountMinor,
-        Res::Currency,
-        Res::ReservationStatus,
-        Res::StatusReason,
-        Res::ReservationVersion,
-    ];
+    // Every column but the key, the payment's own, and the two decided below.
+    let snapshot = Res::iter().filter(|c| !matches!(c, Res::ReservationId | Res::PaymentStatus | Res::PaymentVersion | Res::UpdatedAtMs));
     let payment_status =
         Expr::case(stored::<Entity>(Res::PaymentVersion).eq(0), incoming(Res::PaymentStatus)).finally(stored::<Entity>(Res::PaymentStatus));
     let on_conflict = OnConflict::column(Res::ReservationId)
