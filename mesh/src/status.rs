@@ -99,13 +99,17 @@ impl From<Rejection> for tonic::Status {
 /// Longest id a request may carry.
 pub const MAX_ID: usize = 64;
 
-/// Checks an id field: present (not blank), at most [`MAX_ID`] bytes.
+/// Checks an id field: present (not blank), at most [`MAX_ID`] bytes, no control characters
+/// (no id has one, and an answer such as "not found" names the id it was given).
 pub fn validate_id(field: &'static str, id: &str) -> Result<(), Rejection> {
     if id.trim().is_empty() {
         return Err(Rejection::invalid(field, "is required"));
     }
     if id.len() > MAX_ID {
         return Err(Rejection::invalid(field, format!("must be at most {MAX_ID} characters")));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Rejection::invalid(field, "must not contain control characters"));
     }
     Ok(())
 }
@@ -189,6 +193,10 @@ mod tests {
         ));
         assert!(validate_id("listing_id", &"x".repeat(65)).is_err());
         assert!(validate_id("listing_id", "l-1").is_ok());
+        assert!(matches!(
+            validate_id("reservation_id", "r\u{0}\u{1b}"),
+            Err(Rejection::Invalid { field: "reservation_id", ref reason }) if reason.contains("control")
+        ));
         let krw = |amount_minor, currency: &str| Money::new(amount_minor, currency);
         assert!(matches!(
             validate_money("price", None),

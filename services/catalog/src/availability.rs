@@ -7,6 +7,7 @@ use sharemesh_contracts::catalog::v1::{Hold, HoldStatus, Listing};
 use sharemesh_contracts::common::v1::Money;
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::server::Shutdown;
+use sharemesh_mesh::status::validate_id;
 use sharemesh_mesh::storage::group::UnitFuture;
 use sharemesh_mesh::storage::{WriteTxn, retry_conflicts, violates};
 
@@ -28,13 +29,6 @@ pub struct Held {
     pub amount: Money,
 }
 
-fn validate_reservation_id(id: &str) -> Result<(), CatalogError> {
-    if id.is_empty() || id.len() > 64 {
-        return Err(CatalogError::invalid("reservation_id", "is required (at most 64 characters)"));
-    }
-    Ok(())
-}
-
 impl Catalog {
     /// Holds `window` of a listing for a reservation. Idempotent per reservation; refuses with
     /// FAILED_PRECONDITION when the window overlaps another hold or booking. Holds of one
@@ -45,7 +39,7 @@ impl Catalog {
     }
 
     async fn hold_once(&self, listing_id: &str, reservation_id: &str, window: Option<(i64, i64)>) -> Result<Held, CatalogError> {
-        validate_reservation_id(reservation_id)?;
+        validate_id("reservation_id", reservation_id)?;
         let (start, end) = domain::validate_window(window, "window")?;
         let (this, listing_id, reservation_id) = (self.clone(), listing_id.to_owned(), reservation_id.to_owned());
         let unavailable = || CatalogError::FailedPrecondition(format!("listing {listing_id} is not available in the requested window"));
@@ -125,7 +119,7 @@ impl Catalog {
     }
 
     async fn confirm_once(&self, reservation_id: &str) -> Result<Hold, CatalogError> {
-        validate_reservation_id(reservation_id)?;
+        validate_id("reservation_id", reservation_id)?;
         let (this, reservation_id) = (self.clone(), reservation_id.to_owned());
         self.db
             .write(move |tx: &WriteTxn| -> UnitFuture<'_, Result<Hold, CatalogError>, CatalogError> {
@@ -166,7 +160,7 @@ impl Catalog {
     /// something was released.
     /// Releasing takes a window out of the exclusion constraint, so it needs no listing lock.
     pub async fn release(&self, reservation_id: &str, reason: &str) -> Result<Hold, CatalogError> {
-        validate_reservation_id(reservation_id)?;
+        validate_id("reservation_id", reservation_id)?;
         let (this, reservation_id, reason) = (self.clone(), reservation_id.to_owned(), reason.to_owned());
         self.db
             .write(move |tx: &WriteTxn| -> UnitFuture<'_, Hold, CatalogError> {
