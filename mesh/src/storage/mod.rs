@@ -36,8 +36,6 @@ pub struct Db {
     write_lock: Option<Arc<Mutex<()>>>,
     /// Woken after a commit that wrote outbox rows.
     outbox_wakeup: Arc<Notify>,
-    /// The URL it was opened with (migrations open one connection of their own).
-    url: Arc<str>,
     /// Where [`Db::write`] queues its units (`None` in the writers' own handle).
     group: Option<group::GroupCommit>,
 }
@@ -107,7 +105,6 @@ impl Db {
             conn,
             write_lock,
             outbox_wakeup: Arc::new(Notify::new()),
-            url: url.into(),
             group: None,
         };
         let writers = if sqlite { 1 } else { group::PG_WRITERS };
@@ -199,11 +196,12 @@ impl Db {
 
     /// Runs the migrations `M` (each service's own plus the mesh's outbox and inbox tables).
     ///
-    /// On PostgreSQL they run under a session-level advisory lock on a connection of their own,
-    /// so replicas starting at the same instant on an empty database take turns: the first
-    /// migrates, the others wait, then find nothing left to do. (Concurrent `CREATE EXTENSION` /
-    /// `CREATE TABLE IF NOT EXISTS` otherwise fail on PostgreSQL's catalog unique indexes.) The
-    /// lock dies with the connection, so a replica killed mid-migration blocks nobody.
+    /// On PostgreSQL they all run in one transaction on a pooled connection, under a
+    /// transaction-level advisory lock: replicas starting at the same instant on an empty
+    /// database take turns (the first migrates, the others wait for its commit, then find nothing
+    /// left to do; concurrent `CREATE EXTENSION` / `CREATE TABLE IF NOT EXISTS` otherwise fail on
+    /// PostgreSQL's catalog unique indexes). A replica killed mid-migration takes its transaction,
+    /// and so its lock and its half-done schema, with it. Each migration is a savepoint inside.
     ///
     /// The tables of `M` are described to the SQLite writer ([`Tables`]).
     pub async fn migrate<M: sea_orm_migration::MigratorTrait + Tables>(&self) -> Result<(), DbErr> {
@@ -211,25 +209,11 @@ impl Db {
         if self.backend() != DatabaseBackend::Postgres {
             return M::up(&self.conn, None).await;
         }
-        let mut opts = ConnectOptions::new(self.url.to_string());
-        opts.sqlx_logging(false)
-            .max_connections(1)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(120));
-        let session = sea_orm::Database::connect(opts).await?;
-        session
-            .execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        let txn = self.conn.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
             .await?;
-        let result = M::up(&session, None).await;
-        if let Err(e) = session
-            .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
-            .await
-        {
-            tracing::warn!(error = %e, "could not release the migration lock; closing its connection releases it");
-        }
-        let _ = session.close().await;
-        result
+        M::up(&txn, None).await?;
+        txn.commit().await
     }
 
     /// Resolves when a commit wrote outbox rows (used by the relay).

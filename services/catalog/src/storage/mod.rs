@@ -131,3 +131,51 @@ impl sharemesh_mesh::storage::Tables for Migrator {
         tables.add::<holds::entity::Entity>().add::<listings::entity::Entity>();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::ConnectionTrait;
+    use sharemesh_mesh::storage::Db;
+
+    /// Replicas starting at the same instant on an empty PostgreSQL database (the catalog's
+    /// migrations create an extension, the hardest case) all come up, and each migration is
+    /// applied once.
+    #[tokio::test]
+    async fn on_postgresql_replicas_migrating_at_once_all_come_up() {
+        let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+            eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
+            return;
+        };
+        let mut replicas = Vec::new();
+        for _ in 0..4 {
+            replicas.push(Db::connect_with(&pg.url, Some(2)).await.expect("connect"));
+        }
+        let mut started = tokio::task::JoinSet::new();
+        for db in &replicas {
+            let db = db.clone();
+            started.spawn(async move { db.migrate::<super::Migrator>().await });
+        }
+        while let Some(outcome) = started.join_next().await {
+            outcome
+                .expect("no panic")
+                .expect("every replica migrates or finds nothing left to do");
+        }
+        let applied = replicas[0]
+            .conn()
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT count(*) AS n, count(DISTINCT version) AS d FROM seaql_migrations",
+            ))
+            .await
+            .expect("read")
+            .expect("a row");
+        let (n, d): (i64, i64) = (applied.try_get("", "n").expect("n"), applied.try_get("", "d").expect("d"));
+        assert_eq!(n, d, "a migration applied twice");
+        assert_eq!(
+            n as usize,
+            <super::Migrator as sea_orm_migration::MigratorTrait>::migrations().len()
+        );
+        drop(replicas);
+        pg.drop_now().await;
+    }
+}
