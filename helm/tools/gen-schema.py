@@ -332,6 +332,7 @@ SCHEMA = {
             "drainDelay": DURATION,
             "shutdownGrace": DURATION,
             "outboxPoll": DURATION,
+            "outboxRetention": {"type": "string", "pattern": r"^(0|[0-9]+(ms|s|m|h))$", "description": "how long a published event's outbox row is kept: a duration such as 24h, or 0 to keep them forever"},
             "inboxMaxDeliver": POS_INT,
             "inboxBackoff": DURATION,
             "client": obj({

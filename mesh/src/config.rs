@@ -41,6 +41,8 @@ pub const ENV_DRAIN_DELAY: &str = "SHAREMESH_DRAIN_DELAY";
 pub const ENV_SHUTDOWN_GRACE: &str = "SHAREMESH_SHUTDOWN_GRACE";
 /// How often the outbox relay polls for unpublished events when not woken by a commit (`500ms`).
 pub const ENV_OUTBOX_POLL: &str = "SHAREMESH_OUTBOX_POLL";
+/// How long published outbox rows are kept before the relay deletes them (`24h`; `0` keeps them).
+pub const ENV_OUTBOX_RETENTION: &str = "SHAREMESH_OUTBOX_RETENTION";
 /// Deliveries of one event before the inbox moves it to the dead-letter subject (`5`).
 pub const ENV_INBOX_MAX_DELIVER: &str = "SHAREMESH_INBOX_MAX_DELIVER";
 /// How long a delivered event may stay unacknowledged (a crashed consumer's events come back
@@ -263,6 +265,8 @@ pub struct DataConfig {
     pub nats_url: String,
     /// Outbox relay poll interval.
     pub outbox_poll: Duration,
+    /// How long published outbox rows are kept (`None`: forever).
+    pub outbox_retention: Option<Duration>,
     /// Inbox retry policy.
     pub inbox: crate::events::inbox::InboxPolicy,
     /// Replicas and limits of the streams this service creates.
@@ -336,6 +340,10 @@ impl DataConfig {
             },
             nats_url,
             outbox_poll: env.duration_or(ENV_OUTBOX_POLL, Duration::from_millis(500))?,
+            outbox_retention: match env.get(ENV_OUTBOX_RETENTION) {
+                Some(v) if v.trim() == "0" => None,
+                _ => Some(env.duration_or(ENV_OUTBOX_RETENTION, Duration::from_secs(24 * 3600))?).filter(|d| !d.is_zero()),
+            },
             inbox: crate::events::inbox::InboxPolicy::from_env(env)?,
             streams: stream_settings(env)?,
         })
@@ -412,6 +420,23 @@ mod tests {
                 .to_string()
                 .contains("DATABASE_URL")
         );
+    }
+
+    #[test]
+    fn published_outbox_rows_are_kept_a_day_unless_told_otherwise() {
+        let retention = |env: &MapEnv| MeshConfig::from_env("catalog", env).map(|c| c.data.expect("catalog keeps data").outbox_retention);
+        assert_eq!(
+            retention(&MapEnv::default()).expect("default"),
+            Some(Duration::from_secs(24 * 3600))
+        );
+        assert_eq!(retention(&MapEnv::from_pairs([(ENV_OUTBOX_RETENTION, "0")])).expect("0"), None);
+        assert_eq!(retention(&MapEnv::from_pairs([(ENV_OUTBOX_RETENTION, "0s")])).expect("0s"), None);
+        assert_eq!(
+            retention(&MapEnv::from_pairs([(ENV_OUTBOX_RETENTION, "90m")])).expect("90m"),
+            Some(Duration::from_secs(90 * 60))
+        );
+        let err = retention(&MapEnv::from_pairs([(ENV_OUTBOX_RETENTION, "a week")])).expect_err("invalid");
+        assert!(err.to_string().contains(ENV_OUTBOX_RETENTION), "{err}");
     }
 
     #[test]

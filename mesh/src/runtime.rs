@@ -146,7 +146,7 @@ impl Runtime {
         let context = process.config.context.clone();
         let client = crate::events::connect(&data.nats_url, &format!("sharemesh-{context}")).await?;
         let js = jetstream::new(client);
-        let relay = Relay::new(db.clone(), js.clone(), &context, data.outbox_poll, data.streams);
+        let relay = Relay::new(db.clone(), js.clone(), &context, data.outbox_poll, data.streams).with_retention(data.outbox_retention);
         process.spawn(relay.run(process.shutdown.clone()));
         Ok(Self { db, js, data, process })
     }

@@ -226,6 +226,63 @@ async fn republishing_after_a_lost_mark_is_deduplicated_by_the_broker() {
     );
 }
 
+/// Rows published longer ago than the retention are deleted, oldest first and more than one
+/// batch of them; rows published since, and rows not yet published however old, stay.
+async fn purge_keeps_what_is_not_due(db: Db) {
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    let relay = Relay::new(db.clone(), js, CONTEXT, Duration::from_secs(60), Default::default());
+    let things: Vec<_> = (0..1208u32).map(|n| thing((n % 250) as u8)).collect();
+    for chunk in things.chunks(200) {
+        enqueue_all(&db, chunk).await;
+    }
+    // Seq 2..=1203 published two hours ago; 1204..=1206 a minute ago; 1, 1207 and 1208 never.
+    let now = events::now_ms();
+    let old = format!(
+        "UPDATE mesh_outbox SET published_at_ms = {} WHERE seq BETWEEN 2 AND 1203",
+        now - 7_200_000
+    );
+    let recent = format!(
+        "UPDATE mesh_outbox SET published_at_ms = {} WHERE seq BETWEEN 1204 AND 1206",
+        now - 60_000
+    );
+    for sql in [old, recent] {
+        db.conn().execute_unprepared(&sql).await.expect("mark");
+    }
+    assert_eq!(relay.purge_published(Duration::from_secs(3600)).await.expect("purge"), 1202);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_outbox").await, 6);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM mesh_outbox WHERE published_at_ms IS NULL").await,
+        3,
+        "an unpublished row was deleted"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT MIN(seq) FROM mesh_outbox WHERE published_at_ms IS NOT NULL").await,
+        1204
+    );
+    assert_eq!(relay.purge_published(Duration::from_secs(3600)).await.expect("again"), 0);
+    assert_eq!(relay.purge_published(Duration::from_secs(1)).await.expect("shorter"), 3);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_outbox").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rows_are_purged_after_their_retention_on_sqlite() {
+    let (db, _dir) = fresh_db().await;
+    purge_keeps_what_is_not_due(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rows_are_purged_after_their_retention_on_postgres() {
+    let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
+        return;
+    };
+    let db = Db::connect(&pg.url).await.expect("connect");
+    db.migrate::<Migrator>().await.expect("migrate");
+    purge_keeps_what_is_not_due(db).await;
+    pg.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_catches_up_once_nats_comes_back() {
     let mut nats = NatsServer::spawn();

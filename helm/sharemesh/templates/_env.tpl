@@ -15,6 +15,7 @@ OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 SHAREMESH_DRAIN_DELAY: {{ $c.drainDelay | quote }}
 SHAREMESH_SHUTDOWN_GRACE: {{ $c.shutdownGrace | quote }}
 SHAREMESH_OUTBOX_POLL: {{ $c.outboxPoll | quote }}
+SHAREMESH_OUTBOX_RETENTION: {{ $c.outboxRetention | quote }}
 SHAREMESH_INBOX_MAX_DELIVER: {{ $c.inboxMaxDeliver | quote }}
 SHAREMESH_INBOX_BACKOFF: {{ $c.inboxBackoff | quote }}
 SHAREMESH_CLIENT_TIMEOUT: {{ $c.client.timeout | quote }}

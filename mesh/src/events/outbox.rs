@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set};
 
 use crate::server::Shutdown;
 use crate::storage::{Db, WriteTxn};
@@ -248,6 +248,8 @@ pub struct Relay {
     poll: Duration,
     batch: u64,
     streams: super::StreamSettings,
+    /// How long published rows are kept (`None`: forever).
+    retention: Option<Duration>,
 }
 
 impl Relay {
@@ -260,7 +262,16 @@ impl Relay {
             poll,
             batch: 256,
             streams,
+            retention: None,
         }
+    }
+
+    /// Deletes rows published more than `retention` ago, once every [`PURGE_EVERY`] (`None`:
+    /// published rows are kept forever). The stream keeps the events; a published row is never
+    /// read again.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Runs until `shutdown` fires: ensures the stream exists, then publishes whenever a commit
@@ -287,11 +298,21 @@ impl Relay {
         }
         attempt = 0;
         let mut sampled: Option<std::time::Instant> = None;
+        let mut purged = std::time::Instant::now();
         loop {
             let pass = self.publish_pending().await;
             if sampled.is_none_or(|at| at.elapsed() >= PENDING_SAMPLE) {
                 sampled = Some(std::time::Instant::now());
                 self.sample_pending().await;
+            }
+            if let Some(retention) = self.retention
+                && purged.elapsed() >= PURGE_EVERY
+            {
+                purged = std::time::Instant::now();
+                match self.purge_published(retention).await {
+                    Ok(n) => tracing::debug!(rows = n, "purged published outbox rows"),
+                    Err(e) => tracing::warn!(error = %e, "could not purge published outbox rows; will retry"),
+                }
             }
             let wait = match pass {
                 Ok(Pass::Published(n)) if n as u64 >= self.batch => {
@@ -395,6 +416,35 @@ impl Relay {
         match failure {
             Some(e) => Err(e),
             None => Ok(Pass::Published(done.len())),
+        }
+    }
+
+    /// Deletes the rows published more than `retention` ago and returns how many. It looks at
+    /// the oldest [`PURGE_BATCH`] rows at a time (by their primary key, so a purge with nothing
+    /// to do reads one batch, never the whole table), each batch in a transaction of its own,
+    /// until a batch has nothing due. An unpublished row is never deleted, however old.
+    pub async fn purge_published(&self, retention: Duration) -> Result<u64, sea_orm::DbErr> {
+        let cutoff = super::now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let mut purged = 0;
+        loop {
+            let oldest = entity::Entity::find()
+                .select_only()
+                .column(entity::Column::Seq)
+                .order_by_asc(entity::Column::Seq)
+                .limit(PURGE_BATCH)
+                .into_query();
+            let tx = self.db.begin_write().await?;
+            let deleted = entity::Entity::delete_many()
+                .filter(entity::Column::Seq.in_subquery(oldest))
+                .filter(entity::Column::PublishedAtMs.lt(cutoff))
+                .exec(&*tx)
+                .await?
+                .rows_affected;
+            tx.commit().await?;
+            purged += deleted;
+            if deleted == 0 {
+                return Ok(purged);
+            }
         }
     }
 
@@ -523,6 +573,12 @@ pub const OUTBOX_LOCK: i64 = 0x5348_4f55_5442_4f58;
 /// How long the relay waits after a commit woke it before it reads the pending rows: under load
 /// one pass then takes a burst of commits instead of one each (adds at most this to the lag).
 const LINGER: Duration = Duration::from_millis(1);
+
+/// How often the relay deletes rows published longer ago than its retention.
+pub const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Rows one purge statement looks at, oldest first.
+pub const PURGE_BATCH: u64 = 1000;
 
 /// How often the relay counts its pending rows (`outbox_pending`).
 const PENDING_SAMPLE: Duration = Duration::from_secs(1);
