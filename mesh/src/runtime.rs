@@ -130,7 +130,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Starts the [`Process`], opens and migrates the database (`M`), connects to NATS (without
-    /// waiting for it) and starts the outbox relay.
+    /// waiting for it) and starts the outbox relay (and the purge of published outbox rows).
     pub async fn start<M: MigratorTrait + crate::storage::Tables>(mut config: MeshConfig, shutdown: Shutdown) -> Result<Self, RunError> {
         let data = config
             .data
@@ -146,8 +146,15 @@ impl Runtime {
         let context = process.config.context.clone();
         let client = crate::events::connect(&data.nats_url, &format!("sharemesh-{context}")).await?;
         let js = jetstream::new(client);
-        let relay = Relay::new(db.clone(), js.clone(), &context, data.outbox_poll, data.streams).with_retention(data.outbox_retention);
+        let relay = Relay::new(db.clone(), js.clone(), &context, data.outbox_poll, data.streams);
         process.spawn(relay.run(process.shutdown.clone()));
+        if let Some(retention) = data.outbox_retention {
+            process.spawn(crate::events::outbox::purge_published_every(
+                db.clone(),
+                retention,
+                process.shutdown.clone(),
+            ));
+        }
         Ok(Self { db, js, data, process })
     }
 

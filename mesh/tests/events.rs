@@ -229,9 +229,6 @@ async fn republishing_after_a_lost_mark_is_deduplicated_by_the_broker() {
 /// Rows published longer ago than the retention are deleted, oldest first and more than one
 /// batch of them; rows published since, and rows not yet published however old, stay.
 async fn purge_keeps_what_is_not_due(db: Db) {
-    let nats = NatsServer::spawn();
-    let js = jetstream_for(&nats).await;
-    let relay = Relay::new(db.clone(), js, CONTEXT, Duration::from_secs(60), Default::default());
     let things: Vec<_> = (0..1208u32).map(|n| thing((n % 250) as u8)).collect();
     for chunk in things.chunks(200) {
         enqueue_all(&db, chunk).await;
@@ -249,7 +246,7 @@ async fn purge_keeps_what_is_not_due(db: Db) {
     for sql in [old, recent] {
         db.conn().execute_unprepared(&sql).await.expect("mark");
     }
-    assert_eq!(relay.purge_published(Duration::from_secs(3600)).await.expect("purge"), 1202);
+    assert_eq!(outbox::purge_published(&db, Duration::from_secs(3600)).await.expect("purge"), 1202);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_outbox").await, 6);
     assert_eq!(
         scalar(&db, "SELECT COUNT(*) FROM mesh_outbox WHERE published_at_ms IS NULL").await,
@@ -260,8 +257,8 @@ async fn purge_keeps_what_is_not_due(db: Db) {
         scalar(&db, "SELECT MIN(seq) FROM mesh_outbox WHERE published_at_ms IS NOT NULL").await,
         1204
     );
-    assert_eq!(relay.purge_published(Duration::from_secs(3600)).await.expect("again"), 0);
-    assert_eq!(relay.purge_published(Duration::from_secs(1)).await.expect("shorter"), 3);
+    assert_eq!(outbox::purge_published(&db, Duration::from_secs(3600)).await.expect("again"), 0);
+    assert_eq!(outbox::purge_published(&db, Duration::from_secs(1)).await.expect("shorter"), 3);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM mesh_outbox").await, 3);
 }
 

@@ -248,8 +248,6 @@ pub struct Relay {
     poll: Duration,
     batch: u64,
     streams: super::StreamSettings,
-    /// How long published rows are kept (`None`: forever).
-    retention: Option<Duration>,
 }
 
 impl Relay {
@@ -262,16 +260,7 @@ impl Relay {
             poll,
             batch: 256,
             streams,
-            retention: None,
         }
-    }
-
-    /// Deletes rows published more than `retention` ago, once every [`PURGE_EVERY`] (`None`:
-    /// published rows are kept forever). The stream keeps the events; a published row is never
-    /// read again.
-    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
-        self.retention = retention;
-        self
     }
 
     /// Runs until `shutdown` fires: ensures the stream exists, then publishes whenever a commit
@@ -298,21 +287,11 @@ impl Relay {
         }
         attempt = 0;
         let mut sampled: Option<std::time::Instant> = None;
-        let mut purged = std::time::Instant::now();
         loop {
             let pass = self.publish_pending().await;
             if sampled.is_none_or(|at| at.elapsed() >= PENDING_SAMPLE) {
                 sampled = Some(std::time::Instant::now());
                 self.sample_pending().await;
-            }
-            if let Some(retention) = self.retention
-                && purged.elapsed() >= PURGE_EVERY
-            {
-                purged = std::time::Instant::now();
-                match self.purge_published(retention).await {
-                    Ok(n) => tracing::debug!(rows = n, "purged published outbox rows"),
-                    Err(e) => tracing::warn!(error = %e, "could not purge published outbox rows; will retry"),
-                }
             }
             let wait = match pass {
                 Ok(Pass::Published(n)) if n as u64 >= self.batch => {
@@ -419,35 +398,6 @@ impl Relay {
         }
     }
 
-    /// Deletes the rows published more than `retention` ago and returns how many. It looks at
-    /// the oldest [`PURGE_BATCH`] rows at a time (by their primary key, so a purge with nothing
-    /// to do reads one batch, never the whole table), each batch in a transaction of its own,
-    /// until a batch has nothing due. An unpublished row is never deleted, however old.
-    pub async fn purge_published(&self, retention: Duration) -> Result<u64, sea_orm::DbErr> {
-        let cutoff = super::now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-        let mut purged = 0;
-        loop {
-            let oldest = entity::Entity::find()
-                .select_only()
-                .column(entity::Column::Seq)
-                .order_by_asc(entity::Column::Seq)
-                .limit(PURGE_BATCH)
-                .into_query();
-            let tx = self.db.begin_write().await?;
-            let deleted = entity::Entity::delete_many()
-                .filter(entity::Column::Seq.in_subquery(oldest))
-                .filter(entity::Column::PublishedAtMs.lt(cutoff))
-                .exec(&*tx)
-                .await?
-                .rows_affected;
-            tx.commit().await?;
-            purged += deleted;
-            if deleted == 0 {
-                return Ok(purged);
-            }
-        }
-    }
-
     /// Sends the rows pipelined and takes the acks in order; returns the sequence numbers the
     /// broker acknowledged (a prefix of `rows`) and the first failure.
     ///
@@ -546,6 +496,52 @@ pub enum Pass {
     OtherReplica,
 }
 
+/// Deletes the rows of `db`'s outbox published more than `retention` ago, every
+/// [`PURGE_EVERY`] until `shutdown` (a task of its own beside the relay, so a long purge never
+/// holds up publishing). The stream keeps the events; a published row is never read again.
+pub async fn purge_published_every(db: Db, retention: Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PURGE_EVERY) => {}
+            _ = shutdown.wait() => return,
+        }
+        match purge_published(&db, retention).await {
+            Ok(n) => tracing::debug!(rows = n, "purged published outbox rows"),
+            Err(e) => tracing::warn!(error = %e, "could not purge published outbox rows; will retry"),
+        }
+    }
+}
+
+/// Deletes the rows published more than `retention` ago and returns how many. It looks at the
+/// oldest [`PURGE_BATCH`] rows at a time (by their primary key, so a purge with nothing to do
+/// reads one batch, never the whole table), each batch in a write transaction of its own (on
+/// SQLite the writer serves other writes between two batches), until a batch has nothing due.
+/// An unpublished row is never deleted, however old.
+pub async fn purge_published(db: &Db, retention: Duration) -> Result<u64, sea_orm::DbErr> {
+    let cutoff = super::now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let mut purged = 0;
+    loop {
+        let oldest = entity::Entity::find()
+            .select_only()
+            .column(entity::Column::Seq)
+            .order_by_asc(entity::Column::Seq)
+            .limit(PURGE_BATCH)
+            .into_query();
+        let tx = db.begin_write().await?;
+        let deleted = entity::Entity::delete_many()
+            .filter(entity::Column::Seq.in_subquery(oldest))
+            .filter(entity::Column::PublishedAtMs.lt(cutoff))
+            .exec(&*tx)
+            .await?
+            .rows_affected;
+        tx.commit().await?;
+        purged += deleted;
+        if deleted == 0 {
+            return Ok(purged);
+        }
+    }
+}
+
 /// Takes the PostgreSQL advisory lock [`OUTBOX_LOCK`] for the rest of `tx` if nobody holds it
 /// (true when taken), and lets `tx` commit without waiting for the WAL flush — one statement.
 /// The lock ends with the transaction, also when its process dies.
@@ -574,7 +570,7 @@ pub const OUTBOX_LOCK: i64 = 0x5348_4f55_5442_4f58;
 /// one pass then takes a burst of commits instead of one each (adds at most this to the lag).
 const LINGER: Duration = Duration::from_millis(1);
 
-/// How often the relay deletes rows published longer ago than its retention.
+/// How often rows published longer ago than the retention are deleted.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// Rows one purge statement looks at, oldest first.
