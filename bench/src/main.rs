@@ -525,14 +525,16 @@ impl Bench {
 }
 
 /// Each service's memory when idle and after the load, against its target.
-fn memory(idle: &[(&'static str, Option<f64>)], after: &[(&'static str, Option<f64>)]) -> Vec<Memory> {
+fn memory(idle: &[(&'static str, Option<mesh::Rss>)], after: &[(&'static str, Option<mesh::Rss>)]) -> Vec<Memory> {
     idle.iter()
         .zip(after)
-        .map(|((service, idle_mib), (_, after_mib))| Memory {
+        .map(|((service, idle), (_, after))| Memory {
             service: (*service).to_owned(),
-            idle_mib: *idle_mib,
-            after_load_mib: *after_mib,
-            target: Target::new("< 40 MiB after load", after_mib.is_some_and(|m| m < 40.0)),
+            idle_mib: idle.map(|r| r.total),
+            after_load_mib: after.map(|r| r.total),
+            idle_anon_mib: idle.map(|r| r.anon),
+            after_load_anon_mib: after.map(|r| r.anon),
+            target: Target::new("< 40 MiB after load", after.is_some_and(|r| r.total < 40.0)),
         })
         .collect()
 }

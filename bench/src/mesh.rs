@@ -209,8 +209,8 @@ impl Mesh {
         format!("http://127.0.0.1:{port}")
     }
 
-    /// Resident memory (MiB) of each service now, in start order.
-    pub(crate) fn rss(&self) -> Vec<(&'static str, Option<f64>)> {
+    /// Resident memory of each service now, in start order.
+    pub(crate) fn rss(&self) -> Vec<(&'static str, Option<Rss>)> {
         self.services.iter().map(|s| (s.context.name(), rss_mib(s.pid))).collect()
     }
 
@@ -384,10 +384,30 @@ async fn spawn(bin: &Path, context: Context, port: u16, env: &[(String, String)]
     })
 }
 
-/// `VmRSS` of `pid` in MiB, from `/proc/<pid>/status`.
-pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
+/// Resident memory of a process in MiB: all of it, and its anonymous part.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rss {
+    /// `VmRSS`: every resident page, the binary's and a memory-mapped database file's included.
+    pub(crate) total: f64,
+    /// `RssAnon`: the heap, caches and stacks only.
+    pub(crate) anon: f64,
+}
+
+/// The resident memory of `pid`, from `/proc/<pid>/status`.
+pub(crate) fn rss_mib(pid: u32) -> Option<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let field = |name: &str| -> Option<f64> {
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    };
+    Some(Rss {
+        total: field("VmRSS:")?,
+        anon: field("RssAnon:")?,
+    })
 }

@@ -129,6 +129,10 @@ pub(crate) struct Memory {
     pub(crate) idle_mib: Option<f64>,
     /// After every load scenario, MiB.
     pub(crate) after_load_mib: Option<f64>,
+    /// The anonymous part of `idle_mib` (`RssAnon`: heap, caches, stacks), MiB.
+    pub(crate) idle_anon_mib: Option<f64>,
+    /// The anonymous part of `after_load_mib`, MiB.
+    pub(crate) after_load_anon_mib: Option<f64>,
     /// `< 40 MiB after load`.
     pub(crate) target: Target,
 }
@@ -438,18 +442,19 @@ impl Pass {
         line(
             out,
             format!(
-                "{:<44} {:>9} {:>14}  {}",
-                "resident memory (VmRSS)", "idle MiB", "after load MiB", "target"
+                "{:<44} {:>9} {:>14} {:>16}  {}",
+                "resident memory (VmRSS)", "idle MiB", "after load MiB", "of it anonymous", "target"
             ),
         );
         for m in &self.memory {
             line(
                 out,
                 format!(
-                    "{:<44} {:>9} {:>14}  {}",
+                    "{:<44} {:>9} {:>14} {:>16}  {}",
                     m.service,
                     opt_mib(m.idle_mib),
                     opt_mib(m.after_load_mib),
+                    format!("{} -> {}", opt_mib(m.idle_anon_mib), opt_mib(m.after_load_anon_mib)),
                     Target::cell(Some(&m.target))
                 ),
             );
