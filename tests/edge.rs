@@ -65,7 +65,6 @@ async fn the_whole_journey_in_rest_with_an_identity_providers_rs256_tokens() {
 #[tokio::test]
 async fn the_whole_journey_in_rest_on_postgres() {
     let Some(databases) = PgDatabases::create().await else {
-        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
         return;
     };
     let m = FullMesh::start_on(Some(&databases), &[], &[]).await;

@@ -448,7 +448,6 @@ async fn sigkill_mid_saga_every_saga_ends_booked_or_rejected() {
 #[tokio::test]
 async fn sagas_killed_after_booking_while_catalog_is_down_are_finished_by_exactly_one_replica() {
     let Some(dbs) = PgDatabases::create().await else {
-        eprintln!("SKIPPED: SHAREMESH_TEST_POSTGRES is not set");
         return;
     };
     let nats = NatsServer::spawn();

@@ -209,9 +209,12 @@ pub trait EnvExt: Env {
 
 impl<E: Env + ?Sized> EnvExt for E {}
 
-/// Parses `250ms`, `2s`, `1.5s`, `3m`, `1h`.
+/// Parses `250ms`, `2s`, `1.5s`, `3m`, `1h`, and a bare `0` (zero needs no unit).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
@@ -340,10 +343,7 @@ impl DataConfig {
             },
             nats_url,
             outbox_poll: env.duration_or(ENV_OUTBOX_POLL, Duration::from_millis(500))?,
-            outbox_retention: match env.get(ENV_OUTBOX_RETENTION) {
-                Some(v) if v.trim() == "0" => None,
-                _ => Some(env.duration_or(ENV_OUTBOX_RETENTION, Duration::from_secs(24 * 3600))?).filter(|d| !d.is_zero()),
-            },
+            outbox_retention: Some(env.duration_or(ENV_OUTBOX_RETENTION, Duration::from_secs(24 * 3600))?).filter(|d| !d.is_zero()),
             inbox: crate::events::inbox::InboxPolicy::from_env(env)?,
             streams: stream_settings(env)?,
         })
@@ -359,10 +359,7 @@ fn stream_settings(env: &impl Env) -> Result<crate::events::StreamSettings, Conf
             "JetStream keeps 1 to 5 replicas of a stream",
         ));
     }
-    let max_age = match env.get(ENV_STREAM_MAX_AGE) {
-        Some(v) if v.trim() == "0" => Duration::ZERO,
-        _ => env.duration_or(ENV_STREAM_MAX_AGE, Duration::ZERO)?,
-    };
+    let max_age = env.duration_or(ENV_STREAM_MAX_AGE, Duration::ZERO)?;
     if !max_age.is_zero() && max_age < Duration::from_secs(60) {
         return Err(ConfigError::invalid(
             ENV_STREAM_MAX_AGE,
@@ -474,6 +471,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5").is_err());
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("ms").is_err());
     }
 

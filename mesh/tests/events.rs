@@ -271,7 +271,6 @@ async fn published_rows_are_purged_after_their_retention_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_rows_are_purged_after_their_retention_on_postgres() {
     let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
-        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
         return;
     };
     let db = Db::connect(&pg.url).await.expect("connect");

@@ -52,7 +52,6 @@ async fn sqlite_busy_is_transient() {
 #[tokio::test]
 async fn a_postgres_deadlock_is_transient_and_retried() {
     let Some(pg) = PgDatabase::create().await else {
-        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
         return;
     };
     let db = Db::connect(&pg.url).await.expect("connect");

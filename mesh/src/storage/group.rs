@@ -456,7 +456,6 @@ mod tests {
             })
         }
         let Some(pg) = crate::testing::PgDatabase::create().await else {
-            eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
             return;
         };
         let db = Db::connect(&pg.url).await.expect("connect");

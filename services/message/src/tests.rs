@@ -762,7 +762,6 @@ async fn a_webhook_outage_is_recorded_and_retried_through_the_dispatcher() {
 #[tokio::test]
 async fn on_postgresql_too_events_record_once_and_deliveries_are_retried() {
     let Some(pg) = PgDatabase::create().await else {
-        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
         return;
     };
     let f = fixture_on(&pg.url).await;
@@ -804,7 +803,6 @@ async fn on_postgresql_too_events_record_once_and_deliveries_are_retried() {
 #[tokio::test]
 async fn on_postgresql_two_dispatchers_claim_different_messages_without_waiting() {
     let Some(pg) = PgDatabase::create().await else {
-        eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
         return;
     };
     let f = fixture_on(&pg.url).await;

@@ -177,7 +177,6 @@ async fn concurrent_approvals_of_one_reservation_charge_once() {
 #[tokio::test]
 async fn on_postgres_concurrent_approvals_from_two_replicas_charge_once() {
     let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
-        eprintln!("SKIPPED: SHAREMESH_TEST_POSTGRES is not set");
         return;
     };
     let replica = || async {

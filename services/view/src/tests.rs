@@ -387,7 +387,6 @@ fn busy_history(n: usize) -> Vec<IncomingEvent> {
 #[tokio::test]
 async fn two_concurrent_projectors_on_postgres_end_as_a_serial_run() {
     let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
-        eprintln!("SKIPPED: SHAREMESH_TEST_POSTGRES is not set");
         return;
     };
     let (serial, _dir) = fresh_db().await;

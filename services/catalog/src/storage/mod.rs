@@ -143,7 +143,6 @@ mod tests {
     #[tokio::test]
     async fn on_postgresql_replicas_migrating_at_once_all_come_up() {
         let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
-            eprintln!("SKIPPED: set SHAREMESH_TEST_POSTGRES (make test does) to run this test on PostgreSQL");
             return;
         };
         let mut replicas = Vec::new();
