@@ -7,6 +7,7 @@
 pub mod group;
 mod parked;
 pub mod pg_reads;
+pub mod pg_writes;
 pub mod reads;
 pub mod writes;
 
@@ -29,6 +30,9 @@ pub struct Db {
     readers: Option<Arc<reads::SqliteReaders>>,
     /// PostgreSQL only: connections kept out of the pool for reads ([`pg_reads`]).
     pg_readers: Option<Arc<pg_reads::PgReaders>>,
+    /// PostgreSQL only: connections write transactions keep between transactions
+    /// ([`pg_writes`]).
+    pg_writers: Option<Arc<pg_writes::PgWriters>>,
     /// SQLite file only: the connection write transactions run on, on the calling thread
     /// ([`writes`]).
     writer: Option<Arc<writes::SqliteWriter>>,
@@ -95,13 +99,12 @@ impl Db {
         }
         let conn = sea_orm::Database::connect(opts).await?;
         let write_lock = sqlite.then(|| Arc::new(Mutex::new(())));
+        let pg_pool = (conn.get_database_backend() == DatabaseBackend::Postgres).then(|| conn.get_postgres_connection_pool().clone());
         let mut db = Self {
             writer: write_lock.as_ref().and_then(|lock| sqlite_writer(url, lock.clone())),
             readers: reads::SqliteReaders::for_url(url).map(Arc::new),
-            pg_readers: (conn.get_database_backend() == DatabaseBackend::Postgres)
-                .then(|| pg_reads::PgReaders::new(conn.get_postgres_connection_pool().clone()))
-                .flatten()
-                .map(Arc::new),
+            pg_readers: pg_pool.clone().and_then(pg_reads::PgReaders::new).map(Arc::new),
+            pg_writers: pg_pool.map(|pool| Arc::new(pg_writes::PgWriters::new(pool))),
             conn,
             write_lock,
             outbox_wakeup: Arc::new(Notify::new()),
@@ -146,6 +149,12 @@ impl Db {
         self.readers.as_ref().map_or(0, |r| r.direct_reads()) + self.pg_readers.as_ref().map_or(0, |r| r.direct_reads())
     }
 
+    /// Write transactions that began on a connection kept from an earlier one (PostgreSQL,
+    /// [`pg_writes`]) instead of one from the pool.
+    pub fn kept_write_begins(&self) -> u64 {
+        self.pg_writers.as_ref().map_or(0, |w| w.kept_begins())
+    }
+
     /// SQLite or PostgreSQL.
     pub fn backend(&self) -> DatabaseBackend {
         self.conn.get_database_backend()
@@ -169,6 +178,14 @@ impl Db {
             writer.begin().await?;
             return Ok(WriteTxn {
                 txn: Some(TxnConn::Sqlite(writer.clone())),
+                guard,
+                wrote_outbox: AtomicBool::new(false),
+                wakeup: self.outbox_wakeup.clone(),
+            });
+        }
+        if let Some(writers) = &self.pg_writers {
+            return Ok(WriteTxn {
+                txn: Some(TxnConn::Pg(writers.begin().await?)),
                 guard,
                 wrote_outbox: AtomicBool::new(false),
                 wakeup: self.outbox_wakeup.clone(),
@@ -312,10 +329,13 @@ pub struct WriteTxn {
 }
 
 /// What a [`WriteTxn`] runs its statements on: the SQLite file's writer, on the calling thread
-/// ([`writes`]), or a sea-orm transaction on the pool (PostgreSQL, in-memory SQLite).
+/// ([`writes`]), a PostgreSQL connection the writers keep ([`pg_writes`]), or a sea-orm
+/// transaction on the pool (in-memory SQLite).
 pub enum TxnConn {
     /// A transaction open on the SQLite writer.
     Sqlite(Arc<writes::SqliteWriter>),
+    /// A transaction on a PostgreSQL connection of the writers.
+    Pg(pg_writes::PgTxn),
     /// A transaction on a pooled connection.
     Pool(DatabaseTransaction),
 }
@@ -325,6 +345,7 @@ impl ConnectionTrait for TxnConn {
     fn get_database_backend(&self) -> DatabaseBackend {
         match self {
             Self::Sqlite(_) => DatabaseBackend::Sqlite,
+            Self::Pg(_) => DatabaseBackend::Postgres,
             Self::Pool(txn) => txn.get_database_backend(),
         }
     }
@@ -332,6 +353,7 @@ impl ConnectionTrait for TxnConn {
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         match self {
             Self::Sqlite(writer) => writes::exec_result(writer.execute(&stmt)?).await,
+            Self::Pg(txn) => txn.execute(stmt).await,
             Self::Pool(txn) => txn.execute_raw(stmt).await,
         }
     }
@@ -339,6 +361,7 @@ impl ConnectionTrait for TxnConn {
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         match self {
             Self::Sqlite(writer) => writes::exec_result(writer.execute_unprepared(sql)?).await,
+            Self::Pg(txn) => txn.execute_unprepared(sql).await,
             Self::Pool(txn) => txn.execute_unprepared(sql).await,
         }
     }
@@ -346,6 +369,7 @@ impl ConnectionTrait for TxnConn {
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         match self {
             Self::Sqlite(writer) => Ok(writes::query_results(writer.query(&stmt, 1)?).await?.pop()),
+            Self::Pg(txn) => txn.query_one(stmt).await,
             Self::Pool(txn) => txn.query_one_raw(stmt).await,
         }
     }
@@ -353,6 +377,7 @@ impl ConnectionTrait for TxnConn {
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match self {
             Self::Sqlite(writer) => writes::query_results(writer.query(&stmt, usize::MAX)?).await,
+            Self::Pg(txn) => txn.query_all(stmt).await,
             Self::Pool(txn) => txn.query_all_raw(stmt).await,
         }
     }
@@ -376,6 +401,7 @@ impl WriteTxn {
                 // among them, off this worker thread.
                 tokio::task::yield_now().await;
             }
+            TxnConn::Pg(txn) => txn.commit().await?,
             TxnConn::Pool(txn) => txn.commit().await?,
         }
         if self.wrote_outbox.load(Ordering::Relaxed) {
@@ -388,6 +414,11 @@ impl WriteTxn {
     pub async fn rollback(mut self) {
         match self.txn.take() {
             Some(TxnConn::Sqlite(writer)) => writer.rollback(),
+            Some(TxnConn::Pg(txn)) => {
+                if let Err(e) = txn.rollback().await {
+                    tracing::warn!(error = %e, "rollback failed");
+                }
+            }
             Some(TxnConn::Pool(txn)) => {
                 if let Err(e) = txn.rollback().await {
                     tracing::warn!(error = %e, "rollback failed");
@@ -412,6 +443,11 @@ impl Drop for WriteTxn {
         let txn = match txn {
             TxnConn::Sqlite(writer) => {
                 writer.rollback();
+                return;
+            }
+            // Queues its ROLLBACK; the pool's ping sends it.
+            TxnConn::Pg(txn) => {
+                drop(txn);
                 return;
             }
             TxnConn::Pool(txn) => txn,

@@ -1,12 +1,12 @@
-//! The bookkeeping both readers share ([`super::reads`] on SQLite, [`super::pg_reads`] on
-//! PostgreSQL): connections kept beside the pool, at most so many, and a count of the reads they
-//! answered.
+//! The bookkeeping the readers ([`super::reads`] on SQLite, [`super::pg_reads`] on PostgreSQL)
+//! and PostgreSQL's writers ([`super::pg_writes`]) share: connections kept beside the pool, at
+//! most so many, and a count of the uses (reads, transactions) they served.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Connections `C` a reader keeps: the idle ones, how many exist (idle or in use) out of at most
-/// `max`, and how many reads they answered. Taking one never waits.
+/// Connections `C` kept beside a pool: the idle ones, how many exist (idle or in use) out of at
+/// most `max`, and how many uses they served. Taking one never waits.
 pub(super) struct Parked<C> {
     idle: Mutex<Vec<C>>,
     count: AtomicUsize,
@@ -29,7 +29,7 @@ impl<C> Parked<C> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    /// Parks a connection in use again, for the next read.
+    /// Parks a connection in use again, for the next use.
     pub(super) fn push(&self, conn: C) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }
@@ -48,13 +48,13 @@ impl<C> Parked<C> {
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Counts a read answered on a parked connection.
+    /// Counts a use (a read, a transaction) served by a parked connection.
     pub(super) fn answered(&self) {
         self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Reads answered on parked connections so far.
-    pub(super) fn reads(&self) -> u64 {
+    /// Uses served by parked connections so far.
+    pub(super) fn uses(&self) -> u64 {
         self.answered.load(Ordering::Relaxed)
     }
 }

@@ -11,7 +11,9 @@
 //! The kept connections count in the pool's size (`SHAREMESH_DB_POOL`), and the writers come
 //! first: a quarter of what the pool has beyond [`super::group::PG_WRITERS`] + 4 connections (for
 //! the group writers, the event consumers, the relay and the dispatcher) is kept — none up to a
-//! pool of 11 (the chart's default of 5 keeps none), 2 of the services' default 16. A read gives
+//! pool of 11 (the chart's default of 5 keeps none), 2 of the services' default 16. (The write
+//! transactions keep up to half the pool the same way, [`super::pg_writes`]: at most 10 of 16
+//! connections are kept in all.) A read gives
 //! its connection back instead of keeping it while the pool has nothing to spare, and a
 //! connection idle for [`MAX_IDLE`] is closed rather than used (a proxy or firewall may have
 //! dropped it without a word; the pool pings such a connection before it hands it out, these
@@ -55,7 +57,7 @@ impl PgReaders {
 
     /// Reads answered here so far (the rest went to the pool).
     pub(super) fn direct_reads(&self) -> u64 {
-        self.kept.reads()
+        self.kept.uses()
     }
 
     /// The models `select` finds (or the SQL error the pool would answer too), read on a kept

@@ -58,7 +58,7 @@ impl SqliteReaders {
 
     /// Reads answered here so far (the rest went to the pool).
     pub(super) fn direct_reads(&self) -> u64 {
-        self.readers.reads()
+        self.readers.uses()
     }
 
     /// The models `select` finds, read on the calling thread; `None` when the read must run on
