@@ -130,7 +130,7 @@ impl PgReaders {
 
 /// True for an error after which the server closes the session (severity FATAL or PANIC, such
 /// as an administrator's `pg_terminate_backend`), or one that is not PostgreSQL's.
-fn ends_the_session(e: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
+pub(super) fn ends_the_session(e: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
     use sea_orm::sqlx::postgres::{PgDatabaseError, PgSeverity};
     e.try_downcast_ref::<PgDatabaseError>()
         .is_none_or(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic))

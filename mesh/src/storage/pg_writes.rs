@@ -14,8 +14,9 @@
 //! instead of being kept when the pool has nothing to spare at that moment, when its transaction
 //! did not end cleanly (a failed COMMIT or ROLLBACK, a transaction dropped mid-statement: the
 //! pool's ping then finishes the queued ROLLBACK, or closes a broken connection), and when it sat
-//! idle for [`super::pg_reads::MAX_IDLE`] (closed rather than trusted). A kept connection the
-//! server closed fails its BEGIN: the transaction then begins on the pool instead.
+//! idle for [`super::pg_reads::MAX_IDLE`] (closed rather than trusted). A connection the server
+//! closed (kept or pooled) fails its BEGIN before anything ran on it: it is closed and the
+//! transaction begins on another.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,28 +55,52 @@ impl PgWriters {
     }
 
     /// Begins a transaction on a kept connection, or on one from the pool (waiting for it as
-    /// the pool makes callers wait).
+    /// the pool makes callers wait). A connection the server closed fails its BEGIN, before
+    /// anything ran on it: it is closed and the next one is tried, up to one more than the pool
+    /// holds, so a restarted server or a terminated session costs no write an error.
     pub(super) async fn begin(self: &Arc<Self>) -> Result<PgTxn, DbErr> {
-        if let Some((mut conn, last_used)) = self.kept.pop() {
-            if last_used.elapsed() < MAX_IDLE {
-                match PgTransactionManager::begin(&mut conn, None).await {
-                    Ok(()) => {
-                        self.kept.answered();
-                        return Ok(self.txn(conn, true));
-                    }
-                    // Back to the pool, whose ping closes it if it is broken; the pool serves.
-                    Err(e) => tracing::debug!(error = %e, "BEGIN failed on a kept PostgreSQL connection; beginning on the pool"),
-                }
-            } else {
-                // Closed (sqlx bounds the close) rather than trusted.
-                conn.close_on_drop();
-            }
-            self.kept.release();
+        if let Some(txn) = self.begin_kept().await {
+            return Ok(txn);
         }
-        let mut conn = self.pool.acquire().await.map_err(acquire_err)?;
-        PgTransactionManager::begin(&mut conn, None).await.map_err(query_err)?;
-        let kept = self.kept.reserve();
-        Ok(self.txn(conn, kept))
+        let mut tries = self.pool.options().get_max_connections() + 1;
+        loop {
+            let mut conn = self.pool.acquire().await.map_err(acquire_err)?;
+            match PgTransactionManager::begin(&mut conn, None).await {
+                Ok(()) => {
+                    let kept = self.kept.reserve();
+                    return Ok(self.txn(conn, kept));
+                }
+                Err(e) if tries > 1 && session_gone(&e) => {
+                    tracing::debug!(error = %e, "BEGIN failed on a closed PostgreSQL connection; trying another");
+                    conn.close_on_drop();
+                    tries -= 1;
+                }
+                Err(e) => return Err(query_err(e)),
+            }
+        }
+    }
+
+    /// A transaction begun on an idle kept connection, if one is kept and its BEGIN succeeds
+    /// (otherwise the connection is closed or goes back to the pool).
+    async fn begin_kept(self: &Arc<Self>) -> Option<PgTxn> {
+        let (mut conn, last_used) = self.kept.pop()?;
+        if last_used.elapsed() < MAX_IDLE {
+            match PgTransactionManager::begin(&mut conn, None).await {
+                Ok(()) => {
+                    self.kept.answered();
+                    return Some(self.txn(conn, true));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "BEGIN failed on a kept PostgreSQL connection; beginning on the pool");
+                    conn.close_on_drop();
+                }
+            }
+        } else {
+            // Closed (sqlx bounds the close) rather than trusted.
+            conn.close_on_drop();
+        }
+        self.kept.release();
+        None
     }
 
     fn txn(self: &Arc<Self>, conn: PoolConnection<Postgres>, kept: bool) -> PgTxn {
@@ -197,6 +222,16 @@ fn query(stmt: &Statement) -> sea_orm::sqlx::query::Query<'_, Postgres, SqlxValu
     sea_orm::sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
 }
 
+/// True for an error after which the connection is of no further use: the server ended the
+/// session (FATAL, such as `pg_terminate_backend` or a shutdown) or the socket failed.
+fn session_gone(e: &sea_orm::sqlx::Error) -> bool {
+    match e {
+        sea_orm::sqlx::Error::Io(_) => true,
+        sea_orm::sqlx::Error::Database(e) => super::pg_reads::ends_the_session(e.as_ref()),
+        _ => false,
+    }
+}
+
 fn finished() -> DbErr {
     DbErr::Custom("transaction already finished".into())
 }
@@ -243,7 +278,8 @@ mod tests {
 
     /// Write transactions begin on the connection the previous one ended on; what they commit is
     /// committed, what they roll back or drop is not, a failed statement fails its transaction
-    /// only, and a kept connection the server closed costs nothing but a trip to the pool.
+    /// only, and sessions the server ended (the kept one and the pool's idle ones) cost the next
+    /// transaction nothing but a few failed BEGINs.
     #[tokio::test]
     async fn on_postgresql_write_transactions_reuse_kept_connections_and_survive_a_closed_one() {
         let Some(pg) = crate::testing::PgDatabase::create().await else {
@@ -287,14 +323,27 @@ mod tests {
         tx.commit().await.expect("commit");
         assert_eq!(count(&db).await, 2, "only 1 and 5 committed");
 
-        // The server ends the kept session: the next transaction begins on the pool and commits.
+        // The server ends every session of the database but the one asking (as a restart or a
+        // failover would): the next transaction still commits, on a new connection.
         let tx = db.begin_write().await.expect("begin");
         let kept_pid = backend_pid(&tx).await;
         tx.commit().await.expect("commit");
-        db.conn()
-            .execute_unprepared(&format!("SELECT pg_terminate_backend({kept_pid})"))
+        // Reads at once open more of the pool's connections, idle in the pool afterwards.
+        let reads = (0..4).map(|_| db.conn().execute_unprepared("SELECT pg_sleep(0.05)"));
+        for read in futures::future::join_all(reads).await {
+            read.expect("read");
+        }
+        let ended = db
+            .conn()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            ))
             .await
-            .expect("terminate");
+            .expect("terminate")
+            .expect("a row");
+        assert!(ended.try_get::<i64>("", "n").expect("n") >= 1);
         let tx = db.begin_write().await.expect("begin after its kept connection was closed");
         assert_ne!(backend_pid(&tx).await, kept_pid);
         tx.execute_raw(insert(6)).await.expect("insert");
