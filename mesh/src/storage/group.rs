@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::FutureExt;
-use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr};
+use sea_orm::DbErr;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
 
@@ -49,6 +49,7 @@ pub const MAX_UNITS: usize = 64;
 pub const PG_WRITERS: usize = 4;
 /// How long a unit in a group of several waits for a row lock on PostgreSQL (see
 /// [`run_together`]).
+/// (Sent with the group's BEGIN: no round trip of its own.)
 const GROUP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '50ms'";
 /// Units waiting for a writer before callers wait to queue.
 const QUEUE: usize = 4096;
@@ -225,17 +226,13 @@ async fn run_groups(db: &Db, units: Vec<Box<dyn Job>>, commits: &AtomicU64) {
 }
 
 async fn run_together(db: &Db, group: &mut [Box<dyn Job>], commits: &AtomicU64) -> Together {
-    let Ok(tx) = db.begin_write().await else {
+    // Units of one group take row locks in turn and hold them to the end: two groups (of this
+    // replica's writers, or of two replicas) can wait for each other. On PostgreSQL a unit that
+    // waits longer than the group's lock timeout fails the group, which releases its locks; the
+    // unit then runs alone, and waits as long as it has to.
+    let Ok(tx) = db.begin_write_with(Some(GROUP_LOCK_TIMEOUT)).await else {
         return Together::RolledBack;
     };
-    // Units of one group take row locks in turn and hold them to the end: two groups (of this
-    // replica's writers, or of two replicas) can wait for each other. A unit that waits longer
-    // than this fails the group, which releases its locks; the unit then runs alone, and waits
-    // as long as it has to.
-    if db.backend() == DatabaseBackend::Postgres && tx.execute_unprepared(GROUP_LOCK_TIMEOUT).await.is_err() {
-        tx.rollback().await;
-        return Together::RolledBack;
-    }
     for (i, job) in group.iter_mut().enumerate() {
         if !job.run(&tx).await {
             tx.rollback().await;

@@ -170,41 +170,37 @@ impl Db {
 
     /// Starts a write transaction. Dropping it without [`WriteTxn::commit`] rolls back.
     pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
+        self.begin_write_with(None).await
+    }
+
+    /// [`Db::begin_write`]; on PostgreSQL `pg_settings` (such as `SET LOCAL lock_timeout = …`)
+    /// runs in the same round trip as the BEGIN, for this transaction only. Other backends have
+    /// no such settings and ignore it.
+    pub(crate) async fn begin_write_with(&self, pg_settings: Option<&'static str>) -> Result<WriteTxn, DbErr> {
         let guard = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        if let Some(writer) = &self.writer {
-            writer.begin().await?;
-            return Ok(WriteTxn {
-                txn: Some(TxnConn::Sqlite(writer.clone())),
-                guard,
-                wrote_outbox: AtomicBool::new(false),
-                wakeup: self.outbox_wakeup.clone(),
-            });
-        }
-        if let Some(writers) = &self.pg_writers {
-            return Ok(WriteTxn {
-                txn: Some(TxnConn::Pg(writers.begin().await?)),
-                guard,
-                wrote_outbox: AtomicBool::new(false),
-                wakeup: self.outbox_wakeup.clone(),
-            });
-        }
-        // BEGIN IMMEDIATE on SQLite: take the write lock up front, so a writer in another
-        // process (a second instance during a restart) makes this one wait (busy timeout)
-        // instead of failing with SQLITE_BUSY_SNAPSHOT when it upgrades from reading to writing.
-        let txn = if self.write_lock.is_some() {
-            let options = sea_orm::TransactionOptions {
-                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-                ..Default::default()
-            };
-            self.conn.begin_with_options(options).await?
-        } else {
-            self.conn.begin().await?
+        let txn = match (&self.writer, &self.pg_writers) {
+            (Some(writer), _) => {
+                writer.begin().await?;
+                TxnConn::Sqlite(writer.clone())
+            }
+            (None, Some(writers)) => TxnConn::Pg(writers.begin(pg_settings).await?),
+            // SQLite without a writer of its own (in memory, or a file it could not open): BEGIN
+            // IMMEDIATE takes the write lock up front, so a writer in another process (a second
+            // instance during a restart) makes this one wait (busy timeout) instead of failing
+            // with SQLITE_BUSY_SNAPSHOT when it upgrades from reading to writing.
+            (None, None) => {
+                let options = sea_orm::TransactionOptions {
+                    sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                    ..Default::default()
+                };
+                TxnConn::Pool(self.conn.begin_with_options(options).await?)
+            }
         };
         Ok(WriteTxn {
-            txn: Some(TxnConn::Pool(txn)),
+            txn: Some(txn),
             guard,
             wrote_outbox: AtomicBool::new(false),
             wakeup: self.outbox_wakeup.clone(),
@@ -330,7 +326,7 @@ pub struct WriteTxn {
 
 /// What a [`WriteTxn`] runs its statements on: the SQLite file's writer, on the calling thread
 /// ([`writes`]), a PostgreSQL connection the writers keep ([`pg_writes`]), or a sea-orm
-/// transaction on the pool (in-memory SQLite).
+/// transaction on the pool (SQLite in memory).
 pub enum TxnConn {
     /// A transaction open on the SQLite writer.
     Sqlite(Arc<writes::SqliteWriter>),

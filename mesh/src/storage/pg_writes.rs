@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::postgres::PgTransactionManager;
-use sea_orm::sqlx::{AssertSqlSafe, Executor, PgPool, Postgres};
+use sea_orm::sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, SqlSafeStr, SqlStr};
 use sea_orm::{ConnAcquireErr, DbErr, ExecResult, QueryResult, RuntimeErr, Statement, Values};
 use sea_query_sqlx::SqlxValues;
 use sqlx_core::transaction::TransactionManager;
@@ -58,14 +58,16 @@ impl PgWriters {
     /// the pool makes callers wait). A connection the server closed fails its BEGIN, before
     /// anything ran on it: it is closed and the next one is tried, up to one more than the pool
     /// holds, so a restarted server or a terminated session costs no write an error.
-    pub(super) async fn begin(self: &Arc<Self>) -> Result<PgTxn, DbErr> {
-        if let Some(txn) = self.begin_kept().await {
+    ///
+    /// `settings` (statements such as `SET LOCAL …`) run in the same round trip as the BEGIN.
+    pub(super) async fn begin(self: &Arc<Self>, settings: Option<&'static str>) -> Result<PgTxn, DbErr> {
+        if let Some(txn) = self.begin_kept(settings).await {
             return Ok(txn);
         }
         let mut tries = self.pool.options().get_max_connections() + 1;
         loop {
             let mut conn = self.pool.acquire().await.map_err(acquire_err)?;
-            match PgTransactionManager::begin(&mut conn, None).await {
+            match PgTransactionManager::begin(&mut conn, begin_sql(settings)).await {
                 Ok(()) => {
                     let kept = self.kept.reserve();
                     return Ok(self.txn(conn, kept));
@@ -82,10 +84,10 @@ impl PgWriters {
 
     /// A transaction begun on an idle kept connection, if one is kept and its BEGIN succeeds
     /// (otherwise the connection is closed or goes back to the pool).
-    async fn begin_kept(self: &Arc<Self>) -> Option<PgTxn> {
+    async fn begin_kept(self: &Arc<Self>, settings: Option<&'static str>) -> Option<PgTxn> {
         let (mut conn, last_used) = self.kept.pop()?;
         if last_used.elapsed() < MAX_IDLE {
-            match PgTransactionManager::begin(&mut conn, None).await {
+            match PgTransactionManager::begin(&mut conn, begin_sql(settings)).await {
                 Ok(()) => {
                     self.kept.answered();
                     return Some(self.txn(conn, true));
@@ -220,6 +222,12 @@ impl Drop for PgTxn {
 fn query(stmt: &Statement) -> sea_orm::sqlx::query::Query<'_, Postgres, SqlxValues> {
     let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
     sea_orm::sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+}
+
+/// What BEGIN sends: sqlx's own `BEGIN`, or `BEGIN` and `settings` as one simple query (one
+/// round trip; sqlx checks the session is in a transaction afterwards).
+fn begin_sql(settings: Option<&'static str>) -> Option<SqlStr> {
+    settings.map(|settings| AssertSqlSafe(format!("BEGIN; {settings}")).into_sql_str())
 }
 
 /// True for an error after which the connection is of no further use: the server ended the
