@@ -211,7 +211,7 @@ impl Mesh {
 
     /// Resident memory of each service now, in start order.
     pub(crate) fn rss(&self) -> Vec<(&'static str, Option<Rss>)> {
-        self.services.iter().map(|s| (s.context.name(), rss_mib(s.pid))).collect()
+        self.services.iter().map(|s| (s.context.name(), rss_of(s.pid))).collect()
     }
 
     /// Kills every service and drops its PostgreSQL database (nats-server goes when `self`
@@ -394,7 +394,7 @@ pub(crate) struct Rss {
 }
 
 /// The resident memory of `pid`, from `/proc/<pid>/status`.
-pub(crate) fn rss_mib(pid: u32) -> Option<Rss> {
+pub(crate) fn rss_of(pid: u32) -> Option<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<f64> {
         let kib: f64 = status

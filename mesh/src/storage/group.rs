@@ -48,8 +48,7 @@ pub const MAX_UNITS: usize = 64;
 /// Groups PostgreSQL runs at once (SQLite: one).
 pub const PG_WRITERS: usize = 4;
 /// How long a unit in a group of several waits for a row lock on PostgreSQL (see
-/// [`run_together`]).
-/// (Sent with the group's BEGIN: no round trip of its own.)
+/// [`run_together`]); sent with the group's BEGIN, no round trip of its own.
 const GROUP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '50ms'";
 /// Units waiting for a writer before callers wait to queue.
 const QUEUE: usize = 4096;

@@ -6,6 +6,7 @@
 
 pub mod group;
 mod parked;
+mod pg_conns;
 pub mod pg_reads;
 pub mod pg_writes;
 pub mod reads;
@@ -408,19 +409,17 @@ impl WriteTxn {
 
     /// Rolls back now (dropping does it too); a failed rollback is logged.
     pub async fn rollback(mut self) {
-        match self.txn.take() {
-            Some(TxnConn::Sqlite(writer)) => writer.rollback(),
-            Some(TxnConn::Pg(txn)) => {
-                if let Err(e) = txn.rollback().await {
-                    tracing::warn!(error = %e, "rollback failed");
-                }
+        let rolled_back = match self.txn.take() {
+            Some(TxnConn::Sqlite(writer)) => {
+                writer.rollback();
+                Ok(())
             }
-            Some(TxnConn::Pool(txn)) => {
-                if let Err(e) = txn.rollback().await {
-                    tracing::warn!(error = %e, "rollback failed");
-                }
-            }
-            None => {}
+            Some(TxnConn::Pg(txn)) => txn.rollback().await,
+            Some(TxnConn::Pool(txn)) => txn.rollback().await,
+            None => Ok(()),
+        };
+        if let Err(e) = rolled_back {
+            tracing::warn!(error = %e, "rollback failed");
         }
     }
 

@@ -11,7 +11,7 @@ pub(super) struct Parked<C> {
     idle: Mutex<Vec<C>>,
     count: AtomicUsize,
     max: usize,
-    answered: AtomicU64,
+    served: AtomicU64,
 }
 
 impl<C> Parked<C> {
@@ -20,7 +20,7 @@ impl<C> Parked<C> {
             idle: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
             max,
-            answered: AtomicU64::new(0),
+            served: AtomicU64::new(0),
         }
     }
 
@@ -49,13 +49,13 @@ impl<C> Parked<C> {
     }
 
     /// Counts a use (a read, a transaction) served by a parked connection.
-    pub(super) fn answered(&self) {
-        self.answered.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn served(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Uses served by parked connections so far.
     pub(super) fn uses(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
+        self.served.load(Ordering::Relaxed)
     }
 }
 

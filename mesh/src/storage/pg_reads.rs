@@ -15,24 +15,21 @@
 //! transactions keep up to half the pool the same way, [`super::pg_writes`]: at most 10 of 16
 //! connections are kept in all.) A read gives
 //! its connection back instead of keeping it while the pool has nothing to spare, and a
-//! connection idle for [`MAX_IDLE`] is closed rather than used (a proxy or firewall may have
+//! connection idle for [`pg_conns::MAX_IDLE`] is closed rather than used (a proxy or firewall may have
 //! dropped it without a word; the pool pings such a connection before it hands it out, these
 //! readers never ping). An SQL error is answered as the pool would answer it. When every kept
 //! connection is busy, or a read fails on one for any other reason (a connection the server
 //! closed), the read runs on the pool instead — so a read here answers what the pool would
 //! have — and the failed connection goes back to the pool, whose ping closes it if it is broken.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sea_orm::sqlx::pool::PoolConnection;
-use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres};
-use sea_orm::{DatabaseBackend, DbErr, EntityTrait, FromQueryResult, QueryResult, QueryTrait, RuntimeErr, Select, Statement, Values};
-use sea_query_sqlx::SqlxValues;
+use sea_orm::sqlx::{PgPool, Postgres};
+use sea_orm::{DatabaseBackend, DbErr, EntityTrait, FromQueryResult, QueryResult, QueryTrait, Select};
 
 use super::parked::Parked;
-
-/// How long a kept connection may sit unused before it is closed instead of used.
-pub const MAX_IDLE: Duration = Duration::from_secs(30);
+use super::pg_conns::{self, KeptConns};
 
 /// Connections of the pool left to the writers before any is kept for reads.
 const LEFT_TO_WRITERS: usize = super::group::PG_WRITERS + 4;
@@ -41,7 +38,7 @@ const LEFT_TO_WRITERS: usize = super::group::PG_WRITERS + 4;
 pub(super) struct PgReaders {
     pool: PgPool,
     /// Connections taken from the pool; an idle one with the time it was last used.
-    kept: Parked<(PoolConnection<Postgres>, Instant)>,
+    kept: KeptConns,
 }
 
 impl PgReaders {
@@ -64,15 +61,14 @@ impl PgReaders {
     /// connection; `None` when the read must run on the pool instead.
     pub(super) async fn models<E: EntityTrait>(&self, select: &Select<E>) -> Option<Result<Vec<E::Model>, DbErr>> {
         let mut kept = self.take()?;
-        let Statement { sql, values, .. } = select.build(DatabaseBackend::Postgres);
-        let query = sea_orm::sqlx::query_with(AssertSqlSafe(sql.as_str()), SqlxValues(values.unwrap_or(Values(Vec::new()))));
-        let rows = match query.fetch_all(&mut **kept.conn.as_mut()?).await {
+        let stmt = select.build(DatabaseBackend::Postgres);
+        let rows = match pg_conns::bind(&stmt).fetch_all(&mut **kept.conn.as_mut()?).await {
             Ok(rows) => rows,
             // The server refused the statement and the session goes on: the pool would answer
             // the same error (as sea-orm maps it).
-            Err(sea_orm::sqlx::Error::Database(e)) if !ends_the_session(e.as_ref()) => {
+            Err(e @ sea_orm::sqlx::Error::Database(_)) if !pg_conns::session_gone(&e) => {
                 self.give_back(kept);
-                return Some(Err(DbErr::Query(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(e).into()))));
+                return Some(Err(pg_conns::query_err(e)));
             }
             Err(e) => {
                 // Back to the pool (its ping closes a broken connection); the pool runs the read.
@@ -81,7 +77,7 @@ impl PgReaders {
             }
         };
         self.give_back(kept);
-        self.kept.answered();
+        self.kept.served();
         // Rows become models as sea-orm's own driver makes them: the same error if one does not fit.
         Some(
             rows.into_iter()
@@ -93,14 +89,8 @@ impl PgReaders {
     /// An idle kept connection, or one more from the pool if fewer than `max` are kept and the
     /// pool has one idle now (never waits).
     fn take(&self) -> Option<Kept<'_>> {
-        let conn = match self.kept.pop() {
-            Some((conn, last_used)) if last_used.elapsed() < MAX_IDLE => conn,
-            Some((mut stale, _)) => {
-                // Closed (sqlx bounds the close) rather than trusted; the pool serves this read.
-                stale.close_on_drop();
-                self.kept.release();
-                return None;
-            }
+        let conn = match pg_conns::pop_fresh(&self.kept) {
+            Some(conn) => conn,
             None if self.kept.reserve() => match self.pool.try_acquire() {
                 Some(conn) => conn,
                 None => {
@@ -120,20 +110,13 @@ impl PgReaders {
     /// connection, or fewer open than its maximum); when the pool is saturated it goes back to
     /// the pool instead, so reads never hold connections the writers are waiting for.
     fn give_back(&self, mut kept: Kept<'_>) {
-        let spare = self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections();
-        if spare && let Some(conn) = kept.conn.take() {
+        if pg_conns::pool_has_room(&self.pool)
+            && let Some(conn) = kept.conn.take()
+        {
             self.kept.push((conn, Instant::now()));
         }
         // Otherwise `kept` drops here: the connection goes back to the pool.
     }
-}
-
-/// True for an error after which the server closes the session (severity FATAL or PANIC, such
-/// as an administrator's `pg_terminate_backend`), or one that is not PostgreSQL's.
-pub(super) fn ends_the_session(e: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
-    use sea_orm::sqlx::postgres::{PgDatabaseError, PgSeverity};
-    e.try_downcast_ref::<PgDatabaseError>()
-        .is_none_or(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic))
 }
 
 /// A kept connection in use. Dropped without [`PgReaders::give_back`] (a failed read, or the

@@ -14,7 +14,7 @@
 //! instead of being kept when the pool has nothing to spare at that moment, when its transaction
 //! did not end cleanly (a failed COMMIT or ROLLBACK, a transaction dropped mid-statement: the
 //! pool's ping then finishes the queued ROLLBACK, or closes a broken connection), and when it sat
-//! idle for [`super::pg_reads::MAX_IDLE`] (closed rather than trusted). A connection the server
+//! idle for [`pg_conns::MAX_IDLE`] (closed rather than trusted). A connection the server
 //! closed (kept or pooled) fails its BEGIN before anything ran on it: it is closed and the
 //! transaction begins on another.
 
@@ -24,19 +24,18 @@ use std::time::Instant;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::postgres::PgTransactionManager;
 use sea_orm::sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, SqlSafeStr, SqlStr};
-use sea_orm::{ConnAcquireErr, DbErr, ExecResult, QueryResult, RuntimeErr, Statement, Values};
-use sea_query_sqlx::SqlxValues;
+use sea_orm::{DbErr, ExecResult, QueryResult, Statement};
 use sqlx_core::transaction::TransactionManager;
 use tokio::sync::Mutex;
 
 use super::parked::Parked;
-use super::pg_reads::MAX_IDLE;
+use super::pg_conns::{self, KeptConns, acquire_err, exec_err, query_err};
 
 /// Connections a PostgreSQL database's write transactions keep between transactions.
 pub(super) struct PgWriters {
     pool: PgPool,
     /// Connections kept; an idle one with the time its last transaction ended.
-    kept: Parked<(PoolConnection<Postgres>, Instant)>,
+    kept: KeptConns,
 }
 
 impl PgWriters {
@@ -72,7 +71,7 @@ impl PgWriters {
                     let kept = self.kept.reserve();
                     return Ok(self.txn(conn, kept));
                 }
-                Err(e) if tries > 1 && session_gone(&e) => {
+                Err(e) if tries > 1 && pg_conns::session_gone(&e) => {
                     tracing::debug!(error = %e, "BEGIN failed on a closed PostgreSQL connection; trying another");
                     conn.close_on_drop();
                     tries -= 1;
@@ -85,24 +84,19 @@ impl PgWriters {
     /// A transaction begun on an idle kept connection, if one is kept and its BEGIN succeeds
     /// (otherwise the connection is closed or goes back to the pool).
     async fn begin_kept(self: &Arc<Self>, settings: Option<&'static str>) -> Option<PgTxn> {
-        let (mut conn, last_used) = self.kept.pop()?;
-        if last_used.elapsed() < MAX_IDLE {
-            match PgTransactionManager::begin(&mut conn, begin_sql(settings)).await {
-                Ok(()) => {
-                    self.kept.answered();
-                    return Some(self.txn(conn, true));
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "BEGIN failed on a kept PostgreSQL connection; beginning on the pool");
-                    conn.close_on_drop();
-                }
+        let mut conn = pg_conns::pop_fresh(&self.kept)?;
+        match PgTransactionManager::begin(&mut conn, begin_sql(settings)).await {
+            Ok(()) => {
+                self.kept.served();
+                Some(self.txn(conn, true))
             }
-        } else {
-            // Closed (sqlx bounds the close) rather than trusted.
-            conn.close_on_drop();
+            Err(e) => {
+                tracing::debug!(error = %e, "BEGIN failed on a kept PostgreSQL connection; beginning on the pool");
+                conn.close_on_drop();
+                self.kept.release();
+                None
+            }
         }
-        self.kept.release();
-        None
     }
 
     fn txn(self: &Arc<Self>, conn: PoolConnection<Postgres>, kept: bool) -> PgTxn {
@@ -117,7 +111,7 @@ impl PgWriters {
     /// pool has room to spare (an idle connection, or fewer open than its maximum), so writers
     /// never hold connections others are waiting for; otherwise it goes back to the pool.
     fn give_back(&self, conn: PoolConnection<Postgres>, kept: bool) {
-        let spare = self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections();
+        let spare = pg_conns::pool_has_room(&self.pool);
         if kept && spare {
             self.kept.push((conn, Instant::now()));
         } else if kept {
@@ -142,7 +136,11 @@ impl PgTxn {
     pub(super) async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         let mut conn = self.conn.lock().await;
         let conn = conn.as_mut().ok_or_else(finished)?;
-        query(&stmt).execute(&mut **conn).await.map(ExecResult::from).map_err(exec_err)
+        pg_conns::bind(&stmt)
+            .execute(&mut **conn)
+            .await
+            .map(ExecResult::from)
+            .map_err(exec_err)
     }
 
     /// Runs `sql` as a simple query (no parameters, any number of statements).
@@ -160,7 +158,7 @@ impl PgTxn {
     pub(super) async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let mut conn = self.conn.lock().await;
         let conn = conn.as_mut().ok_or_else(finished)?;
-        let rows = query(&stmt).fetch_all(&mut **conn).await.map_err(query_err)?;
+        let rows = pg_conns::bind(&stmt).fetch_all(&mut **conn).await.map_err(query_err)?;
         Ok(rows.into_iter().map(QueryResult::from).collect())
     }
 
@@ -168,7 +166,7 @@ impl PgTxn {
     pub(super) async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         let mut conn = self.conn.lock().await;
         let conn = conn.as_mut().ok_or_else(finished)?;
-        let row = query(&stmt).fetch_optional(&mut **conn).await.map_err(query_err)?;
+        let row = pg_conns::bind(&stmt).fetch_optional(&mut **conn).await.map_err(query_err)?;
         Ok(row.map(QueryResult::from))
     }
 
@@ -219,46 +217,14 @@ impl Drop for PgTxn {
     }
 }
 
-fn query(stmt: &Statement) -> sea_orm::sqlx::query::Query<'_, Postgres, SqlxValues> {
-    let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
-    sea_orm::sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
-}
-
 /// What BEGIN sends: sqlx's own `BEGIN`, or `BEGIN` and `settings` as one simple query (one
 /// round trip; sqlx checks the session is in a transaction afterwards).
 fn begin_sql(settings: Option<&'static str>) -> Option<SqlStr> {
     settings.map(|settings| AssertSqlSafe(format!("BEGIN; {settings}")).into_sql_str())
 }
 
-/// True for an error after which the connection is of no further use: the server ended the
-/// session (FATAL, such as `pg_terminate_backend` or a shutdown) or the socket failed.
-fn session_gone(e: &sea_orm::sqlx::Error) -> bool {
-    match e {
-        sea_orm::sqlx::Error::Io(_) => true,
-        sea_orm::sqlx::Error::Database(e) => super::pg_reads::ends_the_session(e.as_ref()),
-        _ => false,
-    }
-}
-
 fn finished() -> DbErr {
     DbErr::Custom("transaction already finished".into())
-}
-
-/// The errors sea-orm's own driver answers (`sqlx_error_to_*_err`, `sqlx_conn_acquire_err`).
-fn exec_err(e: sea_orm::sqlx::Error) -> DbErr {
-    DbErr::Exec(RuntimeErr::SqlxError(e.into()))
-}
-
-fn query_err(e: sea_orm::sqlx::Error) -> DbErr {
-    DbErr::Query(RuntimeErr::SqlxError(e.into()))
-}
-
-fn acquire_err(e: sea_orm::sqlx::Error) -> DbErr {
-    match e {
-        sea_orm::sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
-        sea_orm::sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
-        e => DbErr::Conn(RuntimeErr::SqlxError(e.into())),
-    }
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ impl SqliteReaders {
         self.readers.push(reader);
         match models {
             Ok(models) => {
-                self.readers.answered();
+                self.readers.served();
                 Some(models)
             }
             Err(e) => {

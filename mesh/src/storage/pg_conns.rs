@@ -1,0 +1,83 @@
+//! What PostgreSQL's readers ([`super::pg_reads`]) and writers ([`super::pg_writes`]) share:
+//! connections kept beside the pool (when one is too old to trust, when the pool can spare one),
+//! sea-orm statements bound for sqlx as sea-orm's driver binds them, sqlx errors mapped as
+//! sea-orm's driver maps them, and which errors end a session.
+
+use std::time::{Duration, Instant};
+
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres};
+use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, Statement, Values};
+use sea_query_sqlx::SqlxValues;
+
+use super::parked::Parked;
+
+/// How long a kept connection may sit unused before it is closed instead of used (a proxy or
+/// firewall may have dropped it without a word; the pool pings such a connection before it
+/// hands it out, kept connections are never pinged).
+pub(super) const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// Connections kept out of a pool, each idle one with the time it was last used.
+pub(super) type KeptConns = Parked<(PoolConnection<Postgres>, Instant)>;
+
+/// An idle kept connection used within [`MAX_IDLE`]; an older one is closed (sqlx bounds the
+/// close) and no longer counts as kept, and `None` is returned for it as when none is idle.
+pub(super) fn pop_fresh(kept: &KeptConns) -> Option<PoolConnection<Postgres>> {
+    let (mut conn, last_used) = kept.pop()?;
+    if last_used.elapsed() < MAX_IDLE {
+        return Some(conn);
+    }
+    conn.close_on_drop();
+    kept.release();
+    None
+}
+
+/// Whether `pool` can spare a connection now (one idle, or fewer open than its maximum): only
+/// then is a connection kept out of it, so nobody waits on the pool behind a kept one.
+pub(super) fn pool_has_room(pool: &PgPool) -> bool {
+    pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections()
+}
+
+/// `stmt` bound for sqlx as sea-orm's driver binds it (`sea-query-sqlx`).
+pub(super) fn bind(stmt: &Statement) -> sea_orm::sqlx::query::Query<'_, Postgres, SqlxValues> {
+    let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
+    sea_orm::sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+}
+
+/// True for an error after which the server closes the session (severity FATAL or PANIC, such
+/// as an administrator's `pg_terminate_backend` or a shutdown), or one that is not PostgreSQL's.
+pub(super) fn ends_the_session(e: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
+    use sea_orm::sqlx::postgres::{PgDatabaseError, PgSeverity};
+    e.try_downcast_ref::<PgDatabaseError>()
+        .is_none_or(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic))
+}
+
+/// True for an error after which the connection is of no further use: the server ended the
+/// session ([`ends_the_session`]) or the socket failed.
+pub(super) fn session_gone(e: &sea_orm::sqlx::Error) -> bool {
+    match e {
+        sea_orm::sqlx::Error::Io(_) => true,
+        sea_orm::sqlx::Error::Database(e) => ends_the_session(e.as_ref()),
+        _ => false,
+    }
+}
+
+/// A failed statement, as sea-orm's driver answers it (`sqlx_error_to_exec_err`).
+pub(super) fn exec_err(e: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(e.into()))
+}
+
+/// A failed query, as sea-orm's driver answers it (`sqlx_error_to_query_err`).
+pub(super) fn query_err(e: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(e.into()))
+}
+
+/// A connection the pool could not hand out, as sea-orm's driver answers it
+/// (`sqlx_conn_acquire_err`).
+pub(super) fn acquire_err(e: sea_orm::sqlx::Error) -> DbErr {
+    match e {
+        sea_orm::sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        sea_orm::sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        e => DbErr::Conn(RuntimeErr::SqlxError(e.into())),
+    }
+}
