@@ -20,8 +20,9 @@ pub const ENV_REUSE_PORT: &str = "SHAREMESH_REUSE_PORT";
 pub const ENV_METRICS_ADDR: &str = "SHAREMESH_METRICS_ADDR";
 /// Database URL (`sqlite://<data dir>/<context>.db?mode=rwc`); `postgres://...` for PostgreSQL.
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
-/// Pooled database connections of one process, at least 1 (`16` on PostgreSQL, `8` on SQLite).
-/// On PostgreSQL keep replicas × services × pool below the server's `max_connections`.
+/// Database connections of one process, at least 1 (`16` on PostgreSQL, `2` on SQLite). On
+/// PostgreSQL one of them is the outbox relay's own session and the pool has the rest; keep
+/// replicas × services × this below the server's `max_connections`.
 pub const ENV_DB_POOL: &str = "SHAREMESH_DB_POOL";
 /// NATS server URL (`nats://127.0.0.1:4222`).
 pub const ENV_NATS_URL: &str = "NATS_URL";

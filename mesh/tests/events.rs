@@ -226,6 +226,75 @@ async fn republishing_after_a_lost_mark_is_deduplicated_by_the_broker() {
     );
 }
 
+/// One relay pass, in time.
+async fn one_pass(relay: &Relay) -> Result<Pass, async_nats::Error> {
+    timeout(WAIT, relay.publish_pending()).await.expect("in time")
+}
+
+/// Ends the relay session that holds an advisory lock on `db`'s database (the leader's), as a
+/// server restart, a failover or an administrator would; returns how many sessions it ended.
+async fn end_the_leading_session(db: &Db) -> i64 {
+    let sql = format!(
+        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() AND a.application_name = '{}'",
+        sharemesh_mesh::storage::pg_lead::APPLICATION_NAME
+    );
+    scalar(db, &sql).await
+}
+
+/// Two replicas' relays on one PostgreSQL outbox: the one whose session holds the lock publishes
+/// and marks, the other answers that another replica leads; when the leader's session ends, the
+/// leader fails one pass, the other takes over, and the stream holds every event once, in
+/// commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_one_relay_leads_and_another_takes_over_when_its_session_ends() {
+    let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+        return;
+    };
+    let nats = NatsServer::spawn();
+    let js = jetstream_for(&nats).await;
+    events::ensure_stream(&js, CONTEXT).await.expect("stream");
+    let (a, b) = (
+        Db::connect(&pg.url).await.expect("connect"),
+        Db::connect(&pg.url).await.expect("connect"),
+    );
+    a.migrate::<Migrator>().await.expect("migrate");
+    let relay = |db: &Db| Relay::new(db.clone(), js.clone(), CONTEXT, Duration::from_secs(60), Default::default());
+    let (first, second) = (relay(&a), relay(&b));
+    let sent: Vec<_> = (1..=6).map(thing).collect();
+
+    enqueue_all(&a, &sent[..3]).await;
+    assert_eq!(one_pass(&first).await.expect("publish"), Pass::Published(3));
+    assert_eq!(one_pass(&second).await.expect("follow"), Pass::OtherReplica);
+    enqueue_all(&b, &sent[3..5]).await;
+    assert_eq!(one_pass(&second).await.expect("follow"), Pass::OtherReplica);
+    assert_eq!(one_pass(&first).await.expect("publish"), Pass::Published(2));
+    assert_eq!(one_pass(&first).await.expect("nothing pending"), Pass::Published(0));
+
+    // The leader's session ends: the lock is free, the other replica leads from its next pass.
+    assert_eq!(end_the_leading_session(&a).await, 1);
+    enqueue_all(&a, &sent[5..]).await;
+    assert_eq!(one_pass(&second).await.expect("take over"), Pass::Published(1));
+    one_pass(&first).await.expect_err("the old leader's session is gone");
+    assert_eq!(one_pass(&first).await.expect("follow"), Pass::OtherReplica);
+
+    assert_eq!(stream_messages(&js, STREAM).await, Some(6));
+    for (i, e) in sent.iter().enumerate() {
+        assert_eq!(
+            header(&stored(&js, STREAM, i as u64 + 1).await.headers, events::CE_ID),
+            e.event_id,
+            "message {}",
+            i + 1
+        );
+    }
+    assert_eq!(
+        scalar(&a, "SELECT COUNT(*) FROM mesh_outbox WHERE published_at_ms IS NULL").await,
+        0
+    );
+    drop((first, second));
+    pg.drop_now().await;
+}
+
 /// Rows published longer ago than the retention are deleted, oldest first and more than one
 /// batch of them; rows published since, and rows not yet published however old, stay.
 async fn purge_keeps_what_is_not_due(db: Db) {

@@ -16,6 +16,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set};
 
 use crate::server::Shutdown;
+use crate::storage::pg_lead::PgLead;
 use crate::storage::{Db, WriteTxn};
 use crate::telemetry::metrics::{EventLabels, metrics};
 
@@ -120,8 +121,8 @@ pub async fn emit(tx: &WriteTxn, source: &str, event: &impl StreamEvent) -> Resu
     enqueue(tx, source, outgoing(event)?).await
 }
 
-/// [`emit`] for several events, in one statement (in their order): what a batch of work that
-/// publishes an event per item writes, instead of one insert per item.
+/// [`emit`] for several events, in their order: what a batch of work that publishes an event per
+/// item writes.
 pub async fn emit_all<E: StreamEvent>(tx: &WriteTxn, source: &str, events: &[E]) -> Result<(), sea_orm::DbErr> {
     let outgoing = events.iter().map(outgoing).collect::<Result<Vec<_>, _>>()?;
     enqueue_all(tx, source, outgoing).await
@@ -151,18 +152,17 @@ pub async fn enqueue(tx: &WriteTxn, source: &str, event: OutgoingEvent) -> Resul
     enqueue_all(tx, source, vec![event]).await
 }
 
-/// Stores `events` in the caller's transaction, in one statement (one row each, inserted in
-/// their order); they are published after the commit.
+/// Stores `events` in the caller's transaction (one row each, in their order); they are published
+/// after the commit. The rows of every event emitted in one transaction are inserted together
+/// when it commits ([`WriteTxn::commit`]), a few to a statement: a group commit of units that
+/// each emit writes its outbox rows in a statement per [`ROWS_PER_INSERT`] rows, not one per unit.
 pub async fn enqueue_all(tx: &WriteTxn, source: &str, events: Vec<OutgoingEvent>) -> Result<(), sea_orm::DbErr> {
-    if events.is_empty() {
-        return Ok(());
-    }
     // The writer's trace context: the same for every row of one call.
     let (traceparent, tracestate) = (
         crate::telemetry::propagation::current_traceparent(),
         crate::telemetry::propagation::current_tracestate(),
     );
-    let rows = events.into_iter().map(|event| entity::ActiveModel {
+    tx.defer_outbox(events.into_iter().map(|event| entity::ActiveModel {
         seq: sea_orm::NotSet,
         event_id: Set(event.event_id),
         subject: Set(event.event_type),
@@ -173,11 +173,28 @@ pub async fn enqueue_all(tx: &WriteTxn, source: &str, events: Vec<OutgoingEvent>
         tracestate: Set(tracestate.clone()),
         occurred_at_ms: Set(event.occurred_at_ms),
         published_at_ms: Set(None),
-    });
-    entity::Entity::insert_many(rows).exec_without_returning(&**tx).await?;
-    tx.mark_outbox_written();
+    }));
     Ok(())
 }
+
+/// Inserts outbox `rows` in their order, [`ROWS_PER_INSERT`] to a statement: what a
+/// transaction's commit runs first.
+pub(crate) async fn insert_rows(conn: &impl sea_orm::ConnectionTrait, rows: Vec<entity::ActiveModel>) -> Result<(), sea_orm::DbErr> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        entity::Entity::insert_many(rows.by_ref().take(ROWS_PER_INSERT))
+            .exec_without_returning(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Outbox rows per insert statement. A statement's text varies with its rows, and this bounds
+/// it to a few forms: on PostgreSQL each new form costs a round trip to prepare it and a place in
+/// the connection's statement cache. (On SQLite a multi-row insert of more than 4 rows is parsed
+/// each time instead of displacing cached statements, `storage::reads`' rule; a dispatcher pass
+/// that emits a `MessageSent` per message wrote its events as one such insert before.)
+const ROWS_PER_INSERT: usize = 16;
 
 /// The NATS headers of an outbox row.
 pub fn headers(row: &entity::Model) -> HeaderMap {
@@ -248,12 +265,15 @@ pub struct Relay {
     poll: Duration,
     batch: u64,
     streams: super::StreamSettings,
+    /// PostgreSQL: the session that holds [`OUTBOX_LOCK`] while this replica publishes.
+    lead: Option<PgLead>,
 }
 
 impl Relay {
     /// A relay for the outbox of `db`, publishing to the stream of `context`.
     pub fn new(db: Db, js: jetstream::Context, context: &str, poll: Duration, streams: super::StreamSettings) -> Self {
         Self {
+            lead: db.lead_session(OUTBOX_LOCK, LEAD_IDLE.max(poll * 4)),
             db,
             js,
             context: context.to_owned(),
@@ -352,50 +372,41 @@ impl Relay {
 
     /// Publishes one batch of pending rows.
     ///
-    /// On PostgreSQL several replicas share one outbox: a pass runs in a transaction holding
-    /// the advisory lock [`OUTBOX_LOCK`], so one replica publishes at a time, in commit order,
-    /// and a row is marked before anyone else can read it as pending. The others answer
-    /// [`Pass::OtherReplica`] without reading. A replica that dies between publishing and
-    /// marking leaves its rows pending; the next pass publishes them again and JetStream drops
-    /// the copies within its duplicate window (counted as `outbox_duplicates`).
+    /// On PostgreSQL several replicas share one outbox: the replica whose lead session holds the
+    /// advisory lock [`OUTBOX_LOCK`] publishes, in commit order, reading and marking on that
+    /// session ([`crate::storage::pg_lead`]); the others answer [`Pass::OtherReplica`] without
+    /// reading. A row is marked before the lock can pass to anyone else, unless the session
+    /// ends between publishing and marking (the replica died, or the server or the network
+    /// ended it): then its rows stay pending, the next leader publishes them again and
+    /// JetStream drops the copies within its duplicate window (counted as `outbox_duplicates`).
     pub async fn publish_pending(&self) -> Result<Pass, async_nats::Error> {
-        let lead = match self.db.backend() {
-            sea_orm::DatabaseBackend::Postgres => {
-                let tx = self.db.begin_write().await?;
-                if !lead_pass(&tx).await? {
-                    return Ok(Pass::OtherReplica);
-                }
-                Some(tx)
-            }
+        let Some(lead) = &self.lead else {
             // SQLite is one process: nobody to share with, and its single writer is not held
             // while publishing.
-            _ => None,
+            let rows = pending(&self.db, self.batch).await?;
+            let (done, failure) = self.publish(&rows).await;
+            if !done.is_empty() {
+                // Through the write path: on SQLite writers must queue, not race.
+                let tx = self.db.begin_write().await?;
+                mark_published(&*tx, done.clone()).await?;
+                tx.commit().await?;
+            }
+            return passed(done, failure);
         };
-        let rows = match &lead {
-            Some(tx) => pending(&**tx, self.batch).await?,
-            None => pending(&self.db, self.batch).await?,
+        let Some(session) = lead.lead().await? else {
+            return Ok(Pass::OtherReplica);
         };
-        if rows.is_empty() {
-            return Ok(Pass::Published(0));
-        }
+        let rows = pending(&session, self.batch).await?;
         let (done, failure) = self.publish(&rows).await;
         if !done.is_empty() {
-            // Through the write path: on SQLite writers must queue, not race.
-            let tx = match lead {
-                Some(tx) => tx,
-                None => self.db.begin_write().await?,
-            };
-            entity::Entity::update_many()
-                .col_expr(entity::Column::PublishedAtMs, Expr::value(super::now_ms()))
-                .filter(entity::Column::Seq.is_in(done.clone()))
-                .exec(&*tx)
-                .await?;
-            tx.commit().await?;
+            // One statement in autocommit, without waiting for the WAL flush: a mark lost to a
+            // server crash makes the next pass publish those rows again, which JetStream drops
+            // within its duplicate window and every consumer's inbox drops after it. Durable
+            // marks would cost an fsync per pass, on the server every command and consumer
+            // also waits on.
+            mark_published(&session, done.clone()).await?;
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(Pass::Published(done.len())),
-        }
+        passed(done, failure)
     }
 
     /// Sends the rows pipelined and takes the acks in order; returns the sequence numbers the
@@ -542,33 +553,35 @@ pub async fn purge_published(db: &Db, retention: Duration) -> Result<u64, sea_or
     }
 }
 
-/// Takes the PostgreSQL advisory lock [`OUTBOX_LOCK`] for the rest of `tx` if nobody holds it
-/// (true when taken), and lets `tx` commit without waiting for the WAL flush — one statement.
-/// The lock ends with the transaction, also when its process dies.
-///
-/// The commit only marks rows published, and a mark need not be durable: one lost to a server
-/// crash makes the next pass publish those rows again, which JetStream drops within its
-/// duplicate window and every consumer's inbox drops after it. Durable marks would cost an
-/// fsync per pass, on the server every command and consumer also waits on.
-async fn lead_pass(tx: &WriteTxn) -> Result<bool, sea_orm::DbErr> {
-    use sea_orm::ConnectionTrait;
-    let row = tx
-        .query_one_raw(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Postgres,
-            "SELECT pg_try_advisory_xact_lock($1) AS locked, set_config('synchronous_commit', 'off', true) AS synchronous_commit",
-            [OUTBOX_LOCK.into()],
-        ))
-        .await?
-        .ok_or_else(|| sea_orm::DbErr::Custom("pg_try_advisory_xact_lock returned no row".into()))?;
-    row.try_get::<bool>("", "locked")
+/// Marks the rows `seqs` published, now.
+async fn mark_published(conn: &impl sea_orm::ConnectionTrait, seqs: Vec<i64>) -> Result<(), sea_orm::DbErr> {
+    entity::Entity::update_many()
+        .col_expr(entity::Column::PublishedAtMs, Expr::value(super::now_ms()))
+        .filter(entity::Column::Seq.is_in(seqs))
+        .exec(conn)
+        .await?;
+    Ok(())
 }
 
-/// Key of the PostgreSQL advisory lock one relay pass holds (`"SHOUTBOX"` as an integer).
+/// What a pass that published `done` (and then failed with `failure`, if any) answers.
+fn passed(done: Vec<i64>, failure: Option<async_nats::Error>) -> Result<Pass, async_nats::Error> {
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Pass::Published(done.len())),
+    }
+}
+
+/// Key of the PostgreSQL advisory lock the publishing replica's lead session holds (`"SHOUTBOX"`
+/// as an integer).
 pub const OUTBOX_LOCK: i64 = 0x5348_4f55_5442_4f58;
 
 /// How long the relay waits after a commit woke it before it reads the pending rows: under load
 /// one pass then takes a burst of commits instead of one each (adds at most this to the lag).
 const LINGER: Duration = Duration::from_millis(1);
+
+/// How long a lead session may sit idle before the server ends it (and its lead): at least this,
+/// and at least four poll intervals, so a live relay's session never does.
+const LEAD_IDLE: Duration = Duration::from_secs(30);
 
 /// How often rows published longer ago than the retention are deleted.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);

@@ -364,6 +364,59 @@ mod tests {
         assert_eq!(stored(&db).await, vec![1, 2, 3, 4, 5]);
     }
 
+    /// Inserts `v` and emits one event about `v` (two for an even `v`); then fails if `fail`.
+    fn insert_and_emit(v: i64, fail: bool) -> impl for<'t> Fn(&'t WriteTxn) -> UnitFuture<'t, i64, DbErr> + Send + 'static {
+        move |tx: &WriteTxn| -> UnitFuture<'_, i64, DbErr> {
+            Box::pin(async move {
+                let events = (0..1 + (v + 1) % 2).map(|n| crate::events::outbox::OutgoingEvent {
+                    event_id: format!("{v}-{n}"),
+                    event_type: "sharemesh.test.v1.Happened".into(),
+                    aggregate_id: v.to_string(),
+                    payload: vec![],
+                    occurred_at_ms: 1,
+                });
+                crate::events::outbox::enqueue_all(tx, "sharemesh/test", events.collect()).await?;
+                insert(v, fail)(tx).await
+            })
+        }
+    }
+
+    /// A group's events are written when it commits, a few rows to a statement: in the order its
+    /// units emitted them, and none of a unit that failed.
+    #[tokio::test]
+    async fn a_group_writes_its_units_events_in_their_order_and_none_of_a_failed_one() {
+        let (_dir, db) = sqlite().await;
+        for migration in crate::events::MIGRATIONS {
+            for sql in migration.sqlite.split(";\n") {
+                db.conn().execute_unprepared(sql).await.expect("migrate");
+            }
+        }
+        let blocker = db.begin_write().await.expect("begin");
+        let handles: Vec<_> = (1..=9)
+            .map(|v| {
+                let db = db.clone();
+                tokio::spawn(async move { db.write(insert_and_emit(v, v == 5)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        blocker.rollback().await;
+        for (v, h) in (1..=9).zip(handles) {
+            assert_eq!(h.await.expect("join").is_ok(), v != 5, "unit {v}");
+        }
+        let rows = db
+            .conn()
+            .query_all_raw(Statement::from_string(
+                db.backend(),
+                "SELECT event_id FROM mesh_outbox ORDER BY seq",
+            ))
+            .await
+            .expect("select");
+        let ids: Vec<String> = rows.iter().map(|r| r.try_get_by_index(0).expect("id")).collect();
+        let expected = ["1-0", "2-0", "2-1", "3-0", "4-0", "4-1", "6-0", "6-1", "7-0", "8-0", "8-1", "9-0"];
+        assert_eq!(ids, expected);
+        assert!(db.group_commits() <= 3, "9 units took {} commits", db.group_commits());
+    }
+
     #[tokio::test]
     async fn a_unit_whose_caller_left_before_it_ran_is_not_run() {
         let (_dir, db) = sqlite().await;

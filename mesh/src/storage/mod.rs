@@ -7,13 +7,13 @@
 pub mod group;
 mod parked;
 mod pg_conns;
+pub mod pg_lead;
 pub mod pg_reads;
 pub mod pg_writes;
 pub mod reads;
 pub mod writes;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sea_orm::{
@@ -58,9 +58,11 @@ impl Db {
         Self::connect_with(url, None).await
     }
 
-    /// [`Db::connect`] with at most `max_connections` pooled connections (default: 16 on
-    /// PostgreSQL, [`SQLITE_POOL`] on SQLite). On PostgreSQL every replica of every service holds up to this
-    /// many: keep replicas × pool below the server's `max_connections`.
+    /// [`Db::connect`] with at most `max_connections` connections (default: 16 on PostgreSQL,
+    /// [`SQLITE_POOL`] on SQLite). On PostgreSQL every replica of every service holds up to this
+    /// many: the pool holds all but one, the outbox relay's lead session ([`Db::lead_session`])
+    /// is the last (a pool of at least one). Keep replicas × this below the server's
+    /// `max_connections`.
     pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<Self, DbErr> {
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false)
@@ -94,7 +96,9 @@ impl Db {
         } else {
             // A pooled connection is pinged only after it sat idle long enough for a server,
             // proxy or firewall to have dropped it, not on every checkout (a round trip each).
-            opts.max_connections(max_connections.unwrap_or(16))
+            // One of the process's connections is the outbox relay's session of its own
+            // ([`pg_lead`]), opened beside the pool: the pool has the rest.
+            opts.max_connections(max_connections.unwrap_or(16).saturating_sub(1).max(1))
                 .min_connections(1)
                 .test_before_acquire_if_idle_for(Duration::from_secs(30));
         }
@@ -132,6 +136,14 @@ impl Db {
             // Only the writers' own handle has no group, and they run units, not queue them.
             None => Err(E::from(DbErr::Custom("a database writer cannot queue a write".into()))),
         }
+    }
+
+    /// On PostgreSQL, a session of its own that leads while it holds the advisory lock `key`
+    /// ([`pg_lead`]), idle at most `idle_timeout`; `None` on SQLite (one process: nobody to
+    /// share with).
+    pub fn lead_session(&self, key: i64, idle_timeout: Duration) -> Option<pg_lead::PgLead> {
+        (self.backend() == DatabaseBackend::Postgres)
+            .then(|| pg_lead::PgLead::new(self.conn.get_postgres_connection_pool().clone(), key, idle_timeout))
     }
 
     /// Transactions [`Db::write`] has committed (each holding one or more units).
@@ -203,7 +215,7 @@ impl Db {
         Ok(WriteTxn {
             txn: Some(txn),
             guard,
-            wrote_outbox: AtomicBool::new(false),
+            outbox: std::sync::Mutex::new(Vec::new()),
             wakeup: self.outbox_wakeup.clone(),
         })
     }
@@ -321,7 +333,8 @@ pub struct WriteTxn {
     /// `None` only after commit or during drop.
     txn: Option<TxnConn>,
     guard: Option<OwnedMutexGuard<()>>,
-    wrote_outbox: AtomicBool,
+    /// The outbox rows its units emitted, inserted when it commits.
+    outbox: std::sync::Mutex<Vec<crate::events::outbox::entity::ActiveModel>>,
     wakeup: Arc<Notify>,
 }
 
@@ -382,7 +395,13 @@ impl ConnectionTrait for TxnConn {
 
 impl WriteTxn {
     /// Commits, then wakes the outbox relay if events were written.
+    ///
+    /// The outbox rows emitted in it are inserted first, a few to a statement, in the order they
+    /// were emitted (so in commit order); a failure there rolls the transaction back.
     pub async fn commit(mut self) -> Result<(), DbErr> {
+        let events = std::mem::take(self.outbox.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let wrote_outbox = !events.is_empty();
+        crate::events::outbox::insert_rows(&*self, events).await?;
         let txn = self
             .txn
             .take()
@@ -401,7 +420,7 @@ impl WriteTxn {
             TxnConn::Pg(txn) => txn.commit().await?,
             TxnConn::Pool(txn) => txn.commit().await?,
         }
-        if self.wrote_outbox.load(Ordering::Relaxed) {
+        if wrote_outbox {
             self.wakeup.notify_one();
         }
         Ok(())
@@ -423,8 +442,9 @@ impl WriteTxn {
         }
     }
 
-    pub(crate) fn mark_outbox_written(&self) {
-        self.wrote_outbox.store(true, Ordering::Relaxed);
+    /// Adds outbox rows to insert when the transaction commits ([`WriteTxn::commit`]).
+    pub(crate) fn defer_outbox(&self, rows: impl IntoIterator<Item = crate::events::outbox::entity::ActiveModel>) {
+        self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(rows);
     }
 }
 

@@ -8,12 +8,13 @@
 //! (the same SQL, values bound by `sea-query-sqlx`, rows turned into models through sea-orm's own
 //! `QueryResult`), without giving the connection back in between.
 //!
-//! The kept connections count in the pool's size (`SHAREMESH_DB_POOL`), and the writers come
-//! first: a quarter of what the pool has beyond [`super::group::PG_WRITERS`] + 4 connections (for
-//! the group writers, the event consumers, the relay and the dispatcher) is kept — none up to a
-//! pool of 11 (the chart's default of 5 keeps none), 2 of the services' default 16. (The write
-//! transactions keep up to half the pool the same way, [`super::pg_writes`]: at most 10 of 16
-//! connections are kept in all.) A read gives
+//! The kept connections count in the pool's size (`SHAREMESH_DB_POOL` less the outbox relay's own
+//! session, [`super::pg_lead`]), and the writers come first: a quarter of what the pool has
+//! beyond [`super::group::PG_WRITERS`] + 4 connections (for the group writers, the event
+//! consumers, the outbox's purge and count and the dispatcher) is kept — none up to a pool of 11
+//! (the chart's default of 5, a pool of 4, keeps none), 1 of the services' default 16 (a pool of
+//! 15). (The write transactions keep up to half the pool the same way, [`super::pg_writes`]: at
+//! most 8 of 15 connections are kept in all.) A read gives
 //! its connection back instead of keeping it while the pool has nothing to spare, and a
 //! connection idle for [`pg_conns::MAX_IDLE`] is closed rather than used (a proxy or firewall may have
 //! dropped it without a word; the pool pings such a connection before it hands it out, these

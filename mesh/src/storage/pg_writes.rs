@@ -9,7 +9,7 @@
 //! bound by `sea-query-sqlx` and their rows made into sea-orm's `QueryResult`s as sea-orm's driver
 //! makes them), without the ping in between.
 //!
-//! At most half the pool is kept (4 of the chart's 5 would leave reads one connection): the rest
+//! At most half the pool is kept (2 of the chart's 4 pooled connections): the rest
 //! serves reads, migrations and whatever else asks the pool. A connection goes back to the pool
 //! instead of being kept when the pool has nothing to spare at that moment, when its transaction
 //! did not end cleanly (a failed COMMIT or ROLLBACK, a transaction dropped mid-statement: the

@@ -10,7 +10,8 @@
 //!    never send a message at once and each takes its own share;
 //! 2. send the claimed ones, concurrently;
 //! 3. record the outcomes (one write transaction for the batch): SENT with the delivery time and
-//!    `MessageSent` (one statement for all the deliveries, one for their events), or FAILED with the reason and the next attempt after a backoff
+//!    `MessageSent` (one statement for all the deliveries; their events go into the outbox with
+//!    the commit, 16 to a statement), or FAILED with the reason and the next attempt after a backoff
 //!    ([`crate::domain::retry_delay`]). `attempts` counts both. An outcome is recorded only while
 //!    the claim still holds: if the lease lapsed and another dispatcher took the message over,
 //!    its record stands and this one writes nothing (no second `MessageSent`).
@@ -20,6 +21,9 @@
 //! again (the receiver has its `Idempotency-Key` to drop the repeat).
 //!
 //! The dispatcher wakes when a consumer records messages and otherwise every poll interval.
+//! Passes begin at least [`PASS_SPACING`] apart: under load consumers record messages faster
+//! than a pass ends, and a pass woken at once would take a few messages, for the same two
+//! transactions a batch of many costs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,6 +41,9 @@ use crate::storage::messages::{self as repo, MessageRow};
 
 /// Messages taken per look.
 pub const BATCH: u64 = 100;
+/// The least time between the starts of two passes a wake-up begins (at most this much later
+/// than at once; a message recorded while the dispatcher is idle is sent at once).
+pub const PASS_SPACING: Duration = Duration::from_millis(20);
 /// Default lease of one attempt (see [`Dispatcher::with_lease`]).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
@@ -99,6 +106,7 @@ impl Dispatcher {
             if shutdown.is_triggered() {
                 break;
             }
+            let started = tokio::time::Instant::now();
             let pause = match self.deliver_batch(Some(&shutdown)).await {
                 Ok(n) if n as u64 >= BATCH => {
                     errors = 0;
@@ -117,7 +125,9 @@ impl Dispatcher {
                 }
             };
             tokio::select! {
-                _ = self.messages.wakeup.notified(), if errors == 0 => {}
+                _ = self.messages.wakeup.notified(), if errors == 0 => {
+                    tokio::time::sleep_until(started + PASS_SPACING).await;
+                }
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.wait() => break,
             }
@@ -175,8 +185,8 @@ impl Dispatcher {
     }
 
     /// Sends claimed messages concurrently, then records every outcome in one transaction: the
-    /// deliveries in one statement (and their `MessageSent`s in another), each failure on its
-    /// own. The attempts are answered in the order of `claimed`.
+    /// deliveries in one statement (and their `MessageSent`s with the commit), each failure on
+    /// its own. The attempts are answered in the order of `claimed`.
     async fn send_and_record(&self, claimed: Vec<MessageRow>) -> Result<Vec<Attempt>, MessageError> {
         if claimed.is_empty() {
             return Ok(Vec::new());
@@ -232,7 +242,8 @@ impl Dispatcher {
 }
 
 /// Records the deliveries of `rows` (claims as stored when claimed, each with a caller's tag) in
-/// `tx` with their `MessageSent`s: one statement per lease (a batch has one), one for the events.
+/// `tx` with their `MessageSent`s: one statement per lease (a batch has one); the events are
+/// inserted with the commit.
 /// Returns the tags of the rows whose claim was lost meanwhile: nothing is recorded for those.
 async fn record_deliveries(tx: &WriteTxn, rows: Vec<(usize, MessageRow)>, now: i64) -> Result<Vec<usize>, MessageError> {
     let mut by_lease: BTreeMap<i64, Vec<String>> = BTreeMap::new();

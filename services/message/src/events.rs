@@ -118,7 +118,7 @@ impl EventHandler for CatalogEvents {
     }
 }
 
-/// Emits `MessageSent` for each delivered message inside `tx`, in one statement: each paired
+/// Emits `MessageSent` for each delivered message inside `tx` (inserted with its commit): each paired
 /// with the id of the event it was made from. Its aggregate is the message, at version
 /// `attempts + 1` (recorded at 1, each attempt one more); it is correlated with the reservation
 /// (or the listing) and caused by the event the message was made from.

@@ -47,7 +47,7 @@ pub async fn emit(
     Ok(event_id)
 }
 
-/// Enqueues `events` in `tx`, in one statement.
+/// Enqueues `events` in `tx` (inserted with its commit).
 pub async fn emit_all(tx: &WriteTxn, events: &[ReservationEvent]) -> Result<(), sea_orm::DbErr> {
     outbox::emit_all(tx, SOURCE, events).await
 }

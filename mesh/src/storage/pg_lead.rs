@@ -1,0 +1,235 @@
+//! A PostgreSQL session of its own that holds a session-level advisory lock: the replicas of a
+//! service share one outbox, and the one whose session holds the lock publishes it.
+//!
+//! While the session holds the lock, the leader's statements run on it in autocommit, each its
+//! own round trip: no BEGIN, no COMMIT, no lock statement per pass. The lock ends with the
+//! session:
+//! - a replica that stops (or is killed: its socket is closed) ends it at once;
+//! - a statement that fails ends it here (the connection is dropped, and the next
+//!   [`PgLead::lead`] connects again and asks for the lock anew);
+//! - the server ends a session idle longer than `idle_session_timeout` (set on PostgreSQL 14
+//!   and later), so a replica that vanished without closing its socket (its node lost power, a
+//!   network partition) holds the lock that long at most, not until TCP keepalive notices.
+//!
+//! The session is one connection beside the pool (`SHAREMESH_DB_POOL`), opened with the pool's
+//! own connect options, and named `sharemesh outbox relay` in `pg_stat_activity`.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::{Connection, PgConnection, PgPool};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, ExecResult, QueryResult, Statement};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::pg_conns::{self, exec_err, query_err};
+
+/// `application_name` of a lead session.
+pub const APPLICATION_NAME: &str = "sharemesh outbox relay";
+
+/// A session that leads while it holds the advisory lock `key` (see the module docs).
+pub struct PgLead {
+    pool: PgPool,
+    key: i64,
+    idle_timeout: Duration,
+    session: Mutex<Option<Session>>,
+}
+
+struct Session {
+    conn: PgConnection,
+    /// Whether this session holds the lock (it keeps it until the session ends).
+    leading: bool,
+}
+
+impl PgLead {
+    /// A lead on the advisory lock `key`, its session opened with `pool`'s connect options when
+    /// first asked; the server ends it after `idle_timeout` without a statement.
+    pub fn new(pool: PgPool, key: i64, idle_timeout: Duration) -> Self {
+        Self {
+            pool,
+            key,
+            idle_timeout,
+            session: Mutex::new(None),
+        }
+    }
+
+    /// The lead session when this process holds the lock, taking it if no session does (one
+    /// round trip while another replica leads, none while this one does); `None` while another
+    /// session holds it. Statements run through the returned [`Leading`].
+    pub async fn lead(&self) -> Result<Option<Leading<'_>>, DbErr> {
+        let mut slot = self.session.lock().await;
+        let taken = match slot.as_mut() {
+            Some(session) if session.leading => true,
+            Some(session) => {
+                let taken = try_lock(&mut session.conn, self.key, "").await;
+                if taken.is_err() {
+                    *slot = None;
+                }
+                taken?
+            }
+            None => {
+                let mut conn = PgConnection::connect_with(&self.pool.connect_options())
+                    .await
+                    .map_err(pg_conns::acquire_err)?;
+                let taken = try_lock(&mut conn, self.key, &self.session_settings()).await?;
+                *slot = Some(Session { conn, leading: false });
+                taken
+            }
+        };
+        let Some(session) = slot.as_mut() else {
+            return Ok(None);
+        };
+        session.leading = taken;
+        Ok(taken.then(|| Leading { slot: Mutex::new(slot) }))
+    }
+
+    /// The settings a new session takes with its first lock request: commits that do not wait
+    /// for the WAL flush (see the relay: its marks need not be durable), its name, and how long
+    /// it may sit idle (PostgreSQL 14 and later know that setting).
+    fn session_settings(&self) -> String {
+        let idle_ms = self.idle_timeout.as_millis();
+        format!(
+            ", set_config('synchronous_commit', 'off', false), set_config('application_name', '{APPLICATION_NAME}', false), \
+             CASE WHEN current_setting('server_version_num')::int >= 140000 \
+             THEN set_config('idle_session_timeout', '{idle_ms}ms', false) END"
+        )
+    }
+}
+
+/// `pg_try_advisory_lock(key)` on `conn`, with `settings` (more columns of the same `SELECT`).
+async fn try_lock(conn: &mut PgConnection, key: i64, settings: &str) -> Result<bool, DbErr> {
+    use sea_orm::sqlx::Row;
+    let sql = format!("SELECT pg_try_advisory_lock($1) AS locked{settings}");
+    let row = sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(sql))
+        .bind(key)
+        .fetch_one(conn)
+        .await
+        .map_err(query_err)?;
+    row.try_get::<bool, _>("locked").map_err(query_err)
+}
+
+/// The lead session while it holds the lock: a sea-orm connection whose statements run one by one
+/// in autocommit. A statement that fails ends the session, and with it the lead.
+pub struct Leading<'a> {
+    slot: Mutex<MutexGuard<'a, Option<Session>>>,
+}
+
+impl Leading<'_> {
+    async fn run<T>(
+        &self,
+        stmt: &Statement,
+        run: impl for<'c> FnOnce(&'c mut PgConnection, &'c Statement) -> futures::future::BoxFuture<'c, Result<T, DbErr>>,
+    ) -> Result<T, DbErr> {
+        let mut slot = self.slot.lock().await;
+        let session = slot
+            .as_mut()
+            .ok_or_else(|| DbErr::Custom("the outbox lead session has ended".into()))?;
+        let result = run(&mut session.conn, stmt).await;
+        if result.is_err() {
+            // Whatever failed, the lead ends with the session; the next pass asks anew.
+            **slot = None;
+        }
+        result
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl ConnectionTrait for Leading<'_> {
+    fn get_database_backend(&self) -> DatabaseBackend {
+        DatabaseBackend::Postgres
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.run(&stmt, |conn, stmt| {
+            Box::pin(async move { pg_conns::bind(stmt).execute(conn).await.map(ExecResult::from).map_err(exec_err) })
+        })
+        .await
+    }
+
+    /// Runs `sql` as a simple query (no parameters, any number of statements).
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        let stmt = Statement::from_string(DatabaseBackend::Postgres, sql);
+        self.run(&stmt, |conn, stmt| {
+            Box::pin(async move {
+                use sea_orm::sqlx::Executor;
+                conn.execute(sea_orm::sqlx::AssertSqlSafe(stmt.sql.clone()))
+                    .await
+                    .map(ExecResult::from)
+                    .map_err(exec_err)
+            })
+        })
+        .await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.run(&stmt, |conn, stmt| {
+            Box::pin(async move {
+                let row = pg_conns::bind(stmt).fetch_optional(conn).await.map_err(query_err)?;
+                Ok(row.map(QueryResult::from))
+            })
+        })
+        .await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.run(&stmt, |conn, stmt| {
+            Box::pin(async move {
+                let rows = pg_conns::bind(stmt).fetch_all(conn).await.map_err(query_err)?;
+                Ok(rows.into_iter().map(QueryResult::from).collect())
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    use crate::storage::Db;
+
+    const KEY: i64 = 42;
+
+    async fn show(leading: &super::Leading<'_>, setting: &str) -> String {
+        let stmt = Statement::from_string(DbBackend::Postgres, format!("SELECT current_setting('{setting}') AS v"));
+        let row = leading.query_one_raw(stmt).await.expect("show").expect("a row");
+        row.try_get("", "v").expect("v")
+    }
+
+    /// One session leads at a time; it commits without waiting for the WAL flush and may sit
+    /// idle only so long; a statement that fails on it ends the session, and the lead passes on.
+    #[tokio::test]
+    async fn on_postgresql_one_session_leads_and_a_failed_statement_ends_its_lead() {
+        let Some(pg) = crate::testing::PgDatabase::create().await else {
+            return;
+        };
+        let db = Db::connect(&pg.url).await.expect("connect");
+        let (first, second) = (
+            db.lead_session(KEY, Duration::from_secs(45)).expect("postgres"),
+            db.lead_session(KEY, Duration::from_secs(45)).expect("postgres"),
+        );
+        {
+            let leading = first.lead().await.expect("lead").expect("the lock is free");
+            assert_eq!(show(&leading, "synchronous_commit").await, "off");
+            assert_eq!(show(&leading, "idle_session_timeout").await, "45s");
+            assert_eq!(show(&leading, "application_name").await, super::APPLICATION_NAME);
+        }
+        assert!(second.lead().await.expect("ask").is_none(), "two sessions lead");
+        assert!(first.lead().await.expect("lead again").is_some(), "the leader lost its lead");
+
+        let leading = first.lead().await.expect("lead").expect("still leading");
+        leading.execute_unprepared("SELECT 1/0").await.expect_err("division by zero");
+        drop(leading);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while second.lead().await.expect("ask").is_none() {
+            assert!(std::time::Instant::now() < deadline, "the failed session kept its lock");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            first.lead().await.expect("ask").is_none(),
+            "the old leader leads again beside the new one"
+        );
+        drop((first, second));
+        pg.drop_now().await;
+    }
+}
