@@ -1,13 +1,14 @@
-//! What PostgreSQL's readers ([`super::pg_reads`]) and writers ([`super::pg_writes`]) share:
-//! connections kept beside the pool (when one is too old to trust, when the pool can spare one),
-//! sea-orm statements bound for sqlx as sea-orm's driver binds them, sqlx errors mapped as
-//! sea-orm's driver maps them, and which errors end a session.
+//! What PostgreSQL's readers ([`super::pg_reads`]), writers ([`super::pg_writes`]) and the
+//! relay's lead session ([`super::pg_lead`]) share: connections kept beside the pool (when one is
+//! too old to trust, when the pool can spare one), sea-orm statements bound and run for sqlx as
+//! sea-orm's driver runs them, sqlx errors mapped as sea-orm's driver maps them, and which errors
+//! end a session.
 
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres};
-use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, Statement, Values};
+use sea_orm::{ConnAcquireErr, DbErr, ExecResult, QueryResult, RuntimeErr, Statement, Values};
 use sea_query_sqlx::SqlxValues;
 
 use super::parked::Parked;
@@ -42,6 +43,32 @@ pub(super) fn pool_has_room(pool: &PgPool) -> bool {
 pub(super) fn bind(stmt: &Statement) -> sea_orm::sqlx::query::Query<'_, Postgres, SqlxValues> {
     let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
     sea_orm::sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+}
+
+/// Runs `stmt` on `conn` and answers what sea-orm's driver answers for it.
+pub(super) async fn execute(conn: &mut sea_orm::sqlx::PgConnection, stmt: &Statement) -> Result<ExecResult, DbErr> {
+    bind(stmt).execute(conn).await.map(ExecResult::from).map_err(exec_err)
+}
+
+/// Runs `sql` on `conn` as a simple query (no parameters, any number of statements).
+pub(super) async fn execute_unprepared(conn: &mut sea_orm::sqlx::PgConnection, sql: &str) -> Result<ExecResult, DbErr> {
+    use sea_orm::sqlx::Executor;
+    conn.execute(AssertSqlSafe(sql.to_owned()))
+        .await
+        .map(ExecResult::from)
+        .map_err(exec_err)
+}
+
+/// The rows `stmt` returns on `conn`.
+pub(super) async fn query_all(conn: &mut sea_orm::sqlx::PgConnection, stmt: &Statement) -> Result<Vec<QueryResult>, DbErr> {
+    let rows = bind(stmt).fetch_all(conn).await.map_err(query_err)?;
+    Ok(rows.into_iter().map(QueryResult::from).collect())
+}
+
+/// The first row `stmt` returns on `conn`, if any.
+pub(super) async fn query_one(conn: &mut sea_orm::sqlx::PgConnection, stmt: &Statement) -> Result<Option<QueryResult>, DbErr> {
+    let row = bind(stmt).fetch_optional(conn).await.map_err(query_err)?;
+    Ok(row.map(QueryResult::from))
 }
 
 /// True for an error after which the server closes the session (severity FATAL or PANIC, such

@@ -20,7 +20,7 @@ use sea_orm::sqlx::{Connection, PgConnection, PgPool};
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, ExecResult, QueryResult, Statement};
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::pg_conns::{self, exec_err, query_err};
+use super::pg_conns::{self, query_err};
 
 /// `application_name` of a lead session.
 pub const APPLICATION_NAME: &str = "sharemesh outbox relay";
@@ -56,29 +56,27 @@ impl PgLead {
     /// session holds it. Statements run through the returned [`Leading`].
     pub async fn lead(&self) -> Result<Option<Leading<'_>>, DbErr> {
         let mut slot = self.session.lock().await;
-        let taken = match slot.as_mut() {
-            Some(session) if session.leading => true,
-            Some(session) => {
-                let taken = try_lock(&mut session.conn, self.key, "").await;
-                if taken.is_err() {
-                    *slot = None;
+        let session = match slot.as_mut() {
+            Some(session) if session.leading => session,
+            Some(session) => match try_lock(&mut session.conn, self.key, "").await {
+                Ok(taken) => {
+                    session.leading = taken;
+                    session
                 }
-                taken?
-            }
+                Err(e) => {
+                    *slot = None;
+                    return Err(e);
+                }
+            },
             None => {
                 let mut conn = PgConnection::connect_with(&self.pool.connect_options())
                     .await
                     .map_err(pg_conns::acquire_err)?;
-                let taken = try_lock(&mut conn, self.key, &self.session_settings()).await?;
-                *slot = Some(Session { conn, leading: false });
-                taken
+                let leading = try_lock(&mut conn, self.key, &self.session_settings()).await?;
+                slot.insert(Session { conn, leading })
             }
         };
-        let Some(session) = slot.as_mut() else {
-            return Ok(None);
-        };
-        session.leading = taken;
-        Ok(taken.then(|| Leading { slot: Mutex::new(slot) }))
+        Ok(session.leading.then(|| Leading { slot: Mutex::new(slot) }))
     }
 
     /// The settings a new session takes with its first lock request: commits that do not wait
@@ -112,23 +110,20 @@ pub struct Leading<'a> {
     slot: Mutex<MutexGuard<'a, Option<Session>>>,
 }
 
-impl Leading<'_> {
-    async fn run<T>(
-        &self,
-        stmt: &Statement,
-        run: impl for<'c> FnOnce(&'c mut PgConnection, &'c Statement) -> futures::future::BoxFuture<'c, Result<T, DbErr>>,
-    ) -> Result<T, DbErr> {
-        let mut slot = self.slot.lock().await;
-        let session = slot
-            .as_mut()
-            .ok_or_else(|| DbErr::Custom("the outbox lead session has ended".into()))?;
-        let result = run(&mut session.conn, stmt).await;
-        if result.is_err() {
-            // Whatever failed, the lead ends with the session; the next pass asks anew.
-            **slot = None;
-        }
-        result
+/// The lead session's connection, while it lasts.
+fn conn(slot: &mut Option<Session>) -> Result<&mut PgConnection, DbErr> {
+    slot.as_mut()
+        .map(|session| &mut session.conn)
+        .ok_or_else(|| DbErr::Custom("the outbox lead session has ended".into()))
+}
+
+/// `result` of a statement on the lead session; whatever failed, the lead ends with the session
+/// (the next pass asks anew).
+fn ended_on_error<T>(slot: &mut Option<Session>, result: Result<T, DbErr>) -> Result<T, DbErr> {
+    if result.is_err() {
+        *slot = None;
     }
+    result
 }
 
 #[sea_orm_migration::async_trait::async_trait]
@@ -138,45 +133,28 @@ impl ConnectionTrait for Leading<'_> {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.run(&stmt, |conn, stmt| {
-            Box::pin(async move { pg_conns::bind(stmt).execute(conn).await.map(ExecResult::from).map_err(exec_err) })
-        })
-        .await
+        let mut slot = self.slot.lock().await;
+        let result = pg_conns::execute(conn(&mut slot)?, &stmt).await;
+        ended_on_error(&mut slot, result)
     }
 
     /// Runs `sql` as a simple query (no parameters, any number of statements).
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        let stmt = Statement::from_string(DatabaseBackend::Postgres, sql);
-        self.run(&stmt, |conn, stmt| {
-            Box::pin(async move {
-                use sea_orm::sqlx::Executor;
-                conn.execute(sea_orm::sqlx::AssertSqlSafe(stmt.sql.clone()))
-                    .await
-                    .map(ExecResult::from)
-                    .map_err(exec_err)
-            })
-        })
-        .await
+        let mut slot = self.slot.lock().await;
+        let result = pg_conns::execute_unprepared(conn(&mut slot)?, sql).await;
+        ended_on_error(&mut slot, result)
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.run(&stmt, |conn, stmt| {
-            Box::pin(async move {
-                let row = pg_conns::bind(stmt).fetch_optional(conn).await.map_err(query_err)?;
-                Ok(row.map(QueryResult::from))
-            })
-        })
-        .await
+        let mut slot = self.slot.lock().await;
+        let result = pg_conns::query_one(conn(&mut slot)?, &stmt).await;
+        ended_on_error(&mut slot, result)
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.run(&stmt, |conn, stmt| {
-            Box::pin(async move {
-                let rows = pg_conns::bind(stmt).fetch_all(conn).await.map_err(query_err)?;
-                Ok(rows.into_iter().map(QueryResult::from).collect())
-            })
-        })
-        .await
+        let mut slot = self.slot.lock().await;
+        let result = pg_conns::query_all(conn(&mut slot)?, &stmt).await;
+        ended_on_error(&mut slot, result)
     }
 }
 

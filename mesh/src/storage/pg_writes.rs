@@ -23,13 +23,13 @@ use std::time::Instant;
 
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::postgres::PgTransactionManager;
-use sea_orm::sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, SqlSafeStr, SqlStr};
+use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres, SqlSafeStr, SqlStr};
 use sea_orm::{DbErr, ExecResult, QueryResult, Statement};
 use sqlx_core::transaction::TransactionManager;
 use tokio::sync::Mutex;
 
 use super::parked::Parked;
-use super::pg_conns::{self, KeptConns, acquire_err, exec_err, query_err};
+use super::pg_conns::{self, KeptConns, acquire_err, query_err};
 
 /// Connections a PostgreSQL database's write transactions keep between transactions.
 pub(super) struct PgWriters {
@@ -134,40 +134,27 @@ pub struct PgTxn {
 impl PgTxn {
     /// Runs `stmt` and returns what sea-orm's driver returns for it.
     pub(super) async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        let mut conn = self.conn.lock().await;
-        let conn = conn.as_mut().ok_or_else(finished)?;
-        pg_conns::bind(&stmt)
-            .execute(&mut **conn)
-            .await
-            .map(ExecResult::from)
-            .map_err(exec_err)
+        pg_conns::execute(&mut *self.open().await?, &stmt).await
     }
 
     /// Runs `sql` as a simple query (no parameters, any number of statements).
     pub(super) async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        let mut conn = self.conn.lock().await;
-        let conn = conn.as_mut().ok_or_else(finished)?;
-        (&mut **conn)
-            .execute(AssertSqlSafe(sql.to_owned()))
-            .await
-            .map(ExecResult::from)
-            .map_err(exec_err)
+        pg_conns::execute_unprepared(&mut *self.open().await?, sql).await
     }
 
     /// The rows `stmt` returns.
     pub(super) async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let mut conn = self.conn.lock().await;
-        let conn = conn.as_mut().ok_or_else(finished)?;
-        let rows = pg_conns::bind(&stmt).fetch_all(&mut **conn).await.map_err(query_err)?;
-        Ok(rows.into_iter().map(QueryResult::from).collect())
+        pg_conns::query_all(&mut *self.open().await?, &stmt).await
     }
 
     /// The first row `stmt` returns, if any.
     pub(super) async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        let mut conn = self.conn.lock().await;
-        let conn = conn.as_mut().ok_or_else(finished)?;
-        let row = pg_conns::bind(&stmt).fetch_optional(&mut **conn).await.map_err(query_err)?;
-        Ok(row.map(QueryResult::from))
+        pg_conns::query_one(&mut *self.open().await?, &stmt).await
+    }
+
+    /// The transaction's connection, while it is open.
+    async fn open(&self) -> Result<tokio::sync::MappedMutexGuard<'_, PoolConnection<Postgres>>, DbErr> {
+        tokio::sync::MutexGuard::try_map(self.conn.lock().await, Option::as_mut).map_err(|_| finished())
     }
 
     /// Commits; the connection is kept for the next transaction (or goes back to the pool).
