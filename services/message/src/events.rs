@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use sharemesh_contracts::common::v1::EventMetadata;
 use sharemesh_contracts::events::{CatalogEvent, MessageEvent, ReservationEvent};
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message, MessageSent};
-use sharemesh_mesh::events::inbox::{EventHandler, HandleError, HandleFuture, IncomingEvent};
+use sharemesh_mesh::events::inbox::{Delivered, EventHandler, HandleError, HandleFuture, IncomingEvent};
 use sharemesh_mesh::events::now_ms;
 use sharemesh_mesh::events::outbox::emit_all;
 use sharemesh_mesh::storage::WriteTxn;
@@ -23,14 +23,15 @@ use crate::storage::messages::{self as repo, MessageRow};
 pub const SOURCE: &str = "sharemesh/message";
 
 impl Messages {
-    /// Records `drafts`, made from `event`, as PENDING messages inside `tx` (due at once) and
-    /// wakes the dispatcher. A draft whose `(event, role)` is already recorded is skipped.
-    /// Returns how many were new.
-    pub async fn record_in(&self, tx: &WriteTxn, event: &IncomingEvent, drafts: Vec<Draft>) -> Result<usize, sea_orm::DbErr> {
+    /// Records the drafts made from each event as PENDING messages inside `tx` (due at once),
+    /// all in one statement per [`repo::ROWS_PER_INSERT`], and wakes the dispatcher. A draft
+    /// whose `(event, role)` is already recorded is skipped. Returns how many were new.
+    pub async fn record_in(&self, tx: &WriteTxn, made: Vec<(&IncomingEvent, Vec<Draft>)>) -> Result<usize, sea_orm::DbErr> {
         let now = now_ms();
-        let rows: Vec<MessageRow> = drafts
+        let rows: Vec<MessageRow> = made
             .into_iter()
-            .map(|draft| MessageRow {
+            .flat_map(|(event, drafts)| drafts.into_iter().map(move |draft| (event, draft)))
+            .map(|(event, draft)| MessageRow {
                 message_id: uuid::Uuid::now_v7().to_string(),
                 event_id: event.event_id.clone(),
                 recipient_id: draft.recipient_id,
@@ -50,7 +51,7 @@ impl Messages {
             .collect();
         let recorded = repo::insert_new(&**tx, rows).await?;
         for message_id in &recorded {
-            tracing::debug!(%message_id, event_id = %event.event_id, "message recorded");
+            tracing::debug!(%message_id, "message recorded");
         }
         let recorded = recorded.len();
         if recorded > 0 {
@@ -62,6 +63,36 @@ impl Messages {
     }
 }
 
+/// A consumer that turns each event of its stream into messages ([`compose`]).
+trait Drafting: Sync {
+    /// Where messages are recorded.
+    fn messages(&self) -> &Messages;
+
+    /// The messages `event` calls for (none for most events of some streams).
+    fn drafts(&self, event: &IncomingEvent) -> Result<Vec<Draft>, HandleError>;
+}
+
+/// [`EventHandler::handle`] of a [`Drafting`] consumer: records `event`'s messages.
+fn record_one<'a>(consumer: &'a impl Drafting, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
+    Box::pin(async move {
+        let drafts = consumer.drafts(event)?;
+        consumer.messages().record_in(tx, vec![(event, drafts)]).await?;
+        Ok(())
+    })
+}
+
+/// [`EventHandler::handle_all`] of a [`Drafting`] consumer: records a batch's messages together.
+fn record_all<'a>(consumer: &'a impl Drafting, tx: &'a WriteTxn, events: &'a [Delivered<'a>]) -> HandleFuture<'a> {
+    Box::pin(async move {
+        let mut made = Vec::with_capacity(events.len());
+        for (event, span) in events {
+            made.push((*event, span.in_scope(|| consumer.drafts(event))?));
+        }
+        consumer.messages().record_in(tx, made).await?;
+        Ok(())
+    })
+}
+
 /// Consumes the reservation stream: every state change notifies the customer, and the host
 /// where [`compose`] says so.
 pub struct ReservationEvents {
@@ -69,20 +100,30 @@ pub struct ReservationEvents {
     pub messages: Messages,
 }
 
+impl Drafting for ReservationEvents {
+    fn messages(&self) -> &Messages {
+        &self.messages
+    }
+
+    fn drafts(&self, event: &IncomingEvent) -> Result<Vec<Draft>, HandleError> {
+        // Every reservation event notifies somebody (see [`compose`]).
+        let Some(reservation_event) = event.decode_as::<ReservationEvent>()? else {
+            return Ok(Vec::new());
+        };
+        let reservation = reservation_event
+            .reservation()
+            .ok_or_else(|| HandleError::Permanent(format!("{} without a reservation", event.event_type)))?;
+        Ok(compose::reservation_messages(reservation_event.change(), reservation))
+    }
+}
+
 impl EventHandler for ReservationEvents {
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
-        Box::pin(async move {
-            // Every reservation event notifies somebody (see [`compose`]).
-            let Some(reservation_event) = event.decode_as::<ReservationEvent>()? else {
-                return Ok(());
-            };
-            let reservation = reservation_event
-                .reservation()
-                .ok_or_else(|| HandleError::Permanent(format!("{} without a reservation", event.event_type)))?;
-            let drafts = compose::reservation_messages(reservation_event.change(), reservation);
-            self.messages.record_in(tx, event, drafts).await?;
-            Ok(())
-        })
+        record_one(self, tx, event)
+    }
+
+    fn handle_all<'a>(&'a self, tx: &'a WriteTxn, events: &'a [Delivered<'a>]) -> HandleFuture<'a> {
+        record_all(self, tx, events)
     }
 }
 
@@ -93,21 +134,32 @@ pub struct CatalogEvents {
     pub messages: Messages,
 }
 
+impl Drafting for CatalogEvents {
+    fn messages(&self) -> &Messages {
+        &self.messages
+    }
+
+    fn drafts(&self, event: &IncomingEvent) -> Result<Vec<Draft>, HandleError> {
+        let registered = match event.decode_as::<CatalogEvent>()? {
+            Some(CatalogEvent::Registered(registered)) => registered,
+            Some(CatalogEvent::Updated(_) | CatalogEvent::Deleted(_) | CatalogEvent::Booked(_) | CatalogEvent::Released(_)) | None => {
+                return Ok(Vec::new());
+            }
+        };
+        let listing = registered
+            .listing
+            .ok_or_else(|| HandleError::Permanent("ListingRegistered without a listing".into()))?;
+        Ok(compose::listing_registered(&listing))
+    }
+}
+
 impl EventHandler for CatalogEvents {
     fn handle<'a>(&'a self, tx: &'a WriteTxn, event: &'a IncomingEvent) -> HandleFuture<'a> {
-        Box::pin(async move {
-            let registered = match event.decode_as::<CatalogEvent>()? {
-                Some(CatalogEvent::Registered(registered)) => registered,
-                Some(CatalogEvent::Updated(_) | CatalogEvent::Deleted(_) | CatalogEvent::Booked(_) | CatalogEvent::Released(_)) | None => {
-                    return Ok(());
-                }
-            };
-            let listing = registered
-                .listing
-                .ok_or_else(|| HandleError::Permanent("ListingRegistered without a listing".into()))?;
-            self.messages.record_in(tx, event, compose::listing_registered(&listing)).await?;
-            Ok(())
-        })
+        record_one(self, tx, event)
+    }
+
+    fn handle_all<'a>(&'a self, tx: &'a WriteTxn, events: &'a [Delivered<'a>]) -> HandleFuture<'a> {
+        record_all(self, tx, events)
     }
 
     /// Only ListingRegistered sends a message.

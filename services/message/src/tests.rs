@@ -18,7 +18,7 @@ use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message, MessageSent, RecipientRole};
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationCancelled, ReservationPaid, ReservationPlaced, ReservationRejected};
 use sharemesh_mesh::auth::{Caller, Role};
-use sharemesh_mesh::events::inbox::{EventHandler, HandleError, IncomingEvent, Outcome, apply_once};
+use sharemesh_mesh::events::inbox::{EventHandler, HandleError, IncomingEvent, Outcome, apply_batch, apply_once};
 use sharemesh_mesh::events::outbox::entity as outbox;
 use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::storage::Db;
@@ -230,6 +230,55 @@ async fn an_event_applied_twice_records_its_messages_once() {
     let err = apply_once(&f.db, CONSUMER, &handler, &garbage).await.unwrap_err();
     assert!(matches!(err, HandleError::Permanent(_)), "{err:?}");
     assert_eq!(f.count().await, 3);
+}
+
+/// A burst of events is applied as one batch: every event's messages are recorded, in
+/// statements of at most [`repo::ROWS_PER_INSERT`] rows; the same batch replayed past the inbox
+/// records none again, whichever statement a message was first in.
+async fn a_batch_records_every_events_messages_once(f: &Fixture) {
+    let handler = f.reservations();
+    let events: Vec<IncomingEvent> = (0..12).map(|i| paid(&format!("r-{i:02}"), "alice", &format!("host-{i}"))).collect();
+    let batch: Vec<_> = events.iter().map(|e| (e.clone(), tracing::Span::none())).collect();
+    let outcomes = apply_batch(&f.db, CONSUMER, &handler, &batch).await.unwrap();
+    assert_eq!(outcomes, vec![Outcome::Applied; events.len()]);
+    let rows = f.rows().await;
+    assert!(rows.len() > repo::ROWS_PER_INSERT, "the batch spans statements");
+    assert_eq!(rows.len(), 2 * events.len());
+    for (i, e) in events.iter().enumerate() {
+        let mut of_event: Vec<_> = rows
+            .iter()
+            .filter(|r| r.event_id == e.event_id)
+            .map(|r| (r.recipient_role.as_str(), r.recipient_id.as_str(), r.reservation_id.as_str()))
+            .collect();
+        of_event.sort();
+        let (host, reservation) = (format!("host-{i}"), format!("r-{i:02}"));
+        assert_eq!(
+            of_event,
+            [
+                ("CUSTOMER", "alice", reservation.as_str()),
+                ("HOST", host.as_str(), reservation.as_str())
+            ]
+        );
+    }
+    let replayed = apply_batch(&f.db, "message-replay", &handler, &batch).await.unwrap();
+    assert_eq!(replayed, vec![Outcome::Applied; events.len()]);
+    assert_eq!(f.count().await, 2 * events.len() as u64);
+}
+
+#[tokio::test]
+async fn a_batch_of_events_records_their_messages_together_and_once() {
+    a_batch_records_every_events_messages_once(&fixture().await).await;
+}
+
+#[tokio::test]
+async fn on_postgresql_too_a_batch_of_events_records_their_messages_together_and_once() {
+    let Some(pg) = PgDatabase::create().await else {
+        return;
+    };
+    let f = fixture_on(&pg.url).await;
+    a_batch_records_every_events_messages_once(&f).await;
+    drop(f);
+    pg.drop_now().await;
 }
 
 #[tokio::test]

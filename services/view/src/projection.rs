@@ -14,11 +14,21 @@
 //!   row, and the row stays unnamed for good.
 //!
 //! Replicas of the view consume one durable consumer, so two of them can apply events of the same
-//! row at the same moment. Every rule is therefore one `INSERT … ON CONFLICT DO UPDATE … WHERE`
-//! (see [`upsert`]): the database decides on the committed row, never on a stale copy. On
+//! row at the same moment. Every rule is therefore part of one `INSERT … ON CONFLICT DO UPDATE …
+//! WHERE` (see [`upsert`]): the database decides on the committed row, never on a stale copy. On
 //! PostgreSQL the statement inserts, or locks the existing row and evaluates its `WHERE` on the
 //! row's latest version (an insert of the same id in flight is waited for); SQLite has one
-//! writer. One statement per event, where reading the row locked and then writing it took two.
+//! writer.
+//!
+//! A batch of events ([`Changes`]) is merged per row before it is written: of the snapshots of
+//! one row the newest stands for all (a snapshot carries the whole state at its version, and
+//! versions and change times rise together), and a reservation's snapshot and its payment's
+//! go in one row, which the one rule of `reservation_views` applies part by part. Each table then
+//! takes one statement per [`ROWS_PER_UPSERT`] rows, its rows in key order, so two replicas
+//! writing the same rows lock them in the same order. One event is a batch of one.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use sea_orm::sea_query::{Expr, ExprTrait, Func, OnConflict};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Iterable};
@@ -42,19 +52,28 @@ fn kind_name(kind: i32) -> String {
         .to_owned()
 }
 
-/// Inserts `row`, or when its id exists, applies `on_conflict` to the stored row (its `WHERE`
-/// decides whether the event is newer than what the row holds), in one statement.
-async fn upsert<E, A>(db: &impl ConnectionTrait, row: E::Model, on_conflict: OnConflict) -> Result<(), sea_orm::DbErr>
+/// Rows per upsert statement: a batch's rows go in statements of at most this many, so the
+/// statement text has a bounded set of forms and each stays prepared.
+pub const ROWS_PER_UPSERT: usize = 16;
+
+/// Inserts `rows`, or for each whose id exists, applies `on_conflict` to the stored row (its
+/// `WHERE` decides whether the event is newer than what the row holds), in one statement per
+/// [`ROWS_PER_UPSERT`] rows.
+async fn upsert<E, A>(db: &impl ConnectionTrait, rows: Vec<E::Model>, on_conflict: &OnConflict) -> Result<(), sea_orm::DbErr>
 where
     E: EntityTrait,
     A: ActiveModelTrait<Entity = E> + sea_orm::ActiveModelBehavior + Send,
     E::Model: IntoActiveModel<A>,
 {
-    E::insert(row.into_active_model())
-        .on_conflict(on_conflict)
-        .exec_without_returning(db)
-        .await
-        .map(|_| ())
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk = rows.by_ref().take(ROWS_PER_UPSERT).map(IntoActiveModel::into_active_model);
+        E::insert_many(chunk)
+            .on_conflict(on_conflict.clone())
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The stored row's `column`.
@@ -67,19 +86,189 @@ fn incoming(column: impl sea_orm::sea_query::IntoIden) -> Expr {
     Expr::col((sea_orm::sea_query::Alias::new("excluded"), column))
 }
 
-/// The later of the stored and incoming change times: `updated_at_ms` only moves forward.
-fn later_change<E: EntityTrait>(column: impl ColumnTrait + sea_orm::sea_query::IntoIden + Copy) -> Expr {
-    Func::greatest([stored::<E>(column), incoming(column)]).into()
+/// What one event changes in the read models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A listing snapshot (ListingRegistered / Updated / Deleted).
+    Listing(ListingViewRow),
+    /// A reservation snapshot (any Reservation* event), or a payment's (PaymentApproved /
+    /// Declined / Cancelled), as a row of `reservation_views`: a snapshot's row has payment
+    /// version 0, a payment's has reservation version 0.
+    Reservation(ReservationViewRow),
 }
 
-/// Applies a listing snapshot (ListingRegistered / Updated / Deleted): the whole row, if newer.
-pub async fn apply_listing(db: &impl ConnectionTrait, l: &Listing) -> Result<(), sea_orm::DbErr> {
+impl Change {
+    /// A listing snapshot: the whole row, if newer.
+    pub fn listing(l: &Listing) -> Self {
+        Change::Listing(listing_row(l))
+    }
+
+    /// A reservation snapshot, if newer than the row's. The payment status it carries is taken
+    /// only while no payment event has been applied.
+    pub fn reservation(r: &Reservation) -> Self {
+        let (start_ms, end_ms) = r.window.as_ref().and_then(|w| w.to_ms()).unwrap_or((0, 0));
+        let amount = r.amount.clone().unwrap_or_default();
+        Change::Reservation(ReservationViewRow {
+            listing_id: r.listing_id.clone(),
+            customer_id: r.customer_id.clone(),
+            host_id: r.host_id.clone(),
+            listing_title: r.listing_title.clone(),
+            listing_kind: kind_name(r.listing_kind),
+            start_ms,
+            end_ms,
+            amount_minor: amount.amount_minor,
+            currency: amount.currency,
+            reservation_status: ReservationStatus::try_from(r.status)
+                .unwrap_or(ReservationStatus::Unspecified)
+                .as_str_name()
+                .to_owned(),
+            status_reason: r.status_reason.clone(),
+            reservation_version: r.version,
+            payment_status: payment_status_name(r.payment_status),
+            updated_at_ms: ms(r.update_time.as_ref()),
+            ..empty_reservation(&r.reservation_id)
+        })
+    }
+
+    /// A payment snapshot, if newer than the payment the row reflects; before the
+    /// reservation's first event the row holds only this. `None` for a payment of no
+    /// reservation.
+    pub fn payment(p: &Payment) -> Option<Self> {
+        if p.reservation_id.is_empty() {
+            return None;
+        }
+        Some(Change::Reservation(ReservationViewRow {
+            customer_id: p.customer_id.clone(),
+            payment_status: payment_status_name(p.status),
+            payment_version: p.version,
+            updated_at_ms: ms(p.update_time.as_ref()),
+            ..empty_reservation(&p.reservation_id)
+        }))
+    }
+}
+
+/// The changes of a batch of events, merged per row (see the module docs).
+#[derive(Debug, Default)]
+pub struct Changes {
+    listings: BTreeMap<String, ListingViewRow>,
+    reservations: BTreeMap<String, ReservationViewRow>,
+}
+
+impl Changes {
+    /// Adds one event's change.
+    pub fn add(&mut self, change: Change) {
+        match change {
+            Change::Listing(row) => match self.listings.entry(row.listing_id.clone()) {
+                Entry::Vacant(slot) => {
+                    slot.insert(row);
+                }
+                Entry::Occupied(mut slot) => {
+                    if row.version > slot.get().version {
+                        slot.insert(row);
+                    }
+                }
+            },
+            Change::Reservation(row) => match self.reservations.entry(row.reservation_id.clone()) {
+                Entry::Vacant(slot) => {
+                    slot.insert(row);
+                }
+                Entry::Occupied(mut slot) => {
+                    let merged = merge_reservation(slot.get(), row);
+                    slot.insert(merged);
+                }
+            },
+        }
+    }
+
+    /// Writes the merged rows: listings, then reservations, each in key order.
+    pub async fn apply(self, db: &impl ConnectionTrait) -> Result<(), sea_orm::DbErr> {
+        if !self.listings.is_empty() {
+            let rows = self.listings.into_values().collect();
+            upsert::<listing_views::entity::Entity, _>(db, rows, &listing_rule()).await?;
+        }
+        if !self.reservations.is_empty() {
+            let rows = self.reservations.into_values().collect();
+            upsert::<reservation_views::entity::Entity, _>(db, rows, &reservation_rule()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Extend<Change> for Changes {
+    fn extend<I: IntoIterator<Item = Change>>(&mut self, changes: I) {
+        for change in changes {
+            self.add(change);
+        }
+    }
+}
+
+/// A listing row takes the whole incoming row if its version is newer.
+fn listing_rule() -> OnConflict {
     use listing_views::entity::{Column, Entity};
-    let on_conflict = OnConflict::column(Column::ListingId)
+    OnConflict::column(Column::ListingId)
         .update_columns(Column::iter().filter(|c| !matches!(c, Column::ListingId)))
         .action_and_where(stored::<Entity>(Column::Version).lt(incoming(Column::Version)))
-        .to_owned();
-    upsert::<Entity, _>(db, listing_row(l), on_conflict).await
+        .to_owned()
+}
+
+/// The columns a reservation snapshot writes: every column but the key, the payment's own and
+/// the change time.
+fn snapshot_columns() -> impl Iterator<Item = Res> {
+    Res::iter().filter(|c| !matches!(c, Res::ReservationId | Res::PaymentStatus | Res::PaymentVersion | Res::UpdatedAtMs))
+}
+
+/// A reservation row takes the incoming snapshot's columns if its reservation version is newer,
+/// the incoming payment's if its payment version is newer, and the payment status of a newer
+/// snapshot while no payment has been applied; `updated_at_ms` only moves forward.
+fn reservation_rule() -> OnConflict {
+    use reservation_views::entity::Entity;
+    let newer_snapshot = stored::<Entity>(Res::ReservationVersion).lt(incoming(Res::ReservationVersion));
+    let newer_payment = stored::<Entity>(Res::PaymentVersion).lt(incoming(Res::PaymentVersion));
+    let snapshot = snapshot_columns().map(|c| {
+        let value = Expr::case(newer_snapshot.clone(), incoming(c)).finally(stored::<Entity>(c));
+        (c, value.into())
+    });
+    let payment_status = Expr::case(newer_payment.clone(), incoming(Res::PaymentStatus))
+        .case(
+            stored::<Entity>(Res::PaymentVersion).eq(0).and(newer_snapshot.clone()),
+            incoming(Res::PaymentStatus),
+        )
+        .finally(stored::<Entity>(Res::PaymentStatus));
+    let payment_version = Func::greatest([stored::<Entity>(Res::PaymentVersion), incoming(Res::PaymentVersion)]);
+    let updated_at = Func::greatest([stored::<Entity>(Res::UpdatedAtMs), incoming(Res::UpdatedAtMs)]);
+    OnConflict::column(Res::ReservationId)
+        .values(snapshot.chain([
+            (Res::PaymentStatus, payment_status.into()),
+            (Res::PaymentVersion, payment_version.into()),
+            (Res::UpdatedAtMs, updated_at.into()),
+        ]))
+        .action_and_where(newer_snapshot.or(newer_payment))
+        .to_owned()
+}
+
+/// Two changes of one reservation as one row: the newer snapshot's columns, the newer
+/// payment's, and the later change time. The payment status is the payment's once one is
+/// known, else the snapshot's.
+fn merge_reservation(a: &ReservationViewRow, b: ReservationViewRow) -> ReservationViewRow {
+    let b_snapshot_newer = b.reservation_version > a.reservation_version;
+    let (payment_status, payment_version) = if b.payment_version > a.payment_version {
+        (b.payment_status.clone(), b.payment_version)
+    } else {
+        (a.payment_status.clone(), a.payment_version)
+    };
+    let updated_at_ms = Ord::max(a.updated_at_ms, b.updated_at_ms);
+    let snapshot = if b_snapshot_newer { b } else { a.clone() };
+    let payment_status = if payment_version > 0 {
+        payment_status
+    } else {
+        snapshot.payment_status.clone()
+    };
+    ReservationViewRow {
+        payment_status,
+        payment_version,
+        updated_at_ms,
+        ..snapshot
+    }
 }
 
 fn listing_row(l: &Listing) -> ListingViewRow {
@@ -139,72 +328,9 @@ fn empty_reservation(id: &str) -> ReservationViewRow {
     }
 }
 
-/// Applies a reservation snapshot (any Reservation* event), if newer than the row's. The
-/// payment status it carries is taken only while no payment event has been applied.
-pub async fn apply_reservation(db: &impl ConnectionTrait, r: &Reservation) -> Result<(), sea_orm::DbErr> {
-    use reservation_views::entity::Entity;
-    let (start_ms, end_ms) = r.window.as_ref().and_then(|w| w.to_ms()).unwrap_or((0, 0));
-    let amount = r.amount.clone().unwrap_or_default();
-    let row = ReservationViewRow {
-        listing_id: r.listing_id.clone(),
-        customer_id: r.customer_id.clone(),
-        host_id: r.host_id.clone(),
-        listing_title: r.listing_title.clone(),
-        listing_kind: kind_name(r.listing_kind),
-        start_ms,
-        end_ms,
-        amount_minor: amount.amount_minor,
-        currency: amount.currency,
-        reservation_status: ReservationStatus::try_from(r.status)
-            .unwrap_or(ReservationStatus::Unspecified)
-            .as_str_name()
-            .to_owned(),
-        status_reason: r.status_reason.clone(),
-        reservation_version: r.version,
-        payment_status: payment_status_name(r.payment_status),
-        updated_at_ms: ms(r.update_time.as_ref()),
-        ..empty_reservation(&r.reservation_id)
-    };
-    // Every column but the key, the payment's own, and the two decided below.
-    let snapshot = Res::iter().filter(|c| !matches!(c, Res::ReservationId | Res::PaymentStatus | Res::PaymentVersion | Res::UpdatedAtMs));
-    let payment_status =
-        Expr::case(stored::<Entity>(Res::PaymentVersion).eq(0), incoming(Res::PaymentStatus)).finally(stored::<Entity>(Res::PaymentStatus));
-    let on_conflict = OnConflict::column(Res::ReservationId)
-        .update_columns(snapshot)
-        .values([
-            (Res::PaymentStatus, payment_status.into()),
-            (Res::UpdatedAtMs, later_change::<Entity>(Res::UpdatedAtMs)),
-        ])
-        .action_and_where(stored::<Entity>(Res::ReservationVersion).lt(incoming(Res::ReservationVersion)))
-        .to_owned();
-    upsert::<Entity, _>(db, row, on_conflict).await
-}
-
 fn payment_status_name(status: i32) -> String {
     PaymentStatus::try_from(status)
         .unwrap_or(PaymentStatus::Unspecified)
         .as_str_name()
         .to_owned()
-}
-
-/// Applies a payment snapshot (PaymentApproved / Declined / Cancelled), if newer than the
-/// payment the row reflects. Before the reservation's first event the row holds only this.
-pub async fn apply_payment(db: &impl ConnectionTrait, p: &Payment) -> Result<(), sea_orm::DbErr> {
-    use reservation_views::entity::Entity;
-    if p.reservation_id.is_empty() {
-        return Ok(());
-    }
-    let row = ReservationViewRow {
-        customer_id: p.customer_id.clone(),
-        payment_status: payment_status_name(p.status),
-        payment_version: p.version,
-        updated_at_ms: ms(p.update_time.as_ref()),
-        ..empty_reservation(&p.reservation_id)
-    };
-    let on_conflict = OnConflict::column(Res::ReservationId)
-        .update_columns([Res::PaymentStatus, Res::PaymentVersion])
-        .value(Res::UpdatedAtMs, later_change::<Entity>(Res::UpdatedAtMs))
-        .action_and_where(stored::<Entity>(Res::PaymentVersion).lt(incoming(Res::PaymentVersion)))
-        .to_owned();
-    upsert::<Entity, _>(db, row, on_conflict).await
 }

@@ -1,7 +1,7 @@
 //! Projection properties on a real SQLite database: an event applied twice changes nothing the
 //! second time, and any order of the same events ends in the same rows. On PostgreSQL: two
 //! projectors (two view replicas) applying one shuffled event set concurrently end in the rows a
-//! serial run gives.
+//! serial run gives. A batch of events, merged per row, ends where one event at a time does.
 
 use prost::{Message, Name};
 use sea_orm::{EntityTrait, QueryOrder};
@@ -13,7 +13,7 @@ use sharemesh_contracts::reservation::v1::{
     Reservation, ReservationCancelRequested, ReservationCancelled, ReservationConfirmed, ReservationPaid, ReservationPlaced,
     ReservationRejected, ReservationStatus,
 };
-use sharemesh_mesh::events::inbox::{IncomingEvent, Outcome, apply_once};
+use sharemesh_mesh::events::inbox::{IncomingEvent, Outcome, apply_batch, apply_once};
 use sharemesh_mesh::storage::Db;
 
 use crate::Views;
@@ -269,6 +269,51 @@ async fn any_order_of_the_same_events_ends_in_the_same_rows() {
     }
 }
 
+/// Applies `events` as the inbox does, in batches of `size`, each in one transaction. No batch
+/// may fail: rows merged per row and locked in key order neither break a rule nor deadlock.
+async fn apply_in_batches(db: &Db, events: &[IncomingEvent], size: usize) {
+    for chunk in events.chunks(size) {
+        let batch: Vec<_> = chunk.iter().map(|e| (e.clone(), tracing::Span::none())).collect();
+        let outcomes = apply_batch(db, "view", &Projector, &batch).await.expect("apply a batch");
+        assert!(outcomes.iter().all(|o| *o == Outcome::Applied), "{outcomes:?}");
+    }
+}
+
+#[tokio::test]
+async fn batches_of_any_size_and_order_end_in_the_rows_of_one_event_at_a_time() {
+    let (db, _dir) = fresh_db().await;
+    for e in history() {
+        apply_once(&db, "view", &Projector, &e).await.expect("apply");
+    }
+    let expected = rows(&db).await;
+    let mut rng = fastrand::Rng::with_seed(5);
+    for round in 0..6 {
+        let mut order = history();
+        if round > 0 {
+            rng.shuffle(&mut order);
+        }
+        for size in [2, 3, 5, order.len()] {
+            let (db, _dir) = fresh_db().await;
+            apply_in_batches(&db, &order, size).await;
+            assert_eq!(
+                rows(&db).await,
+                expected,
+                "batches of {size}, order {:?}",
+                order.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>()
+            );
+        }
+    }
+    // Many rows in one batch take more than one statement.
+    let busy = busy_history(12);
+    let (one_by_one, _dir) = fresh_db().await;
+    for e in &busy {
+        apply_once(&one_by_one, "view", &Projector, e).await.expect("apply");
+    }
+    let (batched, _dir2) = fresh_db().await;
+    apply_in_batches(&batched, &busy, 64).await;
+    assert_eq!(rows(&batched).await, rows(&one_by_one).await);
+}
+
 #[tokio::test]
 async fn a_reservation_rejected_before_its_hold_is_named_from_the_listing_whichever_came_first() {
     let registered = event(
@@ -407,15 +452,16 @@ async fn two_concurrent_projectors_on_postgres_end_as_a_serial_run() {
         let mut events = busy_history(12);
         rng.shuffle(&mut events);
         // Two replicas: their own pools on one database, each handed every other event, as a
-        // shared durable consumer spreads them.
+        // shared durable consumer spreads them; from the second round on, in batches, merged
+        // per row, as a replica applies a burst.
         let (mine, theirs): (Vec<_>, Vec<_>) = events.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let batch = [1, 4, 16, 64][round];
         let replica = |share: Vec<(usize, IncomingEvent)>| {
             let url = pg.url.clone();
             tokio::spawn(async move {
                 let db = Db::connect(&url).await.expect("connect");
-                for (_, e) in share {
-                    apply_once(&db, "view", &Projector, &e).await.expect("apply");
-                }
+                let share: Vec<IncomingEvent> = share.into_iter().map(|(_, e)| e).collect();
+                apply_in_batches(&db, &share, batch).await;
             })
         };
         let (a, b) = (replica(mine), replica(theirs));
