@@ -7,7 +7,8 @@
 //!
 //! Events that are already waiting when the consumer looks (a burst) are applied as one batch:
 //! one transaction for all of them (one statement records all their ids; only the events whose
-//! ids were new reach the handler), one commit, then every ack. The rules per event do not
+//! ids were new reach the handler, together, through [`EventHandler::handle_all`]), one commit,
+//! then every ack. The rules per event do not
 //! change: if any handler of the batch fails, the whole transaction rolls back and each event is
 //! applied again on its own, with its own retries and dead-lettering, so one bad event never
 //! takes a good one down with it and nothing is acked before its effect is committed.
