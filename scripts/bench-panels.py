@@ -246,11 +246,11 @@ scrape_configs:
   - job_name: sharemesh-bench
     file_sd_configs: [{{files: ["{work}/targets/*.json"], refresh_interval: 1s}}]
 """)
-        port = obs.free_port()
+        port, prom_log = obs.free_port(), os.path.join(work, "prometheus.log")
         prom = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={work}/tsdb",
                                  f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "prometheus.log"), "w"))
-        obs.wait("prometheus ready", lambda: obs.http("GET", f"http://127.0.0.1:{port}/-/ready")[0] == 200)
+                                stdout=subprocess.DEVNULL, stderr=open(prom_log, "w"))
+        obs.wait("prometheus ready", lambda: obs.prometheus_ready(prom, port, prom_log))
         api = f"http://127.0.0.1:{port}/api/v1"
 
         start, end, marks = run_bench(targets)

@@ -51,10 +51,23 @@ def tool(name: str) -> str:
     return shutil.which(name) or f"/usr/bin/{name}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: frozenset[int] = frozenset()) -> int:
+    """A port free now, none of `avoid` (ports chosen for processes that have not bound them yet)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def prometheus_ready(proc: subprocess.Popen, port: int, log: str) -> bool:
+    """True once the Prometheus we started answers on `port`. It must still be running, and the
+    answer must be its own: a sharemesh gRPC port also answers a plain GET with 200."""
+    if proc.poll() is not None:
+        raise SystemExit(f"observability-check: prometheus exited ({proc.returncode}):\n{open(log).read()[-2000:]}")
+    status, body = http("GET", f"http://127.0.0.1:{port}/-/ready")
+    return status == 200 and "Prometheus" in str(body)
 
 
 def parse(raw: bytes):
@@ -177,7 +190,9 @@ def main() -> int:
         subprocess.run([promtool, "check", "rules", rules], check=True)
         dashboard = json.load(open(os.path.join(rendered, "dashboard.json")))
 
-        (base, nats, metrics), prom = devports.free_dev_ports(), free_port()
+        base, nats, metrics = devports.free_dev_ports()
+        # The services bind their ports only after their migrations: keep Prometheus off them.
+        prom = free_port(frozenset(devports.service_ports(base) + [nats, metrics]))
         log = open(os.path.join(work, "dev.log"), "w")
         env = dict(os.environ, SHAREMESH_DEV_PORT=str(base), SHAREMESH_DEV_NATS_PORT=str(nats),
                    SHAREMESH_DEV_METRICS_PORT=str(metrics), SHAREMESH_DATA_DIR=os.path.join(work, "data"),
@@ -204,11 +219,12 @@ scrape_configs:
     static_configs: [{{targets: ["127.0.0.1:{metrics}"]}}]
 """)
         subprocess.run([promtool, "check", "config", config], check=True)
+        prom_log = os.path.join(work, "prometheus.log")
         procs.append(subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={work}/tsdb",
                                        f"--web.listen-address=127.0.0.1:{prom}"],
-                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "prometheus.log"), "w")))
+                                      stdout=subprocess.DEVNULL, stderr=open(prom_log, "w")))
         api = f"http://127.0.0.1:{prom}/api/v1"
-        wait("prometheus ready", lambda: http("GET", f"http://127.0.0.1:{prom}/-/ready")[0] == 200)
+        wait("prometheus ready", lambda: prometheus_ready(procs[-1], prom, prom_log))
         journey(edge)
 
         queries = [(f"panel '{p['title']}'", t["expr"].replace("$__rate_interval", "1m"))

@@ -1,6 +1,7 @@
 //! `sharemesh view rebuild`: replays the catalog, reservation and payment streams from the
-//! start into a fresh database, through the same projection the live service uses, and stops
-//! when it has caught up with each stream's last event at start.
+//! start into a fresh database, through the same projection the live service uses (events that
+//! are already waiting applied together, as the live consumer applies a burst), and stops when it
+//! has caught up with each stream's last event at start.
 //!
 //! The rebuilt database records the events as handled by the `view` consumer, so a view service
 //! started on it skips what the rebuild already applied.
@@ -8,7 +9,7 @@
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use futures::StreamExt;
 use sea_orm::{EntityTrait, PaginatorTrait};
-use sharemesh_mesh::events::inbox::{HandleError, IncomingEvent, apply_once};
+use sharemesh_mesh::events::inbox::{HandleError, IncomingEvent, apply_batch, apply_once};
 use sharemesh_mesh::events::stream_name;
 use sharemesh_mesh::storage::Db;
 
@@ -72,21 +73,22 @@ pub async fn rebuild(database_url: &str, nats_url: &str) -> Result<RebuildReport
             })
             .await
             .map_err(|e| format!("replay {context}: {e}"))?;
-        let mut messages = consumer.messages().await.map_err(|e| format!("replay {context}: {e}"))?;
-        while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(|e| format!("replay {context}: {e}"))?;
-            let seq = msg.info().map(|i| i.stream_sequence).map_err(|e| e.to_string())?;
-            report.events += 1;
-            let event = IncomingEvent::from_message(&msg);
-            match apply_once(&db, "view", &Projector, &event).await {
-                Ok(_) => {}
-                Err(HandleError::Permanent(reason)) => {
-                    report.skipped += 1;
-                    tracing::error!(event_id = %event.event_id, %reason, "event skipped during rebuild");
+        let messages = consumer.messages().await.map_err(|e| format!("replay {context}: {e}"))?;
+        let mut chunks = messages.ready_chunks(REPLAY_BATCH);
+        while let Some(chunk) = chunks.next().await {
+            let mut events = Vec::with_capacity(chunk.len());
+            let mut caught_up = false;
+            for msg in chunk {
+                let msg = msg.map_err(|e| format!("replay {context}: {e}"))?;
+                let seq = msg.info().map(|i| i.stream_sequence).map_err(|e| e.to_string())?;
+                events.push((IncomingEvent::from_message(&msg), tracing::Span::none()));
+                if seq >= last {
+                    caught_up = true;
+                    break;
                 }
-                Err(HandleError::Transient(reason)) => return Err(format!("event {}: {reason}", event.event_id)),
             }
-            if seq >= last {
+            replay(&db, &events, &mut report).await?;
+            if caught_up {
                 break;
             }
         }
@@ -100,4 +102,27 @@ pub async fn rebuild(database_url: &str, nats_url: &str) -> Result<RebuildReport
         .await
         .map_err(|e| e.to_string())?;
     Ok(report)
+}
+
+/// At most this many events that are already waiting are applied in one transaction.
+const REPLAY_BATCH: usize = 256;
+
+/// Applies `events` in one transaction, as the live consumer applies a burst; if that fails,
+/// one at a time, skipping (and counting) those that can never apply.
+async fn replay(db: &Db, events: &[(IncomingEvent, tracing::Span)], report: &mut RebuildReport) -> Result<(), String> {
+    report.events += events.len() as u64;
+    if events.len() > 1 && apply_batch(db, "view", &Projector, events).await.is_ok() {
+        return Ok(());
+    }
+    for (event, _) in events {
+        match apply_once(db, "view", &Projector, event).await {
+            Ok(_) => {}
+            Err(HandleError::Permanent(reason)) => {
+                report.skipped += 1;
+                tracing::error!(event_id = %event.event_id, %reason, "event skipped during rebuild");
+            }
+            Err(HandleError::Transient(reason)) => return Err(format!("event {}: {reason}", event.event_id)),
+        }
+    }
+    Ok(())
 }
