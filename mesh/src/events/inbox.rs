@@ -189,7 +189,7 @@ pub enum Outcome {
     Applied,
     /// Already applied before; nothing changed.
     Duplicate,
-    /// Of a type the handler does not want ([`EventHandler::wants`]); nothing recorded.
+    /// Of a type the handler does not want ([`EventHandler::wanted`]); nothing recorded.
     NotWanted,
 }
 

@@ -17,7 +17,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Qu
 
 use crate::server::Shutdown;
 use crate::storage::pg_lead::PgLead;
-use crate::storage::{Db, WriteTxn};
+use crate::storage::{self, Db, WriteTxn};
 use crate::telemetry::metrics::{EventLabels, metrics};
 
 /// The `mesh_outbox` table.
@@ -155,7 +155,8 @@ pub async fn enqueue(tx: &WriteTxn, source: &str, event: OutgoingEvent) -> Resul
 /// Stores `events` in the caller's transaction (one row each, in their order); they are published
 /// after the commit. The rows of every event emitted in one transaction are inserted together
 /// when it commits ([`WriteTxn::commit`]), a few to a statement: a group commit of units that
-/// each emit writes its outbox rows in a statement per [`ROWS_PER_INSERT`] rows, not one per unit.
+/// each emit writes its outbox rows in a statement per [`storage::ROWS_PER_STATEMENT`] rows, not
+/// one per unit.
 pub async fn enqueue_all(tx: &WriteTxn, source: &str, events: Vec<OutgoingEvent>) -> Result<(), sea_orm::DbErr> {
     // The writer's trace context: the same for every row of one call.
     let (traceparent, tracestate) = (
@@ -177,24 +178,14 @@ pub async fn enqueue_all(tx: &WriteTxn, source: &str, events: Vec<OutgoingEvent>
     Ok(())
 }
 
-/// Inserts outbox `rows` in their order, [`ROWS_PER_INSERT`] to a statement: what a
-/// transaction's commit runs first.
+/// Inserts outbox `rows` in their order, one statement per [`storage::ROWS_PER_STATEMENT`]
+/// rows: what a transaction's commit runs first.
 pub(crate) async fn insert_rows(conn: &impl sea_orm::ConnectionTrait, rows: Vec<entity::ActiveModel>) -> Result<(), sea_orm::DbErr> {
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        entity::Entity::insert_many(rows.by_ref().take(ROWS_PER_INSERT))
-            .exec_without_returning(conn)
-            .await?;
+    for rows in storage::per_statement(rows) {
+        entity::Entity::insert_many(rows).exec_without_returning(conn).await?;
     }
     Ok(())
 }
-
-/// Outbox rows per insert statement. A statement's text varies with its rows, and this bounds
-/// it to a few forms: on PostgreSQL each new form costs a round trip to prepare it and a place in
-/// the connection's statement cache. (On SQLite a multi-row insert of more than 4 rows is parsed
-/// each time instead of displacing cached statements, `storage::reads`' rule; a dispatcher pass
-/// that emits a `MessageSent` per message wrote its events as one such insert before.)
-const ROWS_PER_INSERT: usize = 16;
 
 /// The NATS headers of an outbox row.
 pub fn headers(row: &entity::Model) -> HeaderMap {

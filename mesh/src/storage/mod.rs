@@ -313,6 +313,22 @@ pub const SQLITE_POOL: u32 = 2;
 /// How much of a SQLite file is memory-mapped (256 MiB; larger files read the rest by `pread`).
 const SQLITE_MMAP_SIZE: i64 = 268_435_456;
 
+/// Rows per multi-row statement (the outbox's inserts, the view's upserts, message's inserts). A
+/// statement's text varies with its rows, and this bounds it to a few forms: on PostgreSQL each
+/// new form costs a round trip to prepare it and a place in the connection's statement cache. (On
+/// SQLite a multi-row insert of more than 4 rows is parsed each time instead of displacing cached
+/// statements, [`reads`]' rule.)
+pub const ROWS_PER_STATEMENT: usize = 16;
+
+/// `rows` in groups of at most [`ROWS_PER_STATEMENT`], in their order: one group per statement.
+pub fn per_statement<T>(rows: impl IntoIterator<Item = T>) -> impl Iterator<Item = Vec<T>> {
+    let mut rows = rows.into_iter().peekable();
+    std::iter::from_fn(move || {
+        rows.peek()?;
+        Some(rows.by_ref().take(ROWS_PER_STATEMENT).collect())
+    })
+}
+
 /// Key of the PostgreSQL advisory lock migrations run under (`"SHMIGRAT"` as an integer).
 pub const MIGRATION_LOCK: i64 = 0x5348_4d49_4752_4154;
 
@@ -685,6 +701,17 @@ pub(crate) mod typed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_go_per_statement_in_their_order() {
+        let groups: Vec<Vec<usize>> = per_statement(0..2 * ROWS_PER_STATEMENT + 3).collect();
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            [ROWS_PER_STATEMENT, ROWS_PER_STATEMENT, 3]
+        );
+        assert_eq!(groups.concat(), (0..2 * ROWS_PER_STATEMENT + 3).collect::<Vec<_>>());
+        assert_eq!(per_statement(Vec::<u8>::new()).count(), 0);
+    }
 
     #[test]
     fn sqlite_dir_is_the_parent_of_the_file() {

@@ -23,9 +23,10 @@ use crate::storage::messages::{self as repo, MessageRow};
 pub const SOURCE: &str = "sharemesh/message";
 
 impl Messages {
-    /// Records the drafts made from each event as PENDING messages inside `tx` (due at once),
-    /// all in one statement per [`repo::ROWS_PER_INSERT`], and wakes the dispatcher. A draft
-    /// whose `(event, role)` is already recorded is skipped. Returns how many were new.
+    /// Records the drafts made from each event as PENDING messages inside `tx` (due at once), one
+    /// statement per [`sharemesh_mesh::storage::ROWS_PER_STATEMENT`] rows, and wakes the
+    /// dispatcher. A draft whose `(event, role)` is already recorded is skipped. Returns how many
+    /// were new.
     pub async fn record_in(&self, tx: &WriteTxn, made: Vec<(&IncomingEvent, Vec<Draft>)>) -> Result<usize, sea_orm::DbErr> {
         let now = now_ms();
         let rows: Vec<MessageRow> = made

@@ -21,7 +21,7 @@ use sharemesh_mesh::auth::{Caller, Role};
 use sharemesh_mesh::events::inbox::{EventHandler, HandleError, IncomingEvent, Outcome, apply_batch, apply_once};
 use sharemesh_mesh::events::outbox::entity as outbox;
 use sharemesh_mesh::server::Shutdown;
-use sharemesh_mesh::storage::Db;
+use sharemesh_mesh::storage::{Db, ROWS_PER_STATEMENT};
 use sharemesh_mesh::testing::PgDatabase;
 
 use crate::Messages;
@@ -233,7 +233,7 @@ async fn an_event_applied_twice_records_its_messages_once() {
 }
 
 /// A burst of events is applied as one batch: every event's messages are recorded, in
-/// statements of at most [`repo::ROWS_PER_INSERT`] rows; the same batch replayed past the inbox
+/// statements of at most [`ROWS_PER_STATEMENT`] rows; the same batch replayed past the inbox
 /// records none again, whichever statement a message was first in.
 async fn a_batch_records_every_events_messages_once(f: &Fixture) {
     let handler = f.reservations();
@@ -242,7 +242,7 @@ async fn a_batch_records_every_events_messages_once(f: &Fixture) {
     let outcomes = apply_batch(&f.db, CONSUMER, &handler, &batch).await.unwrap();
     assert_eq!(outcomes, vec![Outcome::Applied; events.len()]);
     let rows = f.rows().await;
-    assert!(rows.len() > repo::ROWS_PER_INSERT, "the batch spans statements");
+    assert!(rows.len() > ROWS_PER_STATEMENT, "the batch spans statements");
     assert_eq!(rows.len(), 2 * events.len());
     for (i, e) in events.iter().enumerate() {
         let mut of_event: Vec<_> = rows

@@ -24,11 +24,11 @@
 //! one row the newest stands for all (a snapshot carries the whole state at its version, and
 //! versions and change times rise together), and a reservation's snapshot and its payment's
 //! go in one row, which the one rule of `reservation_views` applies part by part. Each table then
-//! takes one statement per [`ROWS_PER_UPSERT`] rows, its rows in key order, so two replicas
-//! writing the same rows lock them in the same order. One event is a batch of one.
+//! takes one statement per [`sharemesh_mesh::storage::ROWS_PER_STATEMENT`] rows, its rows in key
+//! order, so two replicas writing the same rows lock them in the same order. One event is a
+//! batch of one.
 
 use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 
 use sea_orm::sea_query::{Expr, ExprTrait, Func, OnConflict};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Iterable};
@@ -37,6 +37,7 @@ use sharemesh_contracts::common::v1::ListingKind;
 use sharemesh_contracts::ext::timestamp_to_ms;
 use sharemesh_contracts::payment::v1::{Payment, PaymentStatus};
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
+use sharemesh_mesh::storage::per_statement;
 
 use crate::storage::listing_views::{self, ListingViewRow};
 use crate::storage::reservation_views::{self, ReservationViewRow, entity::Column as Res};
@@ -52,23 +53,17 @@ fn kind_name(kind: i32) -> String {
         .to_owned()
 }
 
-/// Rows per upsert statement: a batch's rows go in statements of at most this many, so the
-/// statement text has a bounded set of forms and each stays prepared.
-pub const ROWS_PER_UPSERT: usize = 16;
-
 /// Inserts `rows`, or for each whose id exists, applies `on_conflict` to the stored row (its
 /// `WHERE` decides whether the event is newer than what the row holds), in one statement per
-/// [`ROWS_PER_UPSERT`] rows.
+/// [`sharemesh_mesh::storage::ROWS_PER_STATEMENT`] rows.
 async fn upsert<E, A>(db: &impl ConnectionTrait, rows: Vec<E::Model>, on_conflict: &OnConflict) -> Result<(), sea_orm::DbErr>
 where
     E: EntityTrait,
     A: ActiveModelTrait<Entity = E> + sea_orm::ActiveModelBehavior + Send,
     E::Model: IntoActiveModel<A>,
 {
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk = rows.by_ref().take(ROWS_PER_UPSERT).map(IntoActiveModel::into_active_model);
-        E::insert_many(chunk)
+    for rows in per_statement(rows.into_iter().map(IntoActiveModel::into_active_model)) {
+        E::insert_many(rows)
             .on_conflict(on_conflict.clone())
             .exec_without_returning(db)
             .await?;
@@ -158,25 +153,19 @@ impl Changes {
     /// Adds one event's change.
     pub fn add(&mut self, change: Change) {
         match change {
-            Change::Listing(row) => match self.listings.entry(row.listing_id.clone()) {
-                Entry::Vacant(slot) => {
-                    slot.insert(row);
+            Change::Listing(row) => {
+                let newer = self.listings.get(&row.listing_id).is_none_or(|held| row.version > held.version);
+                if newer {
+                    self.listings.insert(row.listing_id.clone(), row);
                 }
-                Entry::Occupied(mut slot) => {
-                    if row.version > slot.get().version {
-                        slot.insert(row);
-                    }
-                }
-            },
-            Change::Reservation(row) => match self.reservations.entry(row.reservation_id.clone()) {
-                Entry::Vacant(slot) => {
-                    slot.insert(row);
-                }
-                Entry::Occupied(mut slot) => {
-                    let merged = merge_reservation(slot.get(), row);
-                    slot.insert(merged);
-                }
-            },
+            }
+            Change::Reservation(row) => {
+                let row = match self.reservations.remove(&row.reservation_id) {
+                    Some(held) => merge_reservation(held, row),
+                    None => row,
+                };
+                self.reservations.insert(row.reservation_id.clone(), row);
+            }
         }
     }
 
@@ -249,25 +238,22 @@ fn reservation_rule() -> OnConflict {
 /// Two changes of one reservation as one row: the newer snapshot's columns, the newer
 /// payment's, and the later change time. The payment status is the payment's once one is
 /// known, else the snapshot's.
-fn merge_reservation(a: &ReservationViewRow, b: ReservationViewRow) -> ReservationViewRow {
-    let b_snapshot_newer = b.reservation_version > a.reservation_version;
-    let (payment_status, payment_version) = if b.payment_version > a.payment_version {
-        (b.payment_status.clone(), b.payment_version)
-    } else {
-        (a.payment_status.clone(), a.payment_version)
-    };
+fn merge_reservation(a: ReservationViewRow, b: ReservationViewRow) -> ReservationViewRow {
     let updated_at_ms = Ord::max(a.updated_at_ms, b.updated_at_ms);
-    let snapshot = if b_snapshot_newer { b } else { a.clone() };
-    let payment_status = if payment_version > 0 {
-        payment_status
+    let (snapshot, other) = if b.reservation_version > a.reservation_version {
+        (b, a)
     } else {
-        snapshot.payment_status.clone()
+        (a, b)
     };
-    ReservationViewRow {
-        payment_status,
-        payment_version,
-        updated_at_ms,
-        ..snapshot
+    if other.payment_version > snapshot.payment_version {
+        ReservationViewRow {
+            payment_status: other.payment_status,
+            payment_version: other.payment_version,
+            updated_at_ms,
+            ..snapshot
+        }
+    } else {
+        ReservationViewRow { updated_at_ms, ..snapshot }
     }
 }
 

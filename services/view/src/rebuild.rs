@@ -111,7 +111,7 @@ const REPLAY_BATCH: usize = 256;
 /// one at a time, skipping (and counting) those that can never apply.
 async fn replay(db: &Db, events: &[(IncomingEvent, tracing::Span)], report: &mut RebuildReport) -> Result<(), String> {
     report.events += events.len() as u64;
-    if events.len() > 1 && apply_batch(db, "view", &Projector, events).await.is_ok() {
+    if apply_batch(db, "view", &Projector, events).await.is_ok() {
         return Ok(());
     }
     for (event, _) in events {

@@ -7,7 +7,7 @@ use sea_orm::{
 };
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::message::v1::{DeliveryStatus, Message, RecipientRole};
-use sharemesh_mesh::storage::ReadModels;
+use sharemesh_mesh::storage::{ReadModels, per_statement};
 
 use crate::domain::{self, MessageError};
 
@@ -142,21 +142,15 @@ impl MessageRow {
     }
 }
 
-/// Rows per insert statement: a batch's messages go in statements of at most this many, so the
-/// statement text has a bounded set of forms and each stays prepared.
-pub const ROWS_PER_INSERT: usize = 16;
-
-/// Inserts new messages, in one statement per [`ROWS_PER_INSERT`], skipping each whose
-/// `(event_id, recipient_role)` is already recorded; returns the ids inserted. `ON CONFLICT DO
-/// NOTHING` rather than catching the violation: on PostgreSQL a failed statement would abort the
-/// surrounding inbox transaction.
+/// Inserts new messages, in one statement per [`sharemesh_mesh::storage::ROWS_PER_STATEMENT`]
+/// rows, skipping each whose `(event_id, recipient_role)` is already recorded; returns the ids
+/// inserted. `ON CONFLICT DO NOTHING` rather than catching the violation: on PostgreSQL a failed
+/// statement would abort the surrounding inbox transaction.
 pub async fn insert_new(db: &impl ConnectionTrait, rows: Vec<MessageRow>) -> Result<Vec<String>, sea_orm::DbErr> {
     use entity::Column as C;
     let mut inserted = Vec::with_capacity(rows.len());
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk = rows.by_ref().take(ROWS_PER_INSERT).map(IntoActiveModel::into_active_model);
-        let result = entity::Entity::insert_many(chunk)
+    for rows in per_statement(rows.into_iter().map(IntoActiveModel::into_active_model)) {
+        let result = entity::Entity::insert_many(rows)
             .on_conflict_do_nothing_on([C::EventId, C::RecipientRole])
             .exec_with_returning_keys(db)
             .await?;
