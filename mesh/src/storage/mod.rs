@@ -4,6 +4,7 @@
 //! every write transaction ([`writes`]) run on the calling thread instead of sqlx's
 //! per-connection worker thread.
 
+pub mod coalesced;
 pub mod group;
 mod parked;
 mod pg_conns;
