@@ -52,13 +52,19 @@ impl CatalogConfig {
 #[derive(Clone)]
 pub struct Catalog {
     db: Db,
+    /// Listings read by id.
+    by_id: Arc<storage::listings::ById>,
     hold_ttl: Duration,
 }
 
 impl Catalog {
     /// A catalog on `db`.
     pub fn new(db: Db, hold_ttl: Duration) -> Self {
-        Self { db, hold_ttl }
+        Self {
+            db,
+            by_id: Arc::new(storage::listings::by_id()),
+            hold_ttl,
+        }
     }
 }
 

@@ -220,7 +220,8 @@ impl Catalog {
     /// One listing (deleted ones too: reservations still refer to them).
     pub async fn get(&self, listing_id: &str) -> Result<Listing, CatalogError> {
         sharemesh_mesh::status::validate_id("listing_id", listing_id)?;
-        repo::find(&self.db, listing_id)
+        self.by_id
+            .get(&self.db, listing_id.to_owned())
             .await?
             .map(|r| r.to_proto())
             .ok_or_else(|| CatalogError::NotFound(format!("listing {listing_id} not found")))

@@ -68,13 +68,19 @@ impl PaymentConfig {
 #[derive(Clone)]
 pub struct Payments {
     db: Db,
+    /// Payments read by id.
+    by_id: Arc<storage::payments::ById>,
     limit_minor: i64,
 }
 
 impl Payments {
     /// Payments on `db`, declining amounts above `limit_minor`.
     pub fn new(db: Db, limit_minor: i64) -> Self {
-        Self { db, limit_minor }
+        Self {
+            db,
+            by_id: Arc::new(storage::payments::by_id()),
+            limit_minor,
+        }
     }
 
     /// The amount limit (minor units).

@@ -29,7 +29,9 @@ impl Payments {
     /// One payment: NOT_FOUND when absent, PERMISSION_DENIED when it is another customer's.
     pub async fn get(&self, caller: &Caller, payment_id: &str) -> Result<Payment, PaymentError> {
         domain::validate_id("payment_id", payment_id)?;
-        let row = repo::find(&self.db, payment_id)
+        let row = self
+            .by_id
+            .get(&self.db, payment_id.to_owned())
             .await?
             .ok_or_else(|| PaymentError::NotFound(format!("payment {payment_id} not found")))?;
         if !sees_all(caller) && caller.id != row.customer_id {

@@ -133,6 +133,8 @@ impl Drop for InFlightGuard {
 #[derive(Clone)]
 pub struct Reservations {
     db: Db,
+    /// Reservations read by id.
+    by_id: Arc<storage::reservations::ById>,
     upstreams: upstream::Upstreams,
     auto_confirm: Arc<[String]>,
     in_flight: InFlight,
@@ -144,6 +146,7 @@ impl Reservations {
     pub fn new(db: Db, upstreams: upstream::Upstreams, auto_confirm: Vec<String>, horizon: Duration) -> Self {
         Self {
             db,
+            by_id: Arc::new(storage::reservations::by_id()),
             upstreams,
             auto_confirm: auto_confirm.into(),
             in_flight: InFlight::default(),

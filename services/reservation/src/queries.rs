@@ -21,7 +21,8 @@ pub struct ReservationPage {
 impl Reservations {
     pub(crate) async fn load(&self, reservation_id: &str) -> Result<ReservationRow, ReservationError> {
         domain::validate_id("reservation_id", reservation_id)?;
-        repo::find(&self.db, reservation_id)
+        self.by_id
+            .get(&self.db, reservation_id.to_owned())
             .await?
             .ok_or_else(|| ReservationError::NotFound(format!("reservation {reservation_id} not found")))
     }

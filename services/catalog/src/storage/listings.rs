@@ -6,6 +6,7 @@ use sharemesh_contracts::catalog::v1::{CarDetails, Listing as ListingProto, List
 use sharemesh_contracts::common::v1::{ListingKind, Money};
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_mesh::storage::ReadModels;
+use sharemesh_mesh::storage::coalesced::PointReads;
 
 use super::holds;
 
@@ -142,12 +143,15 @@ pub async fn save(db: &impl ConnectionTrait, row: ListingRow) -> Result<(), sea_
     row.into_active_model().reset_all().update(db).await.map(|_| ())
 }
 
-/// One listing by id.
-pub async fn find(db: &impl ReadModels, listing_id: &str) -> Result<Option<ListingRow>, sea_orm::DbErr> {
-    db.read_one(entity::Entity::find_by_id(listing_id.to_owned())).await
+/// Listings read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]).
+pub type ById = PointReads<entity::Entity, String>;
+
+/// Reads of listings by id (one per catalog, shared by its handlers).
+pub fn by_id() -> ById {
+    PointReads::new(entity::Column::ListingId)
 }
 
-/// [`find`], locking the row until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite's
+/// One listing by id, locking the row until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite's
 /// single writer already serialises writes). Writes that change a listing or put one of its
 /// windows through the exclusion constraint (hold, book) take this lock first, so concurrent
 /// holds of one listing queue instead of deadlocking in the constraint, and updates never lose

@@ -5,6 +5,7 @@ use sharemesh_contracts::common::v1::Money;
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::payment::v1::{CardSummary, Payment, PaymentStatus};
 use sharemesh_mesh::storage::ReadModels;
+use sharemesh_mesh::storage::coalesced::PointReads;
 
 /// A row of `payments`.
 pub mod entity {
@@ -106,9 +107,12 @@ pub async fn save(db: &impl ConnectionTrait, row: PaymentRow) -> Result<(), sea_
     row.into_active_model().reset_all().update(db).await.map(|_| ())
 }
 
-/// One payment by id.
-pub async fn find(db: &impl ReadModels, payment_id: &str) -> Result<Option<PaymentRow>, sea_orm::DbErr> {
-    db.read_one(entity::Entity::find_by_id(payment_id.to_owned())).await
+/// Payments read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]).
+pub type ById = PointReads<entity::Entity, String>;
+
+/// Reads of payments by id (one per service, shared by its handlers).
+pub fn by_id() -> ById {
+    PointReads::new(entity::Column::PaymentId)
 }
 
 /// The payment of a reservation.

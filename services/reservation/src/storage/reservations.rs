@@ -7,6 +7,7 @@ use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::payment::v1::CardSummary;
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 use sharemesh_mesh::storage::ReadModels;
+use sharemesh_mesh::storage::coalesced::PointReads;
 
 /// A row of `reservations`.
 pub mod entity {
@@ -107,7 +108,15 @@ impl ReservationRow {
     }
 }
 
-/// One reservation by id.
+/// Reservations read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]).
+pub type ById = PointReads<entity::Entity, String>;
+
+/// Reads of reservations by id (one per service, shared by its handlers).
+pub fn by_id() -> ById {
+    PointReads::new(entity::Column::ReservationId)
+}
+
+/// One reservation by id (in a transaction, or a test's look at the table).
 pub async fn find(db: &impl ReadModels, reservation_id: &str) -> Result<Option<ReservationRow>, sea_orm::DbErr> {
     db.read_one(entity::Entity::find_by_id(reservation_id.to_owned())).await
 }
