@@ -236,14 +236,18 @@ struct Bench {
     fx: Fixtures,
 }
 
+/// Cars the read rows read.
+const READ_LISTINGS: usize = 64;
+
 /// The data, tokens and streams the scenarios use on one mesh.
 struct Fixtures {
     tokens: Arc<Tokens>,
     streams: Streams,
     windows: Windows,
     customer_token: String,
-    /// One car to read.
-    read_listing: String,
+    /// The cars the read rows read, each call the next (reads of one row would all share a
+    /// statement on PostgreSQL, [`sharemesh_mesh::storage::coalesced`]).
+    read_listings: Arc<Vec<String>>,
     /// One car per PlaceReservation worker (of the most the sweep runs).
     reserve_listings: Arc<Vec<String>>,
     /// A few cars for the lag run.
@@ -256,7 +260,7 @@ impl Fixtures {
         let tokens = Arc::new(Tokens::new());
         let host = tokens.bearer("bench-host", Role::Host)?;
         let catalog = load::channels(&mesh.uri(Context::Catalog), 1).await?.remove(0);
-        let read_listing = scenarios::register_cars(&catalog, &host, 1, "read").await?.remove(0);
+        let read_listings = Arc::new(scenarios::register_cars(&catalog, &host, READ_LISTINGS, "read").await?);
         let workers = settings.sweep.iter().copied().fold(settings.reserve_concurrency, usize::max);
         let reserve_listings = Arc::new(scenarios::register_cars(&catalog, &host, workers, "reserve").await?);
         let lag_listings = Arc::new(scenarios::register_cars(&catalog, &host, 16, "lag").await?);
@@ -267,7 +271,7 @@ impl Fixtures {
             tokens,
             streams,
             windows: Windows::default(),
-            read_listing,
+            read_listings,
             reserve_listings,
             lag_listings,
         })
@@ -319,7 +323,7 @@ impl Bench {
     async fn read_rows(&self, baseline: Option<f64>) -> Result<(Vec<Row>, f64), String> {
         let (reads, connections) = (self.settings.reads(), self.settings.connections);
         let customer = load::bearer(&self.fx.customer_token)?;
-        let listing = &self.fx.read_listing;
+        let listings = &self.fx.read_listings;
         let mut rows = Vec::new();
         let base_rps = match baseline {
             Some(rps) => rps,
@@ -337,7 +341,13 @@ impl Bench {
         progress("2 GetListing direct to catalog", &reads);
         let catalog = self.mesh.uri(Context::Catalog);
         let (direct, used) = self
-            .measured(scenarios::get_listing_grpc(&catalog, connections, reads, listing, customer.clone()))
+            .measured(scenarios::get_listing_grpc(
+                &catalog,
+                connections,
+                reads,
+                listings,
+                customer.clone(),
+            ))
             .await?;
         let direct_x = direct.rps / base_rps.max(f64::EPSILON);
         let target = Target::new(">= 0.5x baseline", direct_x >= 0.5);
@@ -353,14 +363,14 @@ impl Bench {
         progress("3 GetListing via the edge (gRPC)", &reads);
         let edge = self.mesh.uri(Context::Edge);
         let (edge_grpc, used) = self
-            .measured(scenarios::get_listing_grpc(&edge, connections, reads, listing, customer))
+            .measured(scenarios::get_listing_grpc(&edge, connections, reads, listings, customer))
             .await?;
         let edge_grpc_rps = edge_grpc.rps;
         rows.push(row("3 GetListing via edge (gRPC)", &reads, edge_grpc, base_rps, None, used));
 
         progress("4 GetListing via the edge (REST/JSON, HTTP/1.1 pool)", &reads);
         let (rest, used) = self
-            .measured(scenarios::get_listing_rest(&edge, reads, listing, &self.fx.customer_token))
+            .measured(scenarios::get_listing_rest(&edge, reads, listings, &self.fx.customer_token))
             .await?;
         let rest_vs_grpc = rest.rps / edge_grpc_rps.max(f64::EPSILON);
         let target = Target::new(format!(">= 0.7x edge gRPC (is {rest_vs_grpc:.2}x)"), rest_vs_grpc >= 0.7);

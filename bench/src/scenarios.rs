@@ -198,12 +198,17 @@ pub(crate) async fn baseline(uri: &str, connections: usize, cfg: LoadConfig) -> 
     .await)
 }
 
+/// The item worker `w` uses on its `i`-th call: the workers start apart and each walks the list.
+fn nth<T>(items: &[T], w: usize, i: u64) -> &T {
+    &items[(w + i as usize) % items.len()]
+}
+
 /// Scenarios 2 and 3, GetListing over gRPC against `uri` (catalog itself or the edge).
 pub(crate) async fn get_listing_grpc(
     uri: &str,
     connections: usize,
     cfg: LoadConfig,
-    listing_id: &str,
+    listings: &Arc<Vec<String>>,
     token: MetadataValue<Ascii>,
 ) -> Result<Summary, String> {
     let clients: Vec<_> = load::channels(uri, connections)
@@ -211,12 +216,12 @@ pub(crate) async fn get_listing_grpc(
         .into_iter()
         .map(CatalogServiceClient::new)
         .collect();
-    let listing_id = listing_id.to_owned();
-    Ok(load::run(cfg, move |w, _| {
+    let listings = listings.clone();
+    Ok(load::run(cfg, move |w, i| {
         let mut client = clients[w % clients.len()].clone();
         let req = authed(
             GetListingRequest {
-                listing_id: listing_id.clone(),
+                listing_id: nth(&listings, w, i).clone(),
             },
             &token,
         );
@@ -232,15 +237,17 @@ pub(crate) async fn get_listing_grpc(
 }
 
 /// Scenario 4, `GET /v1/listings/{id}` on the edge, REST/JSON over a shared HTTP/1.1 keep-alive pool.
-pub(crate) async fn get_listing_rest(base: &str, cfg: LoadConfig, listing_id: &str, token: &str) -> Result<Summary, String> {
+pub(crate) async fn get_listing_rest(base: &str, cfg: LoadConfig, listings: &[String], token: &str) -> Result<Summary, String> {
     let client: RestClient = load::rest_client(cfg.concurrency);
-    let uri: http::Uri = format!("{base}/v1/listings/{listing_id}")
-        .parse()
+    let uris = listings
+        .iter()
+        .map(|id| format!("{base}/v1/listings/{id}").parse::<http::Uri>())
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("REST uri: {e}"))?;
     let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| format!("token header: {e}"))?;
-    Ok(load::run(cfg, move |_, _| {
+    Ok(load::run(cfg, move |w, i| {
         let client = client.clone();
-        let req = http::Request::get(uri.clone())
+        let req = http::Request::get(nth(&uris, w, i).clone())
             .header(http::header::AUTHORIZATION, auth.clone())
             .body(Full::new(Bytes::new()));
         async move {
