@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sea_orm::sea_query::ValueType;
-use sea_orm::{ColumnTrait, DatabaseBackend, DbErr, EntityTrait, ModelTrait, QueryFilter, TryIntoModel, Value};
+use sea_orm::{
+    ColumnTrait, DatabaseBackend, DbErr, EntityTrait, Iterable, ModelTrait, PrimaryKeyToColumn, QueryFilter, TryIntoModel, Value,
+};
 use tokio::sync::oneshot;
 
 use super::{Db, ReadModels};
@@ -32,11 +34,36 @@ pub const MAX_KEYS: usize = 64;
 /// them wait for the next statement and share it.
 pub const LEADERS: usize = 2;
 
-/// Reads of one row by the value of `column` (a primary key or another unique column),
-/// coalesced on PostgreSQL; see the module documentation.
+/// Reads of one row of `E` by its primary key (of one column, whose values are `K`), coalesced on
+/// PostgreSQL; see the module documentation. Clones share their reads: a service keeps one per
+/// table and its handlers clone it.
 pub struct PointReads<E: EntityTrait, K> {
     column: E::Column,
     reads: Coalescer<K, E::Model>,
+}
+
+impl<E: EntityTrait, K> Clone for PointReads<E, K> {
+    fn clone(&self) -> Self {
+        Self {
+            column: self.column,
+            reads: Coalescer {
+                inner: self.reads.inner.clone(),
+            },
+        }
+    }
+}
+
+impl<E: EntityTrait, K> Default for PointReads<E, K> {
+    /// Reads by the entity's primary key.
+    fn default() -> Self {
+        let mut key = E::PrimaryKey::iter();
+        let column = key.next().map(PrimaryKeyToColumn::into_column);
+        debug_assert!(key.next().is_none(), "PointReads reads by a primary key of one column");
+        Self {
+            column: column.expect("an entity has a primary key"),
+            reads: Coalescer::new(LEADERS),
+        }
+    }
 }
 
 impl<E, K> PointReads<E, K>
@@ -46,14 +73,6 @@ where
     E::ActiveModel: TryIntoModel<E::Model>,
     K: Into<Value> + ValueType + Eq + Hash + Ord + Clone + Send + Sync + 'static,
 {
-    /// Reads by the unique `column`.
-    pub fn new(column: E::Column) -> Self {
-        Self {
-            column,
-            reads: Coalescer::new(LEADERS),
-        }
-    }
-
     /// The row whose `column` is `key`, read through `db` (with reads asked at the same time on
     /// PostgreSQL).
     pub async fn get(&self, db: &Db, key: K) -> Result<Option<E::Model>, DbErr> {
@@ -151,17 +170,16 @@ impl<K, V> Drop for Lead<K, V> {
             let lead = Lead {
                 inner: Some(inner.clone()),
             };
-            match next.turn.send(Turn::Lead(lead)) {
-                Ok(()) => return,
-                // That read is gone: the next one.
-                Err(Turn::Lead(mut refused)) => refused.inner = None,
-                Err(_) => return,
-            }
+            // That read is gone (the lead comes back): disarm it and try the next one.
+            let Err(Turn::Lead(mut refused)) = next.turn.send(Turn::Lead(lead)) else {
+                return;
+            };
+            refused.inner = None;
         }
     }
 }
 
-impl<K: Eq + Hash + Ord + Clone, V: Clone> Coalescer<K, V> {
+impl<K, V> Coalescer<K, V> {
     /// A coalescer keeping at most `leaders` (at least one) loads in flight.
     pub fn new(leaders: usize) -> Self {
         Self {
@@ -180,7 +198,9 @@ impl<K: Eq + Hash + Ord + Clone, V: Clone> Coalescer<K, V> {
     pub fn statements(&self) -> u64 {
         self.inner.statements.load(Ordering::Relaxed)
     }
+}
 
+impl<K: Eq + Hash + Ord + Clone, V: Clone> Coalescer<K, V> {
     /// The value of `key`: from a load of its own with the keys of the reads waiting (when fewer
     /// than `leaders` loads are in flight or its turn comes), or from the load another read led.
     /// `load` gets the keys sorted, without repeats, and answers the values it found.
@@ -432,17 +452,15 @@ mod tests {
             return;
         };
         let db = Db::connect(&pg.url).await.expect("connect");
+        db.conn().execute_unprepared(typed::PG_TABLE).await.expect("create");
         db.conn()
             .execute_unprepared(
-                "CREATE TABLE typed (id BIGINT PRIMARY KEY, small INTEGER NOT NULL, maybe_small INTEGER, big BIGINT NOT NULL, \
-                 maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, maybe_name TEXT, payload BYTEA NOT NULL, \
-                 ratio DOUBLE PRECISION NOT NULL);
-                 INSERT INTO typed SELECT i, i, NULL, i * 1000, NULL, i % 2 = 0, 'n' || i, NULL, '\\x00', i / 2.0 \
+                "INSERT INTO typed SELECT i, i, NULL, i * 1000, NULL, i % 2 = 0, 'n' || i, NULL, '\\x00', i / 2.0 \
                  FROM generate_series(1, 300) i",
             )
             .await
             .expect("create");
-        let reads = Arc::new(PointReads::<typed::Entity, i64>::new(typed::Column::Id));
+        let reads = PointReads::<typed::Entity, i64>::default();
         // The table is locked until every read has been asked: the first two statements wait on
         // the lock, so the others all wait for them (on a fast server, reads spawned one after
         // another could otherwise each find a statement free).
@@ -482,7 +500,7 @@ mod tests {
             .execute_unprepared("INSERT INTO typed VALUES (7, 1, NULL, 2, NULL, 1, 'x', NULL, x'00', 0.5)")
             .await
             .expect("insert");
-        let reads = PointReads::<typed::Entity, i64>::new(typed::Column::Id);
+        let reads = PointReads::<typed::Entity, i64>::default();
         assert_eq!(reads.get(&db, 7).await.expect("read").map(|m| m.name), Some("x".into()));
         assert_eq!(reads.get(&db, 8).await.expect("read"), None);
         assert_eq!(reads.statements(), 0);

@@ -677,6 +677,11 @@ pub(crate) mod typed {
         maybe_small INTEGER, big BIGINT NOT NULL, maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, \
         maybe_name TEXT, payload BLOB NOT NULL, ratio REAL NOT NULL)";
 
+    /// Its table on PostgreSQL.
+    pub const PG_TABLE: &str = "CREATE TABLE typed (id BIGINT PRIMARY KEY, small INTEGER NOT NULL, maybe_small INTEGER, \
+        big BIGINT NOT NULL, maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, maybe_name TEXT, \
+        payload BYTEA NOT NULL, ratio DOUBLE PRECISION NOT NULL)";
+
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "typed")]
     pub struct Model {

@@ -151,12 +151,10 @@ mod tests {
             return;
         };
         let db = Db::connect(&pg.url).await.expect("connect");
+        db.conn().execute_unprepared(typed::PG_TABLE).await.expect("create");
         db.conn()
             .execute_unprepared(
-                "CREATE TABLE typed (id BIGINT PRIMARY KEY, small INTEGER NOT NULL, maybe_small INTEGER, big BIGINT NOT NULL, \
-                 maybe_big BIGINT, flag BOOLEAN NOT NULL, name TEXT NOT NULL, maybe_name TEXT, payload BYTEA NOT NULL, \
-                 ratio DOUBLE PRECISION NOT NULL);
-                 INSERT INTO typed VALUES (1, -7, NULL, 9000000000, NULL, TRUE, 'a', NULL, '\\x00ff', 0.5), \
+                "INSERT INTO typed VALUES (1, -7, NULL, 9000000000, NULL, TRUE, 'a', NULL, '\\x00ff', 0.5), \
                  (2, 2147483647, -2147483648, -1, 5000000000, FALSE, 'ü', 'b', '', 2)",
             )
             .await

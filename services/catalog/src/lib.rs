@@ -53,7 +53,7 @@ impl CatalogConfig {
 pub struct Catalog {
     db: Db,
     /// Listings read by id.
-    by_id: Arc<storage::listings::ById>,
+    by_id: storage::listings::ById,
     hold_ttl: Duration,
 }
 
@@ -62,7 +62,7 @@ impl Catalog {
     pub fn new(db: Db, hold_ttl: Duration) -> Self {
         Self {
             db,
-            by_id: Arc::new(storage::listings::by_id()),
+            by_id: Default::default(),
             hold_ttl,
         }
     }

@@ -69,7 +69,7 @@ impl PaymentConfig {
 pub struct Payments {
     db: Db,
     /// Payments read by id.
-    by_id: Arc<storage::payments::ById>,
+    by_id: storage::payments::ById,
     limit_minor: i64,
 }
 
@@ -78,7 +78,7 @@ impl Payments {
     pub fn new(db: Db, limit_minor: i64) -> Self {
         Self {
             db,
-            by_id: Arc::new(storage::payments::by_id()),
+            by_id: Default::default(),
             limit_minor,
         }
     }

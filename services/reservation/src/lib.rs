@@ -134,7 +134,7 @@ impl Drop for InFlightGuard {
 pub struct Reservations {
     db: Db,
     /// Reservations read by id.
-    by_id: Arc<storage::reservations::ById>,
+    by_id: storage::reservations::ById,
     upstreams: upstream::Upstreams,
     auto_confirm: Arc<[String]>,
     in_flight: InFlight,
@@ -146,7 +146,7 @@ impl Reservations {
     pub fn new(db: Db, upstreams: upstream::Upstreams, auto_confirm: Vec<String>, horizon: Duration) -> Self {
         Self {
             db,
-            by_id: Arc::new(storage::reservations::by_id()),
+            by_id: Default::default(),
             upstreams,
             auto_confirm: auto_confirm.into(),
             in_flight: InFlight::default(),

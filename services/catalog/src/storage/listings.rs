@@ -143,13 +143,9 @@ pub async fn save(db: &impl ConnectionTrait, row: ListingRow) -> Result<(), sea_
     row.into_active_model().reset_all().update(db).await.map(|_| ())
 }
 
-/// Listings read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]).
+/// Listings read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]; one per
+/// service, its handlers share it).
 pub type ById = PointReads<entity::Entity, String>;
-
-/// Reads of listings by id (one per catalog, shared by its handlers).
-pub fn by_id() -> ById {
-    PointReads::new(entity::Column::ListingId)
-}
 
 /// One listing by id, locking the row until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite's
 /// single writer already serialises writes). Writes that change a listing or put one of its

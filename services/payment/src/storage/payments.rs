@@ -107,13 +107,9 @@ pub async fn save(db: &impl ConnectionTrait, row: PaymentRow) -> Result<(), sea_
     row.into_active_model().reset_all().update(db).await.map(|_| ())
 }
 
-/// Payments read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]).
+/// Payments read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]; one per
+/// service, its handlers share it).
 pub type ById = PointReads<entity::Entity, String>;
-
-/// Reads of payments by id (one per service, shared by its handlers).
-pub fn by_id() -> ById {
-    PointReads::new(entity::Column::PaymentId)
-}
 
 /// The payment of a reservation.
 pub async fn find_by_reservation(db: &impl ReadModels, reservation_id: &str) -> Result<Option<PaymentRow>, sea_orm::DbErr> {

@@ -108,13 +108,9 @@ impl ReservationRow {
     }
 }
 
-/// Reservations read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]).
+/// Reservations read by id outside a transaction, coalesced on PostgreSQL ([`PointReads`]; one per
+/// service, its handlers share it).
 pub type ById = PointReads<entity::Entity, String>;
-
-/// Reads of reservations by id (one per service, shared by its handlers).
-pub fn by_id() -> ById {
-    PointReads::new(entity::Column::ReservationId)
-}
 
 /// One reservation by id (in a transaction, or a test's look at the table).
 pub async fn find(db: &impl ReadModels, reservation_id: &str) -> Result<Option<ReservationRow>, sea_orm::DbErr> {
