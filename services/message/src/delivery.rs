@@ -1,11 +1,11 @@
 //! The dispatcher: sends due messages through the configured [`Sender`] until they are
 //! delivered.
 //!
-//! A message is due when it is PENDING or FAILED and its `next_attempt_at_ms` has come. Due
-//! messages are taken oldest first, in batches of [`BATCH`]:
+//! A message is due when it is PENDING or FAILED, its `next_attempt_at_ms` has come and no
+//! claim on it runs. Due messages are taken oldest first, in batches of [`BATCH`]:
 //!
-//! 1. claim them (one statement): move their `next_attempt_at_ms` to the end of a lease, which
-//!    makes them not due for anyone else; on PostgreSQL rows another dispatcher (a second
+//! 1. claim them (one statement): set their `lease_until_ms` to the end of a lease, which makes
+//!    them not due for anyone else until then; on PostgreSQL rows another dispatcher (a second
 //!    replica on the same database) is claiming right now are skipped, not waited for, so two
 //!    never send a message at once and each takes its own share;
 //! 2. send the claimed ones, concurrently;
@@ -170,9 +170,9 @@ impl Dispatcher {
         let lease_until = self.lease_until(now_ms());
         let mut claimed = Vec::with_capacity(rows.len());
         for mut row in rows {
-            if repo::claim(&**tx, &row.message_id, row.next_attempt_at_ms, lease_until).await? {
+            if repo::claim(&**tx, &row, lease_until).await? {
                 // As stored now: the record checks the claim by it.
-                row.next_attempt_at_ms = lease_until;
+                row.lease_until_ms = lease_until;
                 claimed.push(row);
             }
         }
@@ -218,7 +218,7 @@ impl Dispatcher {
 
     /// Records a failed attempt of the claim `row` in `tx`, if that claim still holds.
     async fn record_failure(&self, tx: &WriteTxn, mut row: MessageRow, reason: &str, now: i64) -> Result<Attempt, MessageError> {
-        let lease_until = row.next_attempt_at_ms;
+        let lease_until = row.lease_until_ms;
         let next_attempt_at_ms = row.failed(reason, now, self.retry_base)?;
         let (message_id, recipient_id, attempts) = (row.message_id.clone(), row.recipient_id.clone(), row.attempts);
         let reason = row.failure_reason.clone();
@@ -248,7 +248,7 @@ impl Dispatcher {
 async fn record_deliveries(tx: &WriteTxn, rows: Vec<(usize, MessageRow)>, now: i64) -> Result<Vec<usize>, MessageError> {
     let mut by_lease: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for (_, row) in &rows {
-        by_lease.entry(row.next_attempt_at_ms).or_default().push(row.message_id.clone());
+        by_lease.entry(row.lease_until_ms).or_default().push(row.message_id.clone());
     }
     let mut written = HashMap::new();
     for (lease, ids) in by_lease {

@@ -48,6 +48,7 @@ impl Messages {
                 next_attempt_at_ms: now,
                 created_at_ms: now,
                 delivered_at_ms: None,
+                lease_until_ms: 0,
             })
             .collect();
         let recorded = repo::insert_new(&**tx, rows).await?;

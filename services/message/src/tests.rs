@@ -469,11 +469,7 @@ async fn a_message_claimed_by_another_dispatcher_is_not_sent_twice() {
     f.apply(&f.reservations(), &paid("r-2", "bob", "")).await;
     let stuck = f.rows().await.into_iter().find(|r| r.recipient_id == "bob").unwrap();
     let now = sharemesh_mesh::events::now_ms();
-    assert!(
-        repo::claim(f.db.conn(), &stuck.message_id, stuck.next_attempt_at_ms, now + 40)
-            .await
-            .unwrap()
-    );
+    assert!(repo::claim(f.db.conn(), &stuck, now + 40).await.unwrap());
     let dispatcher = f.dispatcher(second.clone());
     assert_eq!(dispatcher.deliver_due().await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(60)).await;
@@ -712,6 +708,7 @@ fn sample_message() -> Message {
         next_attempt_at_ms: START,
         created_at_ms: START,
         delivered_at_ms: None,
+        lease_until_ms: 0,
     };
     row.created_at_ms += 123;
     row.to_proto()
@@ -880,6 +877,58 @@ async fn on_postgresql_two_dispatchers_claim_different_messages_without_waiting(
     let again = f.db.begin_write().await.unwrap();
     assert!(repo::claim_due(&*again, now, now + 60_000, 100).await.unwrap().is_empty());
     again.commit().await.unwrap();
+    drop(f);
+    pg.drop_now().await;
+}
+
+/// The claim finds due messages through their index (`messages_due`), not by reading the table.
+#[tokio::test]
+async fn due_messages_are_claimed_through_their_index() {
+    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+    let f = fixture().await;
+    let claim = repo::claim_due_statement(START, START + 60_000, 100).build(DbBackend::Sqlite);
+    let explain = Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        format!("EXPLAIN QUERY PLAN {}", claim.sql),
+        claim.values.map(|v| v.0).unwrap_or_default(),
+    );
+    let plan: Vec<String> =
+        f.db.conn()
+            .query_all_raw(explain)
+            .await
+            .expect("the claim's plan")
+            .iter()
+            .map(|row| row.try_get::<String>("", "detail").expect("detail"))
+            .collect();
+    assert!(plan.iter().any(|step| step.contains("USING INDEX messages_due ")), "{plan:#?}");
+}
+
+/// On PostgreSQL a claim writes no index entry: the lease is in no index, so claiming a message
+/// is a HOT update (the new row version on the old one's page, no index touched), where a claim
+/// that moved `next_attempt_at_ms` wrote an entry in every index of the table.
+#[tokio::test]
+async fn on_postgresql_a_claim_is_a_heap_only_update() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let Some(pg) = PgDatabase::create().await else {
+        return;
+    };
+    let f = fixture_on(&pg.url).await;
+    for (r, customer) in [("r-1", "alice"), ("r-2", "bob")] {
+        assert_eq!(f.apply(&f.reservations(), &paid(r, customer, "host-1")).await, Outcome::Applied);
+    }
+    let now = sharemesh_mesh::events::now_ms() + 1_000;
+    let tx = f.db.begin_write().await.unwrap();
+    assert_eq!(repo::claim_due(&*tx, now, now + 60_000, 100).await.unwrap().len(), 4);
+    // This transaction's own counts of the table's updates, all of them and the heap-only ones.
+    let counts = Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT pg_stat_get_xact_tuples_updated('messages'::regclass) AS updated, \
+         pg_stat_get_xact_tuples_hot_updated('messages'::regclass) AS hot",
+    );
+    let row = tx.query_one_raw(counts).await.unwrap().expect("a row");
+    let (updated, hot): (i64, i64) = (row.try_get("", "updated").unwrap(), row.try_get("", "hot").unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!((updated, hot), (4, 4), "every claim a HOT update");
     drop(f);
     pg.drop_now().await;
 }

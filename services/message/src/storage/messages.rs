@@ -44,13 +44,15 @@ pub mod entity {
         pub failure_reason: String,
         /// Delivery attempts made.
         pub attempts: i32,
-        /// When the dispatcher may (next) try it (ms since the epoch); while an attempt is in
-        /// flight, when that attempt's lease runs out.
+        /// When the dispatcher may (next) try it (ms since the epoch); SENT: when it was.
         pub next_attempt_at_ms: i64,
         /// Created (ms since the epoch).
         pub created_at_ms: i64,
         /// Delivered (ms since the epoch); `None` until SENT.
         pub delivered_at_ms: Option<i64>,
+        /// While a dispatcher's attempt is in flight, when its claim runs out (ms since the
+        /// epoch): the message is not due for anyone else before. 0 once the attempt is recorded.
+        pub lease_until_ms: i64,
     }
 
     /// No navigable relations.
@@ -106,6 +108,7 @@ impl MessageRow {
         self.delivery_status = DeliveryStatus::Sent.stored().into();
         self.delivered_at_ms = Some(now_ms);
         self.next_attempt_at_ms = now_ms;
+        self.lease_until_ms = 0;
         Ok(())
     }
 
@@ -119,6 +122,7 @@ impl MessageRow {
         self.delivery_status = DeliveryStatus::Failed.stored().into();
         self.failure_reason = domain::failure_reason(reason);
         self.next_attempt_at_ms = next;
+        self.lease_until_ms = 0;
         Ok(next)
     }
 
@@ -180,15 +184,16 @@ pub async fn save_delivered(
         .col_expr(C::Attempts, Expr::col(C::Attempts).add(1))
         .col_expr(C::DeliveredAtMs, Expr::value(now_ms))
         .col_expr(C::NextAttemptAtMs, Expr::value(now_ms))
+        .col_expr(C::LeaseUntilMs, Expr::value(0))
         .filter(C::MessageId.is_in(ids))
-        .filter(C::NextAttemptAtMs.eq(lease_until_ms))
+        .filter(C::LeaseUntilMs.eq(lease_until_ms))
         .filter(C::DeliveryStatus.ne(DeliveryStatus::Sent.stored()))
         .exec_with_returning(db)
         .await
 }
 
-/// Records an attempt: writes every column of `row`, made under the claim that moved its
-/// `next_attempt_at_ms` to `lease_until_ms`, unless that claim was lost meanwhile (the lease
+/// Records an attempt: writes every column of `row`, made under the claim that set its
+/// `lease_until_ms` to `lease_until_ms`, unless that claim was lost meanwhile (the lease
 /// lapsed and another dispatcher claimed the message again, or recorded it SENT). True when
 /// written; a lost claim must record nothing, nor announce the message again.
 pub async fn save_claimed(db: &impl ConnectionTrait, row: MessageRow, lease_until_ms: i64) -> Result<bool, sea_orm::DbErr> {
@@ -197,7 +202,7 @@ pub async fn save_claimed(db: &impl ConnectionTrait, row: MessageRow, lease_unti
     let result = entity::Entity::update_many()
         .set(row.into_active_model().reset_all())
         .filter(C::MessageId.eq(message_id))
-        .filter(C::NextAttemptAtMs.eq(lease_until_ms))
+        .filter(C::LeaseUntilMs.eq(lease_until_ms))
         .filter(C::DeliveryStatus.ne(DeliveryStatus::Sent.stored()))
         .exec(db)
         .await?;
@@ -210,42 +215,46 @@ pub async fn find(db: &impl ReadModels, message_id: &str) -> Result<Option<Messa
 }
 
 /// Claims up to `limit` messages due at `now_ms` (PENDING or FAILED, `next_attempt_at_ms <=
-/// now_ms`), oldest first, for one attempt each, in one statement: moves their
-/// `next_attempt_at_ms` to `lease_until_ms` and returns them as stored now. On PostgreSQL the
-/// rows are taken `FOR UPDATE SKIP LOCKED`, so dispatchers of two replicas claim different
-/// messages instead of the same ones, and never wait for each other. See [`claim`] for the
-/// lease.
+/// now_ms`, no claim running), oldest first, for one attempt each, in one statement: sets their
+/// `lease_until_ms` and returns them as stored now. On PostgreSQL the rows are taken `FOR UPDATE
+/// SKIP LOCKED`, so dispatchers of two replicas claim different messages instead of the same
+/// ones, and never wait for each other. See [`claim`] for the lease.
 pub async fn claim_due(db: &impl ConnectionTrait, now_ms: i64, lease_until_ms: i64, limit: u64) -> Result<Vec<MessageRow>, sea_orm::DbErr> {
+    let mut rows = claim_due_statement(now_ms, lease_until_ms, limit).exec_with_returning(db).await?;
+    rows.sort_by(|a, b| (a.created_at_ms, &a.message_id).cmp(&(b.created_at_ms, &b.message_id)));
+    Ok(rows)
+}
+
+/// [`claim_due`]'s statement.
+pub fn claim_due_statement(now_ms: i64, lease_until_ms: i64, limit: u64) -> sea_orm::UpdateMany<entity::Entity> {
     use entity::Column as C;
     let due = entity::Entity::find()
         .select_only()
         .column(C::MessageId)
         .filter(C::DeliveryStatus.is_in(UNDELIVERED.map(DeliveryStatus::stored)))
         .filter(C::NextAttemptAtMs.lte(now_ms))
+        .filter(C::LeaseUntilMs.lte(now_ms))
         .order_by_asc(C::CreatedAtMs)
         .order_by_asc(C::MessageId)
         .limit(limit)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .into_query();
-    let mut rows = entity::Entity::update_many()
-        .col_expr(C::NextAttemptAtMs, Expr::value(lease_until_ms))
+    entity::Entity::update_many()
+        .col_expr(C::LeaseUntilMs, Expr::value(lease_until_ms))
         .filter(C::MessageId.in_subquery(due))
-        .exec_with_returning(db)
-        .await?;
-    rows.sort_by(|a, b| (a.created_at_ms, &a.message_id).cmp(&(b.created_at_ms, &b.message_id)));
-    Ok(rows)
 }
 
-/// Claims a due message for one attempt: moves its `next_attempt_at_ms` from `seen_next_ms` (the
-/// value read) to `lease_until_ms`. False when another dispatcher changed it first; then this one
-/// must not send it. A claim whose attempt never records an outcome (a crash) lapses at
-/// `lease_until_ms` and the message is due again.
-pub async fn claim(db: &impl ConnectionTrait, message_id: &str, seen_next_ms: i64, lease_until_ms: i64) -> Result<bool, sea_orm::DbErr> {
+/// Claims the message read as `seen` for one attempt: sets its `lease_until_ms`. False when
+/// another dispatcher claimed it or recorded an attempt since it was read; then this one must not
+/// send it. A claim whose attempt never records an outcome (a crash) lapses at `lease_until_ms`
+/// and the message is due again.
+pub async fn claim(db: &impl ConnectionTrait, seen: &MessageRow, lease_until_ms: i64) -> Result<bool, sea_orm::DbErr> {
     use entity::Column as C;
     let result = entity::Entity::update_many()
-        .col_expr(C::NextAttemptAtMs, Expr::value(lease_until_ms))
-        .filter(C::MessageId.eq(message_id))
-        .filter(C::NextAttemptAtMs.eq(seen_next_ms))
+        .col_expr(C::LeaseUntilMs, Expr::value(lease_until_ms))
+        .filter(C::MessageId.eq(seen.message_id.as_str()))
+        .filter(C::NextAttemptAtMs.eq(seen.next_attempt_at_ms))
+        .filter(C::LeaseUntilMs.eq(seen.lease_until_ms))
         .filter(C::DeliveryStatus.ne(DeliveryStatus::Sent.stored()))
         .exec(db)
         .await?;
@@ -295,6 +304,7 @@ mod tests {
             next_attempt_at_ms: 0,
             created_at_ms: 0,
             delivered_at_ms: None,
+            lease_until_ms: 0,
         }
     }
 
@@ -315,20 +325,29 @@ mod tests {
     fn a_failed_attempt_is_counted_and_retried_later() {
         let base = Duration::from_millis(100);
         let mut row = message(DeliveryStatus::Pending, 0);
+        row.lease_until_ms = 61_000;
         let next = row.failed("refused\nby the webhook", 1_000, base).expect("failed");
         assert_eq!(
-            (row.status(), row.attempts, next),
-            (DeliveryStatus::Failed, 1, row.next_attempt_at_ms)
+            (row.status(), row.attempts, next, row.lease_until_ms),
+            (DeliveryStatus::Failed, 1, row.next_attempt_at_ms, 0),
+            "recorded: the claim ends"
         );
         assert!((1_100..=1_120).contains(&next), "the base and up to 20% jitter: {next}");
         assert_eq!(row.failure_reason, "refused by the webhook", "one line");
         let again = row.failed("refused", 2_000, base).expect("failed again");
         assert_eq!(row.attempts, 2);
         assert!((2_200..=2_240).contains(&again), "doubled per failure: {again}");
+        row.lease_until_ms = 62_000;
         row.delivered(3_000).expect("delivered at last");
         assert_eq!(
-            (row.status(), row.attempts, row.delivered_at_ms, row.next_attempt_at_ms),
-            (DeliveryStatus::Sent, 3, Some(3_000), 3_000)
+            (
+                row.status(),
+                row.attempts,
+                row.delivered_at_ms,
+                row.next_attempt_at_ms,
+                row.lease_until_ms
+            ),
+            (DeliveryStatus::Sent, 3, Some(3_000), 3_000, 0)
         );
     }
 

@@ -2,8 +2,12 @@
 //! on `(event_id, recipient_role)` is what makes an event that arrives twice (or is replayed)
 //! unable to notify anybody twice; the inbox makes that the exception, the key makes it certain.
 //!
-//! `next_attempt_at_ms` drives delivery: a PENDING or FAILED row whose time has come is due.
-//! Rows are never deleted by the service, so nothing is ever dropped.
+//! `next_attempt_at_ms` drives delivery: a PENDING or FAILED row whose time has come is due,
+//! unless a dispatcher's claim on it (`lease_until_ms`) still runs. Rows are never deleted by the
+//! service, so nothing is ever dropped.
+//!
+//! No index holds the lease: a claim changes no indexed column, so on PostgreSQL it is a HOT
+//! update (no index entry written) where the row's page has room, which `fillfactor` keeps.
 
 pub mod messages;
 
@@ -31,11 +35,32 @@ const TABLE: &str = "CREATE TABLE messages (
     CREATE INDEX messages_by_recipient ON messages (recipient_id, created_at_ms DESC, message_id DESC);
     CREATE INDEX messages_due ON messages (delivery_status, next_attempt_at_ms)";
 
-const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
-    name: "m0001_message_messages",
-    sqlite: TABLE,
-    postgres: TABLE,
-}];
+/// The lease moves out of `next_attempt_at_ms` into a column of its own that no index holds.
+/// Before, every claim moved an indexed column and wrote an entry in each of the table's four
+/// indexes (PostgreSQL's costliest statement under load, bench/README "Session 18"). A claim made
+/// before the upgrade keeps its lease in `next_attempt_at_ms`, so its message is not due before
+/// that lease ends, as before. While old and new replicas run side by side (a rolling upgrade),
+/// an old dispatcher does not see a new one's lease and may send a message the new one is sending:
+/// the receiver drops the repeat by its `Idempotency-Key`, as after a lease that lapsed.
+macro_rules! lease_apart {
+    () => {
+        "ALTER TABLE messages ADD COLUMN lease_until_ms BIGINT NOT NULL DEFAULT 0"
+    };
+}
+
+const MIGRATIONS: &[SqlMigration] = &[
+    SqlMigration {
+        name: "m0001_message_messages",
+        sqlite: TABLE,
+        postgres: TABLE,
+    },
+    SqlMigration {
+        name: "m0002_message_lease_apart",
+        sqlite: lease_apart!(),
+        // Room in each page for a claim's new row version next to the old one.
+        postgres: concat!(lease_apart!(), ";\n    ALTER TABLE messages SET (fillfactor = 80)"),
+    },
+];
 
 /// The message service's migrations: the mesh's outbox and inbox, then its own table.
 pub struct Migrator;
