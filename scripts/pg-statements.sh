@@ -5,8 +5,8 @@
 #
 # Runs the bench (target/release/sharemesh-bench against $SHAREMESH_BIN, else
 # target/release/sharemesh; short windows, row 5 for 12 s), resets pg_stat_statements 3 s into
-# row 5 of the PostgreSQL pass, reads it 8 s later and prints the statement time per database
-# (each service has its own) and the costliest statements. Writes OUT_PREFIX.out (the bench's
+# row 5 of the PostgreSQL pass, reads it 8 s later and prints the statement time per service
+# (each has a database of its own) and the costliest statements. Writes OUT_PREFIX.out (the bench's
 # tables), OUT_PREFIX.err (its progress) and OUT_PREFIX.stmts (database|calls|ms|statement).
 # The server must load pg_stat_statements:
 #   ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'; then restart it.
@@ -40,14 +40,11 @@ psql "$pg" -Atc "SELECT d.datname, s.calls, round(s.total_exec_time::numeric, 1)
   WHERE d.datname LIKE 'sharemesh_bench%' ORDER BY s.total_exec_time DESC" >"$out.stmts"
 wait $run
 trap - EXIT
-# Each database is a service's: named here by the table its statements name.
-service='function service(q) { return q ~ /"messages"/ ? "message" : q ~ /"holds"|"listings"/ ? "catalog" : q ~ /"reservations"/ ? "reservation" : q ~ /"payments"/ ? "payment" : q ~ /_views"/ ? "view" : "" }'
-names=$(awk -F'|' "$service"' { s = service($4); if (s != "") print $1 "|" s }' "$out.stmts" | sort -u)
+# The bench names each database sharemesh_bench_<context>_<uuid>.
+service='{ sub(/^sharemesh_bench_/, "", $1); sub(/_[0-9a-f]+$/, "", $1) }'
 echo "statement time per service over 8 s of row 5 on PostgreSQL (every statement: $out.stmts)"
-awk -F'|' -v names="$names" 'BEGIN {n = split(names, l, "\n"); for (i = 1; i <= n; i++) {split(l[i], p, "|"); svc[p[1]] = p[2]}}
-  {t[$1] += $3; all += $3} END {for (d in t) printf "  %-12s %8.0f ms  %4.1f%%\n", (d in svc ? svc[d] : d), t[d], 100 * t[d] / all}' "$out.stmts" | sort -k2 -rn
+awk -F'|' "$service"' {t[$1] += $3; all += $3} END {for (s in t) printf "  %-12s %8.0f ms  %4.1f%%\n", s, t[s], 100 * t[s] / all}' "$out.stmts" | sort -k2 -rn
 echo "costliest statements"
-awk -F'|' -v names="$names" 'BEGIN {n = split(names, l, "\n"); for (i = 1; i <= n; i++) {split(l[i], p, "|"); svc[p[1]] = p[2]}}
-  {k = sprintf("%-11s %s", svc[$1], $4); c[k] += $2; t[k] += $3}
+awk -F'|' "$service"' {k = sprintf("%-11s %s", $1, $4); c[k] += $2; t[k] += $3}
   END {for (x in c) printf "  %8.1f ms %6d calls %6.3f ms/call  %s\n", t[x], c[x], t[x] / c[x], x}' "$out.stmts" | sort -rn | head -12
 grep -E "^== |^5 PlaceReservation e2e" "$out.out"

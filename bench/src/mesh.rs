@@ -62,7 +62,8 @@ pub(crate) enum Storage {
     Postgres(String),
 }
 
-/// The bench's PostgreSQL databases are named `<this>_<uuid>`.
+/// The bench's PostgreSQL databases are named `<this>_<context>_<uuid>` (`pg_stat_statements`
+/// per database then reads per service: `scripts/pg-statements.sh`).
 const DATABASE_PREFIX: &str = "sharemesh_bench";
 
 impl Storage {
@@ -195,7 +196,7 @@ impl Mesh {
         match storage {
             Storage::Sqlite => Ok(format!("sqlite://{}/{context}.db?mode=rwc", self.dir.path().display())),
             Storage::Postgres(admin) => {
-                let db = PgDatabase::create_on(admin, DATABASE_PREFIX).await?;
+                let db = PgDatabase::create_on(admin, &format!("{DATABASE_PREFIX}_{context}")).await?;
                 let url = db.url.clone();
                 self.databases.push(db);
                 Ok(url)

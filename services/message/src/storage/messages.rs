@@ -225,8 +225,8 @@ pub async fn claim_due(db: &impl ConnectionTrait, now_ms: i64, lease_until_ms: i
     Ok(rows)
 }
 
-/// [`claim_due`]'s statement.
-pub fn claim_due_statement(now_ms: i64, lease_until_ms: i64, limit: u64) -> sea_orm::UpdateMany<entity::Entity> {
+/// [`claim_due`]'s statement (its plan is tested).
+pub(crate) fn claim_due_statement(now_ms: i64, lease_until_ms: i64, limit: u64) -> sea_orm::UpdateMany<entity::Entity> {
     use entity::Column as C;
     let due = entity::Entity::find()
         .select_only()

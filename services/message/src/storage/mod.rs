@@ -42,11 +42,10 @@ const TABLE: &str = "CREATE TABLE messages (
 /// that lease ends, as before. While old and new replicas run side by side (a rolling upgrade),
 /// an old dispatcher does not see a new one's lease and may send a message the new one is sending:
 /// the receiver drops the repeat by its `Idempotency-Key`, as after a lease that lapsed.
-macro_rules! lease_apart {
-    () => {
-        "ALTER TABLE messages ADD COLUMN lease_until_ms BIGINT NOT NULL DEFAULT 0"
-    };
-}
+const LEASE_APART: &str = "ALTER TABLE messages ADD COLUMN lease_until_ms BIGINT NOT NULL DEFAULT 0";
+/// [`LEASE_APART`], and room in each page filled from now on for a claim's new row version next
+/// to the old one.
+const LEASE_APART_PG: &str = "ALTER TABLE messages ADD COLUMN lease_until_ms BIGINT NOT NULL DEFAULT 0, SET (fillfactor = 80)";
 
 const MIGRATIONS: &[SqlMigration] = &[
     SqlMigration {
@@ -56,9 +55,8 @@ const MIGRATIONS: &[SqlMigration] = &[
     },
     SqlMigration {
         name: "m0002_message_lease_apart",
-        sqlite: lease_apart!(),
-        // Room in each page for a claim's new row version next to the old one.
-        postgres: concat!(lease_apart!(), ";\n    ALTER TABLE messages SET (fillfactor = 80)"),
+        sqlite: LEASE_APART,
+        postgres: LEASE_APART_PG,
     },
 ];
 
