@@ -217,6 +217,7 @@ impl Db {
             txn: Some(txn),
             guard,
             outbox: std::sync::Mutex::new(Vec::new()),
+            after_commit: std::sync::Mutex::new(Vec::new()),
             wakeup: self.outbox_wakeup.clone(),
         })
     }
@@ -352,8 +353,13 @@ pub struct WriteTxn {
     guard: Option<OwnedMutexGuard<()>>,
     /// The outbox rows its units emitted, inserted when it commits.
     outbox: std::sync::Mutex<Vec<crate::events::outbox::entity::ActiveModel>>,
+    /// What runs once it has committed ([`WriteTxn::after_commit`]).
+    after_commit: std::sync::Mutex<Vec<AfterCommit>>,
     wakeup: Arc<Notify>,
 }
+
+/// A step [`WriteTxn::after_commit`] defers.
+type AfterCommit = Box<dyn FnOnce() + Send>;
 
 /// What a [`WriteTxn`] runs its statements on: the SQLite file's writer, on the calling thread
 /// ([`writes`]), a PostgreSQL connection the writers keep ([`pg_writes`]), or a sea-orm
@@ -411,7 +417,8 @@ impl ConnectionTrait for TxnConn {
 }
 
 impl WriteTxn {
-    /// Commits, then wakes the outbox relay if events were written.
+    /// Commits, then wakes the outbox relay if events were written and runs the steps left to
+    /// [`WriteTxn::after_commit`].
     ///
     /// The outbox rows emitted in it are inserted first, a few to a statement, in the order they
     /// were emitted (so in commit order); a failure there rolls the transaction back.
@@ -440,7 +447,20 @@ impl WriteTxn {
         if wrote_outbox {
             self.wakeup.notify_one();
         }
+        for step in std::mem::take(self.after_commit.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            step();
+        }
         Ok(())
+    }
+
+    /// Runs `step` right after the transaction commits, on the committing task; never if it
+    /// rolls back or its commit fails. For what must not be seen before the writes are (a
+    /// hand-off of the rows written to a task that acts on them).
+    pub fn after_commit(&self, step: impl FnOnce() + Send + 'static) {
+        self.after_commit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(step));
     }
 
     /// Rolls back now (dropping does it too); a failed rollback is logged.
@@ -764,5 +784,37 @@ mod tests {
             .await
             .expect("select");
         assert_eq!(rows.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn after_commit_steps_run_once_committed_and_never_after_a_rollback() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
+            .await
+            .expect("connect");
+        db.conn().execute_unprepared("CREATE TABLE t (v INTEGER)").await.expect("create");
+        let ran = Arc::new(AtomicUsize::new(0));
+        let count = |ran: &Arc<AtomicUsize>| {
+            let ran = ran.clone();
+            move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let tx = db.begin_write().await.expect("begin");
+        tx.execute_unprepared("INSERT INTO t VALUES (1)").await.expect("insert");
+        tx.after_commit(count(&ran));
+        tx.after_commit(count(&ran));
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "not before the commit");
+        tx.commit().await.expect("commit");
+        assert_eq!(ran.load(Ordering::SeqCst), 2, "each step once the commit is done");
+
+        let dropped = db.begin_write().await.expect("begin");
+        dropped.after_commit(count(&ran));
+        drop(dropped);
+        let rolled_back = db.begin_write().await.expect("begin");
+        rolled_back.after_commit(count(&ran));
+        rolled_back.rollback().await;
+        assert_eq!(ran.load(Ordering::SeqCst), 2, "a transaction that did not commit runs none");
     }
 }

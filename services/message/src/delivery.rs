@@ -2,28 +2,36 @@
 //! delivered.
 //!
 //! A message is due when it is PENDING or FAILED, its `next_attempt_at_ms` has come and no
-//! claim on it runs. Due messages are taken oldest first, in batches of [`BATCH`]:
+//! claim on it runs. A pass takes up to [`BATCH`] messages of each of two kinds:
 //!
-//! 1. claim them (one statement): set their `lease_until_ms` to the end of a lease, which makes
-//!    them not due for anyone else until then; on PostgreSQL rows another dispatcher (a second
-//!    replica on the same database) is claiming right now are skipped, not waited for, so two
-//!    never send a message at once and each takes its own share;
-//! 2. send the claimed ones, concurrently;
-//! 3. record the outcomes (one write transaction for the batch): SENT with the delivery time and
-//!    `MessageSent` (one statement for all the deliveries; their events go into the outbox with
-//!    the commit, 16 to a statement), or FAILED with the reason and the next attempt after a backoff
-//!    ([`crate::domain::retry_delay`]). `attempts` counts both. An outcome is recorded only while
-//!    the claim still holds: if the lease lapsed and another dispatcher took the message over,
-//!    its record stands and this one writes nothing (no second `MessageSent`).
+//! 1. the messages consumers recorded and handed over since the last pass ([`crate::handoff`]):
+//!    claimed as they were recorded (their `lease_until_ms` set in the consumer's transaction),
+//!    so they cost no claim here;
+//! 2. when it is time to look at the table (every poll interval, at once after a full look, and
+//!    when messages were recorded without a hand-off), the due ones, oldest first, claimed in
+//!    one statement: their `lease_until_ms` set to the end of a lease, which makes them not due
+//!    for anyone else until then. On PostgreSQL rows another dispatcher (a second replica on the
+//!    same database) is claiming right now are skipped, not waited for, so two never send a
+//!    message at once and each takes its own share. This is how failures are retried and how
+//!    the messages of a replica that died are sent;
 //!
-//! Nothing gives up: a message is retried until it is delivered. A crash between sending and
-//! recording leaves the claim, which lapses at the end of the lease; the message is then sent
-//! again (the receiver has its `Idempotency-Key` to drop the repeat).
+//! then sends them, concurrently, and records the outcomes (one write transaction for the pass):
+//! SENT with the delivery time and `MessageSent` (one statement for all the deliveries; their
+//! events go into the outbox with the commit, 16 to a statement), or FAILED with the reason and
+//! the next attempt after a backoff ([`crate::domain::retry_delay`]). `attempts` counts both. An
+//! outcome is recorded only while the claim still holds: if the lease lapsed and another
+//! dispatcher took the message over, its record stands and this one writes nothing (no second
+//! `MessageSent`).
 //!
-//! The dispatcher wakes when a consumer records messages and otherwise every poll interval.
-//! Passes begin at least [`PASS_SPACING`] apart: under load consumers record messages faster
-//! than a pass ends, and a pass woken at once would take a few messages, for the same two
-//! transactions a batch of many costs.
+//! Nothing gives up: a message is retried until it is delivered. A crash between recording (or
+//! claiming) and recording the outcome leaves the claim, which lapses at the end of the lease;
+//! the message is then sent again (the receiver has its `Idempotency-Key` to drop the repeat). A
+//! dispatcher that stops releases the claims of the handed-over messages it did not take.
+//!
+//! The dispatcher wakes when a consumer has committed new messages and otherwise every poll
+//! interval. Passes begin at least [`PASS_SPACING`] apart: under load consumers record messages
+//! faster than a pass ends, and a pass woken at once would take a few messages, for the same
+//! transaction a batch of many costs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -67,6 +75,15 @@ pub enum Attempt {
     LeaseLost,
 }
 
+/// What one pass attempted.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    /// Messages handed over by consumers.
+    handed: usize,
+    /// Messages it claimed from the table.
+    claimed: usize,
+}
+
 /// Sends due messages and records the outcome.
 pub struct Dispatcher {
     messages: Messages,
@@ -98,27 +115,38 @@ impl Dispatcher {
     }
 
     /// Delivers until `shutdown`; an attempt in flight is finished (bounded by the sender's
-    /// timeout) before it returns. Database errors are logged and retried with backoff.
+    /// timeout) before it returns. Database errors are logged and retried with backoff. While it
+    /// runs, consumers hand it the messages they record ([`crate::handoff`]).
     pub async fn run(self, shutdown: Shutdown) {
         let mut errors = 0u32;
         tracing::info!(poll = ?self.poll, retry_base = ?self.retry_base, "message dispatcher started");
+        self.messages.handoff.open(self.lease);
+        // When to look at the table next.
+        let mut look_at = tokio::time::Instant::now();
         loop {
             if shutdown.is_triggered() {
                 break;
             }
             let started = tokio::time::Instant::now();
-            let pause = match self.deliver_batch(Some(&shutdown)).await {
-                Ok(n) if n as u64 >= BATCH => {
+            let look = started >= look_at || self.messages.handoff.take_unclaimed();
+            if look {
+                look_at = started + self.poll;
+            }
+            let pause = match self.pass(look).await {
+                Ok(pass) => {
                     errors = 0;
-                    // A full batch: more may be due right away.
-                    continue;
-                }
-                Ok(_) => {
-                    errors = 0;
-                    self.poll
+                    if pass.claimed as u64 >= BATCH {
+                        // A full look: more may be due right away.
+                        look_at = started;
+                    }
+                    if pass.claimed as u64 >= BATCH || pass.handed as u64 >= BATCH {
+                        continue;
+                    }
+                    look_at.saturating_duration_since(tokio::time::Instant::now())
                 }
                 Err(e) => {
                     errors += 1;
+                    look_at = started;
                     let delay = sharemesh_mesh::events::backoff(Duration::from_millis(200), errors, Duration::from_secs(10));
                     tracing::warn!(error = %e, ?delay, "message delivery interrupted; retrying");
                     delay
@@ -132,29 +160,54 @@ impl Dispatcher {
                 _ = shutdown.wait() => break,
             }
         }
+        if let Err(e) = self.release(self.messages.handoff.close()).await {
+            tracing::warn!(error = %e, "could not release the handed-over messages; they are due when their leases lapse");
+        }
         tracing::info!("message dispatcher stopped");
     }
 
-    /// Makes one pass over the messages due now (at most [`BATCH`]); returns how many were
-    /// attempted (sent or failed).
+    /// Makes one pass over the messages due now: those handed over and those it claims (at most
+    /// [`BATCH`] of each); returns how many were attempted (sent or failed).
     pub async fn deliver_due(&self) -> Result<usize, MessageError> {
-        self.deliver_batch(None).await
+        let pass = self.pass(true).await?;
+        Ok(pass.handed + pass.claimed)
     }
 
-    async fn deliver_batch(&self, shutdown: Option<&Shutdown>) -> Result<usize, MessageError> {
-        if shutdown.is_some_and(Shutdown::is_triggered) {
-            return Ok(0);
+    /// One pass: claims due messages if `look`, takes the handed-over ones, sends and records
+    /// them all.
+    async fn pass(&self, look: bool) -> Result<Pass, MessageError> {
+        let mut rows = Vec::new();
+        if look {
+            let tx = self.messages.db().begin_write().await?;
+            let now = now_ms();
+            rows = repo::claim_due(&*tx, now, self.lease_until(now), BATCH).await?;
+            tx.commit().await?;
         }
-        let db = self.messages.db();
-        // Read inside a write transaction: on SQLite this waits for a consumer's transaction
-        // that has just recorded messages (and woken us) to commit.
-        let tx = db.begin_write().await?;
-        let now = now_ms();
-        let claimed = repo::claim_due(&*tx, now, self.lease_until(now), BATCH).await?;
+        let claimed = rows.len();
+        // Taken after the claim: a failed claim leaves them waiting.
+        let handed = self.messages.handoff.take(BATCH as usize, now_ms());
+        let pass = Pass {
+            handed: handed.len(),
+            claimed,
+        };
+        rows.extend(handed);
+        self.send_and_record(rows).await?;
+        Ok(pass)
+    }
+
+    /// Releases the claims of `rows`, handed over and not sent: one statement per lease.
+    async fn release(&self, rows: Vec<MessageRow>) -> Result<(), MessageError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.messages.db().begin_write().await?;
+        let mut released = 0;
+        for (lease, ids) in by_lease(&rows) {
+            released += repo::release(&*tx, ids, lease).await?;
+        }
         tx.commit().await?;
-        let attempted = claimed.len();
-        self.send_and_record(claimed).await?;
-        Ok(attempted)
+        tracing::info!(released, "released the claims of handed-over messages not sent");
+        Ok(())
     }
 
     /// Claims, sends and records one message read as `row`.
@@ -246,12 +299,8 @@ impl Dispatcher {
 /// inserted with the commit.
 /// Returns the tags of the rows whose claim was lost meanwhile: nothing is recorded for those.
 async fn record_deliveries(tx: &WriteTxn, rows: Vec<(usize, MessageRow)>, now: i64) -> Result<Vec<usize>, MessageError> {
-    let mut by_lease: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-    for (_, row) in &rows {
-        by_lease.entry(row.lease_until_ms).or_default().push(row.message_id.clone());
-    }
     let mut written = HashMap::new();
-    for (lease, ids) in by_lease {
+    for (lease, ids) in by_lease(rows.iter().map(|(_, row)| row)) {
         for stored in repo::save_delivered(&**tx, ids, lease, now).await? {
             written.insert(stored.message_id.clone(), stored);
         }
@@ -272,6 +321,15 @@ async fn record_deliveries(tx: &WriteTxn, rows: Vec<(usize, MessageRow)>, now: i
     }
     events::sent_all(tx, sent, now).await?;
     Ok(lost)
+}
+
+/// The ids of `rows` by the lease they were claimed until.
+fn by_lease<'r>(rows: impl IntoIterator<Item = &'r MessageRow>) -> BTreeMap<i64, Vec<String>> {
+    let mut by_lease: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for row in rows {
+        by_lease.entry(row.lease_until_ms).or_default().push(row.message_id.clone());
+    }
+    by_lease
 }
 
 /// Logs an attempt whose claim another dispatcher took over meanwhile.

@@ -5,6 +5,7 @@
 //! Recording is idempotent twice over: the inbox applies an event id once per consumer, and the
 //! unique key `(event_id, recipient_role)` keeps a replayed event from recording a second message.
 
+use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use sharemesh_contracts::common::v1::EventMetadata;
@@ -24,11 +25,14 @@ pub const SOURCE: &str = "sharemesh/message";
 
 impl Messages {
     /// Records the drafts made from each event as PENDING messages inside `tx` (due at once), one
-    /// statement per [`sharemesh_mesh::storage::ROWS_PER_STATEMENT`] rows, and wakes the
-    /// dispatcher. A draft whose `(event, role)` is already recorded is skipped. Returns how many
-    /// were new.
+    /// statement per [`sharemesh_mesh::storage::ROWS_PER_STATEMENT`] rows, and once `tx` has
+    /// committed wakes the dispatcher. While the dispatcher runs the messages are claimed as
+    /// they are recorded and handed to it ([`crate::handoff`]). A draft whose `(event, role)` is
+    /// already recorded is skipped. Returns how many were new.
     pub async fn record_in(&self, tx: &WriteTxn, made: Vec<(&IncomingEvent, Vec<Draft>)>) -> Result<usize, sea_orm::DbErr> {
         let now = now_ms();
+        let count = made.iter().map(|(_, drafts)| drafts.len()).sum();
+        let lease_until_ms = self.handoff.lease_until(now, count);
         let rows: Vec<MessageRow> = made
             .into_iter()
             .flat_map(|(event, drafts)| drafts.into_iter().map(move |draft| (event, draft)))
@@ -48,19 +52,29 @@ impl Messages {
                 next_attempt_at_ms: now,
                 created_at_ms: now,
                 delivered_at_ms: None,
-                lease_until_ms: 0,
+                lease_until_ms,
             })
             .collect();
-        let recorded = repo::insert_new(&**tx, rows).await?;
+        // What is handed over once committed (rows recorded claimed; unclaimed ones are found
+        // in the table).
+        let handed = if lease_until_ms > 0 { rows.clone() } else { Vec::new() };
+        let recorded: HashSet<String> = repo::insert_new(&**tx, rows).await?.into_iter().collect();
         for message_id in &recorded {
             tracing::debug!(%message_id, "message recorded");
         }
-        let recorded = recorded.len();
-        if recorded > 0 {
-            // Before the commit: the dispatcher may look too early, in which case its poll (or,
-            // on SQLite, its wait for the writer lock) finds the rows.
-            self.wake_dispatcher();
+        if !recorded.is_empty() {
+            let handed: Vec<MessageRow> = handed.into_iter().filter(|row| recorded.contains(&row.message_id)).collect();
+            let (handoff, wakeup) = (self.handoff.clone(), self.wakeup.clone());
+            tx.after_commit(move || {
+                if handed.is_empty() {
+                    handoff.committed_unclaimed();
+                } else {
+                    handoff.committed(handed);
+                }
+                wakeup.notify_one();
+            });
         }
+        let recorded = recorded.len();
         Ok(recorded)
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Read in this order: [`domain`] (errors, retry rules) -> [`storage`] (the `messages` table) ->
 //! [`compose`] (which event tells whom what) -> [`events`] (the consumers that record messages)
-//! -> [`sender`] (log and webhook) -> [`delivery`] (the dispatcher that sends and retries) ->
+//! -> [`sender`] (log and webhook) -> [`delivery`] (the dispatcher that sends and retries) and
+//! [`handoff`] (what consumers pass it in memory) ->
 //! [`queries`] and [`grpc`] (`ListMessages`).
 //!
 //! Fault isolation: nobody waits for this service. Reservations go on while it is down; its
@@ -20,6 +21,7 @@ pub mod compose;
 pub mod events;
 pub mod sender;
 pub mod delivery;
+pub mod handoff;
 pub mod queries;
 pub mod grpc;
 
@@ -129,12 +131,13 @@ fn webhook_url(url: &str) -> Result<http::Uri, ConfigError> {
     Ok(uri)
 }
 
-/// The message service's state: its database, and the bell that wakes the dispatcher when new
-/// messages are recorded.
+/// The message service's state: its database, the bell that wakes the dispatcher when new
+/// messages are recorded, and the messages consumers hand it.
 #[derive(Clone)]
 pub struct Messages {
     db: Db,
     wakeup: Arc<Notify>,
+    handoff: Arc<handoff::Handoff>,
 }
 
 impl Messages {
@@ -143,17 +146,13 @@ impl Messages {
         Self {
             db,
             wakeup: Arc::new(Notify::new()),
+            handoff: Arc::default(),
         }
     }
 
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
-    }
-
-    /// Wakes the dispatcher (new messages were recorded).
-    pub(crate) fn wake_dispatcher(&self) {
-        self.wakeup.notify_one();
     }
 }
 

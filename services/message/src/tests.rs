@@ -24,12 +24,12 @@ use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::storage::{Db, ROWS_PER_STATEMENT};
 use sharemesh_mesh::testing::PgDatabase;
 
-use crate::Messages;
 use crate::delivery::{Attempt, Dispatcher};
 use crate::domain::MessageError;
 use crate::events::{CatalogEvents, ReservationEvents};
 use crate::sender::{LogSender, SendError, SendFuture, Sender, WebhookSender};
 use crate::storage::messages::{self as repo, MessageRow, entity as messages};
+use crate::{Messages, handoff};
 
 // 2030-01-01T09:00:00Z .. 11:00
 const START: i64 = 1_893_488_400_000;
@@ -71,6 +71,16 @@ impl Fixture {
 
     fn dispatcher(&self, sender: Arc<dyn Sender>) -> Dispatcher {
         Dispatcher::new(self.messages.clone(), sender, Duration::from_millis(10), Duration::from_millis(50))
+    }
+
+    /// The dispatcher of another replica on the same database: its own hand-off.
+    fn replica(&self, sender: Arc<dyn Sender>) -> Dispatcher {
+        Dispatcher::new(
+            Messages::new(self.db.clone()),
+            sender,
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        )
     }
 
     async fn apply(&self, handler: &dyn EventHandler, event: &IncomingEvent) -> Outcome {
@@ -531,11 +541,25 @@ async fn every_message_missed_while_down_is_sent_once_when_the_dispatcher_runs()
     let task = tokio::spawn(dispatcher.run(shutdown.clone()));
     wait_for(|| sender.delivered().len() == 240, "the backlog is delivered").await;
 
-    // A new event wakes the dispatcher at once, without waiting for the poll.
+    // A new event wakes the dispatcher at once, without waiting for the poll: its messages are
+    // claimed as they are recorded and handed over.
     f.apply(&handler, &paid("r-new", "alice", "host-1")).await;
     wait_for(|| sender.delivered().len() == 242, "the new messages are delivered").await;
+
+    // A burst beyond what may wait in memory: the rest is recorded unclaimed and claimed from
+    // the table at once, still without the poll.
+    let burst: Vec<IncomingEvent> = (0..handoff::MAX_WAITING)
+        .map(|i| paid(&format!("burst-{i}"), &format!("b-{i}"), "host-2"))
+        .collect();
+    for events in burst.chunks(64) {
+        let batch: Vec<_> = events.iter().map(|e| (e.clone(), tracing::Span::none())).collect();
+        apply_batch(&f.db, CONSUMER, &handler, &batch).await.unwrap();
+    }
+    let total = 242 + 2 * handoff::MAX_WAITING;
+    wait_for(|| sender.delivered().len() == total, "the burst is delivered").await;
     shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    assert!(f.rows().await.iter().all(|r| r.lease_until_ms == 0), "no claim is left behind");
 
     let mut delivered = sender.delivered();
     delivered.sort();
@@ -543,6 +567,97 @@ async fn every_message_missed_while_down_is_sent_once_when_the_dispatcher_runs()
     delivered.dedup();
     assert_eq!(delivered.len(), before, "a message was sent twice");
     assert!(f.rows().await.iter().all(|r| r.delivery_status == "SENT" && r.attempts == 1));
+}
+
+#[tokio::test]
+async fn while_the_dispatcher_runs_messages_are_claimed_as_they_are_recorded_and_handed_over() {
+    handed_over(&fixture().await).await;
+}
+
+#[tokio::test]
+async fn on_postgresql_too_messages_are_claimed_as_they_are_recorded_and_handed_over() {
+    let Some(pg) = PgDatabase::create().await else {
+        return;
+    };
+    handed_over(&fixture_on(&pg.url).await).await;
+}
+
+/// With the hand-off open: a recording that rolls back hands nothing over; a committed one is
+/// claimed in its own transaction, not taken by another replica's dispatcher, and sent from
+/// memory once.
+async fn handed_over(f: &Fixture) {
+    f.messages.handoff.open(Duration::from_secs(30));
+    let event = paid("r-1", "alice", "host-1");
+    let paid_to = reservation("r-1", "alice", "host-1").unwrap();
+    let drafts = || crate::compose::reservation_messages(sharemesh_contracts::events::ReservationChange::Paid, &paid_to);
+    let sender = Arc::new(FakeSender::default());
+    let dispatcher = f.dispatcher(sender.clone());
+    {
+        let tx = f.db.begin_write().await.unwrap();
+        assert_eq!(f.messages.record_in(&tx, vec![(&event, drafts())]).await.unwrap(), 2);
+        // dropped: rolled back
+    }
+    assert_eq!(dispatcher.deliver_due().await.unwrap(), 0);
+    assert_eq!((f.count().await, sender.calls()), (0, 0), "nothing sent that was never recorded");
+
+    let before = sharemesh_mesh::events::now_ms();
+    assert_eq!(f.apply(&f.reservations(), &event).await, Outcome::Applied);
+    let rows = f.rows().await;
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter().all(|r| r.lease_until_ms >= before + 30_000),
+        "claimed in the consumer's transaction: {rows:?}"
+    );
+    // Another replica's dispatcher on the same database does not take them ...
+    let other = Arc::new(FakeSender::default());
+    let replica = f.replica(other.clone());
+    assert_eq!(replica.deliver_due().await.unwrap(), 0);
+    // ... this one sends them from memory, once, and records them.
+    assert_eq!(dispatcher.deliver_due().await.unwrap(), 2);
+    assert_eq!(dispatcher.deliver_due().await.unwrap(), 0);
+    assert_eq!((sender.calls(), other.calls()), (2, 0));
+    assert!(
+        f.rows()
+            .await
+            .iter()
+            .all(|r| (r.delivery_status.as_str(), r.attempts, r.lease_until_ms) == ("SENT", 1, 0))
+    );
+    assert_eq!(f.sent_events().await.len(), 2);
+}
+
+#[tokio::test]
+async fn messages_handed_to_a_dispatcher_that_died_are_sent_by_another_when_their_lease_lapses() {
+    let f = fixture().await;
+    f.messages.handoff.open(Duration::from_millis(40));
+    f.apply(&f.reservations(), &paid("r-1", "alice", "host-1")).await;
+    // The process that recorded them dies before sending: another replica takes over.
+    let sender = Arc::new(FakeSender::default());
+    let replica = f.replica(sender.clone());
+    assert_eq!(replica.deliver_due().await.unwrap(), 0, "claimed until the lease lapses");
+    // The lease ends on a whole step (handoff::LEASE_STEP_MS) after its 40 ms.
+    let lapses = f.rows().await.iter().map(|r| r.lease_until_ms).max().unwrap();
+    let wait = lapses - sharemesh_mesh::events::now_ms() + 20;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+    assert_eq!(replica.deliver_due().await.unwrap(), 2);
+    assert!(f.rows().await.iter().all(|r| r.delivery_status == "SENT" && r.attempts == 1));
+}
+
+#[tokio::test]
+async fn a_dispatcher_that_stops_releases_the_messages_it_was_handed() {
+    let f = fixture().await;
+    f.messages.handoff.open(Duration::from_secs(30));
+    f.apply(&f.reservations(), &paid("r-1", "alice", "host-1")).await;
+    let sender = Arc::new(FakeSender::default());
+    let shutdown = Shutdown::new();
+    shutdown.trigger();
+    f.dispatcher(sender.clone()).run(shutdown).await;
+    assert_eq!(sender.calls(), 0);
+    assert!(f.rows().await.iter().all(|r| r.lease_until_ms == 0), "released");
+    // Due at once for anyone, not after the lease; and no longer claimed at recording.
+    let replica = f.replica(sender.clone());
+    assert_eq!(replica.deliver_due().await.unwrap(), 2);
+    f.apply(&f.reservations(), &paid("r-2", "bob", "host-1")).await;
+    assert!(f.rows().await.iter().all(|r| r.lease_until_ms == 0));
 }
 
 async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {

@@ -244,6 +244,21 @@ pub(crate) fn claim_due_statement(now_ms: i64, lease_until_ms: i64, limit: u64) 
         .filter(C::MessageId.in_subquery(due))
 }
 
+/// Releases the claims until `lease_until_ms` on the messages `ids` that still hold them (one
+/// statement): they are due again at once, for any dispatcher. A message claimed again or
+/// recorded meanwhile is left as it is.
+pub async fn release(db: &impl ConnectionTrait, ids: Vec<String>, lease_until_ms: i64) -> Result<u64, sea_orm::DbErr> {
+    use entity::Column as C;
+    let result = entity::Entity::update_many()
+        .col_expr(C::LeaseUntilMs, Expr::value(0))
+        .filter(C::MessageId.is_in(ids))
+        .filter(C::LeaseUntilMs.eq(lease_until_ms))
+        .filter(C::DeliveryStatus.ne(DeliveryStatus::Sent.stored()))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
 /// Claims the message read as `seen` for one attempt: sets its `lease_until_ms`. False when
 /// another dispatcher claimed it or recorded an attempt since it was read; then this one must not
 /// send it. A claim whose attempt never records an outcome (a crash) lapses at `lease_until_ms`
