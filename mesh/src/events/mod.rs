@@ -208,6 +208,11 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// `d` in whole milliseconds, as the `*_ms` columns count them (`i64::MAX` for longer).
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Exponential backoff with jitter: `base * 2^(attempt-1)`, at most `max`.
 pub fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));

@@ -520,7 +520,7 @@ pub async fn purge_published_every(db: Db, retention: Duration, shutdown: Shutdo
 /// SQLite the writer serves other writes between two batches), until a batch has nothing due.
 /// An unpublished row is never deleted, however old.
 pub async fn purge_published(db: &Db, retention: Duration) -> Result<u64, sea_orm::DbErr> {
-    let cutoff = super::now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let cutoff = super::now_ms().saturating_sub(super::millis(retention));
     let mut purged = 0;
     loop {
         let oldest = entity::Entity::find()

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sharemesh_mesh::events::now_ms;
+use sharemesh_mesh::events::{millis, now_ms};
 use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::storage::WriteTxn;
 
@@ -153,7 +153,7 @@ impl Dispatcher {
                 }
             };
             tokio::select! {
-                _ = self.messages.wakeup.notified(), if errors == 0 => {
+                _ = self.messages.handoff.rung(), if errors == 0 => {
                     tokio::time::sleep_until(started + PASS_SPACING).await;
                 }
                 _ = tokio::time::sleep(pause) => {}
@@ -234,7 +234,7 @@ impl Dispatcher {
 
     /// The end of the lease of a claim made at `now`.
     fn lease_until(&self, now: i64) -> i64 {
-        now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX))
+        now.saturating_add(millis(self.lease))
     }
 
     /// Sends claimed messages concurrently, then records every outcome in one transaction: the

@@ -64,14 +64,13 @@ impl Messages {
         }
         if !recorded.is_empty() {
             let handed: Vec<MessageRow> = handed.into_iter().filter(|row| recorded.contains(&row.message_id)).collect();
-            let (handoff, wakeup) = (self.handoff.clone(), self.wakeup.clone());
+            let handoff = self.handoff.clone();
             tx.after_commit(move || {
                 if handed.is_empty() {
                     handoff.committed_unclaimed();
                 } else {
                     handoff.committed(handed);
                 }
-                wakeup.notify_one();
             });
         }
         let recorded = recorded.len();

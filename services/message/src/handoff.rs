@@ -20,6 +20,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use crate::delivery::BATCH;
 use crate::storage::messages::MessageRow;
 
@@ -28,10 +30,12 @@ pub const MAX_WAITING: usize = 4 * BATCH as usize;
 /// Claims made at recording end on a multiple of this many ms (see [`Handoff::lease_until`]).
 pub const LEASE_STEP_MS: i64 = 1_000;
 
-/// Messages claimed at recording, waiting for the dispatcher (see the module docs).
+/// Messages claimed at recording, waiting for the dispatcher, and the bell that wakes it when
+/// messages were recorded (see the module docs).
 #[derive(Debug, Default)]
 pub struct Handoff {
     state: Mutex<State>,
+    bell: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -51,7 +55,7 @@ impl Handoff {
 
     /// Starts handing off, with claims of `lease`: called by the running dispatcher.
     pub fn open(&self, lease: Duration) {
-        self.state().lease_ms = Some(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        self.state().lease_ms = Some(sharemesh_mesh::events::millis(lease));
     }
 
     /// Stops handing off; returns the messages still waiting (their leases are to be released).
@@ -81,17 +85,27 @@ impl Handoff {
     }
 
     /// After the commit that recorded `rows`, claimed: they wait for the dispatcher (unless it
-    /// stopped meanwhile; then their leases lapse).
+    /// stopped meanwhile; then their leases lapse), which is woken.
     pub fn committed(&self, rows: Vec<MessageRow>) {
-        let mut state = self.state();
-        if state.lease_ms.is_some() {
-            state.waiting.extend(rows);
+        {
+            let mut state = self.state();
+            if state.lease_ms.is_some() {
+                state.waiting.extend(rows);
+            }
         }
+        self.bell.notify_one();
     }
 
-    /// After a commit that recorded messages unclaimed: the dispatcher is to claim them.
+    /// After a commit that recorded messages unclaimed: the dispatcher is woken to claim them.
     pub fn committed_unclaimed(&self) {
         self.state().unclaimed = true;
+        self.bell.notify_one();
+    }
+
+    /// Resolves when messages were committed since the dispatcher last waited (or at once if
+    /// they were while it was not waiting).
+    pub async fn rung(&self) {
+        self.bell.notified().await;
     }
 
     /// Up to `max` waiting messages, oldest first, as stored when claimed; those whose lease has

@@ -37,7 +37,6 @@ use sharemesh_mesh::config::{ConfigError, Env, EnvExt, MeshConfig};
 use sharemesh_mesh::runtime::{RunError, Runtime};
 use sharemesh_mesh::server::Shutdown;
 use sharemesh_mesh::storage::Db;
-use tokio::sync::Notify;
 
 pub use sender::SenderConfig;
 
@@ -131,12 +130,11 @@ fn webhook_url(url: &str) -> Result<http::Uri, ConfigError> {
     Ok(uri)
 }
 
-/// The message service's state: its database, the bell that wakes the dispatcher when new
-/// messages are recorded, and the messages consumers hand it.
+/// The message service's state: its database, and what its consumers hand the dispatcher
+/// (new messages, and the bell that wakes it).
 #[derive(Clone)]
 pub struct Messages {
     db: Db,
-    wakeup: Arc<Notify>,
     handoff: Arc<handoff::Handoff>,
 }
 
@@ -145,7 +143,6 @@ impl Messages {
     pub fn new(db: Db) -> Self {
         Self {
             db,
-            wakeup: Arc::new(Notify::new()),
             handoff: Arc::default(),
         }
     }

@@ -191,7 +191,7 @@ pub fn validate_window(window: Option<(i64, i64)>, now_ms: i64, horizon: Duratio
     if end <= now_ms {
         return Err(ReservationError::invalid("window", "must not end in the past"));
     }
-    let latest = now_ms.saturating_add(i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX));
+    let latest = now_ms.saturating_add(sharemesh_mesh::events::millis(horizon));
     if start > latest {
         return Err(ReservationError::invalid(
             "window",

@@ -118,7 +118,7 @@ impl MessageRow {
         self.require_undelivered()?;
         self.attempts = self.attempts.saturating_add(1);
         let delay = domain::retry_delay(retry_base, self.attempts);
-        let next = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        let next = now_ms.saturating_add(sharemesh_mesh::events::millis(delay));
         self.delivery_status = DeliveryStatus::Failed.stored().into();
         self.failure_reason = domain::failure_reason(reason);
         self.next_attempt_at_ms = next;
