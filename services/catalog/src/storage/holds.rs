@@ -221,43 +221,46 @@ mod tests {
         }
     }
 
-    /// The SQLite overlap check reads only holds that start less than 90 days (the longest
-    /// window) before a new one: a 90-day booking must still refuse a window over its last hour.
-    #[tokio::test]
-    async fn the_bounded_overlap_check_still_sees_the_longest_booking() {
-        const DAY: i64 = 86_400_000;
-        const HOUR: i64 = 3_600_000;
-        assert_eq!(
-            crate::domain::MAX_WINDOW_MS,
-            90 * DAY,
-            "m0002's trigger holds this bound as a literal"
-        );
+    /// A migrated SQLite catalog with listing `l-1`, in a directory dropped with it.
+    async fn catalog_with_a_listing() -> (tempfile::TempDir, sharemesh_mesh::storage::Db) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sharemesh_mesh::storage::Db::connect(&format!("sqlite://{}/catalog.db?mode=rwc", dir.path().display()))
             .await
             .expect("connect");
         db.migrate::<super::super::Migrator>().await.expect("migrate");
-        db.conn()
-            .execute_unprepared(
-                "INSERT INTO listings (listing_id, host_id, kind, title, description, price_minor, currency, status, version, created_at_ms, updated_at_ms)
-                 VALUES ('l-1', 'host-1', 'LISTING_KIND_CAR', 'Avante', '', 1000, 'KRW', 'LISTING_STATUS_ACTIVE', 1, 0, 0)",
-            )
-            .await
-            .expect("a listing");
-        let window = |n: u32, status: HoldStatus, start_ms: i64, end_ms: i64| HoldRow {
+        super::super::testing::insert_listing(&db, "l-1", 0).await;
+        (dir, db)
+    }
+
+    /// Hold `n` of `l-1` over `[start_ms, end_ms)`.
+    fn window(n: u32, status: HoldStatus, start_ms: i64, end_ms: i64) -> HoldRow {
+        HoldRow {
             hold_id: format!("h-{n}"),
             reservation_id: format!("r-{n}"),
             start_ms,
             end_ms,
             ..hold(status, i64::MAX)
-        };
+        }
+    }
+
+    fn is_overlap(err: &sea_orm::DbErr) -> bool {
+        err.to_string().contains(super::super::NO_OVERLAP)
+    }
+
+    /// The longest window a listing takes (90 days) still refuses a window over its last hour,
+    /// however long ago it started.
+    #[tokio::test]
+    async fn the_overlap_check_sees_the_longest_booking() {
+        const DAY: i64 = 86_400_000;
+        const HOUR: i64 = 3_600_000;
+        let (_dir, db) = catalog_with_a_listing().await;
         insert(db.conn(), window(1, HoldStatus::Booked, 0, 90 * DAY))
             .await
             .expect("the longest booking");
         let err = insert(db.conn(), window(2, HoldStatus::Held, 90 * DAY - HOUR, 90 * DAY + HOUR))
             .await
             .expect_err("its last hour is taken");
-        assert!(err.to_string().contains(super::super::NO_OVERLAP), "{err}");
+        assert!(is_overlap(&err), "{err}");
         insert(db.conn(), window(3, HoldStatus::Held, 90 * DAY, 90 * DAY + HOUR))
             .await
             .expect("right after it is free");
@@ -268,7 +271,47 @@ mod tests {
         let mut again = window(4, HoldStatus::Held, 90 * DAY - HOUR, 90 * DAY);
         again.updated_at_ms = 1;
         let err = save_status(db.conn(), &again).await.expect_err("held again over the booking");
-        assert!(err.to_string().contains(super::super::NO_OVERLAP), "{err}");
+        assert!(is_overlap(&err), "{err}");
+    }
+
+    /// The check reads one hold per status (the one starting last before the new window ends):
+    /// among many holds and bookings it refuses exactly the windows that overlap one of them.
+    #[tokio::test]
+    async fn among_many_holds_exactly_the_overlapping_windows_are_refused() {
+        const HOUR: i64 = 3_600_000;
+        let (_dir, db) = catalog_with_a_listing().await;
+        // An hour every 11 hours, HELD and BOOKED in turn: hold n is [11n, 11n + 1) hours.
+        let start = |n: i64| n * 11 * HOUR;
+        for n in 0..300u32 {
+            let status = if n % 2 == 0 { HoldStatus::Held } else { HoldStatus::Booked };
+            insert(db.conn(), window(n, status, start(n.into()), start(n.into()) + HOUR))
+                .await
+                .expect("no overlap");
+        }
+        let refused = [
+            (start(120) + HOUR / 2, start(120) + 2 * HOUR, "over the end of a hold"),
+            (start(121) - HOUR, start(121) + 1, "over the start of a booking"),
+            (start(150) + 1, start(150) + 2, "inside a hold"),
+            (start(10) - 1, start(13), "over several"),
+            (start(0), start(300), "over all of them"),
+            (start(299), start(299) + HOUR, "the same window as the last"),
+        ];
+        for (n, (from, to, what)) in (1000..).zip(refused) {
+            let err = insert(db.conn(), window(n, HoldStatus::Held, from, to)).await.expect_err(what);
+            assert!(is_overlap(&err), "{what}: {err}");
+        }
+        let free = [
+            (start(120) + HOUR, start(121), "the whole gap between two"),
+            (start(299) + HOUR, start(400), "after the last"),
+            (start(0) - HOUR, start(0), "right before the first"),
+        ];
+        for (n, (from, to, what)) in (2000..).zip(free) {
+            insert(db.conn(), window(n, HoldStatus::Booked, from, to)).await.expect(what);
+        }
+        // A hold booked is checked against every other row, not against itself.
+        let mut booked = window(0, HoldStatus::Booked, start(0), start(0) + HOUR);
+        booked.updated_at_ms = 1;
+        save_status(db.conn(), &booked).await.expect("booking a hold overlaps only itself");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The `listings` table and its queries.
 
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Order, Query};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
-use sharemesh_contracts::catalog::v1::{CarDetails, Listing as ListingProto, ListingStatus, TalentDetails, listing};
+use sharemesh_contracts::catalog::v1::{CarDetails, HoldStatus, Listing as ListingProto, ListingStatus, TalentDetails, listing};
 use sharemesh_contracts::common::v1::{ListingKind, Money};
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_mesh::storage::ReadModels;
@@ -205,15 +205,9 @@ pub async fn list(db: &impl ReadModels, filter: &ListFilter, offset: u64, limit:
         q = q.filter(C::HostId.eq(host.clone()));
     }
     if let Some((start, end)) = filter.available_during {
-        let busy = Query::select()
-            .expr(Expr::val(1))
-            .from(holds::entity::Entity)
-            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::ListingId)).equals((entity::Entity, C::ListingId)))
-            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::Status)).is_in(holds::ACTIVE.map(|s| s.stored())))
-            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::StartMs)).lt(end))
-            .and_where(Expr::col((holds::entity::Entity, holds::entity::Column::EndMs)).gt(start))
-            .to_owned();
-        q = q.filter(Expr::exists(busy).not());
+        for status in holds::ACTIVE {
+            q = q.filter(free_of(status, start, end));
+        }
     }
     db.read_all(
         q.order_by_desc(C::CreatedAtMs)
@@ -224,8 +218,112 @@ pub async fn list(db: &impl ReadModels, filter: &ListFilter, offset: u64, limit:
     .await
 }
 
+/// "The listing has no `status` hold overlapping `[start, end)`": the end of its `status` hold
+/// that starts last before `end` (none: `start`) is at most `start`. A listing's HELD and BOOKED
+/// holds never overlap (the exclusion constraint, SQLite's triggers), so ordered by start they
+/// are ordered by end too, and no earlier one can reach further: one index seek per listing
+/// (`holds_by_listing`, backwards from `end`), where "any hold with `start_ms < end AND end_ms >
+/// start`" read every hold the listing had before `end`, with its row.
+fn free_of(status: HoldStatus, start: i64, end: i64) -> Expr {
+    use holds::entity::{Column as H, Entity as Holds};
+    let latest_end = Query::select()
+        .column((Holds, H::EndMs))
+        .from(Holds)
+        .and_where(Expr::col((Holds, H::ListingId)).equals((entity::Entity, entity::Column::ListingId)))
+        .and_where(Expr::col((Holds, H::Status)).eq(status.stored()))
+        .and_where(Expr::col((Holds, H::StartMs)).lt(end))
+        .order_by((Holds, H::StartMs), Order::Desc)
+        .limit(1)
+        .to_owned();
+    Expr::expr(Func::coalesce([
+        Expr::SubQuery(None, Box::new(latest_end.into())),
+        Expr::val(start),
+    ]))
+    .lte(start)
+}
+
 /// Marks a listing changed: bumps the version and the update time.
 pub fn touch(row: &mut ListingRow, now_ms: i64) {
     row.version += 1;
     row.updated_at_ms = now_ms;
+}
+
+#[cfg(test)]
+mod tests {
+    use sharemesh_contracts::catalog::v1::HoldStatus;
+    use sharemesh_mesh::storage::Db;
+
+    use super::{ListFilter, list};
+    use crate::storage::holds::{self, HoldRow};
+    use crate::storage::testing::insert_listing;
+
+    /// Listings `a` (HELD [10, 20) and [70, 80), BOOKED [30, 40), RELEASED [40, 60)), `b` (no holds) and `c`
+    /// (BOOKED [0, 100)): which are free during each window.
+    async fn available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold(db: &Db) {
+        db.migrate::<crate::storage::Migrator>().await.expect("migrate");
+        for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
+            insert_listing(db, id, i64::try_from(n).expect("small")).await;
+        }
+        let holds = [
+            ("a", HoldStatus::Held, 10, 20),
+            ("a", HoldStatus::Booked, 30, 40),
+            ("a", HoldStatus::Released, 40, 60),
+            ("a", HoldStatus::Held, 70, 80),
+            ("c", HoldStatus::Booked, 0, 100),
+        ];
+        for (n, (listing_id, status, start_ms, end_ms)) in holds.into_iter().enumerate() {
+            let row = HoldRow {
+                hold_id: format!("h-{n}"),
+                listing_id: listing_id.into(),
+                reservation_id: format!("r-{n}"),
+                start_ms,
+                end_ms,
+                status: status.stored().into(),
+                expires_at_ms: i64::MAX,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            };
+            holds::insert(db.conn(), row).await.expect("a hold");
+        }
+        let cases: [((i64, i64), &[&str]); 9] = [
+            ((20, 30), &["b", "a"]),
+            ((15, 16), &["b"]),
+            ((5, 15), &["b"]),
+            ((35, 45), &["b"]),
+            ((45, 55), &["b", "a"]),
+            ((0, 10), &["b", "a"]),
+            ((75, 76), &["b"]),
+            ((60, 70), &["b", "a"]),
+            ((100, 200), &["c", "b", "a"]),
+        ];
+        for (window, free) in cases {
+            let filter = ListFilter {
+                available_during: Some(window),
+                ..ListFilter::default()
+            };
+            let listed = list(db, &filter, 0, 10).await.expect("list");
+            let ids: Vec<&str> = listed.iter().map(|l| l.listing_id.as_str()).collect();
+            assert_eq!(ids, free, "free during {window:?} (newest first)");
+        }
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(&format!("sqlite://{}/catalog.db?mode=rwc", dir.path().display()))
+            .await
+            .expect("connect");
+        available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold(&db).await;
+    }
+
+    #[tokio::test]
+    async fn on_postgresql_available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold() {
+        let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+            return;
+        };
+        let db = Db::connect(&pg.url).await.expect("connect");
+        available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold(&db).await;
+        drop(db);
+        pg.drop_now().await;
+    }
 }

@@ -68,10 +68,47 @@ macro_rules! hold_indexes {
 /// [`crate::domain::MAX_WINDOW_MS`] (90 days, the literal below), a hold that overlaps a new window
 /// starts less than 90 days before it, so the check reads only the holds of that stretch through
 /// `holds_by_listing` instead of every booking the listing ever had (m0001's triggers scanned
-/// them all, under SQLite's single writer lock, on every hold and every booking).
+/// them all, under SQLite's single writer lock, on every hold and every booking). Replaced by
+/// m0003's [`latest_before`].
 macro_rules! bounded_overlap {
     () => {
         "h.listing_id = NEW.listing_id AND h.status IN ('HELD', 'BOOKED') AND h.start_ms < NEW.end_ms AND h.start_ms > NEW.start_ms - 7776000000 AND NEW.start_ms < h.end_ms"
+    };
+}
+
+/// SQLite's overlap check in one index seek per status (m0003). The HELD and BOOKED holds of a
+/// listing never overlap one another (this check keeps it so), so ordered by start they are
+/// ordered by end too: of those starting before the new window ends, only the one that starts
+/// last can reach into it. The check reads that one hold of each status (`holds_by_listing`,
+/// backwards from the new end) instead of every hold of the 90 days before the window (m0002
+/// read a hold and its row for each: about 200 a check for a car booked every 11 hours, 4,000
+/// for a talent booked every half hour). `$other` leaves out the row being updated.
+macro_rules! latest_before {
+    ($status:literal, $other:literal) => {
+        concat!(
+            "(SELECT h.end_ms FROM holds h WHERE h.listing_id = NEW.listing_id AND h.status = '",
+            $status,
+            "'",
+            $other,
+            " AND h.start_ms < NEW.end_ms ORDER BY h.start_ms DESC LIMIT 1) > NEW.start_ms"
+        )
+    };
+}
+
+/// The trigger `$name` refusing a HELD or BOOKED row that overlaps another ([`latest_before`]).
+macro_rules! no_overlap_trigger {
+    ($name:literal, $event:literal, $other:literal) => {
+        concat!(
+            "CREATE TRIGGER ",
+            $name,
+            " BEFORE ",
+            $event,
+            " ON holds WHEN NEW.status IN ('HELD', 'BOOKED') AND (",
+            latest_before!("HELD", $other),
+            " OR ",
+            latest_before!("BOOKED", $other),
+            ") BEGIN SELECT RAISE(ABORT, 'holds_no_overlap'); END"
+        )
     };
 }
 
@@ -115,6 +152,18 @@ const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
     ),
     // The exclusion constraint searches its GiST index: nothing to change.
     postgres: "SELECT 1",
+}, SqlMigration {
+    name: "m0003_catalog_overlap_check_by_latest_hold",
+    sqlite: concat!(
+        "DROP TRIGGER holds_no_overlap_insert;
+    DROP TRIGGER holds_no_overlap_update;
+    ",
+        no_overlap_trigger!("holds_no_overlap_insert", "INSERT", ""),
+        ";
+    ",
+        no_overlap_trigger!("holds_no_overlap_update", "UPDATE OF status, start_ms, end_ms", " AND h.hold_id <> NEW.hold_id")
+    ),
+    postgres: "SELECT 1",
 }];
 
 /// The catalog's migrations: the mesh's outbox and inbox, then the catalog's own tables.
@@ -129,6 +178,24 @@ impl MigratorTrait for Migrator {
 impl sharemesh_mesh::storage::Tables for Migrator {
     fn tables(tables: &mut sharemesh_mesh::storage::writes::TableTypes) {
         tables.add::<holds::entity::Entity>().add::<listings::entity::Entity>();
+    }
+}
+
+/// Test data for the queries' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use sea_orm::ConnectionTrait;
+    use sharemesh_mesh::storage::Db;
+
+    /// Inserts an active car listing `listing_id`, created at `created_at_ms`.
+    pub(crate) async fn insert_listing(db: &Db, listing_id: &str, created_at_ms: i64) {
+        db.conn()
+            .execute_unprepared(&format!(
+                "INSERT INTO listings (listing_id, host_id, kind, title, description, price_minor, currency, status, version, created_at_ms, updated_at_ms)
+                 VALUES ('{listing_id}', 'host-1', 'CAR', 'Avante', '', 1000, 'KRW', 'ACTIVE', 1, {created_at_ms}, 0)"
+            ))
+            .await
+            .expect("a listing");
     }
 }
 
