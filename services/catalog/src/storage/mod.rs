@@ -69,7 +69,7 @@ macro_rules! hold_indexes {
 /// starts less than 90 days before it, so the check reads only the holds of that stretch through
 /// `holds_by_listing` instead of every booking the listing ever had (m0001's triggers scanned
 /// them all, under SQLite's single writer lock, on every hold and every booking). Replaced by
-/// m0003's [`latest_before`].
+/// m0003's `latest_before!`.
 macro_rules! bounded_overlap {
     () => {
         "h.listing_id = NEW.listing_id AND h.status IN ('HELD', 'BOOKED') AND h.start_ms < NEW.end_ms AND h.start_ms > NEW.start_ms - 7776000000 AND NEW.start_ms < h.end_ms"
@@ -95,7 +95,7 @@ macro_rules! latest_before {
     };
 }
 
-/// The trigger `$name` refusing a HELD or BOOKED row that overlaps another ([`latest_before`]).
+/// The trigger `$name` refusing a HELD or BOOKED row that overlaps another (`latest_before!`).
 macro_rules! no_overlap_trigger {
     ($name:literal, $event:literal, $other:literal) => {
         concat!(
