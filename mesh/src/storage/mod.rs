@@ -763,13 +763,19 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn writes_commit_and_roll_back() {
+    /// A database on a SQLite file (in the directory returned with it) with a table `t (v)`.
+    async fn with_table_t() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
             .await
             .expect("connect");
         db.conn().execute_unprepared("CREATE TABLE t (v INTEGER)").await.expect("create");
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn writes_commit_and_roll_back() {
+        let (_dir, db) = with_table_t().await;
         let tx = db.begin_write().await.expect("begin");
         tx.execute_unprepared("INSERT INTO t VALUES (1)").await.expect("insert");
         tx.commit().await.expect("commit");
@@ -789,11 +795,7 @@ mod tests {
     #[tokio::test]
     async fn after_commit_steps_run_once_committed_and_never_after_a_rollback() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
-            .await
-            .expect("connect");
-        db.conn().execute_unprepared("CREATE TABLE t (v INTEGER)").await.expect("create");
+        let (_dir, db) = with_table_t().await;
         let ran = Arc::new(AtomicUsize::new(0));
         let count = |ran: &Arc<AtomicUsize>| {
             let ran = ran.clone();

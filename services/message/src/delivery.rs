@@ -128,7 +128,9 @@ impl Dispatcher {
                 break;
             }
             let started = tokio::time::Instant::now();
-            let look = started >= look_at || self.messages.handoff.take_unclaimed();
+            // Taken every pass: a look that was due anyway also claims what was recorded unclaimed.
+            let unclaimed = self.messages.handoff.take_unclaimed();
+            let look = started >= look_at || unclaimed;
             if look {
                 look_at = started + self.poll;
             }

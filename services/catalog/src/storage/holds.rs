@@ -171,6 +171,7 @@ pub async fn expire_lapsed(db: &impl ConnectionTrait, listing_id: Option<&str>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::testing;
 
     fn hold(status: HoldStatus, expires_at_ms: i64) -> HoldRow {
         HoldRow {
@@ -224,23 +225,14 @@ mod tests {
     /// A migrated SQLite catalog with listing `l-1`, in a directory dropped with it.
     async fn catalog_with_a_listing() -> (tempfile::TempDir, sharemesh_mesh::storage::Db) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sharemesh_mesh::storage::Db::connect(&format!("sqlite://{}/catalog.db?mode=rwc", dir.path().display()))
-            .await
-            .expect("connect");
-        db.migrate::<super::super::Migrator>().await.expect("migrate");
-        super::super::testing::insert_listing(&db, "l-1", 0).await;
+        let db = testing::sqlite(&dir).await;
+        testing::insert_listing(&db, "l-1", 0).await;
         (dir, db)
     }
 
     /// Hold `n` of `l-1` over `[start_ms, end_ms)`.
-    fn window(n: u32, status: HoldStatus, start_ms: i64, end_ms: i64) -> HoldRow {
-        HoldRow {
-            hold_id: format!("h-{n}"),
-            reservation_id: format!("r-{n}"),
-            start_ms,
-            end_ms,
-            ..hold(status, i64::MAX)
-        }
+    fn window(n: usize, status: HoldStatus, start_ms: i64, end_ms: i64) -> HoldRow {
+        testing::hold(n, "l-1", status, start_ms, end_ms)
     }
 
     fn is_overlap(err: &sea_orm::DbErr) -> bool {
@@ -281,10 +273,10 @@ mod tests {
         const HOUR: i64 = 3_600_000;
         let (_dir, db) = catalog_with_a_listing().await;
         // An hour every 11 hours, HELD and BOOKED in turn: hold n is [11n, 11n + 1) hours.
-        let start = |n: i64| n * 11 * HOUR;
-        for n in 0..300u32 {
+        let start = |n: usize| i64::try_from(n).expect("small") * 11 * HOUR;
+        for n in 0..300usize {
             let status = if n % 2 == 0 { HoldStatus::Held } else { HoldStatus::Booked };
-            insert(db.conn(), window(n, status, start(n.into()), start(n.into()) + HOUR))
+            insert(db.conn(), window(n, status, start(n), start(n) + HOUR))
                 .await
                 .expect("no overlap");
         }

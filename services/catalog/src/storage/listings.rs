@@ -254,13 +254,12 @@ mod tests {
     use sharemesh_mesh::storage::Db;
 
     use super::{ListFilter, list};
-    use crate::storage::holds::{self, HoldRow};
-    use crate::storage::testing::insert_listing;
+    use crate::storage::holds;
+    use crate::storage::testing::{hold, insert_listing, migrated, sqlite};
 
     /// Listings `a` (HELD [10, 20) and [70, 80), BOOKED [30, 40), RELEASED [40, 60)), `b` (no holds) and `c`
-    /// (BOOKED [0, 100)): which are free during each window.
+    /// (BOOKED [0, 100)): which are free during each window, on the migrated catalog `db`.
     async fn available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold(db: &Db) {
-        db.migrate::<crate::storage::Migrator>().await.expect("migrate");
         for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
             insert_listing(db, id, i64::try_from(n).expect("small")).await;
         }
@@ -272,18 +271,9 @@ mod tests {
             ("c", HoldStatus::Booked, 0, 100),
         ];
         for (n, (listing_id, status, start_ms, end_ms)) in holds.into_iter().enumerate() {
-            let row = HoldRow {
-                hold_id: format!("h-{n}"),
-                listing_id: listing_id.into(),
-                reservation_id: format!("r-{n}"),
-                start_ms,
-                end_ms,
-                status: status.stored().into(),
-                expires_at_ms: i64::MAX,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            };
-            holds::insert(db.conn(), row).await.expect("a hold");
+            holds::insert(db.conn(), hold(n, listing_id, status, start_ms, end_ms))
+                .await
+                .expect("a hold");
         }
         let cases: [((i64, i64), &[&str]); 9] = [
             ((20, 30), &["b", "a"]),
@@ -310,9 +300,7 @@ mod tests {
     #[tokio::test]
     async fn on_sqlite_available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::connect(&format!("sqlite://{}/catalog.db?mode=rwc", dir.path().display()))
-            .await
-            .expect("connect");
+        let db = sqlite(&dir).await;
         available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold(&db).await;
     }
 
@@ -321,7 +309,7 @@ mod tests {
         let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
             return;
         };
-        let db = Db::connect(&pg.url).await.expect("connect");
+        let db = migrated(&pg.url).await;
         available_during_leaves_out_exactly_the_listings_with_an_overlapping_hold(&db).await;
         drop(db);
         pg.drop_now().await;

@@ -185,7 +185,38 @@ impl sharemesh_mesh::storage::Tables for Migrator {
 #[cfg(test)]
 pub(crate) mod testing {
     use sea_orm::ConnectionTrait;
+    use sharemesh_contracts::catalog::v1::HoldStatus;
     use sharemesh_mesh::storage::Db;
+
+    use super::holds::HoldRow;
+
+    /// The catalog's database at `url`, migrated.
+    pub(crate) async fn migrated(url: &str) -> Db {
+        let db = Db::connect(url).await.expect("connect");
+        db.migrate::<super::Migrator>().await.expect("migrate");
+        db
+    }
+
+    /// A migrated catalog on a SQLite file in `dir`.
+    pub(crate) async fn sqlite(dir: &tempfile::TempDir) -> Db {
+        migrated(&format!("sqlite://{}/catalog.db?mode=rwc", dir.path().display())).await
+    }
+
+    /// Hold `n` (`h-n`, of reservation `r-n`) of `listing_id` over `[start_ms, end_ms)`, never
+    /// expiring.
+    pub(crate) fn hold(n: usize, listing_id: &str, status: HoldStatus, start_ms: i64, end_ms: i64) -> HoldRow {
+        HoldRow {
+            hold_id: format!("h-{n}"),
+            listing_id: listing_id.into(),
+            reservation_id: format!("r-{n}"),
+            start_ms,
+            end_ms,
+            status: status.stored().into(),
+            expires_at_ms: i64::MAX,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
 
     /// Inserts an active car listing `listing_id`, created at `created_at_ms`.
     pub(crate) async fn insert_listing(db: &Db, listing_id: &str, created_at_ms: i64) {
