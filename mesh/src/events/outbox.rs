@@ -545,7 +545,7 @@ pub async fn purge_published(db: &Db, retention: Duration) -> Result<u64, sea_or
 }
 
 /// Marks the rows `seqs` published, now.
-async fn mark_published(conn: &impl sea_orm::ConnectionTrait, seqs: Vec<i64>) -> Result<(), sea_orm::DbErr> {
+pub(crate) async fn mark_published(conn: &impl sea_orm::ConnectionTrait, seqs: Vec<i64>) -> Result<(), sea_orm::DbErr> {
     entity::Entity::update_many()
         .col_expr(entity::Column::PublishedAtMs, Expr::value(super::now_ms()))
         .filter(entity::Column::Seq.is_in(seqs))

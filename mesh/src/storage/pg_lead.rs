@@ -80,14 +80,26 @@ impl PgLead {
     }
 
     /// The settings a new session takes with its first lock request: commits that do not wait
-    /// for the WAL flush (see the relay: its marks need not be durable), its name, and how long
-    /// it may sit idle (PostgreSQL 14 and later know that setting).
+    /// for the WAL flush (see the relay: its marks need not be durable), its name, how long
+    /// it may sit idle (PostgreSQL 14 and later know that setting), and a plan made for each
+    /// execution (PostgreSQL 12 and later).
+    ///
+    /// The last one is there because the session lives as long as the process and runs few
+    /// statements, each of whose best plan changes as the outbox grows. A prepared statement's
+    /// plan is otherwise made generic after five executions and kept until the table's
+    /// statistics change: a mark of two rows planned while the outbox held a hundred rows scans
+    /// the whole table (a sequential scan is cheapest then), and went on scanning it at 3,000
+    /// rows (bench/README "Session 21": 190 pages read per mark, 0.7 ms instead of 0.05). Where
+    /// autovacuum is off, or between two of its ANALYZEs, nothing replaces that plan. Planning
+    /// each of a pass's two statements costs less than one such scan.
     fn session_settings(&self) -> String {
         let idle_ms = self.idle_timeout.as_millis();
         format!(
             ", set_config('synchronous_commit', 'off', false), set_config('application_name', '{APPLICATION_NAME}', false), \
              CASE WHEN current_setting('server_version_num')::int >= 140000 \
-             THEN set_config('idle_session_timeout', '{idle_ms}ms', false) END"
+             THEN set_config('idle_session_timeout', '{idle_ms}ms', false) END, \
+             CASE WHEN current_setting('server_version_num')::int >= 120000 \
+             THEN set_config('plan_cache_mode', 'force_custom_plan', false) END"
         )
     }
 }
@@ -174,8 +186,9 @@ mod tests {
         row.try_get("", "v").expect("v")
     }
 
-    /// One session leads at a time; it commits without waiting for the WAL flush and may sit
-    /// idle only so long; a statement that fails on it ends the session, and the lead passes on.
+    /// One session leads at a time; it commits without waiting for the WAL flush, plans each
+    /// statement for its parameters and may sit idle only so long; a statement that fails on
+    /// it ends the session, and the lead passes on.
     #[tokio::test]
     async fn on_postgresql_one_session_leads_and_a_failed_statement_ends_its_lead() {
         let Some(pg) = crate::testing::PgDatabase::create().await else {
@@ -191,6 +204,7 @@ mod tests {
             assert_eq!(show(&leading, "synchronous_commit").await, "off");
             assert_eq!(show(&leading, "idle_session_timeout").await, "45s");
             assert_eq!(show(&leading, "application_name").await, super::APPLICATION_NAME);
+            assert_eq!(show(&leading, "plan_cache_mode").await, "force_custom_plan");
         }
         assert!(second.lead().await.expect("ask").is_none(), "two sessions lead");
         assert!(first.lead().await.expect("lead again").is_some(), "the leader lost its lead");
@@ -208,6 +222,58 @@ mod tests {
             "the old leader leads again beside the new one"
         );
         drop((first, second));
+        pg.drop_now().await;
+    }
+
+    /// A statement the lead session ran while the outbox was small is planned anew once it has
+    /// grown: the relay's mark of two rows reads them through the key's index, not by scanning
+    /// the table as the plan of the small table would (see `session_settings`).
+    #[tokio::test]
+    async fn on_postgresql_the_lead_plans_a_mark_for_the_outbox_as_it_is_now() {
+        let Some(pg) = crate::testing::PgDatabase::create().await else {
+            return;
+        };
+        let db = Db::connect(&pg.url).await.expect("connect");
+        let lead = db.lead_session(KEY, Duration::from_secs(45)).expect("postgres");
+        let leading = lead.lead().await.expect("lead").expect("the lock is free");
+        for migration in crate::events::MIGRATIONS {
+            leading.execute_unprepared(migration.postgres).await.expect("the mesh's tables");
+        }
+        let grow = |from: i64, to: i64| {
+            format!(
+                "INSERT INTO mesh_outbox (event_id, subject, source, aggregate_id, payload, occurred_at_ms) \
+                 SELECT 'e-' || n, 'sharemesh.test.v1.Thing', 'test', 'a-' || n, decode(repeat('00', 300), 'hex'), n \
+                 FROM generate_series({from}, {to}) AS n"
+            )
+        };
+        leading.execute_unprepared(&grow(1, 112)).await.expect("a hundred rows");
+        let mark = |n: i64| crate::events::outbox::mark_published(&leading, vec![2 * n, 2 * n + 1]);
+        // A prepared statement's plan is made generic after its fifth execution.
+        for n in 1..=8 {
+            mark(n).await.expect("mark");
+        }
+        leading.execute_unprepared(&grow(113, 20_000)).await.expect("twenty thousand rows");
+        // The session's scans of the outbox so far (counts not yet sent to the statistics included).
+        let scans = || async {
+            let stmt = Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'mesh_outbox'",
+            );
+            let row = leading.query_one_raw(stmt).await.expect("scans").expect("a row");
+            let count = |column| row.try_get::<i64>("", column).expect("a count");
+            (count("seq_scan"), count("idx_scan"))
+        };
+        let before = scans().await;
+        mark(9).await.expect("mark");
+        let after = scans().await;
+        assert_eq!(
+            after.0 - before.0,
+            0,
+            "the mark scanned the table instead of reading its two rows by key"
+        );
+        assert!(after.1 > before.1, "the mark did not read the key's index");
+        drop(leading);
+        drop(lead);
         pg.drop_now().await;
     }
 }
