@@ -16,7 +16,6 @@ use crate::domain::{self, CatalogError};
 use crate::events::{self, Cause};
 use crate::storage::NO_OVERLAP;
 use crate::storage::holds::{self as repo, Booking, HoldRow};
-use crate::storage::listings as listings_repo;
 
 /// A hold and what the reservation needs to know about the listing.
 #[derive(Debug, Clone)]
@@ -191,10 +190,9 @@ impl Catalog {
         Ok(row.to_proto())
     }
 
-    /// A reservation's hold, read under its listing's lock.
+    /// A reservation's hold, read under its listing's lock (and its own).
     async fn locked_hold_of(&self, tx: &WriteTxn, reservation_id: &str) -> Result<HoldRow, CatalogError> {
-        listings_repo::lock_for_reservation(&**tx, reservation_id).await?;
-        repo::find_by_reservation(&**tx, reservation_id)
+        repo::find_locked_by_reservation(&**tx, reservation_id)
             .await?
             .ok_or_else(|| CatalogError::NotFound(format!("no hold for reservation {reservation_id}")))
     }

@@ -1,8 +1,8 @@
 //! The `holds` table: a reservation's claim on a window of a listing (HELD, then BOOKED, or
 //! RELEASED / EXPIRED).
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter};
+use sea_orm::sea_query::{Expr, ExprTrait, LockType, Query};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IntoActiveModel, Iterable, QueryFilter};
 use sharemesh_contracts::catalog::v1::{Hold, HoldStatus};
 use sharemesh_contracts::common::v1::TimeWindow;
 use sharemesh_contracts::ext::timestamp_from_ms;
@@ -134,6 +134,32 @@ impl HoldRow {
 pub async fn find_by_reservation(db: &impl ReadModels, reservation_id: &str) -> Result<Option<HoldRow>, sea_orm::DbErr> {
     db.read_one(entity::Entity::find().filter(entity::Column::ReservationId.eq(reservation_id)))
         .await
+}
+
+/// The hold of a reservation, locked with its listing until the transaction ends, in one
+/// statement (`SELECT holds.* FROM listings JOIN holds … WHERE reservation_id = $1 FOR UPDATE`
+/// on PostgreSQL; SQLite's single writer already serialises writes). `None` when the
+/// reservation has no hold.
+///
+/// The listing's lock is the one a new hold of that listing takes
+/// ([`super::listings::find_for_update`]), so booking or releasing a window never interleaves
+/// with a hold of the same listing, nor a booking with a release of the same hold. The listing
+/// comes first in `FROM` so its row is locked first, in the order a new hold takes its locks
+/// (the listing, then the lapsed holds it expires). Locking the hold's row too means a
+/// statement that waited for another transaction reads the hold as that one left it.
+pub async fn find_locked_by_reservation(db: &impl ConnectionTrait, reservation_id: &str) -> Result<Option<HoldRow>, sea_orm::DbErr> {
+    use super::listings::entity as listings;
+    let query = Query::select()
+        .columns(entity::Column::iter().map(|column| (entity::Entity, column)))
+        .from(listings::Entity)
+        .inner_join(
+            entity::Entity,
+            Expr::col((entity::Entity, entity::Column::ListingId)).equals((listings::Entity, listings::Column::ListingId)),
+        )
+        .and_where(Expr::col((entity::Entity, entity::Column::ReservationId)).eq(reservation_id))
+        .lock(LockType::Update)
+        .to_owned();
+    HoldRow::find_by_statement(db.get_database_backend().build(&query)).one(db).await
 }
 
 /// Inserts a hold; fails with [`super::NO_OVERLAP`] in the error when the window is taken.
@@ -314,5 +340,73 @@ mod tests {
             assert!(h.release(7));
             assert_eq!((h.status(), h.updated_at_ms, h.is_active()), (HoldStatus::Released, 7, false));
         }
+    }
+
+    /// Holds `r-1` to `r-3` on listings `l-1` and `l-2`, inserted in `db`.
+    async fn three_holds(db: &sharemesh_mesh::storage::Db) -> Vec<HoldRow> {
+        testing::insert_listing(db, "l-1", 0).await;
+        testing::insert_listing(db, "l-2", 1).await;
+        let rows = vec![
+            testing::hold(1, "l-1", HoldStatus::Booked, 0, 10),
+            testing::hold(2, "l-1", HoldStatus::Held, 10, 20),
+            testing::hold(3, "l-2", HoldStatus::Held, 10, 20),
+        ];
+        for row in &rows {
+            insert(db.conn(), row.clone()).await.expect("a hold");
+        }
+        rows
+    }
+
+    /// The locked read finds exactly a reservation's hold, or none.
+    async fn the_locked_read_finds_the_hold_of_a_reservation(db: &sharemesh_mesh::storage::Db) -> Vec<HoldRow> {
+        let rows = three_holds(db).await;
+        let tx = db.begin_write().await.expect("begin");
+        for row in &rows {
+            let found = find_locked_by_reservation(&*tx, &row.reservation_id).await.expect("read");
+            assert_eq!(found.as_ref(), Some(row));
+        }
+        assert_eq!(find_locked_by_reservation(&*tx, "r-9").await.expect("read"), None);
+        tx.commit().await.expect("commit");
+        rows
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_the_locked_read_finds_the_hold_of_a_reservation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        the_locked_read_finds_the_hold_of_a_reservation(&testing::sqlite(&dir).await).await;
+    }
+
+    /// On PostgreSQL the read also locks the hold's row and its listing's until the transaction
+    /// ends, and nothing else: another session cannot take either meanwhile.
+    #[tokio::test]
+    async fn on_postgresql_the_locked_read_locks_the_hold_and_its_listing() {
+        let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+            return;
+        };
+        let db = testing::migrated(&pg.url).await;
+        the_locked_read_finds_the_hold_of_a_reservation(&db).await;
+        let tx = db.begin_write().await.expect("begin");
+        find_locked_by_reservation(&*tx, "r-2").await.expect("read").expect("r-2's hold");
+        let takes = |sql: String| {
+            let db = db.clone();
+            async move { db.conn().execute_unprepared(&format!("{sql} FOR UPDATE NOWAIT")).await }
+        };
+        let listing = |id: &str| format!("SELECT 1 FROM listings WHERE listing_id = '{id}'");
+        let hold = |id: &str| format!("SELECT 1 FROM holds WHERE hold_id = '{id}'");
+        for locked in [listing("l-1"), hold("h-2")] {
+            let err = takes(locked.clone()).await.expect_err("locked by the read");
+            assert_eq!(
+                sharemesh_mesh::storage::error_code(&err).as_deref(),
+                Some("55P03"),
+                "{locked}: {err}"
+            );
+        }
+        for free in [listing("l-2"), hold("h-1"), hold("h-3")] {
+            takes(free.clone()).await.unwrap_or_else(|e| panic!("{free}: {e}"));
+        }
+        tx.commit().await.expect("commit");
+        takes(listing("l-1")).await.expect("free once the read's transaction ended");
+        drop(db);
+        pg.drop_now().await;
     }
 }

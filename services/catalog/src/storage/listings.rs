@@ -156,23 +156,6 @@ pub async fn find_for_update(db: &impl ConnectionTrait, listing_id: &str) -> Res
     entity::Entity::find_by_id(listing_id.to_owned()).lock_exclusive().one(db).await
 }
 
-/// Locks the listing a reservation's hold is on, as [`find_for_update`] does, in one statement
-/// (`… WHERE listing_id IN (SELECT listing_id FROM holds WHERE reservation_id = $1) FOR UPDATE`):
-/// a hold's listing never changes, so there is no need to read the hold before and again after.
-/// `None` when the reservation has no hold.
-pub async fn lock_for_reservation(db: &impl ConnectionTrait, reservation_id: &str) -> Result<Option<ListingRow>, sea_orm::DbErr> {
-    let hold_listing = Query::select()
-        .column(holds::entity::Column::ListingId)
-        .from(holds::entity::Entity)
-        .and_where(holds::entity::Column::ReservationId.eq(reservation_id))
-        .to_owned();
-    entity::Entity::find()
-        .filter(entity::Column::ListingId.in_subquery(hold_listing))
-        .lock_exclusive()
-        .one(db)
-        .await
-}
-
 /// Filters of [`list`].
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
