@@ -328,6 +328,38 @@ impl PgDatabase {
     }
 }
 
+/// Runs `sql` on `conn` under PostgreSQL's `EXPLAIN (ANALYZE, BUFFERS)` (so it runs: a write
+/// belongs in a transaction the caller rolls back) until it reads fewer than `pages` buffers,
+/// or 20 times; returns the last plan and how many buffers it read.
+///
+/// For tests of a read that should step over dead index entries once a scan has flagged them:
+/// PostgreSQL flags an entry only when its row is dead to every open transaction, and a test
+/// beside this one may have held a snapshot through the first scans.
+pub async fn explain_until_under(conn: &impl sea_orm::ConnectionTrait, sql: &str, pages: u64) -> (Vec<String>, u64) {
+    let explain = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"));
+    let mut tries = 20;
+    loop {
+        let plan: Vec<String> = conn
+            .query_all_raw(explain.clone())
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.try_get("", "QUERY PLAN").expect("a line of the plan"))
+            .collect();
+        // The plan's first `Buffers` line is the whole statement's.
+        let read: u64 = plan
+            .iter()
+            .find_map(|line| line.trim().strip_prefix("Buffers: shared hit="))
+            .and_then(|hit| hit.split_whitespace().next()?.parse().ok())
+            .expect("a buffer count");
+        tries -= 1;
+        if read < pages || tries == 0 {
+            return (plan, read);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A gRPC server in this process, reached over in-memory pipes (`tokio::io::duplex`) instead of
 /// sockets: for tests of one service against real others without ports or processes, as tonic's
 /// own `mock` example does. [`InMemory::set_down`] makes every call answer UNAVAILABLE, as an

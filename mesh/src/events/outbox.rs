@@ -587,12 +587,15 @@ const PENDING_SAMPLE: Duration = Duration::from_secs(1);
 const OTHER_REPLICA_RECHECK: Duration = Duration::from_millis(25);
 
 /// Pending rows in commit order, at most `limit`.
-async fn pending(db: &impl crate::storage::ReadModels, limit: u64) -> Result<Vec<entity::Model>, sea_orm::DbErr> {
-    db.read_all(
-        entity::Entity::find()
-            .filter(entity::Column::PublishedAtMs.is_null())
-            .order_by_asc(entity::Column::Seq)
-            .limit(limit),
-    )
-    .await
+pub(crate) async fn pending(db: &impl crate::storage::ReadModels, limit: u64) -> Result<Vec<entity::Model>, sea_orm::DbErr> {
+    db.read_all(pending_query(limit)).await
+}
+
+/// The relay's read of at most `limit` pending rows, in commit order (through the partial index
+/// `mesh_outbox_unpublished`).
+pub(crate) fn pending_query(limit: u64) -> sea_orm::Select<entity::Entity> {
+    entity::Entity::find()
+        .filter(entity::Column::PublishedAtMs.is_null())
+        .order_by_asc(entity::Column::Seq)
+        .limit(limit)
 }

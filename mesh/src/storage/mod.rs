@@ -190,7 +190,7 @@ impl Db {
     /// [`Db::begin_write`]; on PostgreSQL `pg_settings` (such as `SET LOCAL lock_timeout = …`)
     /// runs in the same round trip as the BEGIN, for this transaction only. Other backends have
     /// no such settings and ignore it.
-    pub(crate) async fn begin_write_with(&self, pg_settings: Option<&'static str>) -> Result<WriteTxn, DbErr> {
+    pub async fn begin_write_with(&self, pg_settings: Option<&'static str>) -> Result<WriteTxn, DbErr> {
         let guard = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,

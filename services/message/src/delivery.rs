@@ -180,7 +180,7 @@ impl Dispatcher {
     async fn pass(&self, look: bool) -> Result<Pass, MessageError> {
         let mut rows = Vec::new();
         if look {
-            let tx = self.messages.db().begin_write().await?;
+            let tx = repo::begin_claim(self.messages.db()).await?;
             let now = now_ms();
             rows = repo::claim_due(&*tx, now, self.lease_until(now), BATCH).await?;
             tx.commit().await?;

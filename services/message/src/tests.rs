@@ -1048,6 +1048,47 @@ async fn on_postgresql_a_claim_is_a_heap_only_update() {
     pg.drop_now().await;
 }
 
+/// On PostgreSQL, once a claim has found the messages sent since the last VACUUM, the next one
+/// reads the due messages' index and not those messages' pages again (see `CLAIM_SETTINGS`: a
+/// bitmap scan, the planner's choice here, read every one of them on every claim).
+#[tokio::test]
+async fn on_postgresql_a_claim_reads_past_sent_messages_by_the_index_alone() {
+    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait};
+    let Some(pg) = PgDatabase::create().await else {
+        return;
+    };
+    let f = fixture_on(&pg.url).await;
+    let insert = |from: i64, to: i64| {
+        format!(
+            "INSERT INTO messages (message_id, event_id, recipient_id, recipient_role, topic, subject, body, delivery_status, next_attempt_at_ms, created_at_ms) \
+             SELECT 'm-' || n, 'e-' || n, 'u-' || n, 'CUSTOMER', 'RESERVATION_CONFIRMED', 'Confirmed', repeat('x', 200), 'PENDING', n, n \
+             FROM generate_series({from}, {to}) AS n"
+        )
+    };
+    f.db.conn().execute_unprepared(&insert(1, 4_000)).await.expect("messages");
+    f.db.conn()
+        .execute_unprepared("UPDATE messages SET delivery_status = 'SENT', attempts = 1, delivered_at_ms = 1")
+        .await
+        .expect("sent");
+    f.db.conn().execute_unprepared(&insert(4_001, 4_002)).await.expect("due messages");
+    let now = 10_000;
+    let tx = repo::begin_claim(&f.db).await.unwrap();
+    assert_eq!(repo::claim_due(&*tx, now, now + 60_000, 100).await.unwrap().len(), 2);
+    drop(tx);
+
+    let claim = repo::claim_due_statement(now, now + 60_000, 100)
+        .build(DbBackend::Postgres)
+        .to_string();
+    let tx = repo::begin_claim(&f.db).await.unwrap();
+    let (plan, pages) = sharemesh_mesh::testing::explain_until_under(&*tx, &claim, 60).await;
+    drop(tx);
+    assert!(plan.iter().all(|line| !line.contains("Bitmap")), "{plan:#?}");
+    // The due index's entries lie on a few dozen pages; the 4,000 sent messages on hundreds.
+    assert!(pages < 60, "the claim visited {pages} pages: {plan:#?}");
+    drop(f);
+    pg.drop_now().await;
+}
+
 /// The whole service through [`crate::run`]: a real nats-server, gRPC with bearer tokens.
 mod service {
     use sharemesh_contracts::message::v1::ListMessagesRequest;
