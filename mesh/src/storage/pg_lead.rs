@@ -84,9 +84,9 @@ impl PgLead {
     /// it may sit idle (PostgreSQL 14 and later know that setting), a plan made for each
     /// execution (PostgreSQL 12 and later), and no bitmap scans.
     ///
-    /// The last one is there because the session lives as long as the process and runs few
-    /// statements, each of whose best plan changes as the outbox grows. A prepared statement's
-    /// plan is otherwise made generic after five executions and kept until the table's
+    /// The plan per execution is there because the session lives as long as the process and
+    /// runs few statements, each of whose best plan changes as the outbox grows. A prepared
+    /// statement's plan is otherwise made generic after five executions and kept until the table's
     /// statistics change: a mark of two rows planned while the outbox held a hundred rows scans
     /// the whole table (a sequential scan is cheapest then), and went on scanning it at 3,000
     /// rows (bench/README "Session 21": 190 pages read per mark, 0.7 ms instead of 0.05). Where

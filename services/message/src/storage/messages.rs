@@ -222,9 +222,10 @@ pub async fn find(db: &impl ReadModels, message_id: &str) -> Result<Option<Messa
 /// planner's choice for the claim, which it expects to find a few rows) flags nothing: every
 /// claim visited the page of every message sent since the last VACUUM (bench/README "Session
 /// 23": 2,627 pages and 7.7 ms a claim, after some thousands of messages; about 20 by the index).
-pub const CLAIM_SETTINGS: &str = "SET LOCAL enable_bitmapscan = off";
+const CLAIM_SETTINGS: &str = "SET LOCAL enable_bitmapscan = off";
 
-/// Begins the write transaction [`claim_due`] runs in (see [`CLAIM_SETTINGS`]).
+/// Begins the write transaction [`claim_due`] runs in: on PostgreSQL without bitmap scans (see
+/// `CLAIM_SETTINGS`).
 pub async fn begin_claim(db: &Db) -> Result<WriteTxn, sea_orm::DbErr> {
     db.begin_write_with(Some(CLAIM_SETTINGS)).await
 }
