@@ -28,6 +28,24 @@ pub struct Held {
     pub amount: Money,
 }
 
+/// A reservation's hold found when holding `[start, end)` of `listing_id` again: the answer to
+/// the retried call if it is that window and still held (or booked), else why not.
+fn existing_hold(existing: HoldRow, listing_id: &str, start: i64, end: i64) -> Result<Hold, CatalogError> {
+    let reservation_id = &existing.reservation_id;
+    if existing.listing_id != listing_id || existing.start_ms != start || existing.end_ms != end {
+        return Err(CatalogError::FailedPrecondition(format!(
+            "reservation {reservation_id} already holds another window"
+        )));
+    }
+    if !existing.is_active() {
+        return Err(CatalogError::FailedPrecondition(format!(
+            "the hold of reservation {reservation_id} was {}",
+            existing.status.to_lowercase()
+        )));
+    }
+    Ok(existing.to_proto())
+}
+
 impl Catalog {
     /// Holds `window` of a listing for a reservation. Idempotent per reservation; refuses with
     /// FAILED_PRECONDITION when the window overlaps another hold or booking. Holds of one
@@ -73,24 +91,7 @@ impl Catalog {
             ),
             &listing.currency,
         );
-        if let Some(existing) = repo::find_by_reservation(&**tx, reservation_id).await? {
-            if existing.listing_id != listing_id || existing.start_ms != start || existing.end_ms != end {
-                return Err(CatalogError::FailedPrecondition(format!(
-                    "reservation {reservation_id} already holds another window"
-                )));
-            }
-            if !existing.is_active() {
-                return Err(CatalogError::FailedPrecondition(format!(
-                    "the hold of reservation {reservation_id} was {}",
-                    existing.status.to_lowercase()
-                )));
-            }
-            return Ok(Held {
-                hold: existing.to_proto(),
-                listing: listing.to_proto(),
-                amount,
-            });
-        }
+        // Lapsed holds of the listing give their windows back first.
         repo::expire_lapsed(&**tx, Some(listing_id), now).await?;
         let row = HoldRow {
             hold_id: uuid::Uuid::now_v7().to_string(),
@@ -103,8 +104,16 @@ impl Catalog {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let hold = row.to_proto();
-        repo::insert(&**tx, row).await?;
+        let fresh = row.to_proto();
+        let hold = if repo::insert_new(&**tx, row).await? {
+            fresh
+        } else {
+            // Held already (a retried call): the first hold, if it is this window and still held.
+            let existing = repo::find_by_reservation(&**tx, reservation_id)
+                .await?
+                .ok_or_else(|| CatalogError::Aborted(format!("the hold of reservation {reservation_id} changed concurrently; retry")))?;
+            existing_hold(existing, listing_id, start, end)?
+        };
         Ok(Held {
             hold,
             listing: listing.to_proto(),

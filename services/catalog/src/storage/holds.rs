@@ -170,6 +170,17 @@ pub async fn insert(db: &impl ConnectionTrait, row: HoldRow) -> Result<(), sea_o
         .map(|_| ())
 }
 
+/// Inserts a new hold unless its reservation has one already: false then, and nothing changes
+/// (one statement where a read and an insert took two). Fails with [`super::NO_OVERLAP`] in the
+/// error when another reservation's hold or booking takes the window.
+pub async fn insert_new(db: &impl ConnectionTrait, row: HoldRow) -> Result<bool, sea_orm::DbErr> {
+    let inserted = entity::Entity::insert(row.into_active_model())
+        .on_conflict_do_nothing_on([entity::Column::ReservationId])
+        .exec_without_returning(db)
+        .await?;
+    Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+}
+
 /// Writes a hold's status and change time, as a transition left them.
 pub async fn save_status(db: &impl ConnectionTrait, row: &HoldRow) -> Result<(), sea_orm::DbErr> {
     entity::Entity::update_many()
@@ -340,6 +351,54 @@ mod tests {
             assert!(h.release(7));
             assert_eq!((h.status(), h.updated_at_ms, h.is_active()), (HoldStatus::Released, 7, false));
         }
+    }
+
+    /// A reservation's hold is inserted once: holding again, in any window, inserts nothing and
+    /// is not refused as an overlap with its own first hold (SQLite's trigger runs before the
+    /// conflict is found, so it leaves such a row out), while another reservation's hold over
+    /// the window is refused.
+    async fn a_reservations_hold_is_inserted_once(db: &sharemesh_mesh::storage::Db) {
+        testing::insert_listing(db, "l-1", 0).await;
+        assert!(
+            insert_new(db.conn(), window(1, HoldStatus::Held, 0, 10))
+                .await
+                .expect("the first hold")
+        );
+        for (start, end) in [(0, 10), (5, 15), (20, 30)] {
+            let mut again = window(1, HoldStatus::Held, start, end);
+            again.hold_id = format!("h-1-{start}");
+            let inserted = insert_new(db.conn(), again).await.expect("held again: skipped");
+            assert!(!inserted, "r-1 again over [{start}, {end})");
+        }
+        let err = insert_new(db.conn(), window(2, HoldStatus::Held, 5, 15))
+            .await
+            .expect_err("another reservation over r-1's window");
+        assert!(is_overlap(&err), "{err}");
+        assert!(
+            insert_new(db.conn(), window(3, HoldStatus::Held, 10, 20))
+                .await
+                .expect("right after r-1's")
+        );
+        let first = find_by_reservation(db, "r-1").await.expect("read").expect("r-1's hold");
+        assert_eq!(first, window(1, HoldStatus::Held, 0, 10), "r-1's first hold, unchanged");
+        assert_eq!(find_by_reservation(db, "r-2").await.expect("read"), None);
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_a_reservations_hold_is_inserted_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        a_reservations_hold_is_inserted_once(&testing::sqlite(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn on_postgresql_a_reservations_hold_is_inserted_once() {
+        let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+            return;
+        };
+        let db = testing::migrated(&pg.url).await;
+        a_reservations_hold_is_inserted_once(&db).await;
+        drop(db);
+        pg.drop_now().await;
     }
 
     /// Holds `r-1` to `r-3` on listings `l-1` and `l-2`, inserted in `db`.

@@ -95,15 +95,21 @@ macro_rules! latest_before {
     };
 }
 
-/// The trigger `$name` refusing a HELD or BOOKED row that overlaps another (`latest_before!`).
+/// The trigger `$name` refusing a HELD or BOOKED row that overlaps another (`latest_before!`),
+/// when `$when` holds too.
 macro_rules! no_overlap_trigger {
     ($name:literal, $event:literal, $other:literal) => {
+        no_overlap_trigger!($name, $event, "", $other)
+    };
+    ($name:literal, $event:literal, $when:literal, $other:literal) => {
         concat!(
             "CREATE TRIGGER ",
             $name,
             " BEFORE ",
             $event,
-            " ON holds WHEN NEW.status IN ('HELD', 'BOOKED') AND (",
+            " ON holds WHEN NEW.status IN ('HELD', 'BOOKED')",
+            $when,
+            " AND (",
             latest_before!("HELD", $other),
             " OR ",
             latest_before!("BOOKED", $other),
@@ -162,6 +168,25 @@ const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
         ";
     ",
         no_overlap_trigger!("holds_no_overlap_update", "UPDATE OF status, start_ms, end_ms", " AND h.hold_id <> NEW.hold_id")
+    ),
+    postgres: "SELECT 1",
+}, SqlMigration {
+    name: "m0004_catalog_overlap_check_after_the_reservations_own_hold",
+    // A hold is inserted `ON CONFLICT (reservation_id) DO NOTHING` (`holds::insert_new`), and a
+    // BEFORE INSERT trigger runs before that conflict is found: a reservation's repeated hold
+    // would overlap its own first one and be refused instead of skipped. The check now leaves out
+    // a row whose reservation has a hold already (one seek of the unique index): the row is not
+    // inserted anyway, as on PostgreSQL, whose arbiter index is checked before the exclusion
+    // constraint.
+    sqlite: concat!(
+        "DROP TRIGGER holds_no_overlap_insert;
+    ",
+        no_overlap_trigger!(
+            "holds_no_overlap_insert",
+            "INSERT",
+            " AND NOT EXISTS (SELECT 1 FROM holds o WHERE o.reservation_id = NEW.reservation_id)",
+            ""
+        )
     ),
     postgres: "SELECT 1",
 }];
