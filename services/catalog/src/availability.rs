@@ -28,24 +28,6 @@ pub struct Held {
     pub amount: Money,
 }
 
-/// A reservation's hold found when holding `[start, end)` of `listing_id` again: the answer to
-/// the retried call if it is that window and still held (or booked), else why not.
-fn existing_hold(existing: HoldRow, listing_id: &str, start: i64, end: i64) -> Result<Hold, CatalogError> {
-    let reservation_id = &existing.reservation_id;
-    if existing.listing_id != listing_id || existing.start_ms != start || existing.end_ms != end {
-        return Err(CatalogError::FailedPrecondition(format!(
-            "reservation {reservation_id} already holds another window"
-        )));
-    }
-    if !existing.is_active() {
-        return Err(CatalogError::FailedPrecondition(format!(
-            "the hold of reservation {reservation_id} was {}",
-            existing.status.to_lowercase()
-        )));
-    }
-    Ok(existing.to_proto())
-}
-
 impl Catalog {
     /// Holds `window` of a listing for a reservation. Idempotent per reservation; refuses with
     /// FAILED_PRECONDITION when the window overlaps another hold or booking. Holds of one
@@ -112,7 +94,7 @@ impl Catalog {
             let existing = repo::find_by_reservation(&**tx, reservation_id)
                 .await?
                 .ok_or_else(|| CatalogError::Aborted(format!("the hold of reservation {reservation_id} changed concurrently; retry")))?;
-            existing_hold(existing, listing_id, start, end)?
+            existing.held_again(listing_id, start, end)?
         };
         Ok(Held {
             hold,

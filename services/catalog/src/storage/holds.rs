@@ -91,12 +91,33 @@ impl HoldRow {
                 self.set(HoldStatus::Expired, now_ms);
                 Ok(Booking::Lapsed)
             }
-            _ => Err(CatalogError::FailedPrecondition(format!(
-                "the hold of reservation {} was {}",
-                self.reservation_id,
-                self.status.to_lowercase()
-            ))),
+            _ => Err(self.ended()),
         }
+    }
+
+    /// The answer to holding `[start_ms, end_ms)` of `listing_id` again for this hold's
+    /// reservation (a retried call): this hold if it is that window and still HELD or BOOKED,
+    /// else FAILED_PRECONDITION saying why not.
+    pub fn held_again(&self, listing_id: &str, start_ms: i64, end_ms: i64) -> Result<Hold, CatalogError> {
+        if self.listing_id != listing_id || self.start_ms != start_ms || self.end_ms != end_ms {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "reservation {} already holds another window",
+                self.reservation_id
+            )));
+        }
+        if !self.is_active() {
+            return Err(self.ended());
+        }
+        Ok(self.to_proto())
+    }
+
+    /// The refusal of a RELEASED or EXPIRED hold.
+    fn ended(&self) -> CatalogError {
+        CatalogError::FailedPrecondition(format!(
+            "the hold of reservation {} was {}",
+            self.reservation_id,
+            self.status.to_lowercase()
+        ))
     }
 
     /// Gives a HELD or BOOKED window back at `now_ms`; false when it no longer blocks it
@@ -162,7 +183,9 @@ pub async fn find_locked_by_reservation(db: &impl ConnectionTrait, reservation_i
     HoldRow::find_by_statement(db.get_database_backend().build(&query)).one(db).await
 }
 
-/// Inserts a hold; fails with [`super::NO_OVERLAP`] in the error when the window is taken.
+/// Inserts a hold as it is, without [`insert_new`]'s conflict clause (tests of the overlap
+/// check); fails with [`super::NO_OVERLAP`] in the error when the window is taken.
+#[cfg(test)]
 pub async fn insert(db: &impl ConnectionTrait, row: HoldRow) -> Result<(), sea_orm::DbErr> {
     entity::Entity::insert(row.into_active_model())
         .exec_without_returning(db)
@@ -257,6 +280,26 @@ mod tests {
             assert!(!h.release(5), "nothing to release");
             assert_eq!((h.status(), h.updated_at_ms), (status, 0));
         }
+    }
+
+    #[test]
+    fn a_retried_hold_is_answered_by_the_first_only_for_its_window_while_it_blocks_it() {
+        let h = hold(HoldStatus::Held, 100);
+        assert_eq!(h.held_again("l-1", 0, 1).expect("the same window"), h.to_proto());
+        for (listing, start, end) in [("l-2", 0, 1), ("l-1", 0, 2), ("l-1", 1, 2)] {
+            let err = h.held_again(listing, start, end).expect_err("another window");
+            assert!(
+                matches!(&err, CatalogError::FailedPrecondition(m) if m == "reservation r-1 already holds another window"),
+                "{err:?}"
+            );
+        }
+        let booked = hold(HoldStatus::Booked, 100);
+        assert_eq!(booked.held_again("l-1", 0, 1).expect("booked"), booked.to_proto());
+        let err = hold(HoldStatus::Expired, 100).held_again("l-1", 0, 1).expect_err("expired");
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m == "the hold of reservation r-1 was expired"),
+            "{err:?}"
+        );
     }
 
     /// A migrated SQLite catalog with listing `l-1`, in a directory dropped with it.
