@@ -78,8 +78,9 @@ struct Args {
     #[arg(long, value_parser = parse_duration)]
     sweep_duration: Option<Duration>,
     /// Run everything again with each service on its own database on this PostgreSQL server (an
-    /// admin URL such as `postgres://postgres:postgres@127.0.0.1:5432/postgres`; `make bench`
-    /// passes the one `scripts/ensure-postgres.sh` gives; empty: SQLite only).
+    /// admin URL such as `postgres://postgres:postgres@127.0.0.1:5432/postgres`, whose query,
+    /// e.g. `?sslmode=disable`, every database's URL keeps; `make bench` passes the one
+    /// `scripts/ensure-postgres.sh` gives; empty: SQLite only).
     #[arg(long, env = "SHAREMESH_BENCH_POSTGRES")]
     postgres: Option<String>,
     /// A setting for every service, `NAME=VALUE` (repeatable; after the bench's own, so it wins),

@@ -246,6 +246,20 @@ pub fn log_tail(log: &Path, context: &str) -> String {
     format!("--- last lines of the {context} log ---\n{}", lines[from..].join("\n"))
 }
 
+/// The URL of database `name` on the server of the admin URL `admin`: its path replaced, its
+/// query (`?sslmode=…` and other connection options) kept.
+fn database_url(admin: &str, name: &str) -> String {
+    let (location, query) = match admin.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (admin, None),
+    };
+    let base = location.rsplit_once('/').map(|(b, _)| b).unwrap_or(location);
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
 /// A fresh PostgreSQL database for one test, on the server of `SHAREMESH_TEST_POSTGRES` (an
 /// admin URL such as `postgres://postgres:postgres@127.0.0.1:5432/postgres`; `make test` sets it).
 /// Each has its own random name, so tests never collide; [`PgDatabase::drop_now`] removes it.
@@ -282,9 +296,8 @@ impl PgDatabase {
         conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
             .await
             .map_err(|e| format!("create database {name}: {e}"))?;
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
         Ok(Self {
-            url: format!("{base}/{name}"),
+            url: database_url(admin, &name),
             admin: admin.to_owned(),
             name,
         })
@@ -407,5 +420,22 @@ impl InMemory {
     /// Makes every call answer UNAVAILABLE (`true`) or be served again (`false`).
     pub fn set_down(&self, down: bool) {
         self.down.store(down, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url;
+
+    #[test]
+    fn a_new_databases_url_keeps_the_admin_urls_options() {
+        assert_eq!(
+            database_url("postgres://u:p@127.0.0.1:5432/postgres", "sharemesh_test_1"),
+            "postgres://u:p@127.0.0.1:5432/sharemesh_test_1"
+        );
+        assert_eq!(
+            database_url("postgres://u:p@db:5432/postgres?sslmode=require&application_name=ci", "x"),
+            "postgres://u:p@db:5432/x?sslmode=require&application_name=ci"
+        );
     }
 }
