@@ -253,7 +253,11 @@ fn database_url(admin: &str, name: &str) -> String {
         Some((location, query)) => (location, Some(query)),
         None => (admin, None),
     };
-    let base = location.rsplit_once('/').map(|(b, _)| b).unwrap_or(location);
+    // The path begins at the first '/' after the scheme's "://" (none: the URL names no database).
+    let authority = location.find("://").map_or(0, |i| i + 3);
+    let base = location[authority..]
+        .find('/')
+        .map_or(location, |path| &location[..authority + path]);
     match query {
         Some(query) => format!("{base}/{name}?{query}"),
         None => format!("{base}/{name}"),
@@ -436,6 +440,11 @@ mod tests {
         assert_eq!(
             database_url("postgres://u:p@db:5432/postgres?sslmode=require&application_name=ci", "x"),
             "postgres://u:p@db:5432/x?sslmode=require&application_name=ci"
+        );
+        assert_eq!(database_url("postgres://u@db:5432", "x"), "postgres://u@db:5432/x");
+        assert_eq!(
+            database_url("postgres://u@localhost/postgres?host=/var/run/postgresql", "x"),
+            "postgres://u@localhost/x?host=/var/run/postgresql"
         );
     }
 }
