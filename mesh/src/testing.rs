@@ -248,31 +248,35 @@ pub fn log_tail(log: &Path, context: &str) -> String {
 
 /// The URL of database `name` on the server of the admin URL `admin`: its path replaced, its
 /// query (`?sslmode=…` and other connection options) kept.
-fn database_url(admin: &str, name: &str) -> String {
-    let (location, query) = match admin.split_once('?') {
-        Some((location, query)) => (location, Some(query)),
-        None => (admin, None),
-    };
-    // The path begins at the first '/' after the scheme's "://" (none: the URL names no database).
-    let authority = location.find("://").map_or(0, |i| i + 3);
-    let base = location[authority..]
-        .find('/')
-        .map_or(location, |path| &location[..authority + path]);
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
+fn database_url(admin: &str, name: &str) -> Result<String, String> {
+    let mut url = url::Url::parse(admin).map_err(|e| format!("{}: {e}", crate::runtime::redact(admin)))?;
+    url.set_path(name);
+    Ok(url.into())
+}
+
+/// Drops database `name` on the server of `admin`, closing whatever connections are still open
+/// to it.
+async fn drop_database(admin: &str, name: &str) {
+    use sea_orm::ConnectionTrait;
+    if let Ok(conn) = sea_orm::Database::connect(admin).await {
+        let _ = conn
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
     }
 }
 
 /// A fresh PostgreSQL database for one test, on the server of `SHAREMESH_TEST_POSTGRES` (an
 /// admin URL such as `postgres://postgres:postgres@127.0.0.1:5432/postgres`; `make test` sets it).
-/// Each has its own random name, so tests never collide; [`PgDatabase::drop_now`] removes it.
+/// Each has its own random name, so tests never collide; [`PgDatabase::drop_now`] removes it,
+/// and so does dropping the value (a test that panicked, or one that forgot), blocking until done.
 #[derive(Debug)]
 pub struct PgDatabase {
     /// The URL of the new database.
     pub url: String,
     admin: String,
     name: String,
+    /// Dropped by [`PgDatabase::drop_now`] already.
+    dropped: bool,
 }
 
 impl PgDatabase {
@@ -297,13 +301,15 @@ impl PgDatabase {
         let conn = sea_orm::Database::connect(admin)
             .await
             .map_err(|e| format!("connect to {}: {e}", crate::runtime::redact(admin)))?;
+        let url = database_url(admin, &name)?;
         conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
             .await
             .map_err(|e| format!("create database {name}: {e}"))?;
         Ok(Self {
-            url: database_url(admin, &name),
+            url,
             admin: admin.to_owned(),
             name,
+            dropped: false,
         })
     }
 
@@ -335,13 +341,27 @@ impl PgDatabase {
     }
 
     /// Drops the database, closing whatever connections are still open to it.
-    pub async fn drop_now(self) {
-        use sea_orm::ConnectionTrait;
-        if let Ok(conn) = sea_orm::Database::connect(&self.admin).await {
-            let _ = conn
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .await;
+    pub async fn drop_now(mut self) {
+        drop_database(&self.admin, &self.name).await;
+        self.dropped = true;
+    }
+}
+
+impl Drop for PgDatabase {
+    /// Drops a database [`PgDatabase::drop_now`] did not, so a failed or forgetful test leaves
+    /// nothing on the shared server. A drop cannot await: the statement runs on a thread and
+    /// runtime of its own, which works inside and outside a tokio runtime.
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
         }
+        let (admin, name) = (std::mem::take(&mut self.admin), std::mem::take(&mut self.name));
+        let dropping = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                runtime.block_on(drop_database(&admin, &name));
+            }
+        });
+        let _ = dropping.join();
     }
 }
 
@@ -434,17 +454,18 @@ mod tests {
     #[test]
     fn a_new_databases_url_keeps_the_admin_urls_options() {
         assert_eq!(
-            database_url("postgres://u:p@127.0.0.1:5432/postgres", "sharemesh_test_1"),
-            "postgres://u:p@127.0.0.1:5432/sharemesh_test_1"
+            database_url("postgres://u:p@127.0.0.1:5432/postgres", "sharemesh_test_1").as_deref(),
+            Ok("postgres://u:p@127.0.0.1:5432/sharemesh_test_1")
         );
         assert_eq!(
-            database_url("postgres://u:p@db:5432/postgres?sslmode=require&application_name=ci", "x"),
-            "postgres://u:p@db:5432/x?sslmode=require&application_name=ci"
+            database_url("postgres://u:p@db:5432/postgres?sslmode=require&application_name=ci", "x").as_deref(),
+            Ok("postgres://u:p@db:5432/x?sslmode=require&application_name=ci")
         );
-        assert_eq!(database_url("postgres://u@db:5432", "x"), "postgres://u@db:5432/x");
+        assert_eq!(database_url("postgres://u@db:5432", "x").as_deref(), Ok("postgres://u@db:5432/x"));
         assert_eq!(
-            database_url("postgres://u@localhost/postgres?host=/var/run/postgresql", "x"),
-            "postgres://u@localhost/x?host=/var/run/postgresql"
+            database_url("postgres://u@localhost/postgres?host=/var/run/postgresql", "x").as_deref(),
+            Ok("postgres://u@localhost/x?host=/var/run/postgresql")
         );
+        assert!(database_url("not a url", "x").is_err());
     }
 }

@@ -579,10 +579,7 @@ async fn on_postgresql_too_messages_are_claimed_as_they_are_recorded_and_handed_
     let Some(pg) = PgDatabase::create().await else {
         return;
     };
-    let f = fixture_on(&pg.url).await;
-    handed_over(&f).await;
-    drop(f);
-    pg.drop_now().await;
+    handed_over(&fixture_on(&pg.url).await).await;
 }
 
 /// With the hand-off open: a recording that rolls back hands nothing over; a committed one is
