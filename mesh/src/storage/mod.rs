@@ -670,6 +670,25 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     database_error(err).is_some_and(|e| e.is_unique_violation())
 }
 
+/// Inserts `row` unless a row with the same values in `key` (a unique key of the table) exists:
+/// false then, and nothing changes. One statement (`INSERT … ON CONFLICT (key) DO NOTHING`)
+/// where a read and an insert took two, and no error that would roll a group of units back
+/// ([`group`]) for a row that was there already.
+pub async fn insert_unless_taken<A>(
+    db: &impl ConnectionTrait,
+    row: A,
+    key: impl IntoIterator<Item = <A::Entity as EntityTrait>::Column>,
+) -> Result<bool, DbErr>
+where
+    A: sea_orm::ActiveModelTrait,
+{
+    let inserted = A::Entity::insert(row)
+        .on_conflict_do_nothing_on(key)
+        .exec_without_returning(db)
+        .await?;
+    Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+}
+
 /// A model with a field of every type the readers ([`reads`], [`pg_reads`]) map, for their tests.
 #[cfg(test)]
 #[allow(unreachable_pub)]

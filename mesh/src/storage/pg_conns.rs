@@ -89,6 +89,16 @@ pub(super) fn session_gone(e: &sea_orm::sqlx::Error) -> bool {
     }
 }
 
+/// [`session_gone`] for an error as sea-orm answers it.
+pub(super) fn ended_session(e: &DbErr) -> bool {
+    match e {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e)) => {
+            session_gone(e)
+        }
+        _ => false,
+    }
+}
+
 /// A failed statement, as sea-orm's driver answers it (`sqlx_error_to_exec_err`).
 pub(super) fn exec_err(e: sea_orm::sqlx::Error) -> DbErr {
     DbErr::Exec(RuntimeErr::SqlxError(e.into()))

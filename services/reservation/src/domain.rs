@@ -56,6 +56,38 @@ impl Step {
 // together, only here; a transition from any other state is FAILED_PRECONDITION.
 
 impl ReservationRow {
+    /// A new reservation, PENDING at the hold step: attempt `attempt` of `customer_id`'s request
+    /// `request_id` for `[start_ms, end_ms)` of `listing_id`, placed now.
+    pub fn placed(reservation_id: &str, customer_id: &str, request_id: &str, listing_id: &str, window: (i64, i64), attempt: i32) -> Self {
+        let now = sharemesh_mesh::events::now_ms();
+        Self {
+            reservation_id: reservation_id.to_owned(),
+            request_id: request_id.to_owned(),
+            customer_id: customer_id.to_owned(),
+            listing_id: listing_id.to_owned(),
+            listing_kind: String::new(),
+            listing_title: String::new(),
+            host_id: String::new(),
+            start_ms: window.0,
+            end_ms: window.1,
+            amount_minor: 0,
+            currency: String::new(),
+            status: ReservationStatus::Pending.stored().into(),
+            status_reason: String::new(),
+            payment_id: String::new(),
+            payment_status: String::new(),
+            card_brand: String::new(),
+            card_last4: String::new(),
+            saga_step: Step::Hold.stored().into(),
+            last_event_id: String::new(),
+            version: 1,
+            created_at_ms: now,
+            updated_at_ms: now,
+            attempt,
+            retryable: false,
+        }
+    }
+
     /// The status as the proto enum (UNSPECIFIED for a stored name this build does not know).
     pub fn status(&self) -> ReservationStatus {
         ReservationStatus::from_stored(&self.status)

@@ -33,20 +33,6 @@ pub fn event(
     (event_id, ReservationEvent::new(change, metadata, reservation))
 }
 
-/// Enqueues the event of `change` (see [`event`]) in `tx`; returns the new event's id.
-pub async fn emit(
-    tx: &WriteTxn,
-    change: ReservationChange,
-    reservation: Reservation,
-    causation_id: &str,
-    actor_id: &str,
-    now_ms: i64,
-) -> Result<String, sea_orm::DbErr> {
-    let (event_id, event) = event(change, reservation, causation_id, actor_id, now_ms);
-    outbox::emit(tx, SOURCE, &event).await?;
-    Ok(event_id)
-}
-
 /// Enqueues `events` in `tx` (inserted with its commit).
 pub async fn emit_all(tx: &WriteTxn, events: &[ReservationEvent]) -> Result<(), sea_orm::DbErr> {
     outbox::emit_all(tx, SOURCE, events).await

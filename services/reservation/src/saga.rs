@@ -28,8 +28,8 @@ use sharemesh_contracts::payment::v1::{ApprovePaymentRequest, ListPaymentsReques
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
 use sharemesh_mesh::auth::{Caller, Role};
 use sharemesh_mesh::events::now_ms;
+use sharemesh_mesh::storage::WriteTxn;
 use sharemesh_mesh::storage::group::UnitFuture;
-use sharemesh_mesh::storage::{WriteTxn, is_unique_violation};
 
 use crate::domain::{self, ReservationError, Step};
 use crate::{Reservations, save_in, stage};
@@ -61,6 +61,10 @@ impl std::fmt::Debug for PlaceRequest {
     }
 }
 
+/// How many attempts of one request a PlaceReservation tries to store before it answers ABORTED
+/// (each found taken by a concurrent call of the same request that then failed retryably).
+const PLACE_TRIES: usize = 3;
+
 impl Reservations {
     /// Places a reservation and runs its saga to the end. The same `request_id` from the same
     /// customer returns the first reservation and runs no second saga.
@@ -72,67 +76,66 @@ impl Reservations {
         let (start_ms, end_ms) = domain::validate_window(req.window, now_ms(), self.horizon)?;
         domain::validate_request_id(&req.request_id)?;
         let card = req.card.ok_or_else(|| ReservationError::invalid("card", "is required"))?;
-        let previous = repo::find_by_request(&self.db, &caller.id, &req.request_id).await?;
-        let attempt = match previous {
-            Some(existing) if existing.retryable => existing.attempt + 1,
-            Some(existing) => return Ok(existing.to_proto()),
-            None => 1,
-        };
-        // An open circuit fails the call before it leaves this process: refuse now, store nothing.
-        self.upstreams.refuse_if_open()?;
-        let now = now_ms();
-        let mut row = ReservationRow {
-            reservation_id: uuid::Uuid::now_v7().to_string(),
-            request_id: req.request_id.clone(),
-            customer_id: caller.id.clone(),
-            listing_id: req.listing_id,
-            listing_kind: String::new(),
-            listing_title: String::new(),
-            host_id: String::new(),
-            start_ms,
-            end_ms,
-            amount_minor: 0,
-            currency: String::new(),
-            status: ReservationStatus::Pending.stored().into(),
-            status_reason: String::new(),
-            payment_id: String::new(),
-            payment_status: String::new(),
-            card_brand: String::new(),
-            card_last4: String::new(),
-            saga_step: Step::Hold.stored().into(),
-            last_event_id: String::new(),
-            version: 1,
-            created_at_ms: now,
-            updated_at_ms: now,
-            attempt,
-            retryable: false,
-        };
-        let _in_flight = self.in_flight.try_enter(&row.reservation_id);
-        let (placed, request_id, actor) = (row.clone(), req.request_id.clone(), caller.id.clone());
-        let stored = self
-            .db
-            .write(move |tx: &WriteTxn| -> UnitFuture<'_, ReservationRow, DbErr> {
-                let (mut row, request_id, actor) = (placed.clone(), request_id.clone(), actor.clone());
-                Box::pin(async move {
-                    row.last_event_id = events::emit(tx, ReservationChange::Placed, row.to_proto(), &request_id, &actor, now).await?;
-                    repo::insert(&**tx, row.clone()).await?;
-                    Ok(row)
-                })
-            })
-            .await;
-        match stored {
-            Ok(stored) => row = stored,
-            Err(e) if is_unique_violation(&e) => {
-                let existing = repo::find_by_request(&self.db, &caller.id, &req.request_id).await?;
-                return existing
-                    .filter(|r| !r.retryable)
-                    .map(|r| r.to_proto())
-                    .ok_or_else(|| ReservationError::Aborted("concurrent duplicate request; retry".into()));
+        let reservation_id = uuid::Uuid::now_v7().to_string();
+        let _in_flight = self.in_flight.try_enter(&reservation_id);
+        // The first attempt of the request unless a stored one says otherwise: a request seen
+        // before costs an insert that finds its attempt taken, a new one (nearly every one) no
+        // read before its insert.
+        let mut attempt = 1;
+        let mut stored = None;
+        for _ in 0..PLACE_TRIES {
+            // An open circuit fails the call before it leaves this process: refuse now, store
+            // nothing (but answer a request already settled).
+            if let Err(open) = self.upstreams.refuse_if_open() {
+                return match repo::find_by_request(&self.db, &caller.id, &req.request_id).await? {
+                    Some(settled) if !settled.retryable => Ok(settled.to_proto()),
+                    _ => Err(open),
+                };
             }
-            Err(e) => return Err(e.into()),
+            let row = ReservationRow::placed(
+                &reservation_id,
+                &caller.id,
+                &req.request_id,
+                &req.listing_id,
+                (start_ms, end_ms),
+                attempt,
+            );
+            stored = self.insert_placed(row, &req.request_id, &caller.id).await?;
+            if stored.is_some() {
+                break;
+            }
+            // Taken: the request was placed before, or is being placed now.
+            attempt = match repo::find_by_request(&self.db, &caller.id, &req.request_id).await? {
+                Some(existing) if !existing.retryable => return Ok(existing.to_proto()),
+                Some(existing) if existing.attempt >= attempt => existing.attempt + 1,
+                _ => break,
+            };
         }
+        let row = stored.ok_or_else(|| ReservationError::Aborted("concurrent duplicate request; retry".into()))?;
         tracing::info!(reservation_id = %row.reservation_id, listing_id = %row.listing_id, "reservation placed");
         self.drive(row, Some(&card)).await
+    }
+
+    /// Stores `row`, a new attempt, with its Placed event, unless its request has that attempt
+    /// already (`None` then, and nothing is written).
+    async fn insert_placed(&self, row: ReservationRow, request_id: &str, actor: &str) -> Result<Option<ReservationRow>, ReservationError> {
+        let (request_id, actor, now) = (request_id.to_owned(), actor.to_owned(), row.created_at_ms);
+        let stored = self
+            .db
+            .write(move |tx: &WriteTxn| -> UnitFuture<'_, Option<ReservationRow>, DbErr> {
+                let (mut row, request_id, actor) = (row.clone(), request_id.clone(), actor.clone());
+                Box::pin(async move {
+                    let (event_id, placed) = events::event(ReservationChange::Placed, row.to_proto(), &request_id, &actor, now);
+                    row.last_event_id = event_id;
+                    if !repo::insert_new(&**tx, row.clone()).await? {
+                        return Ok(None);
+                    }
+                    events::emit_all(tx, &[placed]).await?;
+                    Ok(Some(row))
+                })
+            })
+            .await?;
+        Ok(stored)
     }
 
     /// Runs the saga of `row` from its current step to the end. Without a card (recovery), a

@@ -6,7 +6,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IntoAc
 use sharemesh_contracts::catalog::v1::{Hold, HoldStatus};
 use sharemesh_contracts::common::v1::TimeWindow;
 use sharemesh_contracts::ext::timestamp_from_ms;
-use sharemesh_mesh::storage::ReadModels;
+use sharemesh_mesh::storage::{ReadModels, insert_unless_taken};
 
 use crate::domain::CatalogError;
 
@@ -197,11 +197,7 @@ pub async fn insert(db: &impl ConnectionTrait, row: HoldRow) -> Result<(), sea_o
 /// (one statement where a read and an insert took two). Fails with [`super::NO_OVERLAP`] in the
 /// error when another reservation's hold or booking takes the window.
 pub async fn insert_new(db: &impl ConnectionTrait, row: HoldRow) -> Result<bool, sea_orm::DbErr> {
-    let inserted = entity::Entity::insert(row.into_active_model())
-        .on_conflict_do_nothing_on([entity::Column::ReservationId])
-        .exec_without_returning(db)
-        .await?;
-    Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+    insert_unless_taken(db, row.into_active_model(), [entity::Column::ReservationId]).await
 }
 
 /// Writes a hold's status and change time, as a transition left them.

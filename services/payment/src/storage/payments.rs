@@ -4,8 +4,8 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoA
 use sharemesh_contracts::common::v1::Money;
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::payment::v1::{CardSummary, Payment, PaymentStatus};
-use sharemesh_mesh::storage::ReadModels;
 use sharemesh_mesh::storage::coalesced::PointReads;
+use sharemesh_mesh::storage::{ReadModels, insert_unless_taken};
 
 /// A row of `payments`.
 pub mod entity {
@@ -95,11 +95,7 @@ pub async fn insert(db: &impl ConnectionTrait, row: PaymentRow) -> Result<(), se
 /// Inserts a new payment unless the reservation has one already: false then, and nothing
 /// changes (one statement where a read and an insert took two).
 pub async fn insert_new(db: &impl ConnectionTrait, row: PaymentRow) -> Result<bool, sea_orm::DbErr> {
-    let inserted = entity::Entity::insert(row.into_active_model())
-        .on_conflict_do_nothing_on([entity::Column::ReservationId])
-        .exec_without_returning(db)
-        .await?;
-    Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+    insert_unless_taken(db, row.into_active_model(), [entity::Column::ReservationId]).await
 }
 
 /// Writes every column of `row` (which must exist).

@@ -6,8 +6,8 @@ use sharemesh_contracts::common::v1::{ListingKind, Money, TimeWindow};
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_contracts::payment::v1::CardSummary;
 use sharemesh_contracts::reservation::v1::{Reservation, ReservationStatus};
-use sharemesh_mesh::storage::ReadModels;
 use sharemesh_mesh::storage::coalesced::PointReads;
+use sharemesh_mesh::storage::{ReadModels, insert_unless_taken};
 
 /// A row of `reservations`.
 pub mod entity {
@@ -142,6 +142,18 @@ pub async fn claim_stale(db: &impl ConnectionTrait, row: &ReservationRow, before
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
+}
+
+/// Inserts a new reservation unless its customer's request has a reservation of the same
+/// attempt already: false then, and nothing changes.
+pub async fn insert_new(db: &impl ConnectionTrait, row: ReservationRow) -> Result<bool, sea_orm::DbErr> {
+    use entity::Column;
+    insert_unless_taken(
+        db,
+        row.into_active_model(),
+        [Column::CustomerId, Column::RequestId, Column::Attempt],
+    )
+    .await
 }
 
 /// Inserts a new reservation.
