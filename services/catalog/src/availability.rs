@@ -62,7 +62,10 @@ impl Catalog {
     /// [`Catalog::hold`]'s reads and writes, in `tx`.
     async fn hold_in(&self, tx: &WriteTxn, listing_id: &str, reservation_id: &str, start: i64, end: i64) -> Result<Held, CatalogError> {
         let now = now_ms();
-        let listing = self.lock_active_listing(&**tx, listing_id).await?;
+        validate_id("listing_id", listing_id)?;
+        // The listing's lock first, as every writer of its windows takes it; lapsed holds of the
+        // listing give their windows back in the same statement.
+        let listing = crate::listings::active(listing_id, repo::lock_listing_expiring_lapsed(&**tx, listing_id, now).await?)?;
         let amount = Money::new(
             domain::window_amount(
                 listing.kind(),
@@ -73,8 +76,6 @@ impl Catalog {
             ),
             &listing.currency,
         );
-        // Lapsed holds of the listing give their windows back first.
-        repo::expire_lapsed(&**tx, Some(listing_id), now).await?;
         let row = HoldRow {
             hold_id: uuid::Uuid::now_v7().to_string(),
             listing_id: listing_id.to_owned(),

@@ -250,14 +250,18 @@ impl Catalog {
         listing_id: &str,
     ) -> Result<ListingRow, CatalogError> {
         sharemesh_mesh::status::validate_id("listing_id", listing_id)?;
-        let row = repo::find_for_update(db, listing_id)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("listing {listing_id} not found")))?;
-        if row.status == repo::DELETED {
-            return Err(CatalogError::FailedPrecondition(format!("listing {listing_id} is deleted")));
-        }
-        Ok(row)
+        active(listing_id, repo::find_for_update(db, listing_id).await?)
     }
+}
+
+/// The listing found as `listing_id`: NOT_FOUND when there is none, FAILED_PRECONDITION when it
+/// is deleted.
+pub(crate) fn active(listing_id: &str, found: Option<ListingRow>) -> Result<ListingRow, CatalogError> {
+    let row = found.ok_or_else(|| CatalogError::NotFound(format!("listing {listing_id} not found")))?;
+    if row.status == repo::DELETED {
+        return Err(CatalogError::FailedPrecondition(format!("listing {listing_id} is deleted")));
+    }
+    Ok(row)
 }
 
 /// The kind filter as stored.

@@ -2,12 +2,13 @@
 //! RELEASED / EXPIRED).
 
 use sea_orm::sea_query::{Expr, ExprTrait, LockType, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IntoActiveModel, Iterable, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, IntoActiveModel, Iterable, QueryFilter, Statement};
 use sharemesh_contracts::catalog::v1::{Hold, HoldStatus};
 use sharemesh_contracts::common::v1::TimeWindow;
 use sharemesh_contracts::ext::timestamp_from_ms;
 use sharemesh_mesh::storage::{ReadModels, insert_unless_taken};
 
+use super::listings::ListingRow;
 use crate::domain::CatalogError;
 
 /// A row of `holds`.
@@ -223,6 +224,46 @@ pub async fn expire_lapsed(db: &impl ConnectionTrait, listing_id: Option<&str>, 
     }
     Ok(q.exec(db).await?.rows_affected)
 }
+
+/// The listing `listing_id`, locked until the transaction ends as
+/// [`super::listings::find_for_update`] locks it, with its lapsed HELD holds expired at `now_ms`:
+/// what a new hold of the listing does first. `None`, and nothing expired, when there is no such
+/// listing.
+///
+/// On PostgreSQL it is one statement where it took two (`LOCK_AND_EXPIRE`). The listing's lock
+/// still comes first, in the order every writer of its windows takes its locks. The statement's
+/// own query reads the listing with `FOR UPDATE`. PostgreSQL runs the `UPDATE` in its `WITH`
+/// after that query has finished, and only once the listing was found. SQLite's single writer
+/// already serialises writes: its two statements run one after the other.
+pub async fn lock_listing_expiring_lapsed(
+    db: &impl ConnectionTrait,
+    listing_id: &str,
+    now_ms: i64,
+) -> Result<Option<ListingRow>, sea_orm::DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        let listing = super::listings::find_for_update(db, listing_id).await?;
+        if listing.is_some() {
+            expire_lapsed(db, Some(listing_id), now_ms).await?;
+        }
+        return Ok(listing);
+    }
+    let values: [sea_orm::Value; 4] = [
+        listing_id.into(),
+        now_ms.into(),
+        HoldStatus::Held.stored().into(),
+        HoldStatus::Expired.stored().into(),
+    ];
+    ListingRow::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, LOCK_AND_EXPIRE, values))
+        .one(db)
+        .await
+}
+
+/// [`lock_listing_expiring_lapsed`] on PostgreSQL: `$1` the listing, `$2` now, `$3` HELD, `$4`
+/// EXPIRED. `listing` is read twice, so it is computed once, and its row locked once.
+const LOCK_AND_EXPIRE: &str = "WITH listing AS (SELECT * FROM listings WHERE listing_id = $1 FOR UPDATE), \
+     expired AS (UPDATE holds SET status = $4, updated_at_ms = $2 \
+       WHERE listing_id = $1 AND status = $3 AND expires_at_ms <= $2 AND EXISTS (SELECT 1 FROM listing)) \
+     SELECT * FROM listing";
 
 #[cfg(test)]
 mod tests {
@@ -504,6 +545,81 @@ mod tests {
         }
         tx.commit().await.expect("commit");
         takes(listing("l-1")).await.expect("free once the read's transaction ended");
+        drop(db);
+        pg.drop_now().await;
+    }
+
+    /// Locking a listing for a hold expires its lapsed holds and no others: not one that has
+    /// not lapsed, not a booking, not another listing's.
+    async fn locking_a_listing_expires_its_lapsed_holds(db: &sharemesh_mesh::storage::Db) -> sharemesh_mesh::storage::WriteTxn {
+        use sea_orm::QueryOrder;
+        testing::insert_listing(db, "l-1", 0).await;
+        testing::insert_listing(db, "l-2", 1).await;
+        let expiring = |n: usize, listing: &str, status, expires_at_ms| HoldRow {
+            expires_at_ms,
+            ..testing::hold(n, listing, status, 10 * n as i64, 10 * n as i64 + 10)
+        };
+        for row in [
+            expiring(1, "l-1", HoldStatus::Held, 100),
+            expiring(2, "l-1", HoldStatus::Held, 101),
+            expiring(3, "l-1", HoldStatus::Booked, 50),
+            expiring(4, "l-2", HoldStatus::Held, 50),
+        ] {
+            insert(db.conn(), row).await.expect("insert");
+        }
+        let tx = db.begin_write().await.expect("begin");
+        assert_eq!(lock_listing_expiring_lapsed(&*tx, "l-9", 100).await.expect("lock"), None);
+        let listing = lock_listing_expiring_lapsed(&*tx, "l-1", 100).await.expect("lock").expect("l-1");
+        assert_eq!((listing.listing_id.as_str(), listing.title.as_str()), ("l-1", "Avante"));
+        let holds = entity::Entity::find()
+            .order_by_asc(entity::Column::HoldId)
+            .all(&*tx)
+            .await
+            .expect("read");
+        let states: Vec<_> = holds.iter().map(|h| (h.status(), h.updated_at_ms)).collect();
+        assert_eq!(
+            states,
+            [
+                (HoldStatus::Expired, 100),
+                (HoldStatus::Held, 0),
+                (HoldStatus::Booked, 0),
+                (HoldStatus::Held, 0)
+            ]
+        );
+        tx
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_locking_a_listing_expires_its_lapsed_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = testing::sqlite(&dir).await;
+        locking_a_listing_expires_its_lapsed_holds(&db)
+            .await
+            .commit()
+            .await
+            .expect("commit");
+    }
+
+    /// On PostgreSQL, in one statement, with the listing locked until the transaction ends.
+    #[tokio::test]
+    async fn on_postgresql_locking_a_listing_expires_its_lapsed_holds_and_locks_it() {
+        let Some(pg) = sharemesh_mesh::testing::PgDatabase::create().await else {
+            return;
+        };
+        let db = testing::migrated(&pg.url).await;
+        let tx = locking_a_listing_expires_its_lapsed_holds(&db).await;
+        let take = |id: &'static str| {
+            let db = db.clone();
+            async move {
+                let sql = format!("SELECT 1 FROM listings WHERE listing_id = '{id}' FOR UPDATE NOWAIT");
+                db.conn().execute_unprepared(&sql).await
+            }
+        };
+        let err = take("l-1").await.expect_err("locked");
+        assert_eq!(sharemesh_mesh::storage::error_code(&err).as_deref(), Some("55P03"), "{err}");
+        take("l-2").await.expect("another listing is free");
+        tx.commit().await.expect("commit");
+        take("l-1").await.expect("free once the transaction ended");
         drop(db);
         pg.drop_now().await;
     }
