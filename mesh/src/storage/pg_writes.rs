@@ -86,17 +86,19 @@ impl PgWriters {
     /// the transaction's first statement finds out whether the session is still there
     /// ([`PgTxn::run`]).
     async fn begin_kept(self: &Arc<Self>, settings: Option<&'static str>) -> Option<PgTxn> {
-        let mut conn = pg_conns::pop_fresh(&self.kept)?;
+        let conn = pg_conns::pop_fresh(&self.kept)?;
+        // A transaction from here on: dropped (its settings failed, or this future was), it
+        // queues its ROLLBACK, gives its kept slot back and its connection to the pool, whose
+        // ping closes it if it is broken.
+        let txn = self.txn(conn, true, settings.is_none());
         if let Some(settings) = settings
-            && let Err(e) = pg_conns::execute_unprepared(&mut conn, settings).await
+            && let Err(e) = txn.execute_unprepared(settings).await
         {
             tracing::debug!(error = %e, "a kept PostgreSQL connection failed its transaction's settings; beginning on the pool");
-            conn.close_on_drop();
-            self.kept.release();
             return None;
         }
         self.kept.served();
-        Some(self.txn(conn, true, settings.is_none()))
+        Some(txn)
     }
 
     /// Begins a transaction on a connection of the pool (waiting for it as the pool makes
@@ -257,6 +259,8 @@ impl PgTxn {
     async fn end(&self, end: End) -> Result<(), DbErr> {
         let mut slot = self.slot.lock().await;
         let keep = slot.kept && pg_conns::pool_has_room(&self.writers.pool);
+        // Nothing of the transaction ran when it is still unverified.
+        let ran_nothing = std::mem::take(&mut slot.unverified);
         // Left in its slot until the server has answered: if this future is dropped before, the
         // transaction's drop queues a ROLLBACK (a no-op, or the end of the next transaction, if
         // the COMMIT got through) and the connection goes back to the pool, never kept with the
@@ -284,7 +288,18 @@ impl PgTxn {
         if slot.kept {
             self.writers.kept.release();
         }
-        ended.map_err(query_err)
+        match ended {
+            // A session the server closed before the transaction ran anything lost nothing.
+            Err(e) if ran_nothing && pg_conns::session_gone(&e) => {
+                conn.close_on_drop();
+                Ok(())
+            }
+            Err(e) => Err(query_err(e)),
+            Ok(()) if !clean => Err(DbErr::Custom(
+                "the transaction ended in a state sqlx did not expect; its outcome is unknown".into(),
+            )),
+            Ok(()) => Ok(()),
+        }
     }
 }
 
@@ -467,6 +482,26 @@ mod tests {
         tx.execute_raw(insert(6)).await.expect("insert");
         tx.commit().await.expect("commit");
         assert_eq!(count(&db).await, 3);
+
+        // A transaction that runs nothing on a kept session the server closed commits nothing,
+        // and says so without an error.
+        let tx = db.begin_write().await.expect("begin");
+        let kept_pid = backend_pid(&tx).await;
+        tx.commit().await.expect("commit");
+        let gone = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                let stmt = Statement::from_sql_and_values(DbBackend::Postgres, sql, [kept_pid.into()]);
+                let row = db.conn().query_one_raw(stmt).await.expect("query").expect("a row");
+                row.try_get::<bool>("", "b").expect("b")
+            }
+        };
+        assert!(gone("SELECT pg_terminate_backend($1) AS b").await);
+        while !gone("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1) AS b").await {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let tx = db.begin_write().await.expect("begin on the closed kept session");
+        tx.commit().await.expect("an empty transaction commits");
         pg.drop_now().await;
     }
 }
