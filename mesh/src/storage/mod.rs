@@ -628,12 +628,16 @@ pub fn error_code(err: &DbErr) -> Option<String> {
 
 /// The database's own error inside `err`, if the database answered with one.
 fn database_error(err: &DbErr) -> Option<&dyn sea_orm::sqlx::error::DatabaseError> {
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
-    else {
-        return None;
-    };
-    match e.as_ref() {
+    match sqlx_error(err)? {
         sea_orm::sqlx::Error::Database(db) => Some(db.as_ref()),
+        _ => None,
+    }
+}
+
+/// The sqlx error inside `err`, if sqlx answered with one.
+fn sqlx_error(err: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e)) => Some(e),
         _ => None,
     }
 }

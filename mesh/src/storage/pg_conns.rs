@@ -91,12 +91,7 @@ pub(super) fn session_gone(e: &sea_orm::sqlx::Error) -> bool {
 
 /// [`session_gone`] for an error as sea-orm answers it.
 pub(super) fn ended_session(e: &DbErr) -> bool {
-    match e {
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Conn(RuntimeErr::SqlxError(e)) => {
-            session_gone(e)
-        }
-        _ => false,
-    }
+    super::sqlx_error(e).is_some_and(session_gone)
 }
 
 /// A failed statement, as sea-orm's driver answers it (`sqlx_error_to_exec_err`).

@@ -82,7 +82,8 @@ impl PgWriters {
     }
 
     /// A transaction on an idle kept connection, if one is kept and (with `settings`) its
-    /// settings run; a connection where they fail is closed. Without settings nothing is sent:
+    /// settings run; a connection where they fail goes back to the pool (its transaction's
+    /// ROLLBACK queued, its ping closes a broken one). Without settings nothing is sent:
     /// the transaction's first statement finds out whether the session is still there
     /// ([`PgTxn::run`]).
     async fn begin_kept(self: &Arc<Self>, settings: Option<&'static str>) -> Option<PgTxn> {

@@ -82,36 +82,36 @@ impl Reservations {
         // before costs an insert that finds its attempt taken, a new one (nearly every one) no
         // read before its insert.
         let mut attempt = 1;
-        let mut stored = None;
-        for _ in 0..PLACE_TRIES {
-            // An open circuit fails the call before it leaves this process: refuse now, store
-            // nothing (but answer a request already settled).
-            if let Err(open) = self.upstreams.refuse_if_open() {
-                return match repo::find_by_request(&self.db, &caller.id, &req.request_id).await? {
-                    Some(settled) if !settled.retryable => Ok(settled.to_proto()),
-                    _ => Err(open),
+        let row = 'stored: {
+            for _ in 0..PLACE_TRIES {
+                // An open circuit fails the call before it leaves this process: refuse now,
+                // store nothing (but answer a request already settled).
+                if let Err(open) = self.upstreams.refuse_if_open() {
+                    return match repo::find_by_request(&self.db, &caller.id, &req.request_id).await? {
+                        Some(settled) if !settled.retryable => Ok(settled.to_proto()),
+                        _ => Err(open),
+                    };
+                }
+                let row = ReservationRow::placed(
+                    &reservation_id,
+                    &caller.id,
+                    &req.request_id,
+                    &req.listing_id,
+                    (start_ms, end_ms),
+                    attempt,
+                );
+                if let Some(stored) = self.insert_placed(row, &req.request_id, &caller.id).await? {
+                    break 'stored stored;
+                }
+                // Taken: the request was placed before, or is being placed now.
+                attempt = match repo::find_by_request(&self.db, &caller.id, &req.request_id).await? {
+                    Some(existing) if !existing.retryable => return Ok(existing.to_proto()),
+                    Some(existing) if existing.attempt >= attempt => existing.attempt + 1,
+                    _ => break,
                 };
             }
-            let row = ReservationRow::placed(
-                &reservation_id,
-                &caller.id,
-                &req.request_id,
-                &req.listing_id,
-                (start_ms, end_ms),
-                attempt,
-            );
-            stored = self.insert_placed(row, &req.request_id, &caller.id).await?;
-            if stored.is_some() {
-                break;
-            }
-            // Taken: the request was placed before, or is being placed now.
-            attempt = match repo::find_by_request(&self.db, &caller.id, &req.request_id).await? {
-                Some(existing) if !existing.retryable => return Ok(existing.to_proto()),
-                Some(existing) if existing.attempt >= attempt => existing.attempt + 1,
-                _ => break,
-            };
-        }
-        let row = stored.ok_or_else(|| ReservationError::Aborted("concurrent duplicate request; retry".into()))?;
+            return Err(ReservationError::Aborted("concurrent duplicate request; retry".into()));
+        };
         tracing::info!(reservation_id = %row.reservation_id, listing_id = %row.listing_id, "reservation placed");
         self.drive(row, Some(&card)).await
     }
